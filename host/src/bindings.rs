@@ -1,0 +1,14 @@
+//! Host bindings for the `hoist:step` world. The only `bindgen!` in the crate.
+#![allow(missing_docs)]
+
+wasmtime::component::bindgen!({
+    world: "step",
+    path: "../wit",
+    imports: {
+        // Running a process waits on I/O: it must not block the executor.
+        "hoist:step/process.run": async,
+    },
+    exports: { default: async },
+});
+
+pub use hoist::step::types::{Capability as WitCapability, Failure, Level};

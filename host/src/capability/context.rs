@@ -1,0 +1,55 @@
+//! `hoist:step/context`: who the step is and where it runs. Changing the working
+//! directory needs the `set-cwd` capability, because the next steps get it preopened.
+
+use std::path::{Path, PathBuf};
+
+use crate::bindings::hoist::step::context::Host;
+use crate::bindings::StepError;
+use crate::runtime::policy::Capability;
+use crate::runtime::state::StepState;
+
+impl Host for StepState {
+    fn step_id(&mut self) -> Option<String> {
+        self.info.id.clone()
+    }
+
+    fn step_name(&mut self) -> String {
+        self.info.name.clone()
+    }
+
+    fn run_id(&mut self) -> String {
+        self.info.run_id.clone()
+    }
+
+    fn working_directory(&mut self) -> String {
+        self.cwd.to_string_lossy().into_owned()
+    }
+
+    fn set_working_directory(&mut self, path: String) -> Result<String, StepError> {
+        if !self.grants.allows(&Capability::SetCwd) {
+            return Err(StepError::Denied(self.denial(&Capability::SetCwd, "change the working directory")));
+        }
+        let new = resolve_dir(&self.cwd, &path)?;
+        self.cwd = new;
+        Ok(self.cwd.to_string_lossy().into_owned())
+    }
+}
+
+/// `path` resolved against `cwd`, made absolute and free of symlinks, and checked to be a
+/// directory.
+pub(crate) fn resolve_dir(cwd: &Path, path: &str) -> Result<PathBuf, StepError> {
+    let joined = cwd.join(path);
+    match std::fs::canonicalize(&joined) {
+        Ok(p) if p.is_dir() => Ok(p),
+        Ok(p) => Err(StepError::InvalidInput(format!("`{}` is not a directory", p.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StepError::NotFound(format!(
+            "directory `{path}` does not exist (looked for {})",
+            joined.display()
+        ))),
+        Err(e) => Err(StepError::Failed(crate::bindings::Failure {
+            message: format!("cannot use directory `{}`: {e}", joined.display()),
+            exit_code: None,
+            hint: None,
+        })),
+    }
+}

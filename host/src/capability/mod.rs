@@ -1,0 +1,8 @@
+//! Host capabilities, one module per WIT interface a step imports. Each implements the
+//! generated `Host` trait on the step's store state and checks the step's grants itself:
+//! there is no other path from a guest to the resource.
+
+pub mod context;
+pub mod log;
+pub mod process;
+pub mod stdio;

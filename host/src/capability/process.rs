@@ -1,0 +1,126 @@
+//! `hoist:step/process`: run an allow-listed program on the host.
+//!
+//! The child gets: the arguments as given (never through a shell), the granted part of
+//! the host environment plus `PATH`, the variables the step set, and a working directory
+//! resolved like the step's own. It runs in its own process group, which is killed if the
+//! step is cancelled (timeout), so a hung child cannot outlive its step. Output lines are
+//! streamed to the log as they arrive and returned, up to [`MAX_CAPTURED_OUTPUT`].
+
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+
+use crate::bindings::hoist::step::process::{Command, Host, Output};
+use crate::bindings::{Failure, Level, StepError};
+use crate::capability::context::resolve_dir;
+use crate::capability::log::{Source, StepLog};
+use crate::runtime::limits::MAX_CAPTURED_OUTPUT;
+use crate::runtime::policy::Capability;
+use crate::runtime::state::StepState;
+
+impl Host for StepState {
+    async fn run(&mut self, cmd: Command) -> Result<Output, StepError> {
+        if !self.grants.allows_program(&cmd.program) {
+            let what = format!("run `{}`", cmd.program);
+            return Err(StepError::Denied(self.denial(&Capability::Process(cmd.program), &what)));
+        }
+        let cwd = match &cmd.cwd {
+            Some(dir) => resolve_dir(&self.cwd, dir)?,
+            None => self.cwd.clone(),
+        };
+        let mut child = tokio::process::Command::new(&cmd.program);
+        child
+            .args(&cmd.args)
+            .current_dir(&cwd)
+            .env_clear()
+            .envs(self.grants.visible_env())
+            .envs(cmd.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        // Programs are found on the host's PATH, and the programs they start need it too.
+        if !cmd.env.iter().any(|(k, _)| k == "PATH")
+            && let Some(path) = std::env::var_os("PATH")
+        {
+            child.env("PATH", path);
+        }
+        let mut child = child.spawn().map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => StepError::NotFound(format!(
+                "program `{}` was not found (searched PATH; working directory {})",
+                cmd.program,
+                cwd.display()
+            )),
+            _ => StepError::Failed(Failure {
+                message: format!("cannot start `{}`: {e}", cmd.program),
+                exit_code: None,
+                hint: None,
+            }),
+        })?;
+        let group = GroupKill(child.id().and_then(|pid| rustix::process::Pid::from_raw(pid as i32)));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let stream = cmd.stream_output;
+        let (out, err, status) = tokio::join!(
+            pump(stdout, &self.log, Source::ProcessStdout, stream),
+            pump(stderr, &self.log, Source::ProcessStderr, stream),
+            child.wait(),
+        );
+        let status = status.map_err(|e| {
+            StepError::Failed(Failure {
+                message: format!("waiting for `{}` failed: {e}", cmd.program),
+                exit_code: None,
+                hint: None,
+            })
+        })?;
+        group.disarm();
+        Ok(Output {
+            exit_code: status.code(),
+            stdout: String::from_utf8_lossy(&out).into_owned(),
+            stderr: String::from_utf8_lossy(&err).into_owned(),
+        })
+    }
+}
+
+/// Read a stream to its end, logging each line if asked and keeping the first
+/// [`MAX_CAPTURED_OUTPUT`] bytes.
+async fn pump(reader: impl AsyncRead + Unpin, log: &StepLog, source: Source, stream: bool) -> Vec<u8> {
+    let mut reader = BufReader::new(reader);
+    let mut kept = Vec::new();
+    let mut line = Vec::new();
+    let level = if source == Source::ProcessStderr { Level::Warn } else { Level::Info };
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if kept.len() < MAX_CAPTURED_OUTPUT {
+            let room = MAX_CAPTURED_OUTPUT - kept.len();
+            kept.extend_from_slice(&line[..line.len().min(room)]);
+        }
+        if stream {
+            let text = String::from_utf8_lossy(&line);
+            log.emit(level, source, text.trim_end_matches(['\n', '\r']), &[]);
+        }
+    }
+    kept
+}
+
+/// Kills the child's whole process group when dropped, unless the child was reaped.
+struct GroupKill(Option<rustix::process::Pid>);
+
+impl GroupKill {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
+}

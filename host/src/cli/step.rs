@@ -1,0 +1,312 @@
+//! `hoist step run | ls`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Map, Value};
+
+use crate::bindings::Level;
+use crate::capability::log::{LogRecord, LogSink, Source};
+use crate::runtime::{Capability, Grants, Limits, Plugin, Runtime, StepRequest};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum StepCommand {
+    /// Run one step and print its outputs as JSON on stdout (logs go to stderr).
+    ///
+    /// STEP is a built-in step name (`hoist step ls`), the name of an installed plugin,
+    /// or a path to a component file (`./my_step.wasm`).
+    ///
+    /// Example: hoist step run run_shell_script --input 'script=echo hi'
+    Run(RunArgs),
+    /// List built-in and installed steps with their summaries and capabilities.
+    Ls,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// Built-in name, installed plugin name, or path to a .wasm component.
+    step: String,
+    /// An input as KEY=VALUE; VALUE is read as YAML, so `true`, `3`, `null`, `[a, b]`
+    /// and `{k: v}` keep their types, as they would in prefect.yaml. Repeatable.
+    #[arg(short, long = "input", value_name = "KEY=VALUE")]
+    inputs: Vec<String>,
+    /// All inputs as one JSON object; --input values are applied on top.
+    #[arg(long, value_name = "JSON")]
+    inputs_json: Option<String>,
+    /// Grant a capability to a plugin: process:<program>, env:<NAME>, set-cwd,
+    /// read:<dir>, write:<dir> (`*` for any program or variable). Built-in steps are
+    /// granted what they declare. Repeatable.
+    #[arg(short, long = "allow", value_name = "CAPABILITY")]
+    allow: Vec<Capability>,
+    /// The working directory the step sees (read-write) [default: current directory].
+    #[arg(short = 'C', long, value_name = "DIR")]
+    directory: Option<PathBuf>,
+    /// Stop the step after this long, killing any process it started (e.g. 30s, 5m, 1h).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1h")]
+    timeout: Duration,
+    /// Memory the step may use (e.g. 64M, 1G).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256M")]
+    memory_limit: usize,
+    /// The step id, as `id:` would give it in prefect.yaml.
+    #[arg(long)]
+    id: Option<String>,
+    /// Print nothing but the outputs (no progress, no logs).
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+pub(crate) async fn run(cli: &super::Cli, cmd: &StepCommand) -> anyhow::Result<()> {
+    let runtime = Runtime::new(cli.runtime_config()).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    match cmd {
+        StepCommand::Run(args) => run_one(&runtime, args).await,
+        StepCommand::Ls => list(&runtime).await,
+    }
+}
+
+async fn run_one(runtime: &Runtime, args: &RunArgs) -> anyhow::Result<()> {
+    let inputs = parse_inputs(args.inputs_json.as_deref(), &args.inputs)?;
+    let cwd = match &args.directory {
+        Some(d) => d.clone(),
+        None => std::env::current_dir().context("cannot read the current directory")?,
+    };
+    let cwd = std::fs::canonicalize(&cwd).with_context(|| format!("working directory {}", cwd.display()))?;
+    let plugin = resolve(runtime, &args.step).await?;
+    let name = plugin.description.name.clone();
+    let sink: Arc<dyn LogSink> = if args.quiet { Arc::new(crate::capability::log::NullSink) } else { Arc::new(TerminalSink::default()) };
+    let mut req = StepRequest::new(name.clone(), cwd.clone())
+        .inputs(inputs)
+        .grants(Grants::new(args.allow.iter().cloned()))
+        .limits(Limits { memory: args.memory_limit, timeout: args.timeout })
+        .log(sink);
+    req.id = args.id.clone();
+    req.project_root = Some(cwd);
+    if !args.quiet {
+        eprintln!("▶ {name} ({})", plugin.origin);
+    }
+    let outcome = runtime.run(&plugin, req).await?;
+    if !args.quiet {
+        eprintln!("✓ {name} finished in {}", fmt_duration(outcome.elapsed));
+    }
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, &outcome.outputs)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Find a step: a path, a built-in name, or an installed plugin name.
+async fn resolve(runtime: &Runtime, step: &str) -> anyhow::Result<Arc<Plugin>> {
+    let looks_like_path = step.contains('/') || step.ends_with(".wasm");
+    if looks_like_path {
+        return Ok(runtime.load_file(Path::new(step)).await?);
+    }
+    if crate::builtin::find(step).is_some() {
+        return Ok(runtime.builtin(step).await?);
+    }
+    let installed = installed_dir().join(format!("{step}.wasm"));
+    if installed.exists() {
+        return Ok(runtime.load_file(&installed).await?);
+    }
+    let mut known: Vec<String> = crate::builtin::names().map(String::from).collect();
+    known.extend(installed_plugins().into_iter().map(|(n, _)| n));
+    let close: Vec<&String> = known.iter().filter(|k| similar(k, step)).collect();
+    let suggestion = match close.first() {
+        Some(c) => format!("; did you mean `{c}`?"),
+        None => String::new(),
+    };
+    bail!(
+        "unknown step `{step}`{suggestion} Known steps: {}. A plugin file needs a path (./{step}.wasm).",
+        known.join(", ")
+    )
+}
+
+fn similar(a: &str, b: &str) -> bool {
+    a.contains(b) || b.contains(a) || edit_distance(a, b) <= a.len().max(b.len()) / 3
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Where installed plugins live: `$HOIST_HOME/plugins` (default `~/.hoist/plugins`).
+pub(crate) fn installed_dir() -> PathBuf {
+    let home = std::env::var_os("HOIST_HOME").map(PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")).join(".hoist")
+    });
+    home.join("plugins")
+}
+
+fn installed_plugins() -> Vec<(String, PathBuf)> {
+    let mut v: Vec<(String, PathBuf)> = std::fs::read_dir(installed_dir())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+                .filter_map(|p| Some((p.file_stem()?.to_string_lossy().into_owned(), p)))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+async fn list(runtime: &Runtime) -> anyhow::Result<()> {
+    let mut rows: Vec<(String, String, Arc<Plugin>)> = Vec::new();
+    for name in crate::builtin::names() {
+        rows.push((name.to_string(), "built-in".into(), runtime.builtin(name).await?));
+    }
+    for (name, path) in installed_plugins() {
+        match runtime.load_file(&path).await {
+            Ok(p) => rows.push((name, "installed".into(), p)),
+            Err(e) => eprintln!("warning: skipping {}: {e}", path.display()),
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    for (name, kind, p) in rows {
+        let caps: Vec<String> = p.description.capabilities.iter().map(|c| c.to_string()).collect();
+        let caps = if caps.is_empty() { "none".to_string() } else { caps.join(", ") };
+        writeln!(out, "{name} {} ({kind})\n    {}\n    capabilities: {caps}", p.description.version, p.description.summary)?;
+    }
+    Ok(())
+}
+
+fn parse_inputs(json: Option<&str>, pairs: &[String]) -> anyhow::Result<Value> {
+    let mut map = match json {
+        Some(text) => match serde_json::from_str::<Value>(text).context("--inputs-json is not valid JSON")? {
+            Value::Object(m) => m,
+            other => bail!("--inputs-json must be a JSON object, got {other}"),
+        },
+        None => Map::new(),
+    };
+    for pair in pairs {
+        let (key, raw) = pair
+            .split_once('=')
+            .with_context(|| format!("--input `{pair}` is not KEY=VALUE"))?;
+        if key.is_empty() {
+            bail!("--input `{pair}` has an empty key");
+        }
+        let value = if raw.is_empty() {
+            Value::String(String::new())
+        } else {
+            match serde_yaml_ng::from_str::<Value>(raw) {
+                // A string stays exactly as typed (YAML would fold a multi-line value).
+                Ok(Value::String(_)) | Err(_) if !looks_structured(raw) => Value::String(raw.to_string()),
+                Ok(v) => v,
+                Err(e) => bail!("--input {key}: `{raw}` is not a valid YAML value: {e}"),
+            }
+        };
+        map.insert(key.to_string(), value);
+    }
+    Ok(Value::Object(map))
+}
+
+/// Whether a value was meant as a YAML collection (and so must parse as one).
+fn looks_structured(raw: &str) -> bool {
+    let t = raw.trim_start();
+    t.starts_with('{') || t.starts_with('[')
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration (e.g. 30s, 5m, 1h)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use ms, s, m or h)")),
+    };
+    if secs <= 0.0 {
+        return Err(format!("`{s}` must be more than zero"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num.parse().map_err(|_| format!("`{s}` is not a size (e.g. 64M, 1G)"))?;
+    let mult = match unit.trim_end_matches("iB").trim_end_matches('B') {
+        "" => 1,
+        "K" | "k" => 1 << 10,
+        "M" | "m" => 1 << 20,
+        "G" | "g" => 1 << 30,
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use K, M or G)")),
+    };
+    Ok(n * mult)
+}
+
+fn fmt_duration(d: Duration) -> String {
+    if d < Duration::from_millis(1) {
+        format!("{} µs", d.as_micros())
+    } else if d < Duration::from_secs(1) {
+        format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+    } else {
+        format!("{:.2} s", d.as_secs_f64())
+    }
+}
+
+/// Prints each record on stderr, prefixed by its step.
+#[derive(Default)]
+struct TerminalSink {
+    lock: Mutex<()>,
+}
+
+impl LogSink for TerminalSink {
+    fn record(&self, r: &LogRecord<'_>) {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let level = match (r.source, r.level) {
+            (Source::ProcessStdout | Source::GuestStdout, _) => "",
+            (Source::ProcessStderr | Source::GuestStderr, _) => "",
+            (_, Level::Error) => "error: ",
+            (_, Level::Warn) => "warning: ",
+            (_, Level::Debug | Level::Trace) => "debug: ",
+            (_, Level::Info) => "",
+        };
+        let mut line = format!("  {} | {level}{}", r.step, r.message);
+        for (k, v) in r.fields {
+            line.push_str(&format!(" {k}={v}"));
+        }
+        eprintln!("{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inputs_are_yaml_scalars() {
+        let v = parse_inputs(Some(r#"{"a": 1, "b": "x"}"#), &["b=true".into(), "c=3".into(), "d=null".into(), "e=hi there".into(), "h=a: b\nc".into(), "f=".into(), "g={k: v}".into()]).unwrap();
+        assert_eq!(v, serde_json::json!({"a": 1, "b": true, "c": 3, "d": null, "e": "hi there", "h": "a: b\nc", "f": "", "g": {"k": "v"}}));
+        assert!(parse_inputs(None, &["nokey".into()]).is_err());
+        assert!(parse_inputs(Some("[1]"), &[]).is_err());
+        assert!(parse_inputs(None, &["x={unclosed".into()]).is_err());
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("1500ms").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert!(parse_size("lots").is_err());
+    }
+}

@@ -1,0 +1,29 @@
+//! Hoist: runs `prefect.yaml` deployment steps as sandboxed WebAssembly components.
+//!
+//! The layers, from the bottom:
+//! - [`bindings`]: the host side of the `hoist:step` WIT world (generated, one place);
+//! - [`capability`]: one module per host interface a step can import (log, context,
+//!   process) plus the guest's stdout/stderr;
+//! - [`runtime`]: the shared engine, the compiled-component cache, the sandbox policy
+//!   and limits, and [`runtime::Runtime::run`] which runs one step in a fresh store;
+//! - [`builtin`]: the built-in step components embedded in the binary;
+//! - [`cli`]: the `hoist` command line.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use hoist::runtime::{Runtime, RuntimeConfig, StepRequest};
+//! let runtime = Runtime::new(RuntimeConfig::default())?;
+//! let plugin = runtime.builtin("set_working_directory")?;
+//! let request = StepRequest::new("set_working_directory", std::env::current_dir()?)
+//!     .inputs(serde_json::json!({ "directory": "." }));
+//! let outcome = runtime.run(&plugin, request).await?;
+//! println!("{}", outcome.outputs);
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+pub mod bindings;
+pub mod builtin;
+pub mod capability;
+pub mod cli;
+pub mod runtime;

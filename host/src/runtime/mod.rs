@@ -1,0 +1,422 @@
+//! The step runtime: one engine and linker per process, one `InstancePre` per component,
+//! a fresh `Store` per step run.
+//!
+//! Data flow of [`Runtime::run`]: grants checked against the plugin's declared
+//! capabilities → WASI context built (preopens, env, stdio) → store with memory limiter
+//! and epoch yield → instantiate + `run(inputs)` under a wall-clock timeout → outputs, or
+//! a [`StepRunError`] naming the step.
+
+pub mod cache;
+pub mod engine;
+pub mod error;
+pub mod limits;
+pub mod policy;
+pub mod state;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::Semaphore;
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+use crate::bindings::{Step, StepError, StepPre};
+use crate::capability::log::{LogSink, NullSink, Redactor, StepLog};
+use crate::capability::stdio::{GuestOutput, panic_message};
+pub use cache::{ComponentCache, Loaded};
+pub use engine::Allocator;
+pub use error::{ErrorKind, StepRunError};
+use limits::{DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, MAX_INSTANCES};
+pub use policy::{Capability, Grants};
+use state::{MemoryLimiter, StepInfo, StepState};
+
+/// How to build a [`Runtime`].
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Where compiled components are kept.
+    pub cache: ComponentCache,
+    /// Instance allocator (pooling falls back to on-demand where it cannot reserve).
+    pub allocator: Allocator,
+}
+
+impl Default for RuntimeConfig {
+    /// The disk cache at its default place; the allocator from `HOIST_ALLOCATOR`
+    /// (`pooling` or `on-demand`), else on-demand (see README, "Benchmarks").
+    fn default() -> Self {
+        let cache = ComponentCache::default_dir().map(ComponentCache::at).unwrap_or_else(ComponentCache::disabled);
+        let allocator = std::env::var("HOIST_ALLOCATOR")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(Allocator::OnDemand);
+        Self { cache, allocator }
+    }
+}
+
+/// What a plugin says about itself (its `describe()`), in host types.
+#[derive(Clone, Debug)]
+pub struct Description {
+    /// Short name.
+    pub name: String,
+    /// The plugin's version.
+    pub version: String,
+    /// One line.
+    pub summary: String,
+    /// JSON Schema of the inputs.
+    pub input_schema: Value,
+    /// Declared capabilities.
+    pub capabilities: Vec<Capability>,
+}
+
+/// A loaded, ready-to-instantiate plugin.
+pub struct Plugin {
+    pre: StepPre<StepState>,
+    /// Its description.
+    pub description: Description,
+    /// sha256 of the component bytes.
+    pub digest: String,
+    /// Whether it ships inside `hoist`.
+    pub builtin: bool,
+    /// How the compiled form was obtained.
+    pub loaded: Loaded,
+    /// Where it came from (built-in name or file path), for messages.
+    pub origin: String,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin").field("origin", &self.origin).field("digest", &self.digest).finish()
+    }
+}
+
+/// Memory and time a step may use.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Linear memory cap in bytes.
+    pub memory: usize,
+    /// Wall-clock deadline, host calls included.
+    pub timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { memory: DEFAULT_MEMORY_LIMIT, timeout: DEFAULT_TIMEOUT }
+    }
+}
+
+/// One step to run.
+#[derive(Clone)]
+pub struct StepRequest {
+    /// Display name.
+    pub name: String,
+    /// The project file's `id`.
+    pub id: Option<String>,
+    /// The run this step belongs to.
+    pub run_id: String,
+    /// Inputs (a JSON object).
+    pub inputs: Value,
+    /// Working directory (absolute); preopened read-write.
+    pub cwd: PathBuf,
+    /// The project directory; preopened read-write too when it differs from `cwd`.
+    pub project_root: Option<PathBuf>,
+    /// What the user granted (built-in steps get their declarations regardless).
+    pub grants: Grants,
+    /// Limits.
+    pub limits: Limits,
+    /// Where logs go.
+    pub log: Arc<dyn LogSink>,
+    /// Values to mask in logs and errors.
+    pub secrets: Vec<String>,
+}
+
+impl StepRequest {
+    /// A request with no inputs, no grants, default limits and logs dropped.
+    pub fn new(name: impl Into<String>, cwd: impl Into<PathBuf>) -> Self {
+        Self {
+            name: name.into(),
+            id: None,
+            run_id: new_run_id(),
+            inputs: Value::Object(Default::default()),
+            cwd: cwd.into(),
+            project_root: None,
+            grants: Grants::none(),
+            limits: Limits::default(),
+            log: Arc::new(NullSink),
+            secrets: Vec::new(),
+        }
+    }
+
+    /// Set the inputs.
+    pub fn inputs(mut self, inputs: Value) -> Self {
+        self.inputs = inputs;
+        self
+    }
+
+    /// Set the grants.
+    pub fn grants(mut self, grants: Grants) -> Self {
+        self.grants = grants;
+        self
+    }
+
+    /// Set the limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Set the log sink.
+    pub fn log(mut self, log: Arc<dyn LogSink>) -> Self {
+        self.log = log;
+        self
+    }
+}
+
+/// A fresh run id: time and process, unique enough to tell runs apart in logs.
+pub fn new_run_id() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    format!("{:x}-{:x}", now.as_micros(), std::process::id())
+}
+
+/// What a successful step left.
+#[derive(Clone, Debug)]
+pub struct StepOutcome {
+    /// The outputs the step returned.
+    pub outputs: Value,
+    /// The working directory after the step (changed by `set_working_directory`).
+    pub cwd: PathBuf,
+    /// Wall-clock time of instantiate + run.
+    pub elapsed: Duration,
+}
+
+/// The runtime. Cheap to share (`Arc`); runs many steps concurrently.
+pub struct Runtime {
+    engine: Engine,
+    allocator: Allocator,
+    linker: Linker<StepState>,
+    cache: ComponentCache,
+    loaded: Mutex<HashMap<String, Arc<Plugin>>>,
+    slots: Semaphore,
+}
+
+impl Runtime {
+    /// Build the engine, the linker and the cache.
+    pub fn new(config: RuntimeConfig) -> wasmtime::Result<Self> {
+        let (engine, allocator) = engine::new_engine(config.allocator)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        Step::add_to_linker::<StepState, HasSelf<StepState>>(&mut linker, |s| s)?;
+        Ok(Self {
+            engine,
+            allocator,
+            linker,
+            cache: config.cache,
+            loaded: Mutex::new(HashMap::new()),
+            slots: Semaphore::new(MAX_INSTANCES as usize),
+        })
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The allocator actually in use.
+    pub fn allocator(&self) -> Allocator {
+        self.allocator
+    }
+
+    /// The component cache.
+    pub fn cache(&self) -> &ComponentCache {
+        &self.cache
+    }
+
+    /// Load a built-in step by short name.
+    pub async fn builtin(&self, name: &str) -> Result<Arc<Plugin>, StepRunError> {
+        let bytes = crate::builtin::find(name).ok_or_else(|| StepRunError {
+            step: name.into(),
+            plugin: name.into(),
+            kind: ErrorKind::Load(format!(
+                "there is no built-in step `{name}` (built-in: {})",
+                crate::builtin::names().collect::<Vec<_>>().join(", ")
+            )),
+        })?;
+        self.load(bytes, name, true).await
+    }
+
+    /// Load a component file.
+    pub async fn load_file(&self, path: &Path) -> Result<Arc<Plugin>, StepRunError> {
+        let origin = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| StepRunError {
+            step: origin.clone(),
+            plugin: origin.clone(),
+            kind: ErrorKind::Load(format!("cannot read {origin}: {e}")),
+        })?;
+        self.load(&bytes, &origin, false).await
+    }
+
+    /// Load component bytes: compiled form from memory, from the disk cache, or compiled
+    /// now; then instantiated once to read its description.
+    pub async fn load(&self, bytes: &[u8], origin: &str, builtin: bool) -> Result<Arc<Plugin>, StepRunError> {
+        let digest = cache::digest(bytes);
+        if let Some(p) = self.loaded.lock().unwrap_or_else(|p| p.into_inner()).get(&digest) {
+            return Ok(p.clone());
+        }
+        let fail = |message: String| StepRunError {
+            step: origin.to_string(),
+            plugin: origin.to_string(),
+            kind: ErrorKind::Load(message),
+        };
+        let (component, loaded) = self
+            .cache
+            .load(&self.engine, &digest, bytes)
+            .map_err(|e| fail(format!("not a valid WebAssembly component: {e:#}")))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| fail(format!("it imports something Hoist does not provide: {e:#}")))?;
+        let pre = StepPre::new(pre).map_err(|e| fail(format!("it is not a `hoist:step/step` component: {e:#}")))?;
+        let description = self.describe(&pre).await.map_err(|e| fail(format!("describe() failed: {e:#}")))?;
+        let plugin = Arc::new(Plugin { pre, description, digest: digest.clone(), builtin, loaded, origin: origin.into() });
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).insert(digest, plugin.clone());
+        Ok(plugin)
+    }
+
+    async fn describe(&self, pre: &StepPre<StepState>) -> wasmtime::Result<Description> {
+        let info = StepInfo { name: "describe".into(), plugin: "describe".into(), id: None, run_id: String::new(), builtin: false };
+        let log = StepLog::new("describe", Arc::new(NullSink), Redactor::default());
+        let state = StepState {
+            wasi: WasiCtxBuilder::new().build(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter { limit: DEFAULT_MEMORY_LIMIT, exceeded: false },
+            info: Arc::new(info),
+            cwd: PathBuf::from("/"),
+            grants: Arc::new(Grants::none()),
+            log,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_async_yield_and_update(1);
+        let fut = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            instance.call_describe(&mut store).await
+        };
+        let d = tokio::time::timeout(Duration::from_secs(10), fut)
+            .await
+            .map_err(|_| wasmtime::Error::msg("describe() did not return within 10 s"))??;
+        Ok(Description {
+            name: d.name,
+            version: d.version,
+            summary: d.summary,
+            input_schema: serde_json::from_str(&d.input_schema).unwrap_or(Value::Null),
+            capabilities: d.capabilities.into_iter().map(Capability::from).collect(),
+        })
+    }
+
+    /// Run one step in a fresh store.
+    pub async fn run(&self, plugin: &Plugin, req: StepRequest) -> Result<StepOutcome, StepRunError> {
+        let err = |kind: ErrorKind| StepRunError { step: req.name.clone(), plugin: plugin.description.name.clone(), kind };
+
+        // Default deny: a plugin gets what it declares, and only if it was all granted.
+        // Built-in steps are granted their declarations.
+        let declared = &plugin.description.capabilities;
+        if !plugin.builtin
+            && let Some(missing) = declared.iter().find(|c| !req.grants.allows(c))
+        {
+            return Err(err(ErrorKind::NotGranted { capability: missing.to_string() }));
+        }
+        let grants = Arc::new(Grants::new(declared.iter().cloned()));
+
+        let redactor = Redactor::new(req.secrets.iter().cloned());
+        let log = StepLog::new(&req.name, req.log.clone(), redactor.clone());
+        let stdout = GuestOutput::stdout(log.clone());
+        let stderr = GuestOutput::stderr(log.clone());
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(stdout.clone()).stderr(stderr.clone());
+        let env = grants.visible_env();
+        if !env.is_empty() {
+            wasi.envs(&env);
+        }
+        let mut preopen = |dir: &Path, perms: FsPerms| {
+            wasi.preopened_dir(dir, dir.to_string_lossy(), perms)
+                .map(|_| ())
+                .map_err(|e| err(ErrorKind::Setup(format!("cannot open directory {}: {e}", dir.display()))))
+        };
+        preopen(&req.cwd, FsPerms::ReadWrite)?;
+        if let Some(root) = req.project_root.as_deref().filter(|r| *r != req.cwd) {
+            preopen(root, FsPerms::ReadWrite)?;
+        }
+        for (dir, writable) in grants.dirs() {
+            preopen(dir, if writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly })?;
+        }
+        let info = StepInfo {
+            name: req.name.clone(),
+            plugin: plugin.description.name.clone(),
+            id: req.id.clone(),
+            run_id: req.run_id.clone(),
+            builtin: plugin.builtin,
+        };
+        let state = StepState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter { limit: req.limits.memory, exceeded: false },
+            info: Arc::new(info),
+            cwd: req.cwd.clone(),
+            grants,
+            log,
+        };
+        let inputs = serde_json::to_string(&req.inputs).expect("JSON values always serialise");
+
+        let _slot = self.slots.acquire().await.map_err(|e| err(ErrorKind::Setup(e.to_string())))?;
+        let start = Instant::now();
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        // Yield to the executor at every epoch tick: the timeout below can then fire
+        // even while the guest spins without calling the host.
+        store.epoch_deadline_async_yield_and_update(1);
+        let call = async {
+            let instance = plugin.pre.instantiate_async(&mut store).await?;
+            instance.call_run(&mut store, &inputs).await
+        };
+        let result = tokio::time::timeout(req.limits.timeout, call).await;
+        let elapsed = start.elapsed();
+        stdout.flush_partial();
+        stderr.flush_partial();
+        let redact = |s: &str| redactor.redact(s).into_owned();
+
+        let text = match result {
+            Err(_) => return Err(err(ErrorKind::Timeout(req.limits.timeout))),
+            Ok(Err(trap)) => {
+                if store.data().limiter.exceeded {
+                    return Err(err(ErrorKind::OutOfMemory(req.limits.memory)));
+                }
+                if let Some(msg) = panic_message(&stderr.tail()) {
+                    return Err(err(ErrorKind::Panicked(redact(&msg))));
+                }
+                let reason = match trap.downcast_ref::<wasmtime::Trap>() {
+                    Some(t) => t.to_string(),
+                    None => format!("{trap:#}"),
+                };
+                return Err(err(ErrorKind::Trapped(redact(&reason))));
+            }
+            Ok(Ok(Err(step_error))) => {
+                return Err(err(match step_error {
+                    StepError::InvalidInput(m) => ErrorKind::InvalidInput(redact(&m)),
+                    StepError::Denied(m) => ErrorKind::Denied(redact(&m)),
+                    StepError::NotFound(m) => ErrorKind::NotFound(redact(&m)),
+                    StepError::Failed(f) => ErrorKind::Failed {
+                        message: redact(&f.message),
+                        exit_code: f.exit_code,
+                        hint: f.hint.as_deref().map(redact),
+                    },
+                }));
+            }
+            Ok(Ok(Ok(text))) => text,
+        };
+        let outputs: Value = serde_json::from_str(&text).map_err(|e| err(ErrorKind::BadOutput(e.to_string())))?;
+        let cwd = std::mem::take(&mut store.data_mut().cwd);
+        Ok(StepOutcome { outputs, cwd, elapsed })
+    }
+}

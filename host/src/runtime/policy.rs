@@ -1,0 +1,187 @@
+//! Sandbox policy: which capabilities exist, how a user spells them, and whether a
+//! grant covers what a step asks for. Default deny: an empty [`Grants`] allows nothing.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use crate::bindings::WitCapability;
+
+/// One capability, as declared by a step and granted by a user.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Capability {
+    /// Run a program (`process:<name|/abs/path|*>`).
+    Process(String),
+    /// See a host environment variable (`env:<NAME|*>`).
+    Env(String),
+    /// Change the working directory of later steps (`set-cwd`).
+    SetCwd,
+    /// Read a directory outside the working directory (`read:<path>`).
+    ReadDir(PathBuf),
+    /// Read and write a directory outside the working directory (`write:<path>`).
+    WriteDir(PathBuf),
+    /// Outgoing network (`net:<scheme://host:port>`); reserved.
+    Net(String),
+}
+
+/// A capability string that could not be understood.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "`{0}` is not a capability; write one of process:<program>, env:<NAME>, set-cwd, \
+     read:<dir>, write:<dir>, net:<scheme://host:port> (`*` allowed for program and NAME)"
+)]
+pub struct BadCapability(pub String);
+
+impl FromStr for Capability {
+    type Err = BadCapability;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || BadCapability(s.to_string());
+        if s == "set-cwd" {
+            return Ok(Capability::SetCwd);
+        }
+        let (kind, value) = s.split_once(':').ok_or_else(bad)?;
+        if value.is_empty() {
+            return Err(bad());
+        }
+        Ok(match kind {
+            "process" => Capability::Process(value.into()),
+            "env" => Capability::Env(value.into()),
+            "read" => Capability::ReadDir(value.into()),
+            "write" => Capability::WriteDir(value.into()),
+            "net" => Capability::Net(value.into()),
+            _ => return Err(bad()),
+        })
+    }
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Capability::Process(p) => write!(f, "process:{p}"),
+            Capability::Env(e) => write!(f, "env:{e}"),
+            Capability::SetCwd => f.write_str("set-cwd"),
+            Capability::ReadDir(d) => write!(f, "read:{}", d.display()),
+            Capability::WriteDir(d) => write!(f, "write:{}", d.display()),
+            Capability::Net(n) => write!(f, "net:{n}"),
+        }
+    }
+}
+
+impl From<WitCapability> for Capability {
+    fn from(c: WitCapability) -> Self {
+        match c {
+            WitCapability::Process(p) => Capability::Process(p),
+            WitCapability::Env(e) => Capability::Env(e),
+            WitCapability::SetCwd => Capability::SetCwd,
+            WitCapability::ReadDir(d) => Capability::ReadDir(d.into()),
+            WitCapability::WriteDir(d) => Capability::WriteDir(d.into()),
+            WitCapability::Net(n) => Capability::Net(n),
+        }
+    }
+}
+
+impl Capability {
+    /// Whether holding `self` allows what `wanted` asks for.
+    pub fn covers(&self, wanted: &Capability) -> bool {
+        use Capability::*;
+        match (self, wanted) {
+            (Process(g), Process(w)) | (Env(g), Env(w)) | (Net(g), Net(w)) => g == "*" || g == w,
+            (SetCwd, SetCwd) => true,
+            (ReadDir(g) | WriteDir(g), ReadDir(w)) | (WriteDir(g), WriteDir(w)) => w.starts_with(g),
+            _ => false,
+        }
+    }
+}
+
+/// A set of granted capabilities. Empty means nothing is allowed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Grants(Vec<Capability>);
+
+impl Grants {
+    /// No capability at all.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Grant exactly these.
+    pub fn new(caps: impl IntoIterator<Item = Capability>) -> Self {
+        let mut v: Vec<Capability> = caps.into_iter().collect();
+        v.sort();
+        v.dedup();
+        Self(v)
+    }
+
+    /// Add one grant.
+    pub fn add(&mut self, cap: Capability) {
+        if !self.0.contains(&cap) {
+            self.0.push(cap);
+        }
+    }
+
+    /// Whether some grant covers `wanted`.
+    pub fn allows(&self, wanted: &Capability) -> bool {
+        self.0.iter().any(|g| g.covers(wanted))
+    }
+
+    /// The granted capabilities.
+    pub fn iter(&self) -> impl Iterator<Item = &Capability> {
+        self.0.iter()
+    }
+
+    /// Whether the program may be run. A bare-name grant matches the same bare name
+    /// (looked up on PATH by the host); a path grant matches that exact path.
+    pub fn allows_program(&self, program: &str) -> bool {
+        self.allows(&Capability::Process(program.to_string()))
+    }
+
+    /// Whether the host environment variable may be seen.
+    pub fn allows_env(&self, name: &str) -> bool {
+        self.allows(&Capability::Env(name.to_string()))
+    }
+
+    /// The host environment the step (and the processes it runs) may see.
+    pub fn visible_env(&self) -> Vec<(String, String)> {
+        std::env::vars().filter(|(k, _)| self.allows_env(k)).collect()
+    }
+
+    /// Extra directories to preopen, with whether they are writable.
+    pub fn dirs(&self) -> impl Iterator<Item = (&Path, bool)> {
+        self.0.iter().filter_map(|c| match c {
+            Capability::ReadDir(d) => Some((d.as_path(), false)),
+            Capability::WriteDir(d) => Some((d.as_path(), true)),
+            _ => None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints_every_kind() {
+        for s in ["process:git", "process:*", "env:HOME", "set-cwd", "read:/data", "write:/out", "net:https://*.github.com:443"] {
+            let c: Capability = s.parse().unwrap();
+            assert_eq!(c.to_string(), s);
+        }
+        for bad in ["git", "process:", "fs:/x", ""] {
+            assert!(bad.parse::<Capability>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn default_denies_and_wildcards_cover() {
+        let none = Grants::none();
+        assert!(!none.allows_program("true"));
+        assert!(!none.allows_env("HOME"));
+        let g = Grants::new(["process:git".parse().unwrap(), "env:*".parse().unwrap(), "write:/srv".parse().unwrap()]);
+        assert!(g.allows_program("git"));
+        assert!(!g.allows_program("/usr/bin/git"));
+        assert!(!g.allows_program("sh"));
+        assert!(g.allows_env("ANYTHING"));
+        assert!(g.allows(&"read:/srv/data".parse().unwrap()));
+        assert!(!g.allows(&"read:/srvx".parse().unwrap()));
+        assert!(!g.allows(&Capability::SetCwd));
+    }
+}

@@ -1,0 +1,376 @@
+//! Write a Hoist deployment step as a plain Rust function.
+//!
+//! A step takes serde-typed inputs and returns serde-typed outputs; [`step!`] generates
+//! the WebAssembly component glue, the `describe()` answer (with the JSON Schema of the
+//! inputs) and the input/output conversion. Build with
+//! `cargo build --release --target wasm32-wasip2` and run the `.wasm` with `hoist step run`.
+//!
+//! ```no_run
+//! use hoist_sdk::{Capability, JsonSchema, Result, context, log, process, schemars};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Deserialize, JsonSchema)]
+//! #[serde(deny_unknown_fields)]
+//! struct Inputs {
+//!     /// Who to greet.
+//!     name: String,
+//! }
+//!
+//! #[derive(Serialize)]
+//! struct Outputs {
+//!     greeting: String,
+//! }
+//!
+//! fn greet(inputs: Inputs) -> Result<Outputs> {
+//!     log::info!("greeting {} in {}", inputs.name, context::working_directory().display());
+//!     let out = process::Command::new("echo").arg(&inputs.name).output()?;
+//!     Ok(Outputs { greeting: format!("hello {}", out.stdout.trim()) })
+//! }
+//!
+//! hoist_sdk::step! {
+//!     name: "greet",
+//!     version: "0.1.0",
+//!     summary: "Greets someone",
+//!     capabilities: [Capability::Process("echo".into())],
+//!     run: greet,
+//! }
+//! # fn main() {}
+//! ```
+#![deny(missing_docs)]
+
+extern crate self as hoist_sdk;
+
+pub use schemars::{self, JsonSchema};
+
+/// Generated bindings for the `hoist:step` world. Prefer the typed wrappers of this crate.
+#[allow(missing_docs)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "step",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_step_world",
+        default_bindings_module: "::hoist_sdk::bindings",
+        runtime_path: "::hoist_sdk::__private::wit_bindgen::rt",
+    });
+}
+
+use bindings::hoist::step::types as wit;
+
+/// A capability a step declares in its description. The host grants none by default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Capability {
+    /// Run this program (bare name on PATH, absolute path, or `*` for any).
+    Process(String),
+    /// Read this host environment variable (`*` for all).
+    Env(String),
+    /// Change the working directory of the steps that follow.
+    SetCwd,
+    /// Read a host directory outside the working directory.
+    ReadDir(String),
+    /// Read and write a host directory outside the working directory.
+    WriteDir(String),
+    /// Outgoing network to `scheme://host:port` (reserved for a later WIT version).
+    Net(String),
+}
+
+impl From<Capability> for wit::Capability {
+    fn from(c: Capability) -> Self {
+        match c {
+            Capability::Process(p) => wit::Capability::Process(p),
+            Capability::Env(e) => wit::Capability::Env(e),
+            Capability::SetCwd => wit::Capability::SetCwd,
+            Capability::ReadDir(d) => wit::Capability::ReadDir(d),
+            Capability::WriteDir(d) => wit::Capability::WriteDir(d),
+            Capability::Net(n) => wit::Capability::Net(n),
+        }
+    }
+}
+
+/// Why a step failed. The host shows each kind differently, so pick the one that tells
+/// the user what to fix.
+#[derive(Clone, Debug)]
+pub struct StepError(wit::StepError);
+
+impl StepError {
+    /// An input is missing or wrong.
+    pub fn invalid_input(message: impl Into<String>) -> Self {
+        Self(wit::StepError::InvalidInput(message.into()))
+    }
+    /// Something was refused by the sandbox.
+    pub fn denied(message: impl Into<String>) -> Self {
+        Self(wit::StepError::Denied(message.into()))
+    }
+    /// Something does not exist.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self(wit::StepError::NotFound(message.into()))
+    }
+    /// Anything else.
+    pub fn failed(message: impl Into<String>) -> Self {
+        Self::failure(message, None, None)
+    }
+    /// A failure with the exit code of the process that failed and a hint for the user.
+    pub fn failure(message: impl Into<String>, exit_code: Option<i32>, hint: Option<String>) -> Self {
+        Self(wit::StepError::Failed(wit::Failure { message: message.into(), exit_code, hint }))
+    }
+    /// The message, whatever the kind.
+    pub fn message(&self) -> &str {
+        match &self.0 {
+            wit::StepError::InvalidInput(m)
+            | wit::StepError::Denied(m)
+            | wit::StepError::NotFound(m) => m,
+            wit::StepError::Failed(f) => &f.message,
+        }
+    }
+}
+
+impl From<wit::StepError> for StepError {
+    fn from(e: wit::StepError) -> Self {
+        Self(e)
+    }
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+impl std::error::Error for StepError {}
+
+impl From<std::io::Error> for StepError {
+    fn from(e: std::io::Error) -> Self {
+        match e.kind() {
+            std::io::ErrorKind::NotFound => Self::not_found(e.to_string()),
+            std::io::ErrorKind::PermissionDenied => Self::denied(e.to_string()),
+            _ => Self::failed(e.to_string()),
+        }
+    }
+}
+
+/// The result type of a step function.
+pub type Result<T, E = StepError> = std::result::Result<T, E>;
+
+/// Structured logging, shown live and attributed to the step.
+pub mod log {
+    pub use crate::bindings::hoist::step::types::Level;
+
+    /// Emit a record with key/value fields.
+    pub fn emit(level: Level, message: &str, fields: &[(&str, &str)]) {
+        let fields: Vec<(String, String)> =
+            fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        crate::bindings::hoist::step::log::emit(level, message, &fields);
+    }
+
+    /// Log at info level, `format!`-style.
+    #[macro_export]
+    macro_rules! __log_info { ($($t:tt)*) => { $crate::log::emit($crate::log::Level::Info, &format!($($t)*), &[]) } }
+    /// Log at warn level, `format!`-style.
+    #[macro_export]
+    macro_rules! __log_warn { ($($t:tt)*) => { $crate::log::emit($crate::log::Level::Warn, &format!($($t)*), &[]) } }
+    /// Log at error level, `format!`-style.
+    #[macro_export]
+    macro_rules! __log_error { ($($t:tt)*) => { $crate::log::emit($crate::log::Level::Error, &format!($($t)*), &[]) } }
+    /// Log at debug level, `format!`-style.
+    #[macro_export]
+    macro_rules! __log_debug { ($($t:tt)*) => { $crate::log::emit($crate::log::Level::Debug, &format!($($t)*), &[]) } }
+
+    pub use crate::{__log_debug as debug, __log_error as error, __log_info as info, __log_warn as warn};
+}
+
+/// Where the step runs: its id and name, the run, the working directory.
+pub mod context {
+    use crate::bindings::hoist::step::context as ctx;
+    use std::path::{Path, PathBuf};
+
+    /// The `id` the project file gave this step.
+    pub fn step_id() -> Option<String> {
+        ctx::step_id()
+    }
+    /// The step's name as written in the project file.
+    pub fn step_name() -> String {
+        ctx::step_name()
+    }
+    /// The identifier of this run.
+    pub fn run_id() -> String {
+        ctx::run_id()
+    }
+    /// Absolute path of the working directory (the same path inside and outside the sandbox).
+    pub fn working_directory() -> PathBuf {
+        PathBuf::from(ctx::working_directory())
+    }
+    /// Change the working directory of this step and the steps after it; returns the
+    /// new absolute path. Needs [`Capability::SetCwd`](crate::Capability::SetCwd).
+    pub fn set_working_directory(path: impl AsRef<Path>) -> crate::Result<PathBuf> {
+        let new = ctx::set_working_directory(&path.as_ref().to_string_lossy())?;
+        // Keep the guest's own notion of the cwd in step, so relative paths agree.
+        let _ = std::env::set_current_dir(&new);
+        Ok(PathBuf::from(new))
+    }
+}
+
+/// Run programs on the host (only those the step declared and was granted).
+pub mod process {
+    use crate::bindings::hoist::step::process as wit;
+    use std::path::Path;
+
+    /// A program to run, built like `std::process::Command`.
+    #[derive(Clone, Debug)]
+    pub struct Command {
+        cmd: wit::Command,
+    }
+
+    /// What a finished process left behind.
+    #[derive(Clone, Debug)]
+    pub struct Output {
+        /// Exit code; `None` if a signal ended the process.
+        pub exit_code: Option<i32>,
+        /// Everything written to stdout (UTF-8, invalid bytes replaced).
+        pub stdout: String,
+        /// Everything written to stderr.
+        pub stderr: String,
+    }
+
+    impl Output {
+        /// Whether the process exited with code 0.
+        pub fn success(&self) -> bool {
+            self.exit_code == Some(0)
+        }
+    }
+
+    impl Command {
+        /// A command running `program` (a bare name on PATH or an absolute path).
+        pub fn new(program: impl Into<String>) -> Self {
+            Self {
+                cmd: wit::Command {
+                    program: program.into(),
+                    args: Vec::new(),
+                    env: Vec::new(),
+                    cwd: None,
+                    stream_output: true,
+                },
+            }
+        }
+        /// Add one argument.
+        pub fn arg(mut self, arg: impl Into<String>) -> Self {
+            self.cmd.args.push(arg.into());
+            self
+        }
+        /// Add arguments.
+        pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
+            self.cmd.args.extend(args.into_iter().map(Into::into));
+            self
+        }
+        /// Set an environment variable for the process.
+        pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+            self.cmd.env.push((key.into(), value.into()));
+            self
+        }
+        /// Run in this directory (relative to the step's working directory).
+        pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
+            self.cmd.cwd = Some(dir.as_ref().to_string_lossy().into_owned());
+            self
+        }
+        /// Copy output lines to the log as they arrive (default: true).
+        pub fn stream_output(mut self, stream: bool) -> Self {
+            self.cmd.stream_output = stream;
+            self
+        }
+        /// Run to completion and collect the output. A non-zero exit is not an error.
+        pub fn output(&self) -> crate::Result<Output> {
+            let out = wit::run(&self.cmd)?;
+            Ok(Output { exit_code: out.exit_code, stdout: out.stdout, stderr: out.stderr })
+        }
+    }
+}
+
+/// Glue used by [`step!`]; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use wit_bindgen;
+
+    use crate::bindings::hoist::step::types as wit;
+    use crate::{Capability, StepError};
+    use serde::{Serialize, de::DeserializeOwned};
+
+    pub fn describe<I, O, F>(
+        _f: &F,
+        name: &str,
+        version: &str,
+        summary: &str,
+        capabilities: Vec<Capability>,
+    ) -> wit::Description
+    where
+        I: schemars::JsonSchema,
+        F: Fn(I) -> Result<O, StepError>,
+    {
+        let schema = schemars::schema_for!(I);
+        wit::Description {
+            name: name.to_string(),
+            version: version.to_string(),
+            summary: summary.to_string(),
+            input_schema: serde_json::to_string(&schema).unwrap_or_else(|_| "{}".into()),
+            capabilities: capabilities.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    pub fn run<I, O, F>(f: F, inputs: String) -> Result<String, wit::StepError>
+    where
+        I: DeserializeOwned,
+        O: Serialize,
+        F: Fn(I) -> Result<O, StepError>,
+    {
+        // WASI's cwd starts at `/`; host and guest paths agree, so start where the host is.
+        let _ = std::env::set_current_dir(crate::context::working_directory());
+        let de = &mut serde_json::Deserializer::from_str(&inputs);
+        let inputs: I = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." {
+                wit::StepError::InvalidInput(inner.to_string())
+            } else {
+                wit::StepError::InvalidInput(format!("input `{path}`: {inner}"))
+            }
+        })?;
+        let outputs = f(inputs).map_err(|e| e.0)?;
+        serde_json::to_string(&outputs)
+            .map_err(|e| wit::StepError::Failed(wit::Failure {
+                message: format!("outputs could not be encoded as JSON: {e}"),
+                exit_code: None,
+                hint: None,
+            }))
+    }
+}
+
+/// Turn a function `fn(Inputs) -> Result<Outputs>` into a Hoist step component.
+///
+/// `Inputs` must implement `serde::Deserialize` and [`JsonSchema`]; `Outputs` must
+/// implement `serde::Serialize`. See the crate documentation for a complete step.
+#[macro_export]
+macro_rules! step {
+    (
+        name: $name:expr,
+        version: $version:expr,
+        summary: $summary:expr,
+        capabilities: [$($cap:expr),* $(,)?],
+        run: $run:path $(,)?
+    ) => {
+        struct __HoistStep;
+
+        impl $crate::bindings::Guest for __HoistStep {
+            fn describe() -> $crate::bindings::hoist::step::types::Description {
+                $crate::__private::describe(&$run, $name, $version, $summary, vec![$($cap),*])
+            }
+            fn run(
+                inputs: ::std::string::String,
+            ) -> ::std::result::Result<
+                ::std::string::String,
+                $crate::bindings::hoist::step::types::StepError,
+            > {
+                $crate::__private::run($run, inputs)
+            }
+        }
+
+        $crate::bindings::__export_step_world!(__HoistStep with_types_in $crate::bindings);
+    };
+}
