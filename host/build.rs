@@ -17,7 +17,10 @@ fn main() {
     for watched in ["wit", "sdk", "plugins", "tests/plugins"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
-    println!("cargo:rerun-if-changed={}", root.join("Cargo.toml").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("Cargo.toml").display()
+    );
 
     let builtins = crates_in(&root.join("plugins"));
     let test_plugins = crates_in(&root.join("tests/plugins"));
@@ -31,7 +34,13 @@ fn main() {
     cmd.arg("build")
         .arg("--manifest-path")
         .arg(root.join("Cargo.toml"))
-        .args(["--target", "wasm32-wasip2", "--profile", "plugin", "--quiet"])
+        .args([
+            "--target",
+            "wasm32-wasip2",
+            "--profile",
+            "plugin",
+            "--quiet",
+        ])
         .arg("--target-dir")
         .arg(&target_dir);
     for name in builtins.iter().chain(&test_plugins) {
@@ -50,7 +59,9 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
-    let out = cmd.output().expect("failed to run cargo to build the plugins");
+    let out = cmd
+        .output()
+        .expect("failed to run cargo to build the plugins");
     if !out.status.success() {
         panic!(
             "building the plugin components failed (is the target installed? \
@@ -67,7 +78,9 @@ fn main() {
         path
     };
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
-    let mut src = String::from("/// Built-in steps: (name, component bytes).\npub static BUILTINS: &[(&str, &[u8])] = &[\n");
+    let mut src = String::from(
+        "/// Built-in steps: (name, component bytes).\npub static BUILTINS: &[(&str, &[u8])] = &[\n",
+    );
     for name in &builtins {
         src += &format!("    ({name:?}, include_bytes!({:?})),\n", artifact(name));
     }

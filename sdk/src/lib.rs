@@ -110,8 +110,16 @@ impl StepError {
         Self::failure(message, None, None)
     }
     /// A failure with the exit code of the process that failed and a hint for the user.
-    pub fn failure(message: impl Into<String>, exit_code: Option<i32>, hint: Option<String>) -> Self {
-        Self(wit::StepError::Failed(wit::Failure { message: message.into(), exit_code, hint }))
+    pub fn failure(
+        message: impl Into<String>,
+        exit_code: Option<i32>,
+        hint: Option<String>,
+    ) -> Self {
+        Self(wit::StepError::Failed(wit::Failure {
+            message: message.into(),
+            exit_code,
+            hint,
+        }))
     }
     /// The message, whatever the kind.
     pub fn message(&self) -> &str {
@@ -157,8 +165,10 @@ pub mod log {
 
     /// Emit a record with key/value fields.
     pub fn emit(level: Level, message: &str, fields: &[(&str, &str)]) {
-        let fields: Vec<(String, String)> =
-            fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let fields: Vec<(String, String)> = fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         crate::bindings::hoist::step::log::emit(level, message, &fields);
     }
 
@@ -175,7 +185,9 @@ pub mod log {
     #[macro_export]
     macro_rules! __log_debug { ($($t:tt)*) => { $crate::log::emit($crate::log::Level::Debug, &format!($($t)*), &[]) } }
 
-    pub use crate::{__log_debug as debug, __log_error as error, __log_info as info, __log_warn as warn};
+    pub use crate::{
+        __log_debug as debug, __log_error as error, __log_info as info, __log_warn as warn,
+    };
 }
 
 /// Where the step runs: its id and name, the run, the working directory.
@@ -279,7 +291,11 @@ pub mod process {
         /// Run to completion and collect the output. A non-zero exit is not an error.
         pub fn output(&self) -> crate::Result<Output> {
             let out = wit::run(&self.cmd)?;
-            Ok(Output { exit_code: out.exit_code, stdout: out.stdout, stderr: out.stderr })
+            Ok(Output {
+                exit_code: out.exit_code,
+                stdout: out.stdout,
+                stderr: out.stderr,
+            })
         }
     }
 }
@@ -333,12 +349,13 @@ pub mod __private {
             }
         })?;
         let outputs = f(inputs).map_err(|e| e.0)?;
-        serde_json::to_string(&outputs)
-            .map_err(|e| wit::StepError::Failed(wit::Failure {
+        serde_json::to_string(&outputs).map_err(|e| {
+            wit::StepError::Failed(wit::Failure {
                 message: format!("outputs could not be encoded as JSON: {e}"),
                 exit_code: None,
                 hint: None,
-            }))
+            })
+        })
     }
 }
 

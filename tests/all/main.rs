@@ -1,1 +1,7 @@
+//! Hoist's integration tests: real components built from `plugins/` and
+//! `tests/plugins/`, run through the library and through the real `hoist` binary.
 
+mod builtins;
+mod cli;
+mod sandbox;
+mod support;

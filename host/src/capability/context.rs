@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::bindings::hoist::step::context::Host;
 use crate::bindings::StepError;
+use crate::bindings::hoist::step::context::Host;
 use crate::runtime::policy::Capability;
 use crate::runtime::state::StepState;
 
@@ -27,7 +27,9 @@ impl Host for StepState {
 
     fn set_working_directory(&mut self, path: String) -> Result<String, StepError> {
         if !self.grants.allows(&Capability::SetCwd) {
-            return Err(StepError::Denied(self.denial(&Capability::SetCwd, "change the working directory")));
+            return Err(StepError::Denied(
+                self.denial(&Capability::SetCwd, "change the working directory"),
+            ));
         }
         let new = resolve_dir(&self.cwd, &path)?;
         self.cwd = new;
@@ -41,7 +43,10 @@ pub(crate) fn resolve_dir(cwd: &Path, path: &str) -> Result<PathBuf, StepError> 
     let joined = cwd.join(path);
     match std::fs::canonicalize(&joined) {
         Ok(p) if p.is_dir() => Ok(p),
-        Ok(p) => Err(StepError::InvalidInput(format!("`{}` is not a directory", p.display()))),
+        Ok(p) => Err(StepError::InvalidInput(format!(
+            "`{}` is not a directory",
+            p.display()
+        ))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StepError::NotFound(format!(
             "directory `{path}` does not exist (looked for {})",
             joined.display()

@@ -4,8 +4,8 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use crate::bindings::hoist::step::log::Host;
 use crate::bindings::Level;
+use crate::bindings::hoist::step::log::Host;
 use crate::runtime::state::StepState;
 
 /// Where a record came from.
@@ -67,7 +67,9 @@ impl Redactor {
         let mut v: Vec<String> = secrets.into_iter().filter(|s| !s.is_empty()).collect();
         // Longest first, so a secret containing another is masked whole.
         v.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        Self { secrets: Arc::new(v) }
+        Self {
+            secrets: Arc::new(v),
+        }
     }
 
     /// The text with every secret masked.
@@ -93,7 +95,11 @@ pub struct StepLog {
 impl StepLog {
     /// A handle writing records for `step` to `sink`.
     pub fn new(step: &str, sink: Arc<dyn LogSink>, redactor: Redactor) -> Self {
-        Self { step: step.into(), sink, redactor }
+        Self {
+            step: step.into(),
+            sink,
+            redactor,
+        }
     }
 
     /// The redactor used for this step.
@@ -114,7 +120,13 @@ impl StepLog {
                 .collect();
             &redacted
         };
-        self.sink.record(&LogRecord { step: &self.step, level, source, message: &message, fields });
+        self.sink.record(&LogRecord {
+            step: &self.step,
+            level,
+            source,
+            message: &message,
+            fields,
+        });
     }
 }
 

@@ -22,7 +22,9 @@ impl Host for StepState {
     async fn run(&mut self, cmd: Command) -> Result<Output, StepError> {
         if !self.grants.allows_program(&cmd.program) {
             let what = format!("run `{}`", cmd.program);
-            return Err(StepError::Denied(self.denial(&Capability::Process(cmd.program), &what)));
+            return Err(StepError::Denied(
+                self.denial(&Capability::Process(cmd.program), &what),
+            ));
         }
         let cwd = match &cmd.cwd {
             Some(dir) => resolve_dir(&self.cwd, dir)?,
@@ -58,7 +60,11 @@ impl Host for StepState {
                 hint: None,
             }),
         })?;
-        let group = GroupKill(child.id().and_then(|pid| rustix::process::Pid::from_raw(pid as i32)));
+        let group = GroupKill(
+            child
+                .id()
+                .and_then(|pid| rustix::process::Pid::from_raw(pid as i32)),
+        );
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
         let stream = cmd.stream_output;
@@ -85,11 +91,20 @@ impl Host for StepState {
 
 /// Read a stream to its end, logging each line if asked and keeping the first
 /// [`MAX_CAPTURED_OUTPUT`] bytes.
-async fn pump(reader: impl AsyncRead + Unpin, log: &StepLog, source: Source, stream: bool) -> Vec<u8> {
+async fn pump(
+    reader: impl AsyncRead + Unpin,
+    log: &StepLog,
+    source: Source,
+    stream: bool,
+) -> Vec<u8> {
     let mut reader = BufReader::new(reader);
     let mut kept = Vec::new();
     let mut line = Vec::new();
-    let level = if source == Source::ProcessStderr { Level::Warn } else { Level::Info };
+    let level = if source == Source::ProcessStderr {
+        Level::Warn
+    } else {
+        Level::Info
+    };
     loop {
         line.clear();
         match reader.read_until(b'\n', &mut line).await {

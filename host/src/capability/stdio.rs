@@ -44,7 +44,12 @@ impl GuestOutput {
 
     fn new(log: StepLog, source: Source) -> Self {
         Self {
-            inner: Arc::new(Mutex::new(Inner { log, source, partial: Vec::new(), tail: Vec::new() })),
+            inner: Arc::new(Mutex::new(Inner {
+                log,
+                source,
+                partial: Vec::new(),
+                tail: Vec::new(),
+            })),
         }
     }
 
@@ -99,7 +104,11 @@ impl Inner {
     fn emit(&self, line: &[u8]) {
         let line = String::from_utf8_lossy(line);
         let line = line.trim_end_matches('\r');
-        let level = if self.source == Source::GuestStderr { Level::Warn } else { Level::Info };
+        let level = if self.source == Source::GuestStderr {
+            Level::Warn
+        } else {
+            Level::Info
+        };
         self.log.emit(level, self.source, line, &[]);
     }
 }
@@ -141,7 +150,11 @@ impl OutputStream for GuestOutput {
 }
 
 impl tokio::io::AsyncWrite for GuestOutput {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.write_bytes(buf);
         Poll::Ready(Ok(buf.len()))
     }
@@ -180,7 +193,10 @@ mod tests {
     #[test]
     fn extracts_rust_panic_messages() {
         let tail = "noise\nthread '<unnamed>' panicked at src/lib.rs:4:5:\nboom: it broke\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
-        assert_eq!(panic_message(tail).unwrap(), "boom: it broke (at src/lib.rs:4:5)");
+        assert_eq!(
+            panic_message(tail).unwrap(),
+            "boom: it broke (at src/lib.rs:4:5)"
+        );
         assert!(panic_message("just an error line").is_none());
     }
 }

@@ -40,16 +40,26 @@ pub(crate) fn run(cmd: &PluginCommand) -> anyhow::Result<()> {
 fn scaffold(name: &str, dir: &Path) -> anyhow::Result<()> {
     let valid = !name.is_empty()
         && name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if !valid {
-        bail!("`{name}` is not a valid step name: use lowercase letters, digits and `_`, starting with a letter");
+        bail!(
+            "`{name}` is not a valid step name: use lowercase letters, digits and `_`, starting with a letter"
+        );
     }
     if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
-        bail!("{} already exists and is not empty; choose another --path", dir.display());
+        bail!(
+            "{} already exists and is not empty; choose another --path",
+            dir.display()
+        );
     }
     let sdk = sdk_dependency();
     let files = [
-        ("Cargo.toml", CARGO_TOML.replace("{name}", name).replace("{sdk}", &sdk)),
+        (
+            "Cargo.toml",
+            CARGO_TOML.replace("{name}", name).replace("{sdk}", &sdk),
+        ),
         (".cargo/config.toml", CARGO_CONFIG.to_string()),
         ("src/lib.rs", LIB_RS.replace("{name}", name)),
         (".gitignore", "/target\n".to_string()),

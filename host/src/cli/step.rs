@@ -73,14 +73,22 @@ async fn run_one(runtime: &Runtime, args: &RunArgs) -> anyhow::Result<()> {
         Some(d) => d.clone(),
         None => std::env::current_dir().context("cannot read the current directory")?,
     };
-    let cwd = std::fs::canonicalize(&cwd).with_context(|| format!("working directory {}", cwd.display()))?;
+    let cwd = std::fs::canonicalize(&cwd)
+        .with_context(|| format!("working directory {}", cwd.display()))?;
     let plugin = resolve(runtime, &args.step).await?;
     let name = plugin.description.name.clone();
-    let sink: Arc<dyn LogSink> = if args.quiet { Arc::new(crate::capability::log::NullSink) } else { Arc::new(TerminalSink::default()) };
+    let sink: Arc<dyn LogSink> = if args.quiet {
+        Arc::new(crate::capability::log::NullSink)
+    } else {
+        Arc::new(TerminalSink::default())
+    };
     let mut req = StepRequest::new(name.clone(), cwd.clone())
         .inputs(inputs)
         .grants(Grants::new(args.allow.iter().cloned()))
-        .limits(Limits { memory: args.memory_limit, timeout: args.timeout })
+        .limits(Limits {
+            memory: args.memory_limit,
+            timeout: args.timeout,
+        })
         .log(sink);
     req.id = args.id.clone();
     req.project_root = Some(cwd);
@@ -133,7 +141,11 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+            cur.push(
+                (prev[j] + usize::from(ca != *cb))
+                    .min(prev[j + 1] + 1)
+                    .min(cur[j] + 1),
+            );
         }
         prev = cur;
     }
@@ -142,9 +154,14 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 /// Where installed plugins live: `$HOIST_HOME/plugins` (default `~/.hoist/plugins`).
 pub(crate) fn installed_dir() -> PathBuf {
-    let home = std::env::var_os("HOIST_HOME").map(PathBuf::from).unwrap_or_else(|| {
-        std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")).join(".hoist")
-    });
+    let home = std::env::var_os("HOIST_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("."))
+                .join(".hoist")
+        });
     home.join("plugins")
 }
 
@@ -165,7 +182,11 @@ fn installed_plugins() -> Vec<(String, PathBuf)> {
 async fn list(runtime: &Runtime) -> anyhow::Result<()> {
     let mut rows: Vec<(String, String, Arc<Plugin>)> = Vec::new();
     for name in crate::builtin::names() {
-        rows.push((name.to_string(), "built-in".into(), runtime.builtin(name).await?));
+        rows.push((
+            name.to_string(),
+            "built-in".into(),
+            runtime.builtin(name).await?,
+        ));
     }
     for (name, path) in installed_plugins() {
         match runtime.load_file(&path).await {
@@ -175,19 +196,34 @@ async fn list(runtime: &Runtime) -> anyhow::Result<()> {
     }
     let mut out = std::io::stdout().lock();
     for (name, kind, p) in rows {
-        let caps: Vec<String> = p.description.capabilities.iter().map(|c| c.to_string()).collect();
-        let caps = if caps.is_empty() { "none".to_string() } else { caps.join(", ") };
-        writeln!(out, "{name} {} ({kind})\n    {}\n    capabilities: {caps}", p.description.version, p.description.summary)?;
+        let caps: Vec<String> = p
+            .description
+            .capabilities
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        let caps = if caps.is_empty() {
+            "none".to_string()
+        } else {
+            caps.join(", ")
+        };
+        writeln!(
+            out,
+            "{name} {} ({kind})\n    {}\n    capabilities: {caps}",
+            p.description.version, p.description.summary
+        )?;
     }
     Ok(())
 }
 
 fn parse_inputs(json: Option<&str>, pairs: &[String]) -> anyhow::Result<Value> {
     let mut map = match json {
-        Some(text) => match serde_json::from_str::<Value>(text).context("--inputs-json is not valid JSON")? {
-            Value::Object(m) => m,
-            other => bail!("--inputs-json must be a JSON object, got {other}"),
-        },
+        Some(text) => {
+            match serde_json::from_str::<Value>(text).context("--inputs-json is not valid JSON")? {
+                Value::Object(m) => m,
+                other => bail!("--inputs-json must be a JSON object, got {other}"),
+            }
+        }
         None => Map::new(),
     };
     for pair in pairs {
@@ -200,11 +236,14 @@ fn parse_inputs(json: Option<&str>, pairs: &[String]) -> anyhow::Result<Value> {
         let value = if raw.is_empty() {
             Value::String(String::new())
         } else {
-            match serde_yaml_ng::from_str::<Value>(raw) {
-                // A string stays exactly as typed (YAML would fold a multi-line value).
-                Ok(Value::String(_)) | Err(_) if !looks_structured(raw) => Value::String(raw.to_string()),
-                Ok(v) => v,
-                Err(e) => bail!("--input {key}: `{raw}` is not a valid YAML value: {e}"),
+            // Scalars are typed as YAML types them; collections only in flow style
+            // (`[..]`, `{..}`); anything else stays exactly as typed, so `echo a: b` or a
+            // multi-line script is not folded or read as a mapping.
+            match (serde_yaml_ng::from_str::<Value>(raw), looks_structured(raw)) {
+                (Ok(v @ (Value::Bool(_) | Value::Number(_) | Value::Null)), _) => v,
+                (Ok(v), true) => v,
+                (Err(e), true) => bail!("--input {key}: `{raw}` is not a valid YAML value: {e}"),
+                (_, false) => Value::String(raw.to_string()),
             }
         };
         map.insert(key.to_string(), value);
@@ -220,9 +259,13 @@ fn looks_structured(raw: &str) -> bool {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration (e.g. 30s, 5m, 1h)"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (e.g. 30s, 5m, 1h)"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "" | "s" => n,
@@ -240,7 +283,9 @@ fn parse_size(s: &str) -> Result<usize, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: usize = num.parse().map_err(|_| format!("`{s}` is not a size (e.g. 64M, 1G)"))?;
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (e.g. 64M, 1G)"))?;
     let mult = match unit.trim_end_matches("iB").trim_end_matches('B') {
         "" => 1,
         "K" | "k" => 1 << 10,
@@ -292,8 +337,24 @@ mod tests {
 
     #[test]
     fn inputs_are_yaml_scalars() {
-        let v = parse_inputs(Some(r#"{"a": 1, "b": "x"}"#), &["b=true".into(), "c=3".into(), "d=null".into(), "e=hi there".into(), "h=a: b\nc".into(), "f=".into(), "g={k: v}".into()]).unwrap();
-        assert_eq!(v, serde_json::json!({"a": 1, "b": true, "c": 3, "d": null, "e": "hi there", "h": "a: b\nc", "f": "", "g": {"k": "v"}}));
+        let v = parse_inputs(
+            Some(r#"{"a": 1, "b": "x"}"#),
+            &[
+                "b=true".into(),
+                "c=3".into(),
+                "d=null".into(),
+                "e=hi there".into(),
+                "h=a: b\nc".into(),
+                "i=echo a: b".into(),
+                "f=".into(),
+                "g={k: v}".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"a": 1, "b": true, "c": 3, "d": null, "e": "hi there", "h": "a: b\nc", "i": "echo a: b", "f": "", "g": {"k": "v"}})
+        );
         assert!(parse_inputs(None, &["nokey".into()]).is_err());
         assert!(parse_inputs(Some("[1]"), &[]).is_err());
         assert!(parse_inputs(None, &["x={unclosed".into()]).is_err());
@@ -301,7 +362,10 @@ mod tests {
 
     #[test]
     fn durations_and_sizes() {
-        assert_eq!(parse_duration("1500ms").unwrap(), Duration::from_millis(1500));
+        assert_eq!(
+            parse_duration("1500ms").unwrap(),
+            Duration::from_millis(1500)
+        );
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("5 parsecs").is_err());

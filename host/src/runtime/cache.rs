@@ -38,7 +38,9 @@ pub fn digest(bytes: &[u8]) -> String {
 impl ComponentCache {
     /// A cache in `dir` (created with mode 0700 if missing).
     pub fn at(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: Some(dir.into()) }
+        Self {
+            dir: Some(dir.into()),
+        }
     }
 
     /// No disk cache: compile every time a process first loads a component.
@@ -65,8 +67,16 @@ impl ComponentCache {
 
     /// Get the compiled form of `bytes` whose sha256 is `digest`: map it from the cache,
     /// or compile it and store it. A cache that cannot be used only costs a compile.
-    pub fn load(&self, engine: &Engine, digest: &str, bytes: &[u8]) -> wasmtime::Result<(Component, Loaded)> {
-        let Some(path) = self.trusted_dir().map(|dir| dir.join(file_name(engine, digest))) else {
+    pub fn load(
+        &self,
+        engine: &Engine,
+        digest: &str,
+        bytes: &[u8],
+    ) -> wasmtime::Result<(Component, Loaded)> {
+        let Some(path) = self
+            .trusted_dir()
+            .map(|dir| dir.join(file_name(engine, digest)))
+        else {
             return Ok((Component::new(engine, bytes)?, Loaded::Compiled));
         };
         if path.exists() {
@@ -94,7 +104,11 @@ impl ComponentCache {
     fn trusted_dir(&self) -> Option<&Path> {
         let dir = self.dir.as_deref()?;
         if !dir.exists() {
-            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).ok()?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .ok()?;
         }
         let meta = std::fs::metadata(dir).ok()?;
         let mine = meta.uid() == rustix::process::getuid().as_raw();
@@ -112,8 +126,15 @@ fn file_name(engine: &Engine, digest: &str) -> String {
 /// Write atomically: a private temporary file renamed into place.
 fn store(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-    let res = f.write_all(bytes).and_then(|_| f.sync_all()).and_then(|_| std::fs::rename(&tmp, path));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    let res = f
+        .write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .and_then(|_| std::fs::rename(&tmp, path));
     if res.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

@@ -21,7 +21,9 @@ impl std::str::FromStr for Allocator {
         match s {
             "pooling" => Ok(Self::Pooling),
             "on-demand" => Ok(Self::OnDemand),
-            _ => Err(format!("unknown allocator `{s}`: use `pooling` or `on-demand`")),
+            _ => Err(format!(
+                "unknown allocator `{s}`: use `pooling` or `on-demand`"
+            )),
         }
     }
 }
@@ -62,9 +64,10 @@ fn config(allocator: Allocator) -> Config {
 pub fn new_engine(allocator: Allocator) -> wasmtime::Result<(Engine, Allocator)> {
     let engine = match Engine::new(&config(allocator)) {
         Ok(engine) => (engine, allocator),
-        Err(_) if allocator == Allocator::Pooling => {
-            (Engine::new(&config(Allocator::OnDemand))?, Allocator::OnDemand)
-        }
+        Err(_) if allocator == Allocator::Pooling => (
+            Engine::new(&config(Allocator::OnDemand))?,
+            Allocator::OnDemand,
+        ),
         Err(e) => return Err(e),
     };
     start_epoch_ticker(&engine.0, EPOCH_TICK);

@@ -21,7 +21,9 @@ pub enum ErrorKind {
     #[error("could not be loaded: {0}")]
     Load(String),
     /// The step declares a capability the user did not grant.
-    #[error("needs capability `{capability}`, which was not granted; grant it with `--allow {capability}`")]
+    #[error(
+        "needs capability `{capability}`, which was not granted; grant it with `--allow {capability}`"
+    )]
     NotGranted {
         /// The missing capability, in its command-line spelling.
         capability: String,
@@ -95,7 +97,7 @@ fn humanize(d: Duration) -> String {
     let ms = d.as_millis();
     if ms < 1000 {
         format!("{ms} ms")
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{} s", ms / 1000)
     } else {
         format!("{:.1} s", d.as_secs_f64())

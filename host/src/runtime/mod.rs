@@ -47,7 +47,9 @@ impl Default for RuntimeConfig {
     /// The disk cache at its default place; the allocator from `HOIST_ALLOCATOR`
     /// (`pooling` or `on-demand`), else on-demand (see README, "Benchmarks").
     fn default() -> Self {
-        let cache = ComponentCache::default_dir().map(ComponentCache::at).unwrap_or_else(ComponentCache::disabled);
+        let cache = ComponentCache::default_dir()
+            .map(ComponentCache::at)
+            .unwrap_or_else(ComponentCache::disabled);
         let allocator = std::env::var("HOIST_ALLOCATOR")
             .ok()
             .and_then(|s| s.parse().ok())
@@ -88,7 +90,10 @@ pub struct Plugin {
 
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plugin").field("origin", &self.origin).field("digest", &self.digest).finish()
+        f.debug_struct("Plugin")
+            .field("origin", &self.origin)
+            .field("digest", &self.digest)
+            .finish()
     }
 }
 
@@ -103,7 +108,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { memory: DEFAULT_MEMORY_LIMIT, timeout: DEFAULT_TIMEOUT }
+        Self {
+            memory: DEFAULT_MEMORY_LIMIT,
+            timeout: DEFAULT_TIMEOUT,
+        }
     }
 }
 
@@ -176,7 +184,9 @@ impl StepRequest {
 
 /// A fresh run id: time and process, unique enough to tell runs apart in logs.
 pub fn new_run_id() -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     format!("{:x}-{:x}", now.as_micros(), std::process::id())
 }
 
@@ -259,9 +269,19 @@ impl Runtime {
 
     /// Load component bytes: compiled form from memory, from the disk cache, or compiled
     /// now; then instantiated once to read its description.
-    pub async fn load(&self, bytes: &[u8], origin: &str, builtin: bool) -> Result<Arc<Plugin>, StepRunError> {
+    pub async fn load(
+        &self,
+        bytes: &[u8],
+        origin: &str,
+        builtin: bool,
+    ) -> Result<Arc<Plugin>, StepRunError> {
         let digest = cache::digest(bytes);
-        if let Some(p) = self.loaded.lock().unwrap_or_else(|p| p.into_inner()).get(&digest) {
+        if let Some(p) = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&digest)
+        {
             return Ok(p.clone());
         }
         let fail = |message: String| StepRunError {
@@ -273,24 +293,48 @@ impl Runtime {
             .cache
             .load(&self.engine, &digest, bytes)
             .map_err(|e| fail(format!("not a valid WebAssembly component: {e:#}")))?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| fail(format!("it imports something Hoist does not provide: {e:#}")))?;
-        let pre = StepPre::new(pre).map_err(|e| fail(format!("it is not a `hoist:step/step` component: {e:#}")))?;
-        let description = self.describe(&pre).await.map_err(|e| fail(format!("describe() failed: {e:#}")))?;
-        let plugin = Arc::new(Plugin { pre, description, digest: digest.clone(), builtin, loaded, origin: origin.into() });
-        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).insert(digest, plugin.clone());
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            fail(format!(
+                "it imports something Hoist does not provide: {e:#}"
+            ))
+        })?;
+        let pre = StepPre::new(pre)
+            .map_err(|e| fail(format!("it is not a `hoist:step/step` component: {e:#}")))?;
+        let description = self
+            .describe(&pre)
+            .await
+            .map_err(|e| fail(format!("describe() failed: {e:#}")))?;
+        let plugin = Arc::new(Plugin {
+            pre,
+            description,
+            digest: digest.clone(),
+            builtin,
+            loaded,
+            origin: origin.into(),
+        });
+        self.loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(digest, plugin.clone());
         Ok(plugin)
     }
 
     async fn describe(&self, pre: &StepPre<StepState>) -> wasmtime::Result<Description> {
-        let info = StepInfo { name: "describe".into(), plugin: "describe".into(), id: None, run_id: String::new(), builtin: false };
+        let info = StepInfo {
+            name: "describe".into(),
+            plugin: "describe".into(),
+            id: None,
+            run_id: String::new(),
+            builtin: false,
+        };
         let log = StepLog::new("describe", Arc::new(NullSink), Redactor::default());
         let state = StepState {
             wasi: WasiCtxBuilder::new().build(),
             table: ResourceTable::new(),
-            limiter: MemoryLimiter { limit: DEFAULT_MEMORY_LIMIT, exceeded: false },
+            limiter: MemoryLimiter {
+                limit: DEFAULT_MEMORY_LIMIT,
+                exceeded: false,
+            },
             info: Arc::new(info),
             cwd: PathBuf::from("/"),
             grants: Arc::new(Grants::none()),
@@ -316,8 +360,16 @@ impl Runtime {
     }
 
     /// Run one step in a fresh store.
-    pub async fn run(&self, plugin: &Plugin, req: StepRequest) -> Result<StepOutcome, StepRunError> {
-        let err = |kind: ErrorKind| StepRunError { step: req.name.clone(), plugin: plugin.description.name.clone(), kind };
+    pub async fn run(
+        &self,
+        plugin: &Plugin,
+        req: StepRequest,
+    ) -> Result<StepOutcome, StepRunError> {
+        let err = |kind: ErrorKind| StepRunError {
+            step: req.name.clone(),
+            plugin: plugin.description.name.clone(),
+            kind,
+        };
 
         // Default deny: a plugin gets what it declares, and only if it was all granted.
         // Built-in steps are granted their declarations.
@@ -325,7 +377,9 @@ impl Runtime {
         if !plugin.builtin
             && let Some(missing) = declared.iter().find(|c| !req.grants.allows(c))
         {
-            return Err(err(ErrorKind::NotGranted { capability: missing.to_string() }));
+            return Err(err(ErrorKind::NotGranted {
+                capability: missing.to_string(),
+            }));
         }
         let grants = Arc::new(Grants::new(declared.iter().cloned()));
 
@@ -342,14 +396,26 @@ impl Runtime {
         let mut preopen = |dir: &Path, perms: FsPerms| {
             wasi.preopened_dir(dir, dir.to_string_lossy(), perms)
                 .map(|_| ())
-                .map_err(|e| err(ErrorKind::Setup(format!("cannot open directory {}: {e}", dir.display()))))
+                .map_err(|e| {
+                    err(ErrorKind::Setup(format!(
+                        "cannot open directory {}: {e}",
+                        dir.display()
+                    )))
+                })
         };
         preopen(&req.cwd, FsPerms::ReadWrite)?;
         if let Some(root) = req.project_root.as_deref().filter(|r| *r != req.cwd) {
             preopen(root, FsPerms::ReadWrite)?;
         }
         for (dir, writable) in grants.dirs() {
-            preopen(dir, if writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly })?;
+            preopen(
+                dir,
+                if writable {
+                    FsPerms::ReadWrite
+                } else {
+                    FsPerms::ReadOnly
+                },
+            )?;
         }
         let info = StepInfo {
             name: req.name.clone(),
@@ -361,7 +427,10 @@ impl Runtime {
         let state = StepState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limiter: MemoryLimiter { limit: req.limits.memory, exceeded: false },
+            limiter: MemoryLimiter {
+                limit: req.limits.memory,
+                exceeded: false,
+            },
             info: Arc::new(info),
             cwd: req.cwd.clone(),
             grants,
@@ -369,7 +438,11 @@ impl Runtime {
         };
         let inputs = serde_json::to_string(&req.inputs).expect("JSON values always serialise");
 
-        let _slot = self.slots.acquire().await.map_err(|e| err(ErrorKind::Setup(e.to_string())))?;
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|e| err(ErrorKind::Setup(e.to_string())))?;
         let start = Instant::now();
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -415,8 +488,13 @@ impl Runtime {
             }
             Ok(Ok(Ok(text))) => text,
         };
-        let outputs: Value = serde_json::from_str(&text).map_err(|e| err(ErrorKind::BadOutput(e.to_string())))?;
+        let outputs: Value =
+            serde_json::from_str(&text).map_err(|e| err(ErrorKind::BadOutput(e.to_string())))?;
         let cwd = std::mem::take(&mut store.data_mut().cwd);
-        Ok(StepOutcome { outputs, cwd, elapsed })
+        Ok(StepOutcome {
+            outputs,
+            cwd,
+            elapsed,
+        })
     }
 }

@@ -142,7 +142,9 @@ impl Grants {
 
     /// The host environment the step (and the processes it runs) may see.
     pub fn visible_env(&self) -> Vec<(String, String)> {
-        std::env::vars().filter(|(k, _)| self.allows_env(k)).collect()
+        std::env::vars()
+            .filter(|(k, _)| self.allows_env(k))
+            .collect()
     }
 
     /// Extra directories to preopen, with whether they are writable.
@@ -161,7 +163,15 @@ mod tests {
 
     #[test]
     fn parses_and_prints_every_kind() {
-        for s in ["process:git", "process:*", "env:HOME", "set-cwd", "read:/data", "write:/out", "net:https://*.github.com:443"] {
+        for s in [
+            "process:git",
+            "process:*",
+            "env:HOME",
+            "set-cwd",
+            "read:/data",
+            "write:/out",
+            "net:https://*.github.com:443",
+        ] {
             let c: Capability = s.parse().unwrap();
             assert_eq!(c.to_string(), s);
         }
@@ -175,7 +185,11 @@ mod tests {
         let none = Grants::none();
         assert!(!none.allows_program("true"));
         assert!(!none.allows_env("HOME"));
-        let g = Grants::new(["process:git".parse().unwrap(), "env:*".parse().unwrap(), "write:/srv".parse().unwrap()]);
+        let g = Grants::new([
+            "process:git".parse().unwrap(),
+            "env:*".parse().unwrap(),
+            "write:/srv".parse().unwrap(),
+        ]);
         assert!(g.allows_program("git"));
         assert!(!g.allows_program("/usr/bin/git"));
         assert!(!g.allows_program("sh"));

@@ -43,7 +43,9 @@ impl StepState {
         let who = &self.info.name;
         let plugin = &self.info.plugin;
         if self.info.builtin {
-            format!("step `{who}` ({plugin}) may not {what}: the built-in step does not declare capability `{cap}`")
+            format!(
+                "step `{who}` ({plugin}) may not {what}: the built-in step does not declare capability `{cap}`"
+            )
         } else {
             format!(
                 "step `{who}` ({plugin}) may not {what}: capability `{cap}` was not granted. \
@@ -56,7 +58,10 @@ impl StepState {
 
 impl WasiView for StepState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -69,7 +74,12 @@ pub struct MemoryLimiter {
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.limit {
             self.exceeded = true;
             // Trap at once: a Rust guest would otherwise abort with a less useful message.
@@ -78,7 +88,12 @@ impl ResourceLimiter for MemoryLimiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         // Tables hold function references; a million is far beyond any real plugin.
         Ok(desired <= 1 << 20)
     }

@@ -101,7 +101,10 @@ fn run(inputs: Inputs) -> Result<Outputs> {
             ));
         }
     }
-    Ok(Outputs { stdout: stdout.trim().to_string(), stderr: stderr.trim().to_string() })
+    Ok(Outputs {
+        stdout: stdout.trim().to_string(),
+        stderr: stderr.trim().to_string(),
+    })
 }
 
 /// Python's `string.Template.safe_substitute`: `$$` → `$`, `$name` / `${name}` replaced
@@ -128,7 +131,11 @@ fn safe_substitute(line: &str, env: &BTreeMap<String, String>) -> String {
             rest = tail;
         } else if let Some(braced) = after.strip_prefix('{') {
             let n = ident_len(braced);
-            match braced[n..].starts_with('}').then(|| env.get(&braced[..n])).flatten() {
+            match braced[n..]
+                .starts_with('}')
+                .then(|| env.get(&braced[..n]))
+                .flatten()
+            {
                 Some(v) if n > 0 => {
                     out.push_str(v);
                     rest = &braced[n + 1..];
@@ -170,9 +177,15 @@ mod tests {
 
     #[test]
     fn substitution_follows_python_template() {
-        let env: BTreeMap<String, String> =
-            [("A".to_string(), "x".to_string()), ("B_1".to_string(), "y".to_string())].into();
-        assert_eq!(safe_substitute("$A ${B_1} $$A $C ${C} $ ${", &env), "x y $A $C ${C} $ ${");
+        let env: BTreeMap<String, String> = [
+            ("A".to_string(), "x".to_string()),
+            ("B_1".to_string(), "y".to_string()),
+        ]
+        .into();
+        assert_eq!(
+            safe_substitute("$A ${B_1} $$A $C ${C} $ ${", &env),
+            "x y $A $C ${C} $ ${"
+        );
         assert_eq!(safe_substitute("$A1", &env), "$A1");
     }
 }

@@ -22,7 +22,9 @@ struct Outputs {
 
 fn run(inputs: Inputs) -> Result<Outputs> {
     let directory = context::set_working_directory(&inputs.directory)?;
-    Ok(Outputs { directory: directory.to_string_lossy().into_owned() })
+    Ok(Outputs {
+        directory: directory.to_string_lossy().into_owned(),
+    })
 }
 
 hoist_sdk::step! {

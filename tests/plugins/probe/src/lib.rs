@@ -14,7 +14,11 @@ enum Inputs {
     /// Read an environment variable.
     Env { name: String },
     /// Run a program through the process capability.
-    Spawn { program: String, #[serde(default)] args: Vec<String> },
+    Spawn {
+        program: String,
+        #[serde(default)]
+        args: Vec<String>,
+    },
     /// Spin forever.
     Spin,
     /// Allocate until something stops us.
@@ -69,6 +73,10 @@ hoist_sdk::step! {
     name: "probe",
     version: "0.1.0",
     summary: "Test plugin that tries to escape its sandbox",
-    capabilities: [Capability::Process("true".into()), Capability::Env("HOIST_PROBE".into())],
+    capabilities: [
+        Capability::Process("true".into()),
+        Capability::Process("sleep".into()),
+        Capability::Env("HOIST_PROBE".into()),
+    ],
     run: run,
 }

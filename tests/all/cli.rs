@@ -1,0 +1,248 @@
+//! End to end: the real `hoist` binary, as a user runs it.
+
+use crate::support::{self, hoist, plugins, run};
+
+#[test]
+fn step_run_prints_outputs_as_json_and_logs_to_stderr() {
+    let (_t, dir) = support::tempdir();
+    let (code, out, err) = run(hoist(&dir).current_dir(&dir).args([
+        "step",
+        "run",
+        "run_shell_script",
+        "--input",
+        "script=echo hi\necho there",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v, serde_json::json!({"stdout": "hi\nthere", "stderr": ""}));
+    assert!(err.contains("run_shell_script | hi"), "{err}");
+    assert!(err.contains("✓ run_shell_script finished in"), "{err}");
+}
+
+#[test]
+fn set_working_directory_outputs_the_absolute_path() {
+    let (_t, dir) = support::tempdir();
+    std::fs::create_dir(dir.join("flows")).unwrap();
+    let (code, out, err) = run(hoist(&dir).current_dir(&dir).args([
+        "step",
+        "run",
+        "set_working_directory",
+        "-i",
+        "directory=flows",
+        "-q",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(err, "");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["directory"], dir.join("flows").display().to_string());
+}
+
+#[test]
+fn a_failing_step_exits_non_zero_with_the_cause() {
+    let (_t, dir) = support::tempdir();
+    let (code, out, err) = run(hoist(&dir).current_dir(&dir).args([
+        "step",
+        "run",
+        "run_shell_script",
+        "-i",
+        "script=cat nothing",
+    ]));
+    assert_eq!(code, 1);
+    assert_eq!(out, "");
+    assert!(err.contains("error: step `run_shell_script` (run_shell_script) failed: `run_shell_script` failed with error code 1: cat: nothing: No such file or directory"), "{err}");
+}
+
+#[test]
+fn unknown_steps_suggest_the_closest_name() {
+    let (_t, dir) = support::tempdir();
+    let (code, _, err) = run(hoist(&dir).args(["step", "run", "run_shell_scrip"]));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("unknown step `run_shell_scrip`; did you mean `run_shell_script`?"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_plugin_file_needs_explicit_grants() {
+    let (_t, dir) = support::tempdir();
+    let (code, _, err) = run(hoist(&dir).current_dir(&dir).args([
+        "step",
+        "run",
+        plugins::PROBE,
+        "-i",
+        "action=spin",
+    ]));
+    assert_eq!(code, 1);
+    assert!(err.contains("needs capability `process:true`, which was not granted; grant it with `--allow process:true`"), "{err}");
+
+    let (code, out, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .env("HOIST_PROBE", "visible")
+        .args([
+            "step",
+            "run",
+            plugins::PROBE,
+            "-i",
+            "action=env",
+            "-i",
+            "name=HOIST_PROBE",
+        ])
+        .args([
+            "--allow",
+            "process:*",
+            "--allow",
+            "env:HOIST_PROBE",
+            "--allow",
+            "process:sleep",
+        ]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["value"],
+        "visible"
+    );
+}
+
+#[test]
+fn timeouts_and_limits_are_set_from_the_command_line() {
+    let (_t, dir) = support::tempdir();
+    let grants = ["--allow", "process:*", "--allow", "env:*"];
+    let (code, _, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .args([
+            "step",
+            "run",
+            plugins::PROBE,
+            "-i",
+            "action=spin",
+            "--timeout",
+            "200ms",
+        ])
+        .args(grants));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("did not finish within 200 ms and was stopped"),
+        "{err}"
+    );
+    let (code, _, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .args([
+            "step",
+            "run",
+            plugins::PROBE,
+            "-i",
+            "action=hog",
+            "--memory-limit",
+            "16M",
+        ])
+        .args(grants));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("tried to use more than 16 MiB of memory"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_arguments_are_usage_errors() {
+    let (_t, dir) = support::tempdir();
+    let (code, _, err) =
+        run(hoist(&dir).args(["step", "run", "run_shell_script", "--allow", "everything"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("`everything` is not a capability"), "{err}");
+    let (code, _, err) =
+        run(hoist(&dir).args(["step", "run", "run_shell_script", "--inputs-json", "[1]"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("--inputs-json must be a JSON object"), "{err}");
+}
+
+#[test]
+fn step_ls_lists_builtins_and_installed_plugins() {
+    let (_t, home) = support::tempdir();
+    std::fs::create_dir_all(home.join("plugins")).unwrap();
+    std::fs::copy(plugins::TRIVIAL, home.join("plugins/echoer.wasm")).unwrap();
+    let (code, out, err) = run(hoist(&home).args(["step", "ls"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("run_shell_script 0.1.0 (built-in)\n    Run each line of a script as a process, Prefect-style\n    capabilities: process:*, env:*"), "{out}");
+    assert!(
+        out.contains("set_working_directory 0.1.0 (built-in)"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "echoer 0.1.0 (installed)\n    Echo the inputs back as outputs\n    capabilities: none"
+        ),
+        "{out}"
+    );
+
+    // Installed plugins run by name.
+    let (code, out, err) = run(hoist(&home)
+        .current_dir(&home)
+        .args(["step", "run", "echoer", "-i", "n=3", "-q"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap(),
+        serde_json::json!({"n": 3})
+    );
+}
+
+#[test]
+fn version_names_what_matters() {
+    let (_t, dir) = support::tempdir();
+    let (code, out, _) = run(hoist(&dir).arg("version"));
+    assert_eq!(code, 0);
+    for needle in [
+        "hoist 0.1.0",
+        "wit api hoist:step@0.1.0",
+        "wasmtime 48.0.8",
+        "cache ",
+        "allocator ",
+    ] {
+        assert!(out.contains(needle), "{needle} in {out}");
+    }
+}
+
+#[test]
+fn a_scaffolded_plugin_builds_and_runs() {
+    let (_t, dir) = support::tempdir();
+    let (code, _, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .args(["plugin", "new", "greeter"]));
+    assert_eq!(code, 0, "{err}");
+    // Share a target dir across runs so only the first build compiles the SDK.
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/scaffold");
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--release", "--quiet"])
+        .current_dir(dir.join("greeter"))
+        .env("CARGO_TARGET_DIR", &target)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let wasm = target.join("wasm32-wasip2/release/greeter.wasm");
+    let (code, out, err) = run(hoist(&dir).current_dir(&dir).args([
+        "step",
+        "run",
+        wasm.to_str().unwrap(),
+        "-i",
+        "name=world",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap(),
+        serde_json::json!({"greeting": "hello world"})
+    );
+    assert!(err.contains("greeter | greeting world"), "{err}");
+
+    let (code, _, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .args(["plugin", "new", "greeter"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("already exists"), "{err}");
+    let (code, _, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .args(["plugin", "new", "Bad-Name"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("not a valid step name"), "{err}");
+}

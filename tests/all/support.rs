@@ -1,0 +1,83 @@
+//! Shared helpers: a runtime with a test cache, a recording log sink, the binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+
+use hoist::capability::log::{LogRecord, LogSink};
+use hoist::runtime::{ComponentCache, Runtime, RuntimeConfig};
+
+pub mod plugins {
+    include!(concat!(env!("OUT_DIR"), "/test_plugins.rs"));
+}
+
+/// A cache directory shared by the tests of one target dir (compiles once per run).
+pub fn test_cache() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-cache");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut perms = std::fs::metadata(&dir).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o700);
+    std::fs::set_permissions(&dir, perms).unwrap();
+    dir
+}
+
+pub fn runtime() -> Runtime {
+    Runtime::new(RuntimeConfig {
+        cache: ComponentCache::at(test_cache()),
+        ..RuntimeConfig::default()
+    })
+    .unwrap()
+}
+
+/// Keeps every record as `step|message`.
+#[derive(Default)]
+pub struct Recorder(pub Mutex<Vec<String>>);
+
+impl LogSink for Recorder {
+    fn record(&self, r: &LogRecord<'_>) {
+        let mut line = format!("{}|{}", r.step, r.message);
+        for (k, v) in r.fields {
+            line.push_str(&format!(" {k}={v}"));
+        }
+        self.0.lock().unwrap().push(line);
+    }
+}
+
+impl Recorder {
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+pub fn recorder() -> Arc<Recorder> {
+    Arc::new(Recorder::default())
+}
+
+/// A temporary directory, canonicalised (so it equals what the host reports).
+pub fn tempdir() -> (tempfile::TempDir, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let p = std::fs::canonicalize(t.path()).unwrap();
+    (t, p)
+}
+
+/// The real `hoist` binary with a test cache and a private HOIST_HOME.
+pub fn hoist(home: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hoist"));
+    c.env("HOIST_CACHE_DIR", test_cache())
+        .env("HOIST_HOME", home);
+    c
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Run and return (exit code, stdout, stderr).
+pub fn run(cmd: &mut Command) -> (i32, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().unwrap();
+    (status.code().unwrap_or(-1), text(&stdout), text(&stderr))
+}
