@@ -30,8 +30,25 @@ impl Host for StepState {
             Some(dir) => resolve_dir(&self.cwd, dir)?,
             None => self.cwd.clone(),
         };
-        let mut child = tokio::process::Command::new(&cmd.program);
+        // Resolve the program here: with an absolute path the standard library can use
+        // posix_spawn; a bare name with a changed environment makes it fork, which copies
+        // this process's (large) address-space mappings and costs a millisecond or more.
+        let path_var = cmd
+            .env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| std::ffi::OsString::from(v))
+            .or_else(|| std::env::var_os("PATH"));
+        let program = find_program(&cmd.program, &cwd, path_var.as_deref()).ok_or_else(|| {
+            StepError::NotFound(format!(
+                "program `{}` was not found (searched PATH; working directory {})",
+                cmd.program,
+                cwd.display()
+            ))
+        })?;
+        let mut child = tokio::process::Command::new(&program);
         child
+            .arg0(&cmd.program)
             .args(&cmd.args)
             .current_dir(&cwd)
             .env_clear()
@@ -42,10 +59,8 @@ impl Host for StepState {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        // Programs are found on the host's PATH, and the programs they start need it too.
-        if !cmd.env.iter().any(|(k, _)| k == "PATH")
-            && let Some(path) = std::env::var_os("PATH")
-        {
+        // The programs a program starts are found on PATH too.
+        if let Some(path) = &path_var {
             child.env("PATH", path);
         }
         let mut child = child.spawn().map_err(|e| match e.kind() {
@@ -87,6 +102,30 @@ impl Host for StepState {
             stderr: String::from_utf8_lossy(&err).into_owned(),
         })
     }
+}
+
+/// The file to execute for `program`: a path (relative to `cwd`) as given, a bare name
+/// searched on `path_var` like `execvp` does.
+fn find_program(
+    program: &str,
+    cwd: &std::path::Path,
+    path_var: Option<&std::ffi::OsStr>,
+) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let p = cwd.join(program);
+        return executable(&p).then_some(p);
+    }
+    if program.is_empty() {
+        return None;
+    }
+    std::env::split_paths(path_var?)
+        .map(|dir| cwd.join(dir).join(program))
+        .find(|p| executable(p))
 }
 
 /// Read a stream to its end, logging each line if asked and keeping the first

@@ -142,6 +142,9 @@ impl Grants {
 
     /// The host environment the step (and the processes it runs) may see.
     pub fn visible_env(&self) -> Vec<(String, String)> {
+        if !self.0.iter().any(|c| matches!(c, Capability::Env(_))) {
+            return Vec::new();
+        }
         std::env::vars()
             .filter(|(k, _)| self.allows_env(k))
             .collect()

@@ -1,0 +1,182 @@
+//! prefect.yaml project files (spec §5): parsing, the shape of sections and steps,
+//! per-deployment overrides (§5.5), and the 2.x layout (`deployment.yaml`).
+//!
+//! This module only understands files; it resolves no step and runs nothing. Every
+//! error names the file and, where there is one, the line, deployment and field.
+
+pub mod load;
+
+use serde_json::{Map, Value};
+
+pub use load::{ProjectError, load, parse};
+
+/// One section (`build`, `push` or `pull`) as written.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Section {
+    /// The key is not there.
+    Absent,
+    /// `key: null` (or `key:`).
+    Null,
+    /// `key: {}` — no steps, but not "explicitly empty" for `pull` inheritance.
+    EmptyMapping,
+    /// A list of steps (a single step mapping is normalised to a one-item list).
+    Steps(Vec<StepEntry>),
+}
+
+impl Section {
+    /// The steps, if any.
+    pub fn steps(&self) -> &[StepEntry] {
+        match self {
+            Section::Steps(s) => s,
+            _ => &[],
+        }
+    }
+
+    fn has_steps(&self) -> bool {
+        !self.steps().is_empty()
+    }
+}
+
+/// Which section.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Action {
+    /// `build`
+    Build,
+    /// `push`
+    Push,
+    /// `pull`
+    Pull,
+}
+
+impl Action {
+    /// Its key in the file.
+    pub fn key(self) -> &'static str {
+        match self {
+            Action::Build => "build",
+            Action::Push => "push",
+            Action::Pull => "pull",
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.key())
+    }
+}
+
+/// One step as written: `- <name>: {inputs}`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepEntry {
+    /// Where it is: `pull[2]` or `deployments[0].build[1]` (`deployments[my-dep]...`).
+    pub position: String,
+    /// 1-based line in the file, when it could be located.
+    pub line: Option<usize>,
+    /// The step's name (the mapping's key), e.g. `prefect.deployments.steps.git_clone`.
+    pub name: String,
+    /// The inputs without `id` and `requires`, untemplated.
+    pub inputs: Map<String, Value>,
+    /// `id`, if given.
+    pub id: Option<String>,
+    /// `requires`, normalised to a list.
+    pub requires: Vec<String>,
+    /// The entry exactly as written (for plans and records: never templated).
+    pub raw: Value,
+}
+
+impl StepEntry {
+    /// The last dotted segment of the name (`git_clone`), as Prefect prints it.
+    pub fn short_name(&self) -> &str {
+        self.name.rsplit(['.', ':']).next().unwrap_or(&self.name)
+    }
+}
+
+/// One entry of `deployments:`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Deployment {
+    /// Its index in the list.
+    pub index: usize,
+    /// `name`, if given.
+    pub name: Option<String>,
+    /// `build`.
+    pub build: Section,
+    /// `push`.
+    pub push: Section,
+    /// `pull`.
+    pub pull: Section,
+    /// The whole mapping, untemplated.
+    pub raw: Map<String, Value>,
+}
+
+impl Deployment {
+    /// How messages name it: `deployment `name`` or `deployment #3`.
+    pub fn label(&self) -> String {
+        match &self.name {
+            Some(n) => format!("deployment `{n}`"),
+            None => format!("deployment #{}", self.index),
+        }
+    }
+}
+
+/// A parsed project.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Project {
+    /// The file it came from.
+    pub path: std::path::PathBuf,
+    /// `name`.
+    pub name: Option<String>,
+    /// `prefect-version`.
+    pub prefect_version: Option<String>,
+    /// Top-level `build`.
+    pub build: Section,
+    /// Top-level `push`.
+    pub push: Section,
+    /// Top-level `pull`.
+    pub pull: Section,
+    /// `deployments` (from `deployment.yaml` in the 2.x layout).
+    pub deployments: Vec<Deployment>,
+}
+
+impl Project {
+    /// The top-level section.
+    pub fn section(&self, action: Action) -> &Section {
+        match action {
+            Action::Build => &self.build,
+            Action::Push => &self.push,
+            Action::Pull => &self.pull,
+        }
+    }
+
+    /// Find a deployment by name.
+    pub fn deployment(&self, name: &str) -> Option<&Deployment> {
+        self.deployments.iter().find(|d| d.name.as_deref() == Some(name))
+    }
+
+    /// The steps of `action` for a deployment (or the top level), by the rules of §5.5:
+    /// - build: the deployment's `build` if the key is there (even null/empty), else top level;
+    /// - push: the same, but an empty choice falls back to the top level;
+    /// - pull: deployment `[]` (or absent with top-level `[]`) means no steps; non-empty
+    ///   deployment pull wins; null/`{}`/absent falls back to the top level.
+    ///   (The default pull Prefect generates at deploy time is not invented here.)
+    pub fn steps(&self, action: Action, deployment: Option<&Deployment>) -> &[StepEntry] {
+        let top = self.section(action);
+        let Some(d) = deployment else {
+            return top.steps();
+        };
+        match action {
+            Action::Build => match &d.build {
+                Section::Absent => top.steps(),
+                s => s.steps(),
+            },
+            Action::Push => match &d.push {
+                s if s.has_steps() => s.steps(),
+                _ => top.steps(),
+            },
+            Action::Pull => match &d.pull {
+                Section::Steps(s) if s.is_empty() => &[],
+                s if s.has_steps() => s.steps(),
+                _ => top.steps(),
+            },
+        }
+    }
+}
