@@ -7,6 +7,9 @@
 //! - [`runtime`]: the shared engine, the compiled-component cache, the sandbox policy
 //!   and limits, and [`runtime::Runtime::run`] which runs one step in a fresh store;
 //! - [`builtin`]: the built-in step components embedded in the binary;
+//! - [`project`]: prefect.yaml files (sections, steps, deployments, overrides);
+//! - [`template`]: the `{{ }}` engine, pure; [`store`]: variables and blocks (sqlx);
+//! - [`plan`]: step name → plugin; [`runner`]: runs a section, Prefect's way;
 //! - [`cli`]: the `hoist` command line.
 //!
 //! ```no_run
@@ -26,4 +29,9 @@ pub mod bindings;
 pub mod builtin;
 pub mod capability;
 pub mod cli;
+pub mod plan;
+pub mod project;
+pub mod runner;
 pub mod runtime;
+pub mod store;
+pub mod template;

@@ -67,7 +67,11 @@ pub fn placeholders(s: &str) -> Vec<Placeholder<'_>> {
             Some((end, name)) => {
                 let full = &s[start..end];
                 if !found.iter().any(|p| p.full == full) {
-                    found.push(Placeholder { full, name, kind: kind_of(name) });
+                    found.push(Placeholder {
+                        full,
+                        name,
+                        kind: kind_of(name),
+                    });
                 }
                 i = end;
             }
@@ -82,14 +86,18 @@ fn match_at(s: &str, start: usize) -> Option<(usize, &str)> {
     let rest = &s[start + 2..];
     let name_start = rest.len() - rest.trim_start().len();
     let after_ws = &rest[name_start..];
-    let name_len = after_ws.find(|c: char| !is_name_char(c)).unwrap_or(after_ws.len());
+    let name_len = after_ws
+        .find(|c: char| !is_name_char(c))
+        .unwrap_or(after_ws.len());
     if name_len == 0 {
         return None;
     }
     let name = &after_ws[..name_len];
     let tail = &after_ws[name_len..];
     let ws = tail.len() - tail.trim_start().len();
-    tail[ws..].starts_with("}}").then(|| (start + 2 + name_start + name_len + ws + 2, name))
+    tail[ws..]
+        .starts_with("}}")
+        .then(|| (start + 2 + name_start + name_len + ws + 2, name))
 }
 
 /// The placeholder if `s` is exactly one placeholder and nothing else.
@@ -119,7 +127,10 @@ pub struct Options<'a> {
 
 impl Default for Options<'_> {
     fn default() -> Self {
-        Self { remove_unset: true, skip_prefixes: &[] }
+        Self {
+            remove_unset: true,
+            skip_prefixes: &[],
+        }
     }
 }
 
@@ -294,7 +305,11 @@ pub fn python_float(f: f64) -> String {
         return if f > 0.0 { "inf".into() } else { "-inf".into() };
     }
     if f == 0.0 {
-        return if f.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
+        return if f.is_sign_negative() {
+            "-0.0".into()
+        } else {
+            "0.0".into()
+        };
     }
     let sci = format!("{f:e}"); // e.g. "1.5e-5", "-1e16"
     let (mantissa, exp) = sci.split_once('e').unwrap();
@@ -309,7 +324,11 @@ pub fn python_float(f: f64) -> String {
 }
 
 fn python_str_repr(s: &str, out: &mut String) {
-    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
     out.push(quote);
     for c in s.chars() {
         match c {
@@ -321,7 +340,9 @@ fn python_str_repr(s: &str, out: &mut String) {
                 out.push('\\');
                 out.push(c);
             }
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => write!(out, "\\x{:02x}", c as u32).unwrap(),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                write!(out, "\\x{:02x}", c as u32).unwrap()
+            }
             c => out.push(c),
         }
     }
@@ -337,7 +358,9 @@ pub enum TemplateError {
     )]
     BlockFormat(String),
     /// The block document does not exist.
-    #[error("Block not found: '{name}' of type '{slug}'. The block document no longer exists or was never created; create it with `hoist block set {slug} {name} ...`")]
+    #[error(
+        "Block not found: '{name}' of type '{slug}'. The block document no longer exists or was never created; create it with `hoist block set {slug} {name} ...`"
+    )]
     BlockNotFound {
         /// Type slug.
         slug: String,
@@ -351,7 +374,9 @@ pub enum TemplateError {
     #[error("Invalid template: '{0}'. Could not resolve the keypath in the block document data.")]
     KeyPath(String),
     /// A block value that is a mapping or list used inside a longer string.
-    #[error("Invalid template: '{0}'. The block document data for '{1}' is a mapping or list and cannot be used for inline string substitution")]
+    #[error(
+        "Invalid template: '{0}'. The block document data for '{1}' is a mapping or list and cannot be used for inline string substitution"
+    )]
     Inline(String, String),
 }
 
@@ -375,8 +400,14 @@ fn block_ref(name: &str) -> Result<BlockRef<'_>, TemplateError> {
     let rest = &name[BLOCK_PREFIX.len()..];
     let mut parts = rest.splitn(3, '.');
     let slug = parts.next().unwrap_or("");
-    let doc = parts.next().ok_or_else(|| TemplateError::BlockFormat(name.to_string()))?;
-    Ok(BlockRef { slug, name: doc, path: parts.next() })
+    let doc = parts
+        .next()
+        .ok_or_else(|| TemplateError::BlockFormat(name.to_string()))?;
+    Ok(BlockRef {
+        slug,
+        name: doc,
+        path: parts.next(),
+    })
 }
 
 /// The `(slug, name)` of every block placeholder and the id of every `$ref` in a value.
@@ -393,7 +424,10 @@ pub fn block_refs(v: &Value) -> (BTreeSet<(String, String)>, BTreeSet<String>) {
             }
             Value::Array(items) => items.iter().for_each(|v| walk(v, names, ids)),
             Value::String(s) => {
-                for p in placeholders(s).into_iter().filter(|p| p.kind == Kind::Block) {
+                for p in placeholders(s)
+                    .into_iter()
+                    .filter(|p| p.kind == Kind::Block)
+                {
                     if let Ok(r) = block_ref(p.name) {
                         names.insert((r.slug.to_string(), r.name.to_string()));
                     }
@@ -408,7 +442,11 @@ pub fn block_refs(v: &Value) -> (BTreeSet<(String, String)>, BTreeSet<String>) {
 }
 
 fn ref_id(m: &Map<String, Value>) -> Option<&str> {
-    m.get("$ref")?.as_object()?.get("block_document_id")?.as_str().filter(|s| !s.is_empty())
+    m.get("$ref")?
+        .as_object()?
+        .get("block_document_id")?
+        .as_str()
+        .filter(|s| !s.is_empty())
 }
 
 /// The block pass (§3.6): block placeholders and `$ref` mappings replaced by block data.
@@ -416,7 +454,11 @@ pub fn resolve_blocks(template: &Value, blocks: &Blocks) -> Result<Value, Templa
     match template {
         Value::Object(m) => {
             if let Some(id) = ref_id(m) {
-                return blocks.by_id.get(id).cloned().ok_or_else(|| TemplateError::BlockIdNotFound(id.to_string()));
+                return blocks
+                    .by_id
+                    .get(id)
+                    .cloned()
+                    .ok_or_else(|| TemplateError::BlockIdNotFound(id.to_string()));
             }
             let mut out = Map::with_capacity(m.len());
             for (k, v) in m {
@@ -424,7 +466,11 @@ pub fn resolve_blocks(template: &Value, blocks: &Blocks) -> Result<Value, Templa
             }
             Ok(Value::Object(out))
         }
-        Value::Array(items) => items.iter().map(|v| resolve_blocks(v, blocks)).collect::<Result<_, _>>().map(Value::Array),
+        Value::Array(items) => items
+            .iter()
+            .map(|v| resolve_blocks(v, blocks))
+            .collect::<Result<_, _>>()
+            .map(Value::Array),
         Value::String(s) => resolve_blocks_in_str(s, blocks),
         other => Ok(other.clone()),
     }
@@ -432,10 +478,13 @@ pub fn resolve_blocks(template: &Value, blocks: &Blocks) -> Result<Value, Templa
 
 fn block_value(s: &str, name: &str, blocks: &Blocks) -> Result<Value, TemplateError> {
     let r = block_ref(name)?;
-    let data = blocks.by_name.get(&(r.slug.to_string(), r.name.to_string())).ok_or_else(|| TemplateError::BlockNotFound {
-        slug: r.slug.to_string(),
-        name: r.name.to_string(),
-    })?;
+    let data = blocks
+        .by_name
+        .get(&(r.slug.to_string(), r.name.to_string()))
+        .ok_or_else(|| TemplateError::BlockNotFound {
+            slug: r.slug.to_string(),
+            name: r.name.to_string(),
+        })?;
     // System blocks (Secret, String, JSON...) hold one `value`: it stands for the block,
     // unless the path asks for `value...` itself.
     let unwrap = matches!(data, Value::Object(m) if m.len() == 1 && m.contains_key("value"))
@@ -443,7 +492,9 @@ fn block_value(s: &str, name: &str, blocks: &Blocks) -> Result<Value, TemplateEr
     let data = if unwrap { &data["value"] } else { data };
     match r.path {
         None => Ok(data.clone()),
-        Some(path) => lookup(data, path).map(|v| v.into_owned()).ok_or_else(|| TemplateError::KeyPath(s.to_string())),
+        Some(path) => lookup(data, path)
+            .map(|v| v.into_owned())
+            .ok_or_else(|| TemplateError::KeyPath(s.to_string())),
     }
 }
 
@@ -473,7 +524,10 @@ pub fn variable_refs(v: &Value) -> BTreeSet<String> {
             Value::Object(m) => m.values().for_each(|v| walk(v, out)),
             Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
             Value::String(s) => {
-                for p in placeholders(s).into_iter().filter(|p| p.kind == Kind::Variable) {
+                for p in placeholders(s)
+                    .into_iter()
+                    .filter(|p| p.kind == Kind::Variable)
+                {
                     out.insert(p.name[VARIABLE_PREFIX.len()..].to_string());
                 }
             }
@@ -489,16 +543,31 @@ pub fn variable_refs(v: &Value) -> BTreeSet<String> {
 /// Python string form; a missing variable is "" either way.
 pub fn resolve_variables(template: &Value, variables: &BTreeMap<String, Value>) -> Value {
     match template {
-        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), resolve_variables(v, variables))).collect()),
-        Value::Array(items) => Value::Array(items.iter().map(|v| resolve_variables(v, variables)).collect()),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), resolve_variables(v, variables)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|v| resolve_variables(v, variables))
+                .collect(),
+        ),
         Value::String(s) => {
             let ps = placeholders(s);
             if let Some(p) = whole(s).filter(|p| p.kind == Kind::Variable) {
-                return variables.get(&p.name[VARIABLE_PREFIX.len()..]).cloned().unwrap_or_else(|| Value::String(String::new()));
+                return variables
+                    .get(&p.name[VARIABLE_PREFIX.len()..])
+                    .cloned()
+                    .unwrap_or_else(|| Value::String(String::new()));
             }
             let mut out = s.clone();
             for p in ps.iter().filter(|p| p.kind == Kind::Variable) {
-                let v = variables.get(&p.name[VARIABLE_PREFIX.len()..]).map(python_str).unwrap_or_default();
+                let v = variables
+                    .get(&p.name[VARIABLE_PREFIX.len()..])
+                    .map(python_str)
+                    .unwrap_or_default();
                 out = out.replace(p.full, &v);
             }
             Value::String(out)
@@ -531,7 +600,12 @@ pub fn resolve_step_inputs(inputs: &Value, cx: &Context) -> Result<Value, Templa
     };
     let v = resolve_blocks(&v, &cx.blocks)?;
     let v = resolve_variables(&v, &cx.variables);
-    let env_values = Value::Object(cx.env.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect());
+    let env_values = Value::Object(
+        cx.env
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect(),
+    );
     Ok(match apply_values(&v, &env_values, &cx.env, &opts) {
         Resolved::Value(v) => v,
         Resolved::Unset => Value::Object(Map::new()),
@@ -545,8 +619,16 @@ mod tests {
 
     #[test]
     fn finds_placeholders_like_the_python_regex() {
-        let names = |s| placeholders(s).into_iter().map(|p| p.name).collect::<Vec<_>>();
-        assert_eq!(names("{{a}} {{ b.c[0] }} {{\n d \n}}"), ["a", "b.c[0]", "d"]);
+        let names = |s| {
+            placeholders(s)
+                .into_iter()
+                .map(|p| p.name)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names("{{a}} {{ b.c[0] }} {{\n d \n}}"),
+            ["a", "b.c[0]", "d"]
+        );
         assert_eq!(names("{{ a b }} {{ a:b }} {{}} {{ }}"), Vec::<&str>::new());
         assert_eq!(names("{{{ a }}}"), ["a"]);
         assert_eq!(names("{{x}}{{x}}"), ["x"]);
@@ -554,7 +636,10 @@ mod tests {
 
     #[test]
     fn python_forms() {
-        assert_eq!(python_str(&json!({"k": true, "n": null})), "{'k': True, 'n': None}");
+        assert_eq!(
+            python_str(&json!({"k": true, "n": null})),
+            "{'k': True, 'n': None}"
+        );
         assert_eq!(python_str(&json!([1, "a'b", "c"])), "[1, \"a'b\", 'c']");
         assert_eq!(python_float(1.0), "1.0");
         assert_eq!(python_float(1e16), "1e+16");

@@ -2,7 +2,9 @@
 //! usage errors exit with 2 (clap).
 
 mod plugin;
+mod project;
 mod step;
+mod store;
 
 use std::path::PathBuf;
 
@@ -32,6 +34,22 @@ enum Command {
     /// Write your own steps.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Run the build steps of ./prefect.yaml (or --file), or of one deployment.
+    Build(project::RunArgs),
+    /// Run the build then the push steps, sharing outputs as `prefect deploy` does.
+    Push(project::RunArgs),
+    /// Run the pull steps (what a worker does before a flow run) and print the final
+    /// working directory.
+    Pull(project::RunArgs),
+    /// Show the steps a section would run, resolved as far as possible without running
+    /// anything (secrets masked). Exits 1 if some step cannot run.
+    Plan(project::PlanArgs),
+    /// Manage the variables `{{ prefect.variables.NAME }}` resolves from.
+    #[command(subcommand)]
+    Variable(store::VariableCommand),
+    /// Manage the blocks `{{ prefect.blocks.TYPE.NAME }}` resolves from.
+    #[command(subcommand)]
+    Block(store::BlockCommand),
     /// Print the versions that matter: hoist, the WIT API, wasmtime, the cache.
     Version,
 }
@@ -70,6 +88,12 @@ pub fn main() -> i32 {
         match &cli.command {
             Command::Step(cmd) => step::run(&cli, cmd).await,
             Command::Plugin(cmd) => plugin::run(cmd),
+            Command::Build(args) => project::run(&cli, crate::project::Action::Build, args).await,
+            Command::Push(args) => project::run(&cli, crate::project::Action::Push, args).await,
+            Command::Pull(args) => project::run(&cli, crate::project::Action::Pull, args).await,
+            Command::Plan(args) => project::plan(&cli, args).await,
+            Command::Variable(cmd) => store::variable(cmd).await,
+            Command::Block(cmd) => store::block(cmd).await,
             Command::Version => {
                 version(&cli);
                 Ok(())
@@ -96,4 +120,13 @@ fn version(cli: &Cli) {
     }
     println!("allocator {}", config.allocator);
     println!("plugins {}", step::installed_dir().display());
+    match std::env::var("HOIST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => {
+            println!("database {}", url.split('@').next_back().unwrap_or("(set)"))
+        }
+        _ => println!(
+            "database sqlite {}",
+            crate::store::hoist_home().join("hoist.db").display()
+        ),
+    }
 }

@@ -132,37 +132,12 @@ async fn resolve(runtime: &Runtime, step: &str) -> anyhow::Result<Arc<Plugin>> {
 }
 
 fn similar(a: &str, b: &str) -> bool {
-    a.contains(b) || b.contains(a) || edit_distance(a, b) <= a.len().max(b.len()) / 3
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur.push(
-                (prev[j] + usize::from(ca != *cb))
-                    .min(prev[j + 1] + 1)
-                    .min(cur[j] + 1),
-            );
-        }
-        prev = cur;
-    }
-    prev[b.len()]
+    a.contains(b) || b.contains(a) || crate::plan::edit_distance(a, b) <= a.len().max(b.len()) / 3
 }
 
 /// Where installed plugins live: `$HOIST_HOME/plugins` (default `~/.hoist/plugins`).
 pub(crate) fn installed_dir() -> PathBuf {
-    let home = std::env::var_os("HOIST_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("."))
-                .join(".hoist")
-        });
-    home.join("plugins")
+    crate::store::hoist_home().join("plugins")
 }
 
 fn installed_plugins() -> Vec<(String, PathBuf)> {
@@ -233,22 +208,27 @@ fn parse_inputs(json: Option<&str>, pairs: &[String]) -> anyhow::Result<Value> {
         if key.is_empty() {
             bail!("--input `{pair}` has an empty key");
         }
-        let value = if raw.is_empty() {
-            Value::String(String::new())
-        } else {
-            // Scalars are typed as YAML types them; collections only in flow style
-            // (`[..]`, `{..}`); anything else stays exactly as typed, so `echo a: b` or a
-            // multi-line script is not folded or read as a mapping.
-            match (serde_yaml_ng::from_str::<Value>(raw), looks_structured(raw)) {
-                (Ok(v @ (Value::Bool(_) | Value::Number(_) | Value::Null)), _) => v,
-                (Ok(v), true) => v,
-                (Err(e), true) => bail!("--input {key}: `{raw}` is not a valid YAML value: {e}"),
-                (_, false) => Value::String(raw.to_string()),
-            }
-        };
+        let value = parse_value(key, raw)?;
         map.insert(key.to_string(), value);
     }
     Ok(Value::Object(map))
+}
+
+/// A command-line value read as a YAML scalar (`true`, `3`, `null`) or flow collection
+/// (`[a, b]`, `{k: v}`); anything else stays exactly as typed, so `echo a: b` or a
+/// multi-line script is not folded or read as a mapping.
+pub(crate) fn parse_value(key: &str, raw: &str) -> anyhow::Result<Value> {
+    if raw.is_empty() {
+        return Ok(Value::String(String::new()));
+    }
+    Ok(
+        match (serde_yaml_ng::from_str::<Value>(raw), looks_structured(raw)) {
+            (Ok(v @ (Value::Bool(_) | Value::Number(_) | Value::Null)), _) => v,
+            (Ok(v), true) => v,
+            (Err(e), true) => bail!("{key}: `{raw}` is not a valid YAML value: {e}"),
+            (_, false) => Value::String(raw.to_string()),
+        },
+    )
 }
 
 /// Whether a value was meant as a YAML collection (and so must parse as one).
@@ -257,7 +237,7 @@ fn looks_structured(raw: &str) -> bool {
     t.starts_with('{') || t.starts_with('[')
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -279,7 +259,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-fn parse_size(s: &str) -> Result<usize, String> {
+pub(crate) fn parse_size(s: &str) -> Result<usize, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
@@ -296,7 +276,7 @@ fn parse_size(s: &str) -> Result<usize, String> {
     Ok(n * mult)
 }
 
-fn fmt_duration(d: Duration) -> String {
+pub(crate) fn fmt_duration(d: Duration) -> String {
     if d < Duration::from_millis(1) {
         format!("{} µs", d.as_micros())
     } else if d < Duration::from_secs(1) {
@@ -308,7 +288,7 @@ fn fmt_duration(d: Duration) -> String {
 
 /// Prints each record on stderr, prefixed by its step.
 #[derive(Default)]
-struct TerminalSink {
+pub(crate) struct TerminalSink {
     lock: Mutex<()>,
 }
 

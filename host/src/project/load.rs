@@ -48,19 +48,31 @@ pub enum ProjectError {
 
 /// Read and parse a project file (and, for the 2.x layout, its `deployment.yaml`).
 pub fn load(path: &Path) -> Result<Project, ProjectError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ProjectError::Read { path: path.into(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ProjectError::Read {
+        path: path.into(),
+        source,
+    })?;
     let mut project = parse(path, &text)?;
     let legacy = path.with_file_name("deployment.yaml");
     if project.deployments.is_empty() && legacy.exists() {
-        let text = std::fs::read_to_string(&legacy).map_err(|source| ProjectError::Read { path: legacy.clone(), source })?;
+        let text = std::fs::read_to_string(&legacy).map_err(|source| ProjectError::Read {
+            path: legacy.clone(),
+            source,
+        })?;
         let doc = yaml_to_json(&legacy, &text)?;
         let lines = LineFinder::new(&text);
         let list = match doc {
-            Value::Object(mut m) if m.contains_key("deployments") => m.remove("deployments").unwrap_or(Value::Null),
+            Value::Object(mut m) if m.contains_key("deployments") => {
+                m.remove("deployments").unwrap_or(Value::Null)
+            }
             Value::Object(m) => Value::Array(vec![Value::Object(m)]),
             Value::Null => Value::Array(vec![]),
             other => {
-                return Err(shape(&legacy, None, format!("the file must be a mapping, got {}", type_name(&other))));
+                return Err(shape(
+                    &legacy,
+                    None,
+                    format!("the file must be a mapping, got {}", type_name(&other)),
+                ));
             }
         };
         project.deployments = deployments(&legacy, &list, &mut lines.clone())?;
@@ -76,7 +88,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Project, ProjectError> {
         Value::Object(m) => m,
         Value::Null => Map::new(),
         other => {
-            return Err(shape(path, None, format!("the file must be a mapping of `name`, `build`, `push`, `pull`, `deployments`...; got {}", type_name(&other))));
+            return Err(shape(
+                path,
+                None,
+                format!(
+                    "the file must be a mapping of `name`, `build`, `push`, `pull`, `deployments`...; got {}",
+                    type_name(&other)
+                ),
+            ));
         }
     };
     let opt_str = |key: &str| -> Result<Option<String>, ProjectError> {
@@ -86,7 +105,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Project, ProjectError> {
             Some(other) => Err(shape(
                 path,
                 lines.clone().key_line(key),
-                format!("field `{key}` must be a string, got {} (quote it: {key}: \"{}\")", type_name(other), plain(other)),
+                format!(
+                    "field `{key}` must be a string, got {} (quote it: {key}: \"{}\")",
+                    type_name(other),
+                    plain(other)
+                ),
             )),
         }
     };
@@ -95,12 +118,28 @@ pub fn parse(path: &Path, text: &str) -> Result<Project, ProjectError> {
     let build = section(path, &top, "build", "", &mut lines)?;
     let push = section(path, &top, "push", "", &mut lines)?;
     let pull = section(path, &top, "pull", "", &mut lines)?;
-    let deployments = deployments(path, top.get("deployments").unwrap_or(&Value::Null), &mut lines)?;
-    Ok(Project { path: path.into(), name, prefect_version, build, push, pull, deployments })
+    let deployments = deployments(
+        path,
+        top.get("deployments").unwrap_or(&Value::Null),
+        &mut lines,
+    )?;
+    Ok(Project {
+        path: path.into(),
+        name,
+        prefect_version,
+        build,
+        push,
+        pull,
+        deployments,
+    })
 }
 
 fn shape(path: &Path, line: Option<usize>, message: String) -> ProjectError {
-    ProjectError::Shape { path: path.into(), line, message }
+    ProjectError::Shape {
+        path: path.into(),
+        line,
+        message,
+    }
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -121,27 +160,55 @@ fn plain(v: &Value) -> String {
     }
 }
 
-fn deployments(path: &Path, v: &Value, lines: &mut LineFinder) -> Result<Vec<Deployment>, ProjectError> {
+fn deployments(
+    path: &Path,
+    v: &Value,
+    lines: &mut LineFinder,
+) -> Result<Vec<Deployment>, ProjectError> {
     let items = match v {
         Value::Null => return Ok(Vec::new()),
         Value::Array(items) => items,
         other => {
-            return Err(shape(path, lines.key_line("deployments"), format!("field `deployments` must be a list of deployments, got {}", type_name(other))));
+            return Err(shape(
+                path,
+                lines.key_line("deployments"),
+                format!(
+                    "field `deployments` must be a list of deployments, got {}",
+                    type_name(other)
+                ),
+            ));
         }
     };
     let mut out = Vec::with_capacity(items.len());
     for (index, item) in items.iter().enumerate() {
         let Value::Object(m) = item else {
-            return Err(shape(path, None, format!("deployments[{index}] must be a mapping with `name`, `entrypoint`, ...; got {}", type_name(item))));
+            return Err(shape(
+                path,
+                None,
+                format!(
+                    "deployments[{index}] must be a mapping with `name`, `entrypoint`, ...; got {}",
+                    type_name(item)
+                ),
+            ));
         };
         let name = match m.get("name") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s.clone()),
             Some(other) => {
-                return Err(shape(path, None, format!("deployments[{index}]: field `name` must be a string, got {}", type_name(other))));
+                return Err(shape(
+                    path,
+                    None,
+                    format!(
+                        "deployments[{index}]: field `name` must be a string, got {}",
+                        type_name(other)
+                    ),
+                ));
             }
         };
-        let label = name.as_ref().map(|n| format!("deployment `{n}`")).unwrap_or_else(|| format!("deployment #{index}"));
+        let label = name
+            .as_ref()
+            .map(|n| format!("deployment `{n}`"))
+            .unwrap_or_else(|| format!("deployment #{index}"));
         check_fields(path, &label, m)?;
         let prefix = match &name {
             Some(n) => format!("deployments[{n}]."),
@@ -165,7 +232,10 @@ fn check_fields(path: &Path, label: &str, m: &Map<String, Value>) -> Result<(), 
     for (key, v) in m {
         let ok = match (key.as_str(), v) {
             (_, Null) => true,
-            ("version" | "version_type" | "description" | "entrypoint" | "flow_name", String(_)) => true,
+            (
+                "version" | "version_type" | "description" | "entrypoint" | "flow_name",
+                String(_),
+            ) => true,
             ("version" | "version_type" | "description" | "entrypoint" | "flow_name", _) => false,
             ("tags", Array(_) | String(_)) => true,
             ("tags", _) => false,
@@ -180,8 +250,19 @@ fn check_fields(path: &Path, label: &str, m: &Map<String, Value>) -> Result<(), 
             _ => true,
         };
         if !ok {
-            let hint = if matches!(v, Number(_)) && key == "version" { format!(" (quote it: version: \"{v}\")") } else { std::string::String::new() };
-            return Err(shape(path, None, format!("{label}: field `{key}` has the wrong type: {}{hint}", type_name(v))));
+            let hint = if matches!(v, Number(_)) && key == "version" {
+                format!(" (quote it: version: \"{v}\")")
+            } else {
+                std::string::String::new()
+            };
+            return Err(shape(
+                path,
+                None,
+                format!(
+                    "{label}: field `{key}` has the wrong type: {}{hint}",
+                    type_name(v)
+                ),
+            ));
         }
     }
     if let Some(Object(wp)) = m.get("work_pool") {
@@ -194,14 +275,27 @@ fn check_fields(path: &Path, label: &str, m: &Map<String, Value>) -> Result<(), 
                 _ => true,
             };
             if !ok {
-                return Err(shape(path, None, format!("{label}: field `work_pool.{key}` has the wrong type: {}", type_name(v))));
+                return Err(shape(
+                    path,
+                    None,
+                    format!(
+                        "{label}: field `work_pool.{key}` has the wrong type: {}",
+                        type_name(v)
+                    ),
+                ));
             }
         }
     }
     Ok(())
 }
 
-fn section(path: &Path, m: &Map<String, Value>, key: &str, prefix: &str, lines: &mut LineFinder) -> Result<Section, ProjectError> {
+fn section(
+    path: &Path,
+    m: &Map<String, Value>,
+    key: &str,
+    prefix: &str,
+    lines: &mut LineFinder,
+) -> Result<Section, ProjectError> {
     let items: Vec<Value> = match m.get(key) {
         None => return Ok(Section::Absent),
         Some(Value::Null) => return Ok(Section::Null),
@@ -212,7 +306,10 @@ fn section(path: &Path, m: &Map<String, Value>, key: &str, prefix: &str, lines: 
             return Err(shape(
                 path,
                 lines.clone().key_line(key),
-                format!("{prefix}{key} must be a list of steps, a single step mapping, or null; got {}", type_name(other)),
+                format!(
+                    "{prefix}{key} must be a list of steps, a single step mapping, or null; got {}",
+                    type_name(other)
+                ),
             ));
         }
     };
@@ -224,7 +321,14 @@ fn section(path: &Path, m: &Map<String, Value>, key: &str, prefix: &str, lines: 
             Value::Object(o) if o.is_empty() => continue,
             Value::Object(o) => o,
             other => {
-                return Err(shape(path, None, format!("{position}: a step must be a mapping `- <step name>: {{inputs}}`, got {}", type_name(&other))));
+                return Err(shape(
+                    path,
+                    None,
+                    format!(
+                        "{position}: a step must be a mapping `- <step name>: {{inputs}}`, got {}",
+                        type_name(&other)
+                    ),
+                ));
             }
         };
         let mut keys = entry.keys();
@@ -244,10 +348,23 @@ fn section(path: &Path, m: &Map<String, Value>, key: &str, prefix: &str, lines: 
         let inputs = match &entry[&name] {
             Value::Object(o) => o.clone(),
             Value::Null => {
-                return Err(shape(path, line, format!("{position} (`{name}`): the step has no inputs; write `{name}: {{}}` if it needs none")));
+                return Err(shape(
+                    path,
+                    line,
+                    format!(
+                        "{position} (`{name}`): the step has no inputs; write `{name}: {{}}` if it needs none"
+                    ),
+                ));
             }
             other => {
-                return Err(shape(path, line, format!("{position} (`{name}`): the step's inputs must be a mapping, got {}", type_name(other))));
+                return Err(shape(
+                    path,
+                    line,
+                    format!(
+                        "{position} (`{name}`): the step's inputs must be a mapping, got {}",
+                        type_name(other)
+                    ),
+                ));
             }
         };
         let mut inputs = inputs;
@@ -261,10 +378,25 @@ fn section(path: &Path, m: &Map<String, Value>, key: &str, prefix: &str, lines: 
             Some(Value::String(s)) => vec![s],
             Some(Value::Array(items)) => items.iter().map(plain).collect(),
             Some(other) => {
-                return Err(shape(path, line, format!("{position} (`{name}`): `requires` must be a string or a list of strings, got {}", type_name(&other))));
+                return Err(shape(
+                    path,
+                    line,
+                    format!(
+                        "{position} (`{name}`): `requires` must be a string or a list of strings, got {}",
+                        type_name(&other)
+                    ),
+                ));
             }
         };
-        steps.push(StepEntry { position, line, name, inputs, id, requires, raw: Value::Object(entry) });
+        steps.push(StepEntry {
+            position,
+            line,
+            name,
+            inputs,
+            id,
+            requires,
+            raw: Value::Object(entry),
+        });
     }
     Ok(Section::Steps(steps))
 }
@@ -272,10 +404,14 @@ fn section(path: &Path, m: &Map<String, Value>, key: &str, prefix: &str, lines: 
 /// YAML text → JSON value, with anchors, aliases and merge keys expanded.
 fn yaml_to_json(path: &Path, text: &str) -> Result<Value, ProjectError> {
     let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| {
-        let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((1, 1));
         yaml_error(path, text, line, column, e.to_string())
     })?;
-    doc.apply_merge().map_err(|e| yaml_error(path, text, 1, 1, format!("cannot apply `<<` merge: {e}")))?;
+    doc.apply_merge()
+        .map_err(|e| yaml_error(path, text, 1, 1, format!("cannot apply `<<` merge: {e}")))?;
     convert(&doc).map_err(|what| {
         // The usual cause: an unquoted placeholder, which YAML reads as a flow mapping.
         let (line, column) = unquoted_placeholder(text).unwrap_or((1, 1));
@@ -283,17 +419,39 @@ fn yaml_to_json(path: &Path, text: &str) -> Result<Value, ProjectError> {
     })
 }
 
-fn yaml_error(path: &Path, text: &str, line: usize, column: usize, message: String) -> ProjectError {
+fn yaml_error(
+    path: &Path,
+    text: &str,
+    line: usize,
+    column: usize,
+    message: String,
+) -> ProjectError {
     let src = text.lines().nth(line.saturating_sub(1)).unwrap_or("");
-    let snippet = format!("{line:>5} | {src}\n      | {}^", " ".repeat(column.saturating_sub(1)));
-    let message = message.split(" at line ").next().unwrap_or(&message).to_string();
-    ProjectError::Yaml { path: path.into(), line, column, message, snippet }
+    let snippet = format!(
+        "{line:>5} | {src}\n      | {}^",
+        " ".repeat(column.saturating_sub(1))
+    );
+    let message = message
+        .split(" at line ")
+        .next()
+        .unwrap_or(&message)
+        .to_string();
+    ProjectError::Yaml {
+        path: path.into(),
+        line,
+        column,
+        message,
+        snippet,
+    }
 }
 
 fn unquoted_placeholder(text: &str) -> Option<(usize, usize)> {
     text.lines().enumerate().find_map(|(i, l)| {
         let code = l.split(" #").next().unwrap_or(l);
-        let pos = code.find(": {{").map(|p| p + 2).or_else(|| code.find("- {{").map(|p| p + 2))?;
+        let pos = code
+            .find(": {{")
+            .map(|p| p + 2)
+            .or_else(|| code.find("- {{").map(|p| p + 2))?;
         Some((i + 1, pos + 1))
     })
 }
@@ -309,7 +467,10 @@ fn convert(v: &serde_yaml_ng::Value) -> Result<Value, String> {
             } else if let Some(u) = n.as_u64() {
                 Value::from(u)
             } else {
-                n.as_f64().and_then(serde_json::Number::from_f64).map(Value::Number).unwrap_or(Value::Null)
+                n.as_f64()
+                    .and_then(serde_json::Number::from_f64)
+                    .map(Value::Number)
+                    .unwrap_or(Value::Null)
             }
         }
         Y::String(s) => Value::String(s.clone()),
@@ -320,7 +481,13 @@ fn convert(v: &serde_yaml_ng::Value) -> Result<Value, String> {
                 let key = match k {
                     Y::String(s) => s.clone(),
                     Y::Number(n) => n.to_string(),
-                    Y::Bool(b) => if *b { "True".into() } else { "False".into() },
+                    Y::Bool(b) => {
+                        if *b {
+                            "True".into()
+                        } else {
+                            "False".into()
+                        }
+                    }
                     Y::Null => "None".into(),
                     Y::Mapping(_) | Y::Sequence(_) | Y::Tagged(_) => {
                         return Err("a mapping key is itself a mapping or list; an unquoted `{{ placeholder }}` is read this way by YAML: quote it, e.g. directory: \"{{ clone.directory }}\"".into());
@@ -343,7 +510,10 @@ struct LineFinder<'a> {
 
 impl<'a> LineFinder<'a> {
     fn new(text: &'a str) -> Self {
-        Self { text, seen: HashMap::new() }
+        Self {
+            text,
+            seen: HashMap::new(),
+        }
     }
 
     fn step_line(&mut self, name: &str) -> Option<usize> {
@@ -364,6 +534,13 @@ impl<'a> LineFinder<'a> {
     }
 
     fn key_line(&mut self, key: &str) -> Option<usize> {
-        self.text.lines().position(|l| l.trim_start().strip_prefix(key).is_some_and(|r| r.starts_with(':'))).map(|i| i + 1)
+        self.text
+            .lines()
+            .position(|l| {
+                l.trim_start()
+                    .strip_prefix(key)
+                    .is_some_and(|r| r.starts_with(':'))
+            })
+            .map(|i| i + 1)
     }
 }

@@ -149,7 +149,9 @@ impl Project {
 
     /// Find a deployment by name.
     pub fn deployment(&self, name: &str) -> Option<&Deployment> {
-        self.deployments.iter().find(|d| d.name.as_deref() == Some(name))
+        self.deployments
+            .iter()
+            .find(|d| d.name.as_deref() == Some(name))
     }
 
     /// The steps of `action` for a deployment (or the top level), by the rules of §5.5:
@@ -158,7 +160,11 @@ impl Project {
     /// - pull: deployment `[]` (or absent with top-level `[]`) means no steps; non-empty
     ///   deployment pull wins; null/`{}`/absent falls back to the top level.
     ///   (The default pull Prefect generates at deploy time is not invented here.)
-    pub fn steps(&self, action: Action, deployment: Option<&Deployment>) -> &[StepEntry] {
+    pub fn steps<'a>(
+        &'a self,
+        action: Action,
+        deployment: Option<&'a Deployment>,
+    ) -> &'a [StepEntry] {
         let top = self.section(action);
         let Some(d) = deployment else {
             return top.steps();

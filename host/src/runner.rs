@@ -1,0 +1,458 @@
+//! Runs a section of steps the way Prefect's `run_steps` does (spec §2.5, §3.9):
+//! every step resolved to a plugin and loaded before the first one runs; then, in order,
+//! inputs templated (outputs + env → blocks → variables → env), the step run in its own
+//! sandbox, its mapping outputs stored under its `id` and merged at the top level. The
+//! first failure stops the section: later steps do not run.
+//!
+//! Secrets (values of secret blocks, and of `{{ $NAME }}` environment variables whose
+//! names say they are secret) are collected as they are resolved and masked in every
+//! log line, error and report that leaves the runner.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::capability::log::{LogSink, Redactor};
+use crate::plan::{self, ResolveError, Target};
+use crate::project::{Action, StepEntry};
+use crate::runtime::{Grants, Limits, Plugin, Runtime, StepRequest, StepRunError};
+use crate::store::{Store, StoreError, secret_strings};
+use crate::template::{self, Blocks, Env, Options, Resolved, TemplateError};
+
+/// Progress of a section, for people (text) or machines (JSON lines).
+pub trait Reporter: Send + Sync {
+    /// A step is about to run.
+    fn started(&self, step: &StepEntry, index: usize, total: usize, target: &Target);
+    /// A step finished (outputs are already redacted).
+    fn finished(&self, step: &StepEntry, index: usize, report: &StepReport);
+}
+
+/// How one step ended.
+#[derive(Clone, Debug)]
+pub struct StepReport {
+    /// Wall-clock time, templating included.
+    pub elapsed: Duration,
+    /// Outputs (redacted), or the error message (redacted).
+    pub result: Result<Value, String>,
+}
+
+/// Why a section did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Some steps name no runnable plugin; nothing ran.
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Resolve(Vec<StepProblem>),
+    /// A step failed; the steps after it did not run.
+    #[error("{location}: Encountered error while running {name}: {cause}")]
+    Step {
+        /// `prefect.yaml:12: pull[1]`.
+        location: String,
+        /// The step's name as written.
+        name: String,
+        /// The cause (redacted).
+        cause: String,
+    },
+    /// The variables/blocks store could not be opened.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// A step that cannot run, with where it is.
+#[derive(Debug, thiserror::Error)]
+#[error("{location}: {problem}")]
+pub struct StepProblem {
+    /// `prefect.yaml:12: pull[1]`.
+    pub location: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// What a completed section leaves.
+#[derive(Clone, Debug)]
+pub struct SectionOutcome {
+    /// All outputs (upstream ones included).
+    pub outputs: Map<String, Value>,
+    /// The working directory after the last step.
+    pub cwd: PathBuf,
+}
+
+/// Runs sections of one project.
+pub struct Runner {
+    /// The step runtime.
+    pub runtime: Arc<Runtime>,
+    /// The project file (for messages) and its directory (plugin paths, preopen).
+    pub project_file: PathBuf,
+    /// Where installed plugins live.
+    pub installed_dir: PathBuf,
+    /// The environment templates see.
+    pub env: Env,
+    /// Grants for plugins that are not built in.
+    pub grants: Grants,
+    /// Limits per step.
+    pub limits: Limits,
+    /// Step logs.
+    pub log: Arc<dyn LogSink>,
+    /// Progress.
+    pub reporter: Arc<dyn Reporter>,
+    store: tokio::sync::OnceCell<Store>,
+    secrets: std::sync::Mutex<Vec<String>>,
+    run_id: String,
+}
+
+/// Names of environment variables whose values are treated as secrets.
+pub fn secret_env_name(name: &str) -> bool {
+    let n = name.to_ascii_uppercase();
+    [
+        "TOKEN",
+        "SECRET",
+        "PASSWORD",
+        "PASSWD",
+        "CREDENTIAL",
+        "API_KEY",
+        "ACCESS_KEY",
+        "PRIVATE_KEY",
+        "AUTH",
+    ]
+    .iter()
+    .any(|s| n.contains(s))
+}
+
+/// `file:line: position` for a step.
+pub fn location(file: &Path, step: &StepEntry) -> String {
+    match step.line {
+        Some(l) => format!("{}:{l}: {}", file.display(), step.position),
+        None => format!("{}: {}", file.display(), step.position),
+    }
+}
+
+impl Runner {
+    /// A runner for the project in `project_file`.
+    pub fn new(
+        runtime: Arc<Runtime>,
+        project_file: PathBuf,
+        log: Arc<dyn LogSink>,
+        reporter: Arc<dyn Reporter>,
+    ) -> Self {
+        Self {
+            runtime,
+            project_file,
+            installed_dir: crate::store::hoist_home().join("plugins"),
+            env: std::env::vars().collect(),
+            grants: Grants::none(),
+            limits: Limits::default(),
+            log,
+            reporter,
+            store: tokio::sync::OnceCell::new(),
+            secrets: std::sync::Mutex::new(Vec::new()),
+            run_id: crate::runtime::new_run_id(),
+        }
+    }
+
+    /// Use this store instead of the default one.
+    pub fn with_store(self, store: Store) -> Self {
+        let cell = tokio::sync::OnceCell::new();
+        let _ = cell.set(store);
+        Self {
+            store: cell,
+            ..self
+        }
+    }
+
+    fn project_dir(&self) -> PathBuf {
+        let dir = self
+            .project_file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
+    }
+
+    async fn store(&self) -> Result<&Store, StoreError> {
+        self.store.get_or_try_init(Store::open_default).await
+    }
+
+    /// The redactor for everything resolved so far.
+    pub fn redactor(&self) -> Redactor {
+        Redactor::new(
+            self.secrets
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned(),
+        )
+    }
+
+    fn add_secrets(&self, more: Vec<String>) {
+        if !more.is_empty() {
+            self.secrets
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(more);
+        }
+    }
+
+    /// Resolve every step to a plugin and load it. Fails, naming every bad step, before
+    /// anything runs.
+    pub async fn prepare(
+        &self,
+        steps: &[StepEntry],
+    ) -> Result<Vec<(Target, Arc<Plugin>)>, RunError> {
+        let dir = self.project_dir();
+        let mut problems = Vec::new();
+        let mut ready = Vec::with_capacity(steps.len());
+        for step in steps {
+            let loc = location(&self.project_file, step);
+            let target = match plan::resolve(&step.name, &dir, &self.installed_dir) {
+                Ok(t) => t,
+                Err(e) => {
+                    problems.push(StepProblem {
+                        location: loc,
+                        problem: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            let loaded = match &target {
+                Target::Builtin(name) => self.runtime.builtin(name).await,
+                Target::File(p) | Target::Installed(p) => self.runtime.load_file(p).await,
+            };
+            match loaded {
+                Ok(plugin) => ready.push((target, plugin)),
+                Err(e) => problems.push(StepProblem {
+                    location: loc,
+                    problem: e.to_string(),
+                }),
+            }
+        }
+        if problems.is_empty() {
+            Ok(ready)
+        } else {
+            Err(RunError::Resolve(problems))
+        }
+    }
+
+    /// Run `steps` (one section) starting from `outputs` in `cwd`.
+    pub async fn run(
+        &self,
+        steps: &[StepEntry],
+        outputs: Map<String, Value>,
+        cwd: PathBuf,
+    ) -> Result<SectionOutcome, RunError> {
+        let prepared = self.prepare(steps).await?;
+        let mut outputs = outputs;
+        let mut cwd = cwd;
+        let total = steps.len();
+        for (index, (step, (target, plugin))) in steps.iter().zip(prepared).enumerate() {
+            self.reporter.started(step, index, total, &target);
+            let start = std::time::Instant::now();
+            let result = self.run_step(step, &plugin, &outputs, &cwd).await;
+            let redactor = self.redactor();
+            match result {
+                Ok(outcome) => {
+                    let shown = redact_value(&outcome.outputs, &redactor);
+                    self.reporter.finished(
+                        step,
+                        index,
+                        &StepReport {
+                            elapsed: start.elapsed(),
+                            result: Ok(shown),
+                        },
+                    );
+                    cwd = outcome.cwd;
+                    // Non-mapping outputs are ignored entirely, as Prefect does.
+                    if let Value::Object(m) = outcome.outputs {
+                        if let Some(id) = &step.id {
+                            outputs.insert(id.clone(), Value::Object(m.clone()));
+                        }
+                        outputs.extend(m);
+                    }
+                }
+                Err(cause) => {
+                    let cause = redactor.redact(&cause).into_owned();
+                    self.reporter.finished(
+                        step,
+                        index,
+                        &StepReport {
+                            elapsed: start.elapsed(),
+                            result: Err(cause.clone()),
+                        },
+                    );
+                    return Err(RunError::Step {
+                        location: location(&self.project_file, step),
+                        name: step.name.clone(),
+                        cause,
+                    });
+                }
+            }
+        }
+        Ok(SectionOutcome { outputs, cwd })
+    }
+
+    /// Template one step's inputs (§3.9) and run it.
+    async fn run_step(
+        &self,
+        step: &StepEntry,
+        plugin: &Plugin,
+        outputs: &Map<String, Value>,
+        cwd: &Path,
+    ) -> Result<crate::runtime::StepOutcome, String> {
+        let inputs = self.template(step, outputs).await?;
+        let mut req = StepRequest::new(step.short_name(), cwd)
+            .inputs(inputs)
+            .grants(self.grants.clone())
+            .limits(self.limits)
+            .log(self.log.clone());
+        req.id = step.id.clone();
+        req.run_id = self.run_id.clone();
+        req.project_root = Some(self.project_dir());
+        req.secrets = self
+            .secrets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        self.runtime
+            .run(plugin, req)
+            .await
+            .map_err(|e: StepRunError| e.kind.to_string())
+    }
+
+    /// Resolve a step's inputs against the outputs so far, the environment, and the
+    /// blocks and variables it refers to.
+    pub async fn template(
+        &self,
+        step: &StepEntry,
+        outputs: &Map<String, Value>,
+    ) -> Result<Value, String> {
+        let raw = Value::Object(step.inputs.clone());
+        self.add_secrets(env_secrets(&raw, &self.env));
+        let values = Value::Object(outputs.clone());
+        let opts = Options::default();
+        let v = unwrap(template::apply_values(&raw, &values, &self.env, &opts));
+
+        let (names, ids) = template::block_refs(&v);
+        let mut blocks = Blocks::default();
+        if !names.is_empty() || !ids.is_empty() {
+            let store = self.store().await.map_err(|e| e.to_string())?;
+            let mut secrets = Vec::new();
+            for (slug, name) in names {
+                if let Some(b) = store.block(&slug, &name).await.map_err(|e| e.to_string())? {
+                    if b.secret {
+                        secret_strings(&b.data, &mut secrets);
+                    }
+                    blocks.by_name.insert((slug, name), b.data);
+                }
+            }
+            for id in ids {
+                if let Some(b) = store.block_by_id(&id).await.map_err(|e| e.to_string())? {
+                    if b.secret {
+                        secret_strings(&b.data, &mut secrets);
+                    }
+                    blocks.by_id.insert(id, b.data);
+                }
+            }
+            self.add_secrets(secrets);
+        }
+        let v = template::resolve_blocks(&v, &blocks).map_err(|e: TemplateError| e.to_string())?;
+
+        let names = template::variable_refs(&v);
+        let variables = if names.is_empty() {
+            Default::default()
+        } else {
+            let store = self.store().await.map_err(|e| e.to_string())?;
+            store.variables(&names).await.map_err(|e| e.to_string())?
+        };
+        let v = template::resolve_variables(&v, &variables);
+        self.add_secrets(env_secrets(&v, &self.env));
+        let env_values = Value::Object(
+            self.env
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect(),
+        );
+        Ok(unwrap(template::apply_values(
+            &v,
+            &env_values,
+            &self.env,
+            &opts,
+        )))
+    }
+}
+
+fn unwrap(r: Resolved) -> Value {
+    match r {
+        Resolved::Value(v) => v,
+        Resolved::Unset => Value::Object(Map::new()),
+    }
+}
+
+/// Values of secret-looking environment variables that a value refers to as `{{ $NAME }}`.
+fn env_secrets(v: &Value, env: &Env) -> Vec<String> {
+    let mut out = Vec::new();
+    fn walk(v: &Value, env: &Env, out: &mut Vec<String>) {
+        match v {
+            Value::String(s) => {
+                for p in template::placeholders(s) {
+                    if p.kind == template::Kind::Env {
+                        let name = p.name.trim_start_matches('$');
+                        if secret_env_name(name)
+                            && let Some(val) = env
+                                .get(name)
+                                .filter(|v| v.len() >= crate::store::MIN_SECRET_LEN)
+                        {
+                            out.push(val.clone());
+                        }
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|x| walk(x, env, out)),
+            Value::Object(m) => m.values().for_each(|x| walk(x, env, out)),
+            _ => {}
+        }
+    }
+    walk(v, env, &mut out);
+    out
+}
+
+/// A copy of `v` with every string redacted.
+pub fn redact_value(v: &Value, r: &Redactor) -> Value {
+    match v {
+        Value::String(s) => Value::String(r.redact(s).into_owned()),
+        Value::Array(items) => Value::Array(items.iter().map(|x| redact_value(x, r)).collect()),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, x)| (k.clone(), redact_value(x, r)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// After a pull section: the directory the flow would run in — the last truthy
+/// `directory` output (relative to the final working directory), else that directory.
+pub fn final_directory(outcome: &SectionOutcome) -> PathBuf {
+    match outcome.outputs.get("directory") {
+        Some(Value::String(d)) if !d.is_empty() => outcome.cwd.join(d),
+        _ => outcome.cwd.clone(),
+    }
+}
+
+impl From<ResolveError> for StepProblem {
+    fn from(e: ResolveError) -> Self {
+        StepProblem {
+            location: String::new(),
+            problem: e.to_string(),
+        }
+    }
+}
+
+/// Which sections a command runs.
+pub fn sections_for(command: Action) -> &'static [Action] {
+    match command {
+        Action::Build => &[Action::Build],
+        // `prefect deploy` runs build then push with shared outputs.
+        Action::Push => &[Action::Build, Action::Push],
+        Action::Pull => &[Action::Pull],
+    }
+}

@@ -1,0 +1,369 @@
+//! Variables and blocks (`{{ prefect.variables.* }}`, `{{ prefect.blocks.* }}`) in a SQL
+//! database through sqlx: SQLite embedded by default (`$HOIST_HOME/hoist.db`, mode 0600),
+//! PostgreSQL when `HOIST_DATABASE_URL=postgres://...`. The same SQL runs on both.
+//!
+//! Blocks can be secret (every block of type `secret` is): their string values are handed
+//! to the runner's redactor and shown as `********` by the CLI.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Row};
+
+/// A store error, naming the database (never a secret).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Could not open or migrate the database.
+    #[error("cannot open the database {url}: {source}")]
+    Open {
+        /// The URL with any password masked.
+        url: String,
+        /// Why.
+        source: sqlx::Error,
+    },
+    /// A query failed.
+    #[error("database error: {0}")]
+    Query(#[from] sqlx::Error),
+    /// A stored value is not JSON (the database was edited by hand).
+    #[error("stored value of {0} is not valid JSON")]
+    Corrupt(String),
+    /// The database file or its directory could not be created.
+    #[error("cannot create {}: {source}", path.display())]
+    Create {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// One block document.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Block {
+    /// Document id (for `$ref`).
+    pub id: String,
+    /// Type slug.
+    pub slug: String,
+    /// Document name.
+    pub name: String,
+    /// Its fields.
+    pub data: Value,
+    /// Whether its values are secret.
+    pub secret: bool,
+}
+
+/// The variables-and-blocks store.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    url: String,
+}
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS hoist_variables (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS hoist_blocks (id TEXT PRIMARY KEY, slug TEXT NOT NULL, name TEXT NOT NULL, \
+     data TEXT NOT NULL, secret INTEGER NOT NULL, UNIQUE (slug, name))",
+];
+
+/// `$HOIST_HOME` (default `~/.hoist`).
+pub fn hoist_home() -> PathBuf {
+    std::env::var_os("HOIST_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("."))
+                .join(".hoist")
+        })
+}
+
+/// The URL with the password (if any) replaced by `********`.
+fn masked(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:********{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl Store {
+    /// Open the default store: `HOIST_DATABASE_URL`, else SQLite in `$HOIST_HOME/hoist.db`.
+    pub async fn open_default() -> Result<Self, StoreError> {
+        match std::env::var("HOIST_DATABASE_URL") {
+            Ok(url) if !url.is_empty() => Self::open(&url).await,
+            _ => Self::open_sqlite(&hoist_home().join("hoist.db")).await,
+        }
+    }
+
+    /// Open (creating if needed, mode 0600 in a 0700 directory) a SQLite database file.
+    pub async fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+        {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| StoreError::Create {
+                    path: dir.into(),
+                    source,
+                })?;
+        }
+        if !path.exists() {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|source| StoreError::Create {
+                    path: path.into(),
+                    source,
+                })?;
+        }
+        Self::open(&format!("sqlite://{}?mode=rwc", path.display())).await
+    }
+
+    /// Open a database by URL (`sqlite://...` or `postgres://...`) and create the tables.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        install_default_drivers();
+        let open_err = |source| StoreError::Open {
+            url: masked(url),
+            source,
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(4)
+            .connect(url)
+            .await
+            .map_err(open_err)?;
+        for stmt in SCHEMA {
+            sqlx::query(stmt).execute(&pool).await.map_err(open_err)?;
+        }
+        Ok(Self {
+            pool,
+            url: masked(url),
+        })
+    }
+
+    /// The database URL, password masked.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Set a variable.
+    pub async fn set_variable(&self, name: &str, value: &Value) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO hoist_variables (name, value) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(name)
+        .bind(value.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A variable's value.
+    pub async fn variable(&self, name: &str) -> Result<Option<Value>, StoreError> {
+        let row = sqlx::query("SELECT value FROM hoist_variables WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| parse(&r.try_get::<String, _>(0)?, name))
+            .transpose()
+    }
+
+    /// Several variables at once (missing ones are absent from the map).
+    pub async fn variables(
+        &self,
+        names: impl IntoIterator<Item = &String>,
+    ) -> Result<BTreeMap<String, Value>, StoreError> {
+        let mut out = BTreeMap::new();
+        for name in names {
+            if let Some(v) = self.variable(name).await? {
+                out.insert(name.clone(), v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// All variables, by name.
+    pub async fn list_variables(&self) -> Result<Vec<(String, Value)>, StoreError> {
+        let rows = sqlx::query("SELECT name, value FROM hoist_variables ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let name: String = r.try_get(0)?;
+                let value = parse(&r.try_get::<String, _>(1)?, &name)?;
+                Ok((name, value))
+            })
+            .collect()
+    }
+
+    /// Remove a variable; whether it existed.
+    pub async fn unset_variable(&self, name: &str) -> Result<bool, StoreError> {
+        let res = sqlx::query("DELETE FROM hoist_variables WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    /// Create or replace a block document; returns its id (kept when replacing).
+    pub async fn set_block(
+        &self,
+        slug: &str,
+        name: &str,
+        data: &Value,
+        secret: bool,
+    ) -> Result<String, StoreError> {
+        let id = match self.block(slug, name).await? {
+            Some(b) => b.id,
+            None => new_id(),
+        };
+        sqlx::query(
+            "INSERT INTO hoist_blocks (id, slug, name, data, secret) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (slug, name) DO UPDATE SET data = excluded.data, secret = excluded.secret",
+        )
+        .bind(&id)
+        .bind(slug)
+        .bind(name)
+        .bind(data.to_string())
+        .bind(i32::from(secret || slug == "secret"))
+        .execute(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    /// A block by type slug and name.
+    pub async fn block(&self, slug: &str, name: &str) -> Result<Option<Block>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, slug, name, data, secret FROM hoist_blocks WHERE slug = $1 AND name = $2",
+        )
+        .bind(slug)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| block_of(&r)).transpose()
+    }
+
+    /// A block by id.
+    pub async fn block_by_id(&self, id: &str) -> Result<Option<Block>, StoreError> {
+        let row =
+            sqlx::query("SELECT id, slug, name, data, secret FROM hoist_blocks WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|r| block_of(&r)).transpose()
+    }
+
+    /// All blocks, by type and name.
+    pub async fn list_blocks(&self) -> Result<Vec<Block>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, slug, name, data, secret FROM hoist_blocks ORDER BY slug, name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(block_of).collect()
+    }
+
+    /// Remove a block; whether it existed.
+    pub async fn remove_block(&self, slug: &str, name: &str) -> Result<bool, StoreError> {
+        let res = sqlx::query("DELETE FROM hoist_blocks WHERE slug = $1 AND name = $2")
+            .bind(slug)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(res.rows_affected() > 0)
+    }
+}
+
+fn parse(text: &str, what: &str) -> Result<Value, StoreError> {
+    serde_json::from_str(text).map_err(|_| StoreError::Corrupt(what.to_string()))
+}
+
+fn block_of(r: &sqlx::any::AnyRow) -> Result<Block, StoreError> {
+    let slug: String = r.try_get(1)?;
+    let name: String = r.try_get(2)?;
+    let data = parse(&r.try_get::<String, _>(3)?, &format!("block {slug}/{name}"))?;
+    let secret: i64 = r
+        .try_get::<i64, _>(4)
+        .or_else(|_| r.try_get::<i32, _>(4).map(i64::from))?;
+    Ok(Block {
+        id: r.try_get(0)?,
+        slug,
+        name,
+        data,
+        secret: secret != 0,
+    })
+}
+
+/// A random id in UUID v4 form.
+fn new_id() -> String {
+    let mut b = [0u8; 16];
+    getrandom(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+fn getrandom(buf: &mut [u8]) {
+    use std::io::Read;
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .is_err()
+    {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        for (i, x) in buf.iter_mut().enumerate() {
+            *x = (t >> ((i % 16) * 8)) as u8 ^ (std::process::id() as u8);
+        }
+    }
+}
+
+/// Shortest value the redactor masks: masking every `1` or `ab` in a log would destroy
+/// the log and hint at the secret anyway. Secrets this short are not secrets.
+pub const MIN_SECRET_LEN: usize = 4;
+
+/// Every string value inside a secret block's data (what the redactor must mask).
+pub fn secret_strings(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::String(s) if s.len() >= MIN_SECRET_LEN => out.push(s.clone()),
+        Value::Array(items) => items.iter().for_each(|x| secret_strings(x, out)),
+        Value::Object(m) => m.values().for_each(|x| secret_strings(x, out)),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_masked() {
+        assert_eq!(
+            masked("postgres://me:hunter2@db:5432/x"),
+            "postgres://me:********@db:5432/x"
+        );
+        assert_eq!(masked("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
+    }
+}
