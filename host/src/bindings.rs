@@ -11,4 +11,4 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use hoist::step::types::{Capability as WitCapability, Failure, Level};
+pub use self::hoist::step::types::{Capability as WitCapability, Failure, Level};

@@ -16,7 +16,7 @@
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use hoist::runtime::{Runtime, RuntimeConfig, StepRequest};
 //! let runtime = Runtime::new(RuntimeConfig::default())?;
-//! let plugin = runtime.builtin("set_working_directory")?;
+//! let plugin = runtime.builtin("set_working_directory").await?;
 //! let request = StepRequest::new("set_working_directory", std::env::current_dir()?)
 //!     .inputs(serde_json::json!({ "directory": "." }));
 //! let outcome = runtime.run(&plugin, request).await?;
