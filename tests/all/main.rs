@@ -3,5 +3,6 @@
 
 mod builtins;
 mod cli;
+mod fixtures;
 mod sandbox;
 mod support;
