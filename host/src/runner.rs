@@ -184,6 +184,12 @@ impl Runner {
         )
     }
 
+    /// Remember the values of secret-looking environment variables `v` refers to, so
+    /// they are masked from now on.
+    pub fn note_env_secrets(&self, v: &Value) {
+        self.add_secrets(env_secrets(v, &self.env));
+    }
+
     fn add_secrets(&self, more: Vec<String>) {
         if !more.is_empty() {
             self.secrets
@@ -326,7 +332,7 @@ impl Runner {
         outputs: &Map<String, Value>,
     ) -> Result<Value, String> {
         let raw = Value::Object(step.inputs.clone());
-        self.add_secrets(env_secrets(&raw, &self.env));
+        self.note_env_secrets(&raw);
         let values = Value::Object(outputs.clone());
         let opts = Options::default();
         let v = unwrap(template::apply_values(&raw, &values, &self.env, &opts));

@@ -11,7 +11,9 @@ use serde_json::{Map, Value};
 const UNSET: &str = "<UNSET>";
 
 pub fn fixture_dir(kind: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(kind)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(kind)
 }
 
 /// Every `*.yaml` file of a fixture folder, parsed, with a function computing each case's
@@ -29,13 +31,24 @@ pub fn walk(kind: &str, mut run: impl FnMut(&Map<String, Value>) -> Result<Value
     let mut total = 0;
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
-        let header: String = text.lines().take_while(|l| l.starts_with('#')).map(|l| format!("{l}\n")).collect();
-        let mut doc: Value = serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        let cases = doc["cases"].as_array_mut().unwrap_or_else(|| panic!("{}: no `cases` list", file.display()));
+        let header: String = text
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let mut doc: Value =
+            serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let cases = doc["cases"]
+            .as_array_mut()
+            .unwrap_or_else(|| panic!("{}: no `cases` list", file.display()));
         for case in cases.iter_mut() {
             total += 1;
             let c = case.as_object_mut().unwrap();
-            let name = c.get("name").and_then(Value::as_str).unwrap_or("?").to_string();
+            let name = c
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_string();
             let actual = run(c);
             if bless {
                 c.remove("expect");
@@ -55,7 +68,12 @@ pub fn walk(kind: &str, mut run: impl FnMut(&Map<String, Value>) -> Result<Value
                 failures.push(format!(
                     "{} / {name}:\n  expected {}\n  got      {}",
                     file.file_name().unwrap().to_string_lossy(),
-                    c.get("expect").map(|v| v.to_string()).or_else(|| c.get("expect_error").map(|e| format!("error containing {e}"))).unwrap_or_default(),
+                    c.get("expect")
+                        .map(|v| v.to_string())
+                        .or_else(|| c
+                            .get("expect_error")
+                            .map(|e| format!("error containing {e}")))
+                        .unwrap_or_default(),
                     match &actual {
                         Ok(v) => v.to_string(),
                         Err(e) => format!("error: {e}"),
@@ -68,13 +86,22 @@ pub fn walk(kind: &str, mut run: impl FnMut(&Map<String, Value>) -> Result<Value
             std::fs::write(&file, format!("{header}{body}")).unwrap();
         }
     }
-    assert!(failures.is_empty(), "{} of {total} {kind} fixtures failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {total} {kind} fixtures failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 fn env_of(c: &Map<String, Value>) -> Env {
     c.get("env")
         .and_then(Value::as_object)
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -98,23 +125,48 @@ fn blocks_of(c: &Map<String, Value>) -> Blocks {
 fn template_fixtures() {
     walk("template", |c| {
         let template = c.get("template").cloned().unwrap_or(Value::Null);
-        let outputs = c.get("outputs").cloned().unwrap_or(Value::Object(Map::new()));
+        let outputs = c
+            .get("outputs")
+            .cloned()
+            .unwrap_or(Value::Object(Map::new()));
         let env = env_of(c);
         let mode = c.get("mode").cloned().unwrap_or(Value::Null);
-        let prefixes: Vec<String> =
-            mode["skip_prefixes"].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect()).unwrap_or_default();
+        let prefixes: Vec<String> = mode["skip_prefixes"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
         let prefixes: Vec<&str> = prefixes.iter().map(String::as_str).collect();
-        let opts = Options { remove_unset: !mode["keep_unset"].as_bool().unwrap_or(false), skip_prefixes: &prefixes };
-        let variables = c.get("variables").and_then(Value::as_object).map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
+        let opts = Options {
+            remove_unset: !mode["keep_unset"].as_bool().unwrap_or(false),
+            skip_prefixes: &prefixes,
+        };
+        let variables = c
+            .get("variables")
+            .and_then(Value::as_object)
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
         match c.get("pass").and_then(Value::as_str).unwrap_or("values") {
-            "values" => Ok(match template::apply_values(&template, &outputs, &env, &opts) {
-                Resolved::Value(v) => v,
-                Resolved::Unset => Value::String(UNSET.into()),
-            }),
-            "blocks" => template::resolve_blocks(&template, &blocks_of(c)).map_err(|e| e.to_string()),
+            "values" => Ok(
+                match template::apply_values(&template, &outputs, &env, &opts) {
+                    Resolved::Value(v) => v,
+                    Resolved::Unset => Value::String(UNSET.into()),
+                },
+            ),
+            "blocks" => {
+                template::resolve_blocks(&template, &blocks_of(c)).map_err(|e| e.to_string())
+            }
             "variables" => Ok(template::resolve_variables(&template, &variables)),
             "step" => {
-                let cx = Context { outputs, env, blocks: blocks_of(c), variables };
+                let cx = Context {
+                    outputs,
+                    env,
+                    blocks: blocks_of(c),
+                    variables,
+                };
                 template::resolve_step_inputs(&template, &cx).map_err(|e| e.to_string())
             }
             other => panic!("unknown pass {other}"),

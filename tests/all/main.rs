@@ -4,5 +4,6 @@
 mod builtins;
 mod cli;
 mod fixtures;
+mod projects;
 mod sandbox;
 mod support;

@@ -322,6 +322,7 @@ pub(crate) async fn plan(cli: &super::Cli, args: &PlanArgs) -> anyhow::Result<()
             }
             // Step outputs are not known before running: their placeholders stay.
             let raw = Value::Object(step.inputs.clone());
+            runner.note_env_secrets(&raw);
             let keep = Options {
                 remove_unset: false,
                 skip_prefixes: &[],

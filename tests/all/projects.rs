@@ -1,0 +1,333 @@
+//! prefect.yaml projects: fixture cases for sections (C53, C54) and for the runner with
+//! real components (C24-C34), plus the `hoist build | push | pull | plan` commands and
+//! the third-party corpus of real prefect.yaml files.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use hoist::capability::log::NullSink;
+use hoist::plan::Target;
+use hoist::project::{self, Action, StepEntry};
+use hoist::runner::{self, Reporter, Runner, StepReport};
+use hoist::store::Store;
+use serde_json::{Map, Value, json};
+
+use crate::fixtures::walk;
+use crate::support::{self, hoist, run};
+
+struct Quiet;
+
+impl Reporter for Quiet {
+    fn started(&self, _: &StepEntry, _: usize, _: usize, _: &Target) {}
+    fn finished(&self, _: &StepEntry, _: usize, _: &StepReport) {}
+}
+
+fn names(steps: &[StepEntry]) -> Value {
+    Value::Array(
+        steps
+            .iter()
+            .map(|s| Value::String(s.name.clone()))
+            .collect(),
+    )
+}
+
+#[test]
+fn project_fixtures() {
+    walk("project", |c| {
+        let (_t, dir) = support::tempdir();
+        let file = dir.join("prefect.yaml");
+        std::fs::write(&file, c["project"].as_str().unwrap()).unwrap();
+        let p = project::load(&file)
+            .map_err(|e| e.to_string().replace(&format!("{}/", dir.display()), ""))?;
+        let d = match c.get("deployment").and_then(Value::as_str) {
+            Some(name) => Some(p.deployment(name).ok_or(format!("no deployment {name}"))?),
+            None => None,
+        };
+        Ok(json!({
+            "build": names(p.steps(Action::Build, d)),
+            "push": names(p.steps(Action::Push, d)),
+            "pull": names(p.steps(Action::Pull, d)),
+        }))
+    });
+}
+
+#[test]
+fn runner_fixtures() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let runtime = Arc::new(support::runtime());
+    walk("runner", |c| {
+        rt.block_on(async {
+            let (_t, dir) = support::tempdir();
+            let (_s, state) = support::tempdir();
+            let t = dir.display().to_string();
+            let scrub = |s: &str| {
+                s.replace(&format!("{t}/prefect.yaml"), "prefect.yaml")
+                    .replace(&t, "<T>")
+            };
+            for d in c
+                .get("dirs")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                std::fs::create_dir_all(dir.join(d.as_str().unwrap())).unwrap();
+            }
+            let file = dir.join("prefect.yaml");
+            std::fs::write(&file, c["project"].as_str().unwrap()).unwrap();
+
+            let store = Store::open_sqlite(&state.join("hoist.db")).await.unwrap();
+            for (k, v) in c
+                .get("blocks")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+            {
+                let (slug, name) = k.split_once('/').unwrap();
+                store.set_block(slug, name, v, false).await.unwrap();
+            }
+            for (k, v) in c
+                .get("variables")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+            {
+                store.set_variable(k, v).await.unwrap();
+            }
+            let mut runner = Runner::new(
+                runtime.clone(),
+                file.clone(),
+                Arc::new(NullSink),
+                Arc::new(Quiet),
+            )
+            .with_store(store);
+            runner.env = [("PATH".to_string(), std::env::var("PATH").unwrap())].into();
+            for (k, v) in c
+                .get("env")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+            {
+                runner.env.insert(k.clone(), v.as_str().unwrap().into());
+            }
+
+            let result: Result<Value, String> = async {
+                let p = project::load(&file).map_err(|e| e.to_string())?;
+                let command = match c.get("section").and_then(Value::as_str).unwrap_or("pull") {
+                    "build" => Action::Build,
+                    "push" => Action::Push,
+                    _ => Action::Pull,
+                };
+                let all: Vec<StepEntry> = runner::sections_for(command)
+                    .iter()
+                    .flat_map(|a| p.steps(*a, None).to_vec())
+                    .collect();
+                runner.prepare(&all).await.map_err(|e| e.to_string())?;
+                let mut outputs = Map::new();
+                let mut cwd = dir.clone();
+                for action in runner::sections_for(command) {
+                    let o = runner
+                        .run(p.steps(*action, None), outputs, cwd)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    outputs = o.outputs;
+                    cwd = o.cwd;
+                }
+                Ok(runner::redact_value(
+                    &Value::Object(outputs),
+                    &runner.redactor(),
+                ))
+            }
+            .await;
+            for f in c
+                .get("expect_files_absent")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if dir.join(f.as_str().unwrap()).exists() {
+                    return Err(format!("`{f}` exists: a step ran that must not have"));
+                }
+            }
+            match result {
+                Ok(v) => Ok(serde_json::from_str(&scrub(&v.to_string())).unwrap()),
+                Err(e) => Err(scrub(&e)),
+            }
+        })
+    });
+}
+
+#[test]
+fn hoist_pull_runs_a_project_and_reports_the_working_directory() {
+    let (_t, dir) = support::tempdir();
+    std::fs::create_dir(dir.join("flows")).unwrap();
+    std::fs::write(
+        dir.join("prefect.yaml"),
+        "name: demo\npull:\n  - prefect.deployments.steps.set_working_directory:\n      directory: flows\n  - prefect.deployments.steps.run_shell_script:\n      id: hi\n      script: echo hello from {{ directory }}\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(hoist(&dir).current_dir(&dir).arg("pull"));
+    assert_eq!(code, 0, "{err}");
+    let flows = dir.join("flows").display().to_string();
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["hi"]["stdout"], format!("hello from {flows}"));
+    assert!(err.contains("▶ [1/2] prefect.deployments.steps.set_working_directory (pull[0], line 3; built-in set_working_directory)"), "{err}");
+    assert!(
+        err.contains(&format!("working directory: {flows}")),
+        "{err}"
+    );
+
+    let (code, out, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .args(["pull", "--output", "json"]));
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert_eq!(lines[0]["status"], "ok");
+    assert_eq!(lines[0]["position"], "pull[0]");
+    assert!(lines[0]["duration_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(lines[2]["event"], "done");
+    assert_eq!(lines[2]["working_directory"], flows);
+}
+
+#[test]
+fn secrets_from_blocks_and_env_never_reach_output_logs_or_errors() {
+    let (_t, dir) = support::tempdir();
+    let (_h, home) = support::tempdir();
+    let secret = "tok-9f8e7d6c5b4a";
+    let (code, _, err) =
+        run(hoist(&home).args(["block", "set", "secret", "gh-token", "--value", secret]));
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = run(hoist(&home).args(["block", "get", "secret", "gh-token"]));
+    assert_eq!(code, 0);
+    assert!(out.contains("********") && !out.contains(secret), "{out}");
+    std::fs::write(
+        dir.join("prefect.yaml"),
+        "pull:\n  - prefect.deployments.steps.run_shell_script:\n      script: |\n        echo token={{ prefect.blocks.secret.gh-token }} env={{ $MY_API_TOKEN }}\n        bash -c '>&2 echo rejected {{ prefect.blocks.secret.gh-token }}; exit 3'\n",
+    )
+    .unwrap();
+    let env_secret = "env-secret-0123";
+    for output in ["text", "json"] {
+        let (code, out, err) = run(hoist(&home)
+            .current_dir(&dir)
+            .env("MY_API_TOKEN", env_secret)
+            .args(["pull", "--output", output]));
+        assert_eq!(code, 1);
+        let all = format!("{out}{err}");
+        assert!(!all.contains(secret) && !all.contains(env_secret), "{all}");
+        assert!(all.contains("token=******** env=********"), "{all}");
+        assert!(
+            err.contains("failed with error code 3: rejected ********"),
+            "{err}"
+        );
+    }
+    let (code, out, err) = run(hoist(&home)
+        .current_dir(&dir)
+        .env("MY_API_TOKEN", env_secret)
+        .arg("plan"));
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains(secret) && !out.contains(env_secret), "{out}");
+    // The database holding the secret is private to its owner.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(home.join("hoist.db"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn variables_and_blocks_commands() {
+    let (_h, home) = support::tempdir();
+    for (args, want) in [
+        (vec!["variable", "set", "n", "3"], ""),
+        (vec!["variable", "set", "cfg", "{k: v}"], ""),
+        (vec!["variable", "get", "n"], "3\n"),
+        (vec!["variable", "get", "cfg"], "{\"k\":\"v\"}\n"),
+        (vec!["variable", "ls"], "cfg = {\"k\":\"v\"}\nn = 3\n"),
+        (vec!["variable", "unset", "n"], ""),
+        (
+            vec![
+                "block",
+                "set",
+                "aws-credentials",
+                "prod",
+                "--field",
+                "region=eu-west-1",
+            ],
+            "",
+        ),
+        (
+            vec!["block", "get", "aws-credentials", "prod"],
+            "{\n  \"region\": \"eu-west-1\"\n}\n",
+        ),
+    ] {
+        let (code, out, err) = run(hoist(&home).args(&args));
+        assert_eq!((code, out.as_str()), (0, want), "{args:?}: {err}");
+    }
+    let (code, _, err) = run(hoist(&home).args(["variable", "get", "n"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("no variable named `n`"), "{err}");
+}
+
+#[test]
+fn plan_shows_steps_without_running_and_refuses_what_cannot_run() {
+    let (_t, dir) = support::tempdir();
+    std::fs::write(
+        dir.join("prefect.yaml"),
+        "build:\n  - prefect.deployments.steps.run_shell_script:\n      script: touch built\npull:\n  - prefect.deployments.steps.git_clone:\n      repository: https://example.com/r.git\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(hoist(&dir).current_dir(&dir).arg("plan"));
+    assert_eq!(code, 1);
+    assert!(out.contains("build[0]  prefect.deployments.steps.run_shell_script (line 2)\n      runs:   built-in run_shell_script"), "{out}");
+    assert!(out.contains("CANNOT RUN: `prefect.deployments.steps.git_clone` is a Prefect step Hoist does not run yet"), "{out}");
+    assert!(
+        err.contains("1 step cannot run:\n") && err.contains("prefect.yaml:5: pull[0]"),
+        "{err}"
+    );
+    assert!(!dir.join("built").exists(), "plan must not run anything");
+}
+
+#[test]
+fn every_corpus_file_plans_or_is_refused_precisely() {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/prefect-yaml");
+    let Ok(entries) = std::fs::read_dir(&corpus) else {
+        // The corpus is third-party data kept beside the project, not in it.
+        eprintln!("corpus not found at {}; skipped", corpus.display());
+        return;
+    };
+    let (_h, home) = support::tempdir();
+    let mut files: Vec<_> = entries
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    let mut summary = Vec::new();
+    for file in &files {
+        let (code, out, err) = run(hoist(&home)
+            .current_dir(file.parent().unwrap())
+            .args(["plan", "--file"])
+            .arg(file));
+        let name = file.file_name().unwrap().to_string_lossy();
+        match code {
+            0 => assert!(out.contains("pull:"), "{name}: {out}"),
+            1 => {
+                // Refused: the message names the file, and a step position or line.
+                assert!(err.contains(&*name), "{name}: {err}");
+                assert!(
+                    err.contains("cannot run") || err.contains(".yaml:"),
+                    "{name}: {err}"
+                );
+            }
+            _ => panic!("{name}: exit {code}: {err}"),
+        }
+        summary.push(format!("{code} {name}"));
+    }
+    eprintln!("{}", summary.join("\n"));
+}
