@@ -68,6 +68,10 @@ const SCHEMA: &[&str] = &[
      data TEXT NOT NULL, secret INTEGER NOT NULL, UNIQUE (slug, name))",
 ];
 
+/// How long to wait for the database. A local or LAN database that has not answered in
+/// 5 s is down; saying so beats a 30 s hang before every step that needs a variable.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// `$HOIST_HOME` (default `~/.hoist`).
 pub fn hoist_home() -> PathBuf {
     std::env::var_os("HOIST_HOME")

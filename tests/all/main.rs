@@ -6,4 +6,5 @@ mod cli;
 mod fixtures;
 mod projects;
 mod sandbox;
+mod stores;
 mod support;
