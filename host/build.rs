@@ -11,6 +11,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use sha2::Digest as _;
+
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir.parent().unwrap().to_path_buf();
@@ -79,10 +81,15 @@ fn main() {
     };
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     let mut src = String::from(
-        "/// Built-in steps: (name, component bytes).\npub static BUILTINS: &[(&str, &[u8])] = &[\n",
+        "/// Built-in steps: (name, component bytes, sha256 of the bytes).\npub static BUILTINS: &[(&str, &[u8], &str)] = &[\n",
     );
     for name in &builtins {
-        src += &format!("    ({name:?}, include_bytes!({:?})),\n", artifact(name));
+        let path = artifact(name);
+        let digest: String = sha2::Sha256::digest(std::fs::read(&path).unwrap())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        src += &format!("    ({name:?}, include_bytes!({path:?}), {digest:?}),\n");
     }
     src += "];\n";
     std::fs::write(out_dir.join("builtins.rs"), src).unwrap();

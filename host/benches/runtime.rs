@@ -45,6 +45,7 @@ fn runtime(allocator: Allocator, cache: &Path) -> Runtime {
     let rt = Runtime::new(RuntimeConfig {
         cache: ComponentCache::at(cache),
         allocator,
+        max_instances: 1024,
     })
     .unwrap();
     assert_eq!(rt.allocator(), allocator, "allocator fell back");

@@ -2,12 +2,16 @@
 
 include!(concat!(env!("OUT_DIR"), "/builtins.rs"));
 
-/// The component bytes of a built-in step, by its short name.
-pub fn find(name: &str) -> Option<&'static [u8]> {
-    BUILTINS.iter().find(|(n, _)| *n == name).map(|(_, b)| *b)
+/// The component bytes of a built-in step, by its short name, with their sha256
+/// (computed by the build, so starting `hoist` hashes nothing).
+pub fn find(name: &str) -> Option<(&'static [u8], &'static str)> {
+    BUILTINS
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, b, d)| (*b, *d))
 }
 
 /// Names of all built-in steps.
 pub fn names() -> impl Iterator<Item = &'static str> {
-    BUILTINS.iter().map(|(n, _)| *n)
+    BUILTINS.iter().map(|(n, _, _)| *n)
 }

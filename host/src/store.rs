@@ -145,6 +145,7 @@ impl Store {
         };
         let pool = AnyPoolOptions::new()
             .max_connections(4)
+            .acquire_timeout(CONNECT_TIMEOUT)
             .connect(url)
             .await
             .map_err(open_err)?;

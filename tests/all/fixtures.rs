@@ -178,7 +178,9 @@ fn template_fixtures() {
 /// from the characters that matter to the grammar never make the engine panic.
 #[test]
 fn template_engine_never_panics_on_generated_input() {
-    let alphabet: Vec<char> = "{{}} $.-[]0123456789-abcxyz_prefect.blocks.variables.valueé\n\"'".chars().collect();
+    let alphabet: Vec<char> = "{{}} $.-[]0123456789-abcxyz_prefect.blocks.variables.valueé\n\"'"
+        .chars()
+        .collect();
     let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut next = move || {
         seed ^= seed << 13;
@@ -192,14 +194,33 @@ fn template_engine_never_panics_on_generated_input() {
         blocks.by_name.insert((k.clone(), k.clone()), v.clone());
         blocks.by_id.insert(k.clone(), v.clone());
     }
-    let variables = values.as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let cx = Context { outputs: values.clone(), env: [("HOME".to_string(), "/root".to_string())].into(), blocks, variables };
+    let variables = values
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let cx = Context {
+        outputs: values.clone(),
+        env: [("HOME".to_string(), "/root".to_string())].into(),
+        blocks,
+        variables,
+    };
     for _ in 0..20_000 {
         let len = (next() % 40) as usize;
-        let s: String = (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect();
-        let tmpl = if next() % 3 == 0 { serde_json::json!({"k": s, "l": [s.clone(), 1]}) } else { Value::String(s) };
+        let s: String = (0..len)
+            .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+            .collect();
+        let tmpl = if next() % 3 == 0 {
+            serde_json::json!({"k": s, "l": [s.clone(), 1]})
+        } else {
+            Value::String(s)
+        };
         for remove_unset in [true, false] {
-            let opts = Options { remove_unset, skip_prefixes: &["ctx."] };
+            let opts = Options {
+                remove_unset,
+                skip_prefixes: &["ctx."],
+            };
             let _ = template::apply_values(&tmpl, &cx.outputs, &cx.env, &opts);
         }
         let _ = template::resolve_blocks(&tmpl, &cx.blocks);

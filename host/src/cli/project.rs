@@ -139,6 +139,7 @@ pub(crate) async fn run(cli: &super::Cli, command: Action, args: &RunArgs) -> an
         .collect();
     runner.prepare(&all).await?;
 
+    let started = std::time::Instant::now();
     let mut outputs = Map::new();
     let mut cwd = std::env::current_dir().context("cannot read the current directory")?;
     cwd = std::fs::canonicalize(&cwd).unwrap_or(cwd);
@@ -175,7 +176,12 @@ pub(crate) async fn run(cli: &super::Cli, command: Action, args: &RunArgs) -> an
             writeln!(out)?;
         }
         OutputFormat::Json => {
-            let done = json!({"event": "done", "outputs": shown, "working_directory": cwd.display().to_string()});
+            let done = json!({
+                "event": "done",
+                "outputs": shown,
+                "working_directory": cwd.display().to_string(),
+                "duration_ms": started.elapsed().as_secs_f64() * 1000.0,
+            });
             writeln!(out, "{done}")?;
         }
     }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::runtime::limits::{EPOCH_TICK, MAX_INSTANCES};
+use crate::runtime::limits::EPOCH_TICK;
 
 /// How instance memories, tables and stacks are allocated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,14 +37,14 @@ impl std::fmt::Display for Allocator {
     }
 }
 
-fn config(allocator: Allocator) -> Config {
+fn config(allocator: Allocator, max_instances: u32) -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
     config.memory_init_cow(true);
     config.parallel_compilation(true);
     if allocator == Allocator::Pooling {
-        let n = MAX_INSTANCES;
+        let n = max_instances;
         let mut pool = PoolingAllocationConfig::default();
         // A Rust wasip2 component is a handful of core instances (the program plus the
         // adapter shims) with one memory and a few tables.
@@ -61,11 +61,14 @@ fn config(allocator: Allocator) -> Config {
 /// Create the engine with the wanted allocator. Pooling reserves a large amount of
 /// virtual address space up front; where that fails (a `ulimit -v`, a 32-bit address
 /// space) this falls back to on-demand and says so in the returned allocator.
-pub fn new_engine(allocator: Allocator) -> wasmtime::Result<(Engine, Allocator)> {
-    let engine = match Engine::new(&config(allocator)) {
+pub fn new_engine(
+    allocator: Allocator,
+    max_instances: u32,
+) -> wasmtime::Result<(Engine, Allocator)> {
+    let engine = match Engine::new(&config(allocator, max_instances)) {
         Ok(engine) => (engine, allocator),
         Err(_) if allocator == Allocator::Pooling => (
-            Engine::new(&config(Allocator::OnDemand))?,
+            Engine::new(&config(Allocator::OnDemand, max_instances))?,
             Allocator::OnDemand,
         ),
         Err(e) => return Err(e),

@@ -41,6 +41,10 @@ pub struct RuntimeConfig {
     pub cache: ComponentCache,
     /// Instance allocator (pooling falls back to on-demand where it cannot reserve).
     pub allocator: Allocator,
+    /// Step instances alive at once; more wait for a slot. With the pooling allocator
+    /// this many slots are set up when the runtime starts, which costs time: a CLI that
+    /// runs steps one after another wants few, a worker running many flows wants many.
+    pub max_instances: u32,
 }
 
 impl Default for RuntimeConfig {
@@ -55,7 +59,15 @@ impl Default for RuntimeConfig {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(Allocator::Pooling);
-        Self { cache, allocator }
+        let max_instances = std::env::var("HOIST_MAX_INSTANCES")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(MAX_INSTANCES);
+        Self {
+            cache,
+            allocator,
+            max_instances,
+        }
     }
 }
 
@@ -215,7 +227,8 @@ pub struct Runtime {
 impl Runtime {
     /// Build the engine, the linker and the cache.
     pub fn new(config: RuntimeConfig) -> wasmtime::Result<Self> {
-        let (engine, allocator) = engine::new_engine(config.allocator)?;
+        let max_instances = config.max_instances.max(1);
+        let (engine, allocator) = engine::new_engine(config.allocator, max_instances)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Step::add_to_linker::<StepState, HasSelf<StepState>>(&mut linker, |s| s)?;
@@ -225,7 +238,7 @@ impl Runtime {
             linker,
             cache: config.cache,
             loaded: Mutex::new(HashMap::new()),
-            slots: Semaphore::new(MAX_INSTANCES as usize),
+            slots: Semaphore::new(max_instances as usize),
         })
     }
 
@@ -246,7 +259,7 @@ impl Runtime {
 
     /// Load a built-in step by short name.
     pub async fn builtin(&self, name: &str) -> Result<Arc<Plugin>, StepRunError> {
-        let bytes = crate::builtin::find(name).ok_or_else(|| StepRunError {
+        let (bytes, digest) = crate::builtin::find(name).ok_or_else(|| StepRunError {
             step: name.into(),
             plugin: name.into(),
             kind: ErrorKind::Load(format!(
@@ -254,7 +267,8 @@ impl Runtime {
                 crate::builtin::names().collect::<Vec<_>>().join(", ")
             )),
         })?;
-        self.load(bytes, name, true).await
+        self.load_digested(bytes, digest.to_string(), name, true)
+            .await
     }
 
     /// Load a component file.
@@ -276,7 +290,17 @@ impl Runtime {
         origin: &str,
         builtin: bool,
     ) -> Result<Arc<Plugin>, StepRunError> {
-        let digest = cache::digest(bytes);
+        self.load_digested(bytes, cache::digest(bytes), origin, builtin)
+            .await
+    }
+
+    async fn load_digested(
+        &self,
+        bytes: &[u8],
+        digest: String,
+        origin: &str,
+        builtin: bool,
+    ) -> Result<Arc<Plugin>, StepRunError> {
         if let Some(p) = self
             .loaded
             .lock()
