@@ -337,38 +337,10 @@ impl Runner {
         let opts = Options::default();
         let v = unwrap(template::apply_values(&raw, &values, &self.env, &opts));
 
-        let (names, ids) = template::block_refs(&v);
-        let mut blocks = Blocks::default();
-        if !names.is_empty() || !ids.is_empty() {
-            let store = self.store().await.map_err(|e| e.to_string())?;
-            let mut secrets = Vec::new();
-            for (slug, name) in names {
-                if let Some(b) = store.block(&slug, &name).await.map_err(|e| e.to_string())? {
-                    if b.secret {
-                        secret_strings(&b.data, &mut secrets);
-                    }
-                    blocks.by_name.insert((slug, name), b.data);
-                }
-            }
-            for id in ids {
-                if let Some(b) = store.block_by_id(&id).await.map_err(|e| e.to_string())? {
-                    if b.secret {
-                        secret_strings(&b.data, &mut secrets);
-                    }
-                    blocks.by_id.insert(id, b.data);
-                }
-            }
-            self.add_secrets(secrets);
-        }
+        let blocks = self.fetch_blocks(&v).await?;
         let v = template::resolve_blocks(&v, &blocks).map_err(|e: TemplateError| e.to_string())?;
 
-        let names = template::variable_refs(&v);
-        let variables = if names.is_empty() {
-            Default::default()
-        } else {
-            let store = self.store().await.map_err(|e| e.to_string())?;
-            store.variables(&names).await.map_err(|e| e.to_string())?
-        };
+        let variables = self.fetch_variables(&v).await?;
         let v = template::resolve_variables(&v, &variables);
         self.add_secrets(env_secrets(&v, &self.env));
         let env_values = Value::Object(
@@ -383,6 +355,52 @@ impl Runner {
             &self.env,
             &opts,
         )))
+    }
+}
+
+impl Runner {
+    /// The block documents `v` refers to (by name or `$ref` id), from the store; the
+    /// values of secret ones are remembered for masking. Missing ones are left out (the
+    /// block pass reports them).
+    pub async fn fetch_blocks(&self, v: &Value) -> Result<Blocks, String> {
+        let (names, ids) = template::block_refs(v);
+        let mut blocks = Blocks::default();
+        if names.is_empty() && ids.is_empty() {
+            return Ok(blocks);
+        }
+        let store = self.store().await.map_err(|e| e.to_string())?;
+        let mut secrets = Vec::new();
+        for (slug, name) in names {
+            if let Some(b) = store.block(&slug, &name).await.map_err(|e| e.to_string())? {
+                if b.secret {
+                    secret_strings(&b.data, &mut secrets);
+                }
+                blocks.by_name.insert((slug, name), b.data);
+            }
+        }
+        for id in ids {
+            if let Some(b) = store.block_by_id(&id).await.map_err(|e| e.to_string())? {
+                if b.secret {
+                    secret_strings(&b.data, &mut secrets);
+                }
+                blocks.by_id.insert(id, b.data);
+            }
+        }
+        self.add_secrets(secrets);
+        Ok(blocks)
+    }
+
+    /// The variables `v` refers to, from the store (missing ones are left out).
+    pub async fn fetch_variables(
+        &self,
+        v: &Value,
+    ) -> Result<std::collections::BTreeMap<String, Value>, String> {
+        let names = template::variable_refs(v);
+        if names.is_empty() {
+            return Ok(Default::default());
+        }
+        let store = self.store().await.map_err(|e| e.to_string())?;
+        store.variables(&names).await.map_err(|e| e.to_string())
     }
 }
 

@@ -331,3 +331,81 @@ fn every_corpus_file_plans_or_is_refused_precisely() {
     }
     eprintln!("{}", summary.join("\n"));
 }
+
+/// C55-C58: `hoist push --deployment` reports the deployment as `prefect deploy` would
+/// register it: fields from build outputs and the environment, schedules parsed, `ctx.`
+/// kept, unresolved fields dropped, pull steps baked "safely"; the file is untouched.
+#[test]
+fn c55_c58_deployment_spec_from_outputs_and_environment() {
+    let (_t, dir) = support::tempdir();
+    let text = r#"
+build:
+  - prefect.deployments.steps.run_shell_script: {id: meta, script: "echo foo"}
+  - prefect.deployments.steps.run_shell_script: {id: get-schedule-isactive, script: "echo false"}
+pull:
+  - x.y: {id: b, input: "{{ meta.stdout }}", secret-input: "{{ prefect.blocks.secret.test-secret }}", region: "{{ $REGION }}", other: "{{ $UNSET_ON_DEPLOYER }}"}
+  - x.y: {input: "foo-{{ b.output1 }}"}
+deployments:
+  - name: test-name
+    entrypoint: flows/hello.py:my_flow
+    version: "{{ meta.stdout }}"
+    tags: "{{ meta.stdout }}"
+    description: "{{ $MY_DESCRIPTION }}"
+    parameters: {greeting: "v-{{ meta.stdout }}", home: "{{ HOME }}"}
+    schedules:
+      - {active: "{{ get-schedule-isactive.stdout }}", cron: "0 * * * *", timezone: America/Chicago}
+      - {active: "{{ $SCHEDULE_IS_ACTIVE }}", cron: "0 * * * *"}
+    work_pool:
+      name: "{{ $WORK_POOL }}"
+      job_variables: {name: "job-{{ ctx.flow.name }}/{{ ctx.flow_run.name }}", image: "{{ this-is-the-wrong-placeholder }}", env: prod}
+"#;
+    std::fs::write(dir.join("prefect.yaml"), text).unwrap();
+    let (code, out, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .env("REGION", "eu")
+        .env("HOME", "/home/deployer")
+        .env("MY_DESCRIPTION", "1")
+        .env("SCHEDULE_IS_ACTIVE", "true")
+        .env("WORK_POOL", "pool-from-env")
+        .env_remove("UNSET_ON_DEPLOYER")
+        .args(["push", "--deployment", "test-name", "--output", "json"]));
+    assert_eq!(code, 0, "{err}");
+    let done: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let d = &done["deployment"];
+    assert_eq!(d["version"], "foo");
+    assert_eq!(
+        d["tags"],
+        json!(["f", "o", "o"]),
+        "string tags are one tag per character (C55)"
+    );
+    assert_eq!(d["description"], "1");
+    assert_eq!(
+        d["parameters"],
+        json!({"greeting": "v-foo", "home": "/home/deployer"}),
+        "bare {{{{ HOME }}}} is read from the environment in the declaration (§3.10)"
+    );
+    assert_eq!(d["schedules"][0]["active"], false, "C58 from a step output");
+    assert_eq!(
+        d["schedules"][1]["active"], true,
+        "C58 from the environment"
+    );
+    assert_eq!(d["work_pool"]["name"], "pool-from-env", "C57");
+    assert_eq!(
+        d["work_pool"]["job_variables"],
+        json!({"name": "job-{{ ctx.flow.name }}/{{ ctx.flow_run.name }}", "env": "prod"}),
+        "C57: ctx kept, unresolved dropped"
+    );
+    assert_eq!(
+        d["pull_steps"],
+        json!([
+            {"x.y": {"id": "b", "input": "foo", "secret-input": "{{ prefect.blocks.secret.test-secret }}", "region": "eu", "other": "{{ $UNSET_ON_DEPLOYER }}"}},
+            {"x.y": {"input": "foo-{{ b.output1 }}"}}
+        ]),
+        "C56: baked with outputs, later references kept"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("prefect.yaml")).unwrap(),
+        text,
+        "the file is never rewritten"
+    );
+}

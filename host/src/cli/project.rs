@@ -139,6 +139,30 @@ pub(crate) async fn run(cli: &super::Cli, command: Action, args: &RunArgs) -> an
         .collect();
     runner.prepare(&all).await?;
 
+    // §3.10 step 2: the declaration is resolved against blocks, variables and the
+    // environment before any step runs.
+    let config = match &deployment {
+        Some(d) if command != Action::Pull => {
+            let raw = Value::Object(d.raw.clone());
+            let blocks = runner
+                .fetch_blocks(&raw)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let after = crate::template::resolve_blocks(&raw, &blocks).map_err(|e| {
+                anyhow::anyhow!("{}: {}: {e}", args.project.file.display(), d.label())
+            })?;
+            let variables = runner
+                .fetch_variables(&after)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            Some(
+                project::spec::pre_resolve(&d.raw, &runner.env, &blocks, &variables).map_err(
+                    |e| anyhow::anyhow!("{}: {}: {e}", args.project.file.display(), d.label()),
+                )?,
+            )
+        }
+        _ => None,
+    };
     let started = std::time::Instant::now();
     let mut outputs = Map::new();
     let mut cwd = std::env::current_dir().context("cannot read the current directory")?;
@@ -165,6 +189,13 @@ pub(crate) async fn run(cli: &super::Cli, command: Action, args: &RunArgs) -> an
         };
     }
     let redactor = runner.redactor();
+    let spec = match (&deployment, &config) {
+        (Some(d), Some(config)) => Some(redact_value(
+            &project::spec::resolve(&project, d, config, &outputs, &runner.env),
+            &redactor,
+        )),
+        _ => None,
+    };
     let shown = redact_value(&Value::Object(outputs), &redactor);
     let mut out = std::io::stdout().lock();
     match args.output {
@@ -172,16 +203,26 @@ pub(crate) async fn run(cli: &super::Cli, command: Action, args: &RunArgs) -> an
             if command == Action::Pull {
                 eprintln!("working directory: {}", cwd.display());
             }
+            if let (Some(d), Some(spec)) = (&deployment, &spec) {
+                eprintln!(
+                    "{} would be registered as:\n{}",
+                    d.label(),
+                    serde_json::to_string_pretty(spec)?
+                );
+            }
             serde_json::to_writer_pretty(&mut out, &shown)?;
             writeln!(out)?;
         }
         OutputFormat::Json => {
-            let done = json!({
+            let mut done = json!({
                 "event": "done",
                 "outputs": shown,
                 "working_directory": cwd.display().to_string(),
                 "duration_ms": started.elapsed().as_secs_f64() * 1000.0,
             });
+            if let Some(spec) = spec {
+                done["deployment"] = spec;
+            }
             writeln!(out, "{done}")?;
         }
     }
@@ -352,6 +393,25 @@ pub(crate) async fn plan(cli: &super::Cli, args: &PlanArgs) -> anyhow::Result<()
             };
             let shown = redact_value(&shown, &runner.redactor());
             writeln!(out, "      inputs: {}", serde_json::to_string(&shown)?)?;
+        }
+    }
+    if deployment.is_none() {
+        let own: Vec<String> = project
+            .deployments
+            .iter()
+            .filter(|d| {
+                [&d.build, &d.push, &d.pull]
+                    .iter()
+                    .any(|s| !matches!(s, project::Section::Absent))
+            })
+            .map(|d| d.name.clone().unwrap_or_else(|| format!("#{}", d.index)))
+            .collect();
+        if !own.is_empty() {
+            writeln!(
+                out,
+                "\ndeployments with their own steps (show them with --deployment NAME): {}",
+                own.join(", ")
+            )?;
         }
     }
     drop(out);

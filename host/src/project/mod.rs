@@ -5,6 +5,7 @@
 //! error names the file and, where there is one, the line, deployment and field.
 
 pub mod load;
+pub mod spec;
 
 use serde_json::{Map, Value};
 

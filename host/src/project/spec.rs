@@ -1,0 +1,157 @@
+//! The deployment as `prefect deploy` would register it (spec §3.10): the declaration's
+//! fields templated with the build/push outputs, and its pull steps "baked" with those
+//! outputs while references to later pull steps, blocks and variables stay for the worker.
+
+use serde_json::{Map, Value};
+
+use super::{Action, Deployment, Project};
+use crate::template::{self, Blocks, Env, Options, Resolved};
+
+/// Fields that are the steps themselves, not deployment configuration.
+const STEP_KEYS: &[&str] = &["build", "push", "pull"];
+
+fn unwrap_or(r: Resolved, empty: Value) -> Value {
+    match r {
+        Resolved::Value(v) => v,
+        Resolved::Unset => empty,
+    }
+}
+
+/// Step 2 of §3.10, before any step runs: blocks, variables, then the *environment as a
+/// values dictionary* with unresolved placeholders kept (so `{{ HOME }}` is read from the
+/// environment here — Prefect's quirk — and step-output placeholders survive).
+pub fn pre_resolve(
+    config: &Map<String, Value>,
+    env: &Env,
+    blocks: &Blocks,
+    variables: &std::collections::BTreeMap<String, Value>,
+) -> Result<Map<String, Value>, template::TemplateError> {
+    let v = Value::Object(
+        config
+            .iter()
+            .filter(|(k, _)| !STEP_KEYS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    );
+    let v = template::resolve_blocks(&v, blocks)?;
+    let v = template::resolve_variables(&v, variables);
+    let env_values = Value::Object(
+        env.iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect(),
+    );
+    let keep = Options {
+        remove_unset: false,
+        skip_prefixes: &[],
+    };
+    Ok(
+        match unwrap_or(
+            template::apply_values(&v, &env_values, env, &keep),
+            Value::Object(Map::new()),
+        ) {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        },
+    )
+}
+
+/// Steps 5–8 of §3.10, after build and push: the registered deployment.
+pub fn resolve(
+    project: &Project,
+    deployment: &Deployment,
+    config: &Map<String, Value>,
+    outputs: &Map<String, Value>,
+    env: &Env,
+) -> Value {
+    let values = Value::Object(outputs.clone());
+    let on = Options {
+        remove_unset: true,
+        skip_prefixes: &["ctx."],
+    };
+    let mut spec = Map::new();
+
+    // 5. Schedules: templated, then `active` read as a boolean.
+    let mut schedules: Vec<Value> = match config.get("schedules") {
+        Some(Value::Array(items)) => items.clone(),
+        _ => match config.get("schedule") {
+            Some(Value::Object(s)) if !s.is_empty() => vec![Value::Object(s.clone())],
+            _ => Vec::new(),
+        },
+    };
+    for s in schedules.iter_mut() {
+        *s = unwrap_or(
+            template::apply_values(s, &values, env, &on),
+            Value::Object(Map::new()),
+        );
+        if let Some(active) = s.get_mut("active")
+            && let Value::String(text) = active
+        {
+            match text.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => *active = Value::Bool(true),
+                "false" | "0" | "no" | "off" => *active = Value::Bool(false),
+                _ => {}
+            }
+        }
+    }
+
+    // 6. The rest of the declaration: unresolved whole values vanish, embedded ones
+    //    become "", `{{ ctx.* }}` survives for the worker.
+    for (k, v) in config {
+        if STEP_KEYS.contains(&k.as_str())
+            || matches!(k.as_str(), "schedule" | "schedules" | "triggers")
+        {
+            continue;
+        }
+        if let Resolved::Value(v) = template::apply_values(v, &values, env, &on) {
+            spec.insert(k.clone(), v);
+        }
+    }
+    // `tags` given as a string is a sequence of characters to Prefect (one tag each).
+    if let Some(Value::String(s)) = spec.get("tags") {
+        let chars = s.chars().map(|c| Value::String(c.to_string())).collect();
+        spec.insert("tags".into(), Value::Array(chars));
+    }
+    spec.insert("schedules".into(), Value::Array(schedules));
+
+    // 7. Triggers: templated except their `parameters`, kept for event templating.
+    if let Some(Value::Array(triggers)) = config.get("triggers") {
+        let t = triggers
+            .iter()
+            .map(|trig| match trig {
+                Value::Object(m) => Value::Object(
+                    m.iter()
+                        .filter_map(|(k, v)| {
+                            if k == "parameters" {
+                                return Some((k.clone(), v.clone()));
+                            }
+                            match template::apply_values(v, &values, env, &on) {
+                                Resolved::Value(v) => Some((k.clone(), v)),
+                                Resolved::Unset => None,
+                            }
+                        })
+                        .collect(),
+                ),
+                other => other.clone(),
+            })
+            .collect();
+        spec.insert("triggers".into(), Value::Array(t));
+    }
+
+    // 8. Pull steps, baked with the outputs but keeping what cannot resolve yet.
+    let keep = Options {
+        remove_unset: false,
+        skip_prefixes: &[],
+    };
+    let pull: Vec<Value> = project
+        .steps(Action::Pull, Some(deployment))
+        .iter()
+        .map(|s| {
+            unwrap_or(
+                template::apply_values(&s.raw, &values, env, &keep),
+                s.raw.clone(),
+            )
+        })
+        .collect();
+    spec.insert("pull_steps".into(), Value::Array(pull));
+    Value::Object(spec)
+}
