@@ -38,6 +38,14 @@ pub struct StepReport {
     pub result: Result<Value, String>,
 }
 
+/// Where pull-step events go (Prefect emits them when a flow-run id is known, §2.8).
+pub struct Events {
+    /// `prefect.flow-run.<id>`.
+    pub resource: String,
+    /// The store they are recorded in.
+    pub store: Store,
+}
+
 /// Why a section did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -96,6 +104,8 @@ pub struct Runner {
     pub log: Arc<dyn LogSink>,
     /// Progress.
     pub reporter: Arc<dyn Reporter>,
+    /// Record pull-step events here (set for `hoist pull` with a flow-run id).
+    pub events: Option<Events>,
     store: tokio::sync::OnceCell<Store>,
     secrets: std::sync::Mutex<Vec<String>>,
     run_id: String,
@@ -144,6 +154,7 @@ impl Runner {
             limits: Limits::default(),
             log,
             reporter,
+            events: None,
             store: tokio::sync::OnceCell::new(),
             secrets: std::sync::Mutex::new(Vec::new()),
             run_id: crate::runtime::new_run_id(),
@@ -254,6 +265,7 @@ impl Runner {
             self.reporter.started(step, index, total, &target);
             let start = std::time::Instant::now();
             let result = self.run_step(step, &plugin, &outputs, &cwd).await;
+            self.record_event(step, index, result.is_ok()).await;
             let redactor = self.redactor();
             match result {
                 Ok(outcome) => {
@@ -294,6 +306,33 @@ impl Runner {
             }
         }
         Ok(SectionOutcome { outputs, cwd })
+    }
+
+    /// One `prefect.flow-run.pull-step.{executed,failed}` event, with the step's inputs
+    /// exactly as written (untemplated: no resolved secret can be in them). A failure to
+    /// record is a warning, never a step failure.
+    async fn record_event(&self, step: &StepEntry, index: usize, ok: bool) {
+        let Some(events) = &self.events else { return };
+        let inputs = step.raw.get(&step.name).cloned().unwrap_or(Value::Null);
+        let payload = serde_json::json!({
+            "index": index,
+            "qualified_name": step.name,
+            "step_name": step.short_name(),
+            "id": step.id,
+            "inputs": inputs,
+        });
+        let name = if ok {
+            "prefect.flow-run.pull-step.executed"
+        } else {
+            "prefect.flow-run.pull-step.failed"
+        };
+        if let Err(e) = events
+            .store
+            .record_event(name, &events.resource, &payload)
+            .await
+        {
+            eprintln!("warning: could not record event {name}: {e}");
+        }
     }
 
     /// Template one step's inputs (§3.9) and run it.

@@ -64,6 +64,8 @@ pub struct Store {
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS hoist_variables (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS hoist_events (id TEXT PRIMARY KEY, occurred TEXT NOT NULL, event TEXT NOT NULL, \
+     resource TEXT NOT NULL, payload TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS hoist_blocks (id TEXT PRIMARY KEY, slug TEXT NOT NULL, name TEXT NOT NULL, \
      data TEXT NOT NULL, secret INTEGER NOT NULL, UNIQUE (slug, name))",
 ];
@@ -290,6 +292,93 @@ impl Store {
             .await?;
         Ok(res.rows_affected() > 0)
     }
+}
+
+/// A recorded event (e.g. `prefect.flow-run.pull-step.executed`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// Event id.
+    pub id: String,
+    /// When, RFC 3339 UTC.
+    pub occurred: String,
+    /// Event name.
+    pub event: String,
+    /// The resource it is about, e.g. `prefect.flow-run.<id>`.
+    pub resource: String,
+    /// Its payload. Step inputs in it are untemplated: no secret was resolved into them.
+    pub payload: Value,
+}
+
+impl Store {
+    /// Record an event.
+    pub async fn record_event(
+        &self,
+        event: &str,
+        resource: &str,
+        payload: &Value,
+    ) -> Result<Event, StoreError> {
+        let e = Event {
+            id: new_id(),
+            occurred: now_rfc3339(),
+            event: event.into(),
+            resource: resource.into(),
+            payload: payload.clone(),
+        };
+        sqlx::query("INSERT INTO hoist_events (id, occurred, event, resource, payload) VALUES ($1, $2, $3, $4, $5)")
+            .bind(&e.id)
+            .bind(&e.occurred)
+            .bind(&e.event)
+            .bind(&e.resource)
+            .bind(e.payload.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(e)
+    }
+
+    /// Events about a resource, oldest first.
+    pub async fn events(&self, resource: &str) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query("SELECT id, occurred, event, resource, payload FROM hoist_events WHERE resource = $1 ORDER BY occurred, id")
+            .bind(resource)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Event {
+                    id: r.try_get(0)?,
+                    occurred: r.try_get(1)?,
+                    event: r.try_get(2)?,
+                    resource: r.try_get(3)?,
+                    payload: parse(&r.try_get::<String, _>(4)?, "event")?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Now as RFC 3339 UTC with microseconds (sortable as text).
+fn now_rfc3339() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_micros()
+    )
 }
 
 fn parse(text: &str, what: &str) -> Result<Value, StoreError> {

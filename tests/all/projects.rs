@@ -409,3 +409,67 @@ deployments:
         "the file is never rewritten"
     );
 }
+
+/// C33: with a flow-run id, each pull step is recorded as an event whose payload carries
+/// the untemplated inputs, so no resolved secret reaches the stored record.
+#[tokio::test]
+async fn c33_pull_steps_are_recorded_as_events_without_secrets() {
+    let (_t, dir) = support::tempdir();
+    let (_h, home) = support::tempdir();
+    let (code, _, err) = run(hoist(&home).args([
+        "block",
+        "set",
+        "secret",
+        "k",
+        "--value",
+        "block-secret-value",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    std::fs::write(
+        dir.join("prefect.yaml"),
+        "pull:\n  - prefect.deployments.steps.run_shell_script:\n      script: echo {{ prefect.blocks.secret.k }} {{ $SECRET_ENV_VAR }}\n      id: step-one\n      requires: prefect>=3.0.0\n  - prefect.deployments.steps.run_shell_script:\n      script: boom\n",
+    )
+    .unwrap();
+    let flow_run = "0b5e2a52-5a8e-4c1e-9f59-3f1e2f7e9d10";
+    let (code, _, err) = run(hoist(&home)
+        .current_dir(&dir)
+        .env("PREFECT__FLOW_RUN_ID", flow_run)
+        .env("SECRET_ENV_VAR", "super-secret-value")
+        .arg("pull"));
+    assert_eq!(code, 1, "the second step fails: {err}");
+
+    let store = Store::open_sqlite(&home.join("hoist.db")).await.unwrap();
+    let events = store
+        .events(&format!("prefect.flow-run.{flow_run}"))
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0].event, "prefect.flow-run.pull-step.executed");
+    assert_eq!(
+        events[0].payload,
+        json!({"index": 0, "qualified_name": "prefect.deployments.steps.run_shell_script", "step_name": "run_shell_script", "id": "step-one",
+               "inputs": {"script": "echo {{ prefect.blocks.secret.k }} {{ $SECRET_ENV_VAR }}", "id": "step-one", "requires": "prefect>=3.0.0"}})
+    );
+    assert_eq!(events[1].event, "prefect.flow-run.pull-step.failed");
+    assert_eq!(events[1].payload["inputs"], json!({"script": "boom"}));
+    let stored = format!("{events:?}");
+    assert!(
+        !stored.contains("block-secret-value") && !stored.contains("super-secret-value"),
+        "{stored}"
+    );
+
+    // Without a flow-run id, nothing is recorded.
+    let (code, _, _) = run(hoist(&home)
+        .current_dir(&dir)
+        .env_remove("PREFECT__FLOW_RUN_ID")
+        .arg("pull"));
+    assert_eq!(code, 1);
+    assert_eq!(
+        store
+            .events(&format!("prefect.flow-run.{flow_run}"))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+}

@@ -126,6 +126,18 @@ pub(crate) async fn run(cli: &super::Cli, command: Action, args: &RunArgs) -> an
     let sink: Arc<dyn LogSink> = Arc::new(TerminalSink::default());
     let mut runner = Runner::new(runtime, args.project.file.clone(), sink, reporter);
     runner.grants = Grants::new(args.allow.iter().cloned());
+    // With a flow-run id (as a worker sets it), pull steps are recorded as events.
+    if command == Action::Pull
+        && let Some(run_id) = std::env::var("PREFECT__FLOW_RUN_ID")
+            .ok()
+            .filter(|s| !s.is_empty())
+    {
+        let store = crate::store::Store::open_default().await?;
+        runner.events = Some(runner::Events {
+            resource: format!("prefect.flow-run.{run_id}"),
+            store,
+        });
+    }
     runner.limits = Limits {
         memory: args.memory_limit,
         timeout: args.timeout,
