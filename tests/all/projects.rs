@@ -473,3 +473,60 @@ async fn c33_pull_steps_are_recorded_as_events_without_secrets() {
         2
     );
 }
+
+/// C54: the pull steps a deployment is registered with: an explicit empty pull stays
+/// empty (even over a top-level one); nothing usable means the generated default.
+#[test]
+fn c54_default_and_explicitly_empty_pull() {
+    let cases = [
+        ("pull: []\ndeployments: [{name: d}]\n", json!([])),
+        (
+            "pull: [{prefect.deployments.steps.git_clone: {repository: \"https://example.com/org/repo.git\"}}]\ndeployments: [{name: d, pull: []}]\n",
+            json!([]),
+        ),
+        ("pull: null\ndeployments: [{name: d}]\n", json!("<cwd>")),
+        ("deployments: [{name: d}]\n", json!("<cwd>")),
+        (
+            "deployments: [{name: d, work_pool: {name: p, job_variables: {image: img}}}]\n",
+            json!([{"prefect.deployments.steps.set_working_directory": {"directory": "/opt/prefect"}}]),
+        ),
+        (
+            "build: [{prefect_docker.deployments.steps.build_docker_image: {image_name: x, dockerfile: auto}}]\ndeployments: [{name: d}]\n",
+            json!("<docker>"),
+        ),
+    ];
+    for (yaml, want) in cases {
+        let (_t, dir) = support::tempdir();
+        std::fs::write(dir.join("prefect.yaml"), yaml).unwrap();
+        let want = match want.as_str() {
+            Some("<cwd>") => {
+                json!([{"prefect.deployments.steps.set_working_directory": {"directory": dir.display().to_string()}}])
+            }
+            Some("<docker>") => {
+                let base = dir.file_name().unwrap().to_string_lossy().into_owned();
+                json!([{"prefect.deployments.steps.set_working_directory": {"directory": format!("/opt/prefect/{base}")}}])
+            }
+            _ => want,
+        };
+        if yaml.contains("build_docker_image") {
+            // The docker build step is not available yet: the plan says so, nothing runs.
+            let (code, _, err) = run(hoist(&dir)
+                .current_dir(&dir)
+                .args(["push", "-d", "d", "-o", "json"]));
+            assert_eq!(code, 1);
+            assert!(err.contains("build_docker_image"), "{err}");
+            let p = project::load(&dir.join("prefect.yaml")).unwrap();
+            let d = p.deployment("d").unwrap();
+            let spec =
+                project::spec::resolve(&p, d, &d.raw, &Map::new(), &Default::default(), &dir);
+            assert_eq!(spec["pull_steps"], want, "{yaml}");
+            continue;
+        }
+        let (code, out, err) = run(hoist(&dir)
+            .current_dir(&dir)
+            .args(["push", "-d", "d", "-o", "json"]));
+        assert_eq!(code, 0, "{yaml}: {err}");
+        let done: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        assert_eq!(done["deployment"]["pull_steps"], want, "{yaml}");
+    }
+}

@@ -179,6 +179,7 @@ pub(crate) async fn run(cli: &super::Cli, command: Action, args: &RunArgs) -> an
     let mut outputs = Map::new();
     let mut cwd = std::env::current_dir().context("cannot read the current directory")?;
     cwd = std::fs::canonicalize(&cwd).unwrap_or(cwd);
+    let start_dir = cwd.clone();
     for action in sections {
         let steps = project.steps(*action, deployment.as_ref());
         if args.output == OutputFormat::Text {
@@ -203,7 +204,7 @@ pub(crate) async fn run(cli: &super::Cli, command: Action, args: &RunArgs) -> an
     let redactor = runner.redactor();
     let spec = match (&deployment, &config) {
         (Some(d), Some(config)) => Some(redact_value(
-            &project::spec::resolve(&project, d, config, &outputs, &runner.env),
+            &project::spec::resolve(&project, d, config, &outputs, &runner.env, &start_dir),
             &redactor,
         )),
         _ => None,

@@ -155,6 +155,17 @@ impl Project {
             .find(|d| d.name.as_deref() == Some(name))
     }
 
+    /// Whether the pull section was explicitly emptied (`pull: []` on the deployment, or
+    /// absent there with `pull: []` at the top level): then no default pull is generated.
+    pub fn pull_explicitly_empty(&self, deployment: Option<&Deployment>) -> bool {
+        let empty_list = |s: &Section| matches!(s, Section::Steps(v) if v.is_empty());
+        match deployment.map(|d| &d.pull) {
+            Some(Section::Steps(v)) if v.is_empty() => true,
+            Some(Section::Absent) | None => empty_list(&self.pull),
+            _ => false,
+        }
+    }
+
     /// The steps of `action` for a deployment (or the top level), by the rules of §5.5:
     /// - build: the deployment's `build` if the key is there (even null/empty), else top level;
     /// - push: the same, but an empty choice falls back to the top level;

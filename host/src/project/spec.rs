@@ -2,6 +2,8 @@
 //! fields templated with the build/push outputs, and its pull steps "baked" with those
 //! outputs while references to later pull steps, blocks and variables stay for the worker.
 
+use std::path::Path;
+
 use serde_json::{Map, Value};
 
 use super::{Action, Deployment, Project};
@@ -62,6 +64,7 @@ pub fn resolve(
     config: &Map<String, Value>,
     outputs: &Map<String, Value>,
     env: &Env,
+    cwd: &Path,
 ) -> Value {
     let values = Value::Object(outputs.clone());
     let on = Options {
@@ -142,16 +145,64 @@ pub fn resolve(
         remove_unset: false,
         skip_prefixes: &[],
     };
-    let pull: Vec<Value> = project
-        .steps(Action::Pull, Some(deployment))
-        .iter()
-        .map(|s| {
-            unwrap_or(
-                template::apply_values(&s.raw, &values, env, &keep),
-                s.raw.clone(),
-            )
-        })
-        .collect();
+    let steps = project.steps(Action::Pull, Some(deployment));
+    let pull: Vec<Value> = if steps.is_empty() && !project.pull_explicitly_empty(Some(deployment)) {
+        default_pull(project, deployment, &spec, cwd)
+    } else {
+        steps
+            .iter()
+            .map(|s| {
+                unwrap_or(
+                    template::apply_values(&s.raw, &values, env, &keep),
+                    s.raw.clone(),
+                )
+            })
+            .collect()
+    };
     spec.insert("pull_steps".into(), Value::Array(pull));
     Value::Object(spec)
+}
+
+/// The pull action `prefect deploy` generates, non-interactively, when a deployment has
+/// none it can use (§5.5): into `/opt/prefect/<dir>` for an image built from the automatic
+/// Dockerfile, nothing for another Dockerfile (Prefect would ask), `/opt/prefect` when the
+/// work pool names an image, else the deploying machine's working directory.
+fn default_pull(
+    project: &Project,
+    deployment: &Deployment,
+    spec: &Map<String, Value>,
+    cwd: &Path,
+) -> Vec<Value> {
+    let set_wd = |dir: String| {
+        vec![
+            serde_json::json!({ "prefect.deployments.steps.set_working_directory": { "directory": dir } }),
+        ]
+    };
+    let docker = project
+        .steps(Action::Build, Some(deployment))
+        .iter()
+        .find(|s| s.name == "prefect_docker.deployments.steps.build_docker_image");
+    let base = cwd
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if let Some(step) = docker {
+        return match step
+            .inputs
+            .get("dockerfile")
+            .and_then(Value::as_str)
+            .unwrap_or("auto")
+        {
+            "auto" => set_wd(format!("/opt/prefect/{base}")),
+            _ => Vec::new(),
+        };
+    }
+    let image = spec
+        .get("work_pool")
+        .and_then(|w| w.get("job_variables"))
+        .and_then(|j| j.get("image"));
+    if image.is_some_and(|i| !i.is_null()) {
+        return set_wd("/opt/prefect".into());
+    }
+    set_wd(cwd.display().to_string())
 }
