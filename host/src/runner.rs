@@ -96,8 +96,10 @@ pub struct Runner {
     pub installed_dir: PathBuf,
     /// The environment templates see.
     pub env: Env,
-    /// Grants for plugins that are not built in.
+    /// Grants for plugins that are not built in (all of them; from the command line).
     pub grants: Grants,
+    /// Grants by step name, from the project file's `hoist.grants`.
+    pub project_grants: std::collections::BTreeMap<String, Vec<crate::runtime::Capability>>,
     /// Limits per step.
     pub limits: Limits,
     /// Step logs.
@@ -151,6 +153,7 @@ impl Runner {
             installed_dir: crate::store::hoist_home().join("plugins"),
             env: std::env::vars().collect(),
             grants: Grants::none(),
+            project_grants: Default::default(),
             limits: Limits::default(),
             log,
             reporter,
@@ -159,6 +162,15 @@ impl Runner {
             secrets: std::sync::Mutex::new(Vec::new()),
             run_id: crate::runtime::new_run_id(),
         }
+    }
+
+    /// The grants of a step's plugin: the command line's plus the project file's for it.
+    fn grants_for(&self, step: &StepEntry) -> Grants {
+        let mut g = self.grants.clone();
+        for c in self.project_grants.get(&step.name).into_iter().flatten() {
+            g.add(c.clone());
+        }
+        g
     }
 
     /// Use this store instead of the default one.
@@ -346,7 +358,7 @@ impl Runner {
         let inputs = self.template(step, outputs).await?;
         let mut req = StepRequest::new(step.short_name(), cwd)
             .inputs(inputs)
-            .grants(self.grants.clone())
+            .grants(self.grants_for(step))
             .limits(self.limits)
             .log(self.log.clone());
         req.id = step.id.clone();

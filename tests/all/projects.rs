@@ -530,3 +530,38 @@ fn c54_default_and_explicitly_empty_pull() {
         assert_eq!(done["deployment"]["pull_steps"], want, "{yaml}");
     }
 }
+
+/// A plugin named by path in a project gets nothing unless granted, on the command line
+/// or in the project file's Hoist-only `hoist.grants` (which Prefect ignores).
+#[test]
+fn plugin_files_in_projects_need_grants() {
+    let (_t, dir) = support::tempdir();
+    std::fs::copy(support::plugins::PROBE, dir.join("probe.wasm")).unwrap();
+    let steps = "pull:\n  - ./probe.wasm: {action: spawn, program: \"true\"}\n";
+    std::fs::write(dir.join("prefect.yaml"), steps).unwrap();
+    let (code, _, err) = run(hoist(&dir).current_dir(&dir).arg("pull"));
+    assert_eq!(code, 1);
+    assert!(err.contains("Encountered error while running ./probe.wasm: needs capability `process:true`, which was not granted; grant it with `--allow process:true`"), "{err}");
+
+    let granted = format!(
+        "hoist:\n  grants:\n    ./probe.wasm: [process:true, process:sleep, env:HOIST_PROBE]\n{steps}"
+    );
+    std::fs::write(dir.join("prefect.yaml"), granted).unwrap();
+    let (code, out, err) = run(hoist(&dir).current_dir(&dir).arg("pull"));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["exit_code"], 0);
+
+    std::fs::write(
+        dir.join("prefect.yaml"),
+        format!("hoist:\n  grants:\n    ./probe.wasm: [everything]\n{steps}"),
+    )
+    .unwrap();
+    let (code, _, err) = run(hoist(&dir).current_dir(&dir).arg("pull"));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(
+            "prefect.yaml:1: `hoist.grants../probe.wasm`: `everything` is not a capability"
+        ),
+        "{err}"
+    );
+}

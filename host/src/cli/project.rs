@@ -126,6 +126,7 @@ pub(crate) async fn run(cli: &super::Cli, command: Action, args: &RunArgs) -> an
     let sink: Arc<dyn LogSink> = Arc::new(TerminalSink::default());
     let mut runner = Runner::new(runtime, args.project.file.clone(), sink, reporter);
     runner.grants = Grants::new(args.allow.iter().cloned());
+    runner.project_grants = project.grants.clone();
     // With a flow-run id (as a worker sets it), pull steps are recorded as events.
     if command == Action::Pull
         && let Some(run_id) = std::env::var("PREFECT__FLOW_RUN_ID")

@@ -123,6 +123,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Project, ProjectError> {
         top.get("deployments").unwrap_or(&Value::Null),
         &mut lines,
     )?;
+    let grants = grants(path, top.get("hoist"), &mut lines)?;
     Ok(Project {
         path: path.into(),
         name,
@@ -131,7 +132,72 @@ pub fn parse(path: &Path, text: &str) -> Result<Project, ProjectError> {
         push,
         pull,
         deployments,
+        grants,
     })
+}
+
+/// `hoist: {grants: {<step name>: [<capability>...]}}`.
+fn grants(
+    path: &Path,
+    v: Option<&Value>,
+    lines: &mut LineFinder,
+) -> Result<std::collections::BTreeMap<String, Vec<crate::runtime::Capability>>, ProjectError> {
+    let mut out = std::collections::BTreeMap::new();
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(out);
+    };
+    let line = lines.key_line("hoist");
+    let grants = match v {
+        Value::Object(m) => m.get("grants").cloned().unwrap_or(Value::Null),
+        other => {
+            return Err(shape(
+                path,
+                line,
+                format!(
+                    "field `hoist` must be a mapping with `grants`, got {}",
+                    type_name(other)
+                ),
+            ));
+        }
+    };
+    let Value::Object(grants) = grants else {
+        if grants.is_null() {
+            return Ok(out);
+        }
+        return Err(shape(
+            path,
+            line,
+            "`hoist.grants` must map step names to lists of capabilities".into(),
+        ));
+    };
+    for (step, caps) in grants {
+        let list = match caps {
+            Value::Array(items) => items,
+            Value::String(s) => vec![Value::String(s)],
+            other => {
+                return Err(shape(
+                    path,
+                    line,
+                    format!(
+                        "`hoist.grants.{step}` must be a list of capabilities, got {}",
+                        type_name(&other)
+                    ),
+                ));
+            }
+        };
+        let mut parsed = Vec::new();
+        for c in list {
+            let text = plain(&c);
+            parsed.push(
+                text.parse()
+                    .map_err(|e: crate::runtime::policy::BadCapability| {
+                        shape(path, line, format!("`hoist.grants.{step}`: {e}"))
+                    })?,
+            );
+        }
+        out.insert(step, parsed);
+    }
+    Ok(out)
 }
 
 fn shape(path: &Path, line: Option<usize>, message: String) -> ProjectError {

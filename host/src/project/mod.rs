@@ -136,6 +136,9 @@ pub struct Project {
     pub pull: Section,
     /// `deployments` (from `deployment.yaml` in the 2.x layout).
     pub deployments: Vec<Deployment>,
+    /// Capabilities granted to plugins by step name, from the Hoist-only top-level key
+    /// `hoist: {grants: {<step name>: [<capability>, ...]}}` (Prefect ignores it).
+    pub grants: std::collections::BTreeMap<String, Vec<crate::runtime::Capability>>,
 }
 
 impl Project {
