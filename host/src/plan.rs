@@ -33,6 +33,18 @@ pub const BUILTIN_NAMES: &[(&str, &str)] = &[
         "prefect.projects.steps.run_shell_script",
         "run_shell_script",
     ),
+    (
+        "prefect.deployments.steps.pip_install_requirements",
+        "pip_install_requirements",
+    ),
+    (
+        "prefect.deployments.steps.utility.pip_install_requirements",
+        "pip_install_requirements",
+    ),
+    (
+        "prefect.projects.steps.pip_install_requirements",
+        "pip_install_requirements",
+    ),
 ];
 
 /// Prefect names Hoist recognises but cannot run yet, with the step they belong to.
@@ -47,18 +59,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ),
     ("prefect.projects.steps.git_clone_project", "git_clone"),
     ("prefect.projects.steps.git_clone", "git_clone"),
-    (
-        "prefect.deployments.steps.pip_install_requirements",
-        "pip_install_requirements",
-    ),
-    (
-        "prefect.deployments.steps.utility.pip_install_requirements",
-        "pip_install_requirements",
-    ),
-    (
-        "prefect.projects.steps.pip_install_requirements",
-        "pip_install_requirements",
-    ),
     (
         "prefect.deployments.steps.pull_from_remote_storage",
         "pull_from_remote_storage",

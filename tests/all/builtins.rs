@@ -277,3 +277,98 @@ async fn secrets_never_reach_logs_or_errors() {
     );
     assert!(err.to_string().contains("denied for ********"), "{err}");
 }
+
+/// C47: pip_install_requirements installs a local wheel (`--no-index --find-links`) into
+/// the Python named by HOIST_PYTHON, and a failing requirement gives the exit code and
+/// pip's stderr.
+#[test]
+fn c47_pip_install_requirements() {
+    use crate::support::{hoist, run};
+    let (_t, dir) = support::tempdir();
+    let venv = dir.join("venv");
+    let ok = std::process::Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "python3 -m venv");
+    let python = venv.join("bin/python");
+    // A minimal wheel, built by hand: a package and its dist-info.
+    let wheels = dir.join("wheels");
+    std::fs::create_dir(&wheels).unwrap();
+    let make_wheel = r#"
+import sys, zipfile, hashlib, base64
+path = sys.argv[1] + "/hoistdemo-0.1-py3-none-any.whl"
+files = {
+    "hoistdemo/__init__.py": "GREETING = 'installed by hoist'\n",
+    "hoistdemo-0.1.dist-info/METADATA": "Metadata-Version: 2.1\nName: hoistdemo\nVersion: 0.1\n",
+    "hoistdemo-0.1.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+record = []
+with zipfile.ZipFile(path, "w") as z:
+    for name, text in files.items():
+        data = text.encode()
+        z.writestr(name, data)
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(data)}")
+    record.append("hoistdemo-0.1.dist-info/RECORD,,")
+    z.writestr("hoistdemo-0.1.dist-info/RECORD", "\n".join(record) + "\n")
+"#;
+    let ok = std::process::Command::new("python3")
+        .args(["-c", make_wheel])
+        .arg(&wheels)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let project = dir.join("proj");
+    std::fs::create_dir(&project).unwrap();
+    std::fs::write(
+        project.join("requirements.txt"),
+        format!(
+            "--no-index\n--find-links {}\nhoistdemo==0.1\n",
+            wheels.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        project.join("prefect.yaml"),
+        "pull:\n  - prefect.deployments.steps.pip_install_requirements:\n      id: pip-install-step\n      stream_output: false\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(hoist(&dir)
+        .current_dir(&project)
+        .env("HOIST_PYTHON", &python)
+        .arg("pull"));
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        v["pip-install-step"]["stdout"]
+            .as_str()
+            .unwrap()
+            .contains("Successfully installed hoistdemo-0.1"),
+        "{v}"
+    );
+    let check = std::process::Command::new(&python)
+        .args(["-c", "import hoistdemo; print(hoistdemo.GREETING)"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&check.stdout).trim(),
+        "installed by hoist"
+    );
+
+    std::fs::write(
+        project.join("prefect.yaml"),
+        "pull:\n  - prefect.deployments.steps.pip_install_requirements:\n      requirements_file: doesnt-exist.txt\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(hoist(&dir)
+        .current_dir(&project)
+        .env("HOIST_PYTHON", &python)
+        .arg("pull"));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("pip_install_requirements failed with error code 1: ERROR: Could not open requirements file: [Errno 2] No such file or directory: 'doesnt-exist.txt'"),
+        "{err}"
+    );
+}
