@@ -7,6 +7,7 @@ wasmtime::component::bindgen!({
     imports: {
         // Running a process waits on I/O: it must not block the executor.
         "hoist:step/process.run": async,
+        "hoist:step/git": async,
     },
     exports: { default: async },
 });

@@ -45,10 +45,6 @@ pub const BUILTIN_NAMES: &[(&str, &str)] = &[
         "prefect.projects.steps.pip_install_requirements",
         "pip_install_requirements",
     ),
-];
-
-/// Prefect names Hoist recognises but cannot run yet, with the step they belong to.
-pub const NOT_YET: &[(&str, &str)] = &[
     ("prefect.deployments.steps.git_clone", "git_clone"),
     ("prefect.deployments.steps.pull.git_clone", "git_clone"),
     ("prefect.deployments.steps.pull.agit_clone", "git_clone"),
@@ -59,6 +55,10 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ),
     ("prefect.projects.steps.git_clone_project", "git_clone"),
     ("prefect.projects.steps.git_clone", "git_clone"),
+];
+
+/// Prefect names Hoist recognises but cannot run yet, with the step they belong to.
+pub const NOT_YET: &[(&str, &str)] = &[
     (
         "prefect.deployments.steps.pull_from_remote_storage",
         "pull_from_remote_storage",
@@ -282,7 +282,7 @@ mod tests {
             resolve("prefect.projects.steps.set_working_directory", here, here),
             Ok(Target::Builtin("set_working_directory"))
         );
-        let e = resolve("prefect.deployments.steps.git_clone", here, here).unwrap_err();
+        let e = resolve("prefect_aws.deployments.steps.pull_from_s3", here, here).unwrap_err();
         assert!(e.to_string().contains("not available yet"), "{e}");
         let e = resolve("prefect.deployments.steps.run_shel_script", here, here).unwrap_err();
         assert!(

@@ -300,6 +300,15 @@ pub mod process {
     }
 }
 
+/// Git through the host's `git` (see the `git` interface in `wit/step.wit`): the remote's
+/// host must be covered by a `net` grant, credentials never reach argv or `.git/config`.
+pub mod git {
+    pub use crate::bindings::hoist::step::git::{
+        CloneOptions, Credentials, GitError, GitFailure, checkout, clone, fetch, is_shallow,
+        is_sparse, pull, remote_url, rev_parse, sparse_checkout_set,
+    };
+}
+
 /// Glue used by [`step!`]; not part of the API.
 #[doc(hidden)]
 pub mod __private {

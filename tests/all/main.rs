@@ -4,6 +4,7 @@
 mod builtins;
 mod cli;
 mod fixtures;
+mod git;
 mod projects;
 mod sandbox;
 mod stores;

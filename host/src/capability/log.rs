@@ -55,7 +55,7 @@ impl LogSink for NullSink {
 /// Replaces known secret values with `********` in any text leaving the host.
 #[derive(Clone, Debug, Default)]
 pub struct Redactor {
-    secrets: Arc<Vec<String>>,
+    secrets: Arc<std::sync::RwLock<Vec<String>>>,
 }
 
 /// What a redacted secret looks like.
@@ -68,14 +68,27 @@ impl Redactor {
         // Longest first, so a secret containing another is masked whole.
         v.sort_by_key(|s| std::cmp::Reverse(s.len()));
         Self {
-            secrets: Arc::new(v),
+            secrets: Arc::new(std::sync::RwLock::new(v)),
+        }
+    }
+
+    /// Mask one more value from now on (a credential a host call was handed, say).
+    pub fn add(&self, secret: &str) {
+        if secret.is_empty() {
+            return;
+        }
+        let mut v = self.secrets.write().unwrap_or_else(|p| p.into_inner());
+        if !v.iter().any(|s| s == secret) {
+            v.push(secret.to_string());
+            v.sort_by_key(|s| std::cmp::Reverse(s.len()));
         }
     }
 
     /// The text with every secret masked.
     pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
         let mut out = Cow::Borrowed(text);
-        for s in self.secrets.iter() {
+        let secrets = self.secrets.read().unwrap_or_else(|p| p.into_inner());
+        for s in secrets.iter() {
             if out.contains(s.as_str()) {
                 out = Cow::Owned(out.replace(s.as_str(), MASK));
             }

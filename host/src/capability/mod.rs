@@ -3,6 +3,7 @@
 //! there is no other path from a guest to the resource.
 
 pub mod context;
+pub mod git;
 pub mod log;
 pub mod process;
 pub mod stdio;

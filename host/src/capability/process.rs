@@ -63,50 +63,62 @@ impl Host for StepState {
         if let Some(path) = &path_var {
             child.env("PATH", path);
         }
-        let mut child = child.spawn().map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => StepError::NotFound(format!(
-                "program `{}` was not found (searched PATH; working directory {})",
-                cmd.program,
-                cwd.display()
-            )),
-            _ => StepError::Failed(Failure {
-                message: format!("cannot start `{}`: {e}", cmd.program),
-                exit_code: None,
-                hint: None,
-            }),
-        })?;
-        let group = GroupKill(
-            child
-                .id()
-                .and_then(|pid| rustix::process::Pid::from_raw(pid as i32)),
-        );
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let stream = cmd.stream_output;
-        let (out, err, status) = tokio::join!(
-            pump(stdout, &self.log, Source::ProcessStdout, stream),
-            pump(stderr, &self.log, Source::ProcessStderr, stream),
-            child.wait(),
-        );
-        let status = status.map_err(|e| {
-            StepError::Failed(Failure {
-                message: format!("waiting for `{}` failed: {e}", cmd.program),
-                exit_code: None,
-                hint: None,
-            })
-        })?;
-        group.disarm();
+        let (exit_code, out, err) = run_child(child, &self.log, cmd.stream_output)
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => StepError::NotFound(format!(
+                    "program `{}` was not found (searched PATH; working directory {})",
+                    cmd.program,
+                    cwd.display()
+                )),
+                _ => StepError::Failed(Failure {
+                    message: format!("cannot run `{}`: {e}", cmd.program),
+                    exit_code: None,
+                    hint: None,
+                }),
+            })?;
         Ok(Output {
-            exit_code: status.code(),
+            exit_code,
             stdout: String::from_utf8_lossy(&out).into_owned(),
             stderr: String::from_utf8_lossy(&err).into_owned(),
         })
     }
 }
 
+/// Spawn `child` in its own process group (killed if this future is dropped), stream
+/// its output lines to the log if asked, and collect exit code, stdout and stderr.
+pub(crate) async fn run_child(
+    mut child: tokio::process::Command,
+    log: &StepLog,
+    stream: bool,
+) -> std::io::Result<(Option<i32>, Vec<u8>, Vec<u8>)> {
+    child
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = child.spawn()?;
+    let group = GroupKill(
+        child
+            .id()
+            .and_then(|pid| rustix::process::Pid::from_raw(pid as i32)),
+    );
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (out, err, status) = tokio::join!(
+        pump(stdout, log, Source::ProcessStdout, stream),
+        pump(stderr, log, Source::ProcessStderr, stream),
+        child.wait(),
+    );
+    let status = status?;
+    group.disarm();
+    Ok((status.code(), out, err))
+}
+
 /// The file to execute for `program`: a path (relative to `cwd`) as given, a bare name
 /// searched on `path_var` like `execvp` does.
-fn find_program(
+pub(crate) fn find_program(
     program: &str,
     cwd: &std::path::Path,
     path_var: Option<&std::ffi::OsStr>,

@@ -364,6 +364,7 @@ impl Runtime {
             cwd: PathBuf::from("/"),
             grants: Arc::new(Grants::none()),
             log,
+            roots: Vec::new(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -433,9 +434,12 @@ impl Runtime {
                 })
         };
         preopen(&req.cwd, FsPerms::ReadWrite)?;
+        let mut roots = vec![(req.cwd.clone(), true)];
         if let Some(root) = req.project_root.as_deref().filter(|r| *r != req.cwd) {
             preopen(root, FsPerms::ReadWrite)?;
+            roots.push((root.to_path_buf(), true));
         }
+        roots.extend(grants.dirs().map(|(d, w)| (d.to_path_buf(), w)));
         for (dir, writable) in grants.dirs() {
             preopen(
                 dir,
@@ -464,6 +468,7 @@ impl Runtime {
             cwd: req.cwd.clone(),
             grants,
             log,
+            roots,
         };
         let inputs = serde_json::to_string(&req.inputs).expect("JSON values always serialise");
 

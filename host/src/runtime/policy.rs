@@ -86,12 +86,67 @@ impl Capability {
     pub fn covers(&self, wanted: &Capability) -> bool {
         use Capability::*;
         match (self, wanted) {
-            (Process(g), Process(w)) | (Env(g), Env(w)) | (Net(g), Net(w)) => g == "*" || g == w,
+            (Process(g), Process(w)) | (Env(g), Env(w)) => g == "*" || g == w,
+            (Net(g), Net(w)) => net_covers(g, w),
             (SetCwd, SetCwd) => true,
             (ReadDir(g) | WriteDir(g), ReadDir(w)) | (WriteDir(g), WriteDir(w)) => w.starts_with(g),
             _ => false,
         }
     }
+}
+
+/// The port a scheme uses when a URL or pattern names none.
+pub fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "https" => Some(443),
+        "http" => Some(80),
+        "ssh" => Some(22),
+        "git" => Some(9418),
+        _ => None,
+    }
+}
+
+/// Split `scheme://host[:port][/...]` into its parts (port defaulted by scheme).
+pub fn split_origin(s: &str) -> Option<(String, String, Option<u16>)> {
+    let (scheme, rest) = s.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => match p.parse::<u16>() {
+            Ok(p) => (h, Some(p)),
+            Err(_) if p == "*" => (h, None),
+            Err(_) => (authority, None),
+        },
+        _ => (authority, None),
+    };
+    let port = port.or_else(|| default_port(scheme));
+    Some((scheme.to_ascii_lowercase(), host.to_ascii_lowercase(), port))
+}
+
+/// Whether a `net:` grant pattern (`*`, `scheme://host[:port]` with `*` for the scheme,
+/// a leading `*.` host wildcard, `*` host or port) covers a wanted `scheme://host:port`.
+fn net_covers(pattern: &str, wanted: &str) -> bool {
+    if pattern == "*" || pattern == wanted {
+        return true;
+    }
+    let (Some((ps, ph, pp)), Some((ws, wh, wp))) = (split_origin(pattern), split_origin(wanted))
+    else {
+        return false;
+    };
+    let any_port = pattern.rsplit_once(':').is_some_and(|(_, p)| p == "*");
+    let scheme_ok = ps == "*" || ps == ws;
+    let host_ok = ph == "*"
+        || ph == wh
+        || ph
+            .strip_prefix("*.")
+            .is_some_and(|base| wh.ends_with(&format!(".{base}")));
+    let port_ok = any_port || pp == wp || (ps == "*" && pattern_has_no_port(pattern));
+    scheme_ok && host_ok && port_ok
+}
+
+fn pattern_has_no_port(pattern: &str) -> bool {
+    let rest = pattern.split_once("://").map(|(_, r)| r).unwrap_or(pattern);
+    !rest.split('/').next().unwrap_or("").contains(':')
 }
 
 /// A set of granted capabilities. Empty means nothing is allowed.
@@ -181,6 +236,20 @@ mod tests {
         for bad in ["git", "process:", "fs:/x", ""] {
             assert!(bad.parse::<Capability>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn network_patterns() {
+        let g = |p: &str| Grants::new([Capability::Net(p.into())]);
+        let want = |w: &str| Capability::Net(w.into());
+        assert!(g("*").allows(&want("https://github.com:443")));
+        assert!(g("https://github.com").allows(&want("https://github.com:443")));
+        assert!(!g("https://github.com").allows(&want("http://github.com:80")));
+        assert!(!g("https://github.com").allows(&want("https://github.com:8443")));
+        assert!(g("https://*.example.com").allows(&want("https://git.example.com:443")));
+        assert!(!g("https://*.example.com").allows(&want("https://example.com.evil.org:443")));
+        assert!(g("http://127.0.0.1:*").allows(&want("http://127.0.0.1:8123")));
+        assert!(g("*://gitlab.com").allows(&want("ssh://gitlab.com:22")));
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub struct StepState {
     pub(crate) cwd: PathBuf,
     pub(crate) grants: Arc<Grants>,
     pub(crate) log: StepLog,
+    /// The preopened directories, and whether each is writable: the only places host
+    /// calls acting on paths (git) may touch.
+    pub(crate) roots: Vec<(PathBuf, bool)>,
 }
 
 impl StepState {

@@ -29,6 +29,8 @@ enum Inputs {
     Sleep { ms: u64 },
     /// Change the working directory without having declared `set-cwd`.
     Chdir { path: String },
+    /// Clone a repository through the git interface (needs a `net` grant for its host).
+    GitClone { url: String, dest: String },
 }
 
 fn run(inputs: Inputs) -> Result<Value> {
@@ -60,6 +62,25 @@ fn run(inputs: Inputs) -> Result<Value> {
         Inputs::Sleep { ms } => {
             std::thread::sleep(std::time::Duration::from_millis(ms));
             json!({ "slept_ms": ms })
+        }
+        Inputs::GitClone { url, dest } => {
+            let opts = hoist_sdk::git::CloneOptions {
+                url,
+                destination: dest,
+                branch: None,
+                depth: Some(1),
+                submodules: false,
+                sparse: false,
+                blobless_no_checkout: false,
+                credentials: None,
+            };
+            match hoist_sdk::git::clone(&opts) {
+                Ok(()) => json!({ "cloned": true }),
+                Err(hoist_sdk::git::GitError::Refused(e)) => return Err(e.into()),
+                Err(hoist_sdk::git::GitError::Failed(f)) => {
+                    return Err(StepError::failed(f.stderr));
+                }
+            }
         }
         Inputs::Chdir { path } => {
             let dir = hoist_sdk::context::set_working_directory(&path)?;
