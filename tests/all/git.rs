@@ -448,3 +448,50 @@ fn plugins_need_a_network_grant_for_the_repository_host() {
         "{err}"
     );
 }
+
+/// C27: git_clone's output feeds pip_install_requirements' `directory`.
+#[test]
+fn c27_clone_then_install_requirements_from_the_clone() {
+    let (_t, root) = support::tempdir();
+    let venv = root.join("venv");
+    assert!(
+        Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .unwrap()
+            .success()
+    );
+    // A repository whose requirements.txt installs nothing from the network: an empty
+    // requirements file, so pip succeeds offline; what is checked is where it ran.
+    let repo = root.join("hello-projects");
+    std::fs::create_dir(&repo).unwrap();
+    git(&repo, &["init", "-q"]);
+    std::fs::write(repo.join("requirements.txt"), "# nothing to install\n").unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-qm", "reqs"]);
+    let work = root.join("x");
+    std::fs::create_dir(&work).unwrap();
+    let yaml = format!(
+        "pull:\n  - prefect.deployments.steps.git_clone:\n      id: clone-step\n      repository: file://{}\n  - prefect.deployments.steps.pip_install_requirements:\n      id: pip-install-step\n      directory: \"{{{{ clone-step.directory }}}}\"\n      requirements_file: requirements.txt\n",
+        repo.display()
+    );
+    std::fs::write(work.join("prefect.yaml"), yaml).unwrap();
+    let (code, out, err) = run(hoist(&work)
+        .current_dir(&work)
+        .env("HOIST_PYTHON", venv.join("bin/python"))
+        .arg("pull"));
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["clone-step"], json!({"directory": "hello-projects"}));
+    assert_eq!(v["directory"], "hello-projects");
+    assert_eq!(v["pip-install-step"]["stderr"], "");
+    // The working directory is the clone, as a worker would run the flow there.
+    assert!(
+        err.contains(&format!(
+            "working directory: {}",
+            work.join("hello-projects").display()
+        )),
+        "{err}"
+    );
+}

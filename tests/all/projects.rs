@@ -565,3 +565,33 @@ fn plugin_files_in_projects_need_grants() {
         "{err}"
     );
 }
+
+/// The 2.x layout: `prefect.yaml` with the sections, `deployment.yaml` with the
+/// deployments (a list, or one mapping), per-deployment sections honoured.
+#[test]
+fn legacy_layout_with_deployment_yaml() {
+    let (_t, dir) = support::tempdir();
+    std::fs::write(dir.join("prefect.yaml"), "name: old\nprefect-version: 2.10.3\npull:\n  - prefect.projects.steps.run_shell_script:\n      script: echo top\n").unwrap();
+    std::fs::write(
+        dir.join("deployment.yaml"),
+        "name: legacy\nentrypoint: flows/f.py:f\npull:\n  - prefect.projects.steps.run_shell_script:\n      script: echo from deployment.yaml\n",
+    )
+    .unwrap();
+    let p = project::load(&dir.join("prefect.yaml")).unwrap();
+    assert_eq!(p.deployments.len(), 1);
+    let (code, out, err) =
+        run(hoist(&dir)
+            .current_dir(&dir)
+            .args(["pull", "--deployment", "legacy"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["stdout"],
+        "from deployment.yaml"
+    );
+    let (code, out, _) = run(hoist(&dir).current_dir(&dir).arg("pull"));
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["stdout"],
+        "top"
+    );
+}
