@@ -246,3 +246,15 @@ fn a_scaffolded_plugin_builds_and_runs() {
     assert_eq!(code, 1);
     assert!(err.contains("not a valid step name"), "{err}");
 }
+
+#[test]
+fn demo_runs_the_embedded_example_project() {
+    let (_t, dir) = support::tempdir();
+    let (code, out, err) = run(hoist(&dir).current_dir(&dir).arg("demo"));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("✓ run_shell_script finished in"), "{err}");
+    assert!(
+        out.contains("\"stdout\": \"hello from /") && out.contains("/flows\\nhello.py\""),
+        "{out}"
+    );
+}

@@ -50,6 +50,9 @@ enum Command {
     /// Manage the blocks `{{ prefect.blocks.TYPE.NAME }}` resolves from.
     #[command(subcommand)]
     Block(store::BlockCommand),
+    /// Run an example project embedded in the binary (build, then pull) in a temporary
+    /// directory: a first look at what Hoist does, with nothing to set up.
+    Demo,
     /// Print the versions that matter: hoist, the WIT API, wasmtime, the cache.
     Version,
 }
@@ -102,6 +105,7 @@ pub fn main() -> i32 {
             Command::Plan(args) => project::plan(&cli, args).await,
             Command::Variable(cmd) => store::variable(cmd).await,
             Command::Block(cmd) => store::block(cmd).await,
+            Command::Demo => project::demo(&cli).await,
             Command::Version => {
                 version(&cli);
                 Ok(())

@@ -243,6 +243,55 @@ pub(crate) async fn run(cli: &super::Cli, command: Action, args: &RunArgs) -> an
     Ok(())
 }
 
+/// The example project of `hoist demo`: build and pull sections chained by outputs.
+const DEMO_PROJECT: &str = r#"# An example prefect.yaml, run by `hoist demo`.
+name: hoist-demo
+prefect-version: 3.1.0
+
+build:
+  - prefect.deployments.steps.run_shell_script:
+      id: version
+      script: echo 1.0.0
+
+pull:
+  - prefect.deployments.steps.set_working_directory:
+      directory: flows
+  - prefect.deployments.steps.run_shell_script:
+      id: greet
+      script: |
+        echo hello from {{ directory }}
+        ls
+"#;
+
+pub(crate) async fn demo(cli: &super::Cli) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("hoist-demo-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("flows"))
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::write(dir.join("flows/hello.py"), "print('hello')\n")?;
+    std::fs::write(dir.join("prefect.yaml"), DEMO_PROJECT)?;
+    std::env::set_current_dir(&dir)?;
+    eprintln!("example project in {} (prefect.yaml):\n", dir.display());
+    eprintln!("{DEMO_PROJECT}");
+    let args = |file: &str| RunArgs {
+        project: ProjectArgs {
+            file: file.into(),
+            deployment: None,
+        },
+        output: OutputFormat::Text,
+        allow: Vec::new(),
+        timeout: Duration::from_secs(60),
+        memory_limit: crate::runtime::limits::DEFAULT_MEMORY_LIMIT,
+    };
+    let result = async {
+        run(cli, Action::Build, &args("prefect.yaml")).await?;
+        run(cli, Action::Pull, &args("prefect.yaml")).await
+    }
+    .await;
+    let _ = std::env::set_current_dir(std::env::temp_dir());
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
 /// Text progress on stderr.
 #[derive(Default)]
 struct TextReporter {
