@@ -18,6 +18,7 @@ use hoist::runtime::{
 use serde_json::json;
 use wasmtime::component::Component;
 
+#[allow(dead_code)] // the bench uses some of the test components
 mod plugins {
     include!(concat!(env!("OUT_DIR"), "/test_plugins.rs"));
 }

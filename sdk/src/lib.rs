@@ -309,6 +309,88 @@ pub mod git {
     };
 }
 
+/// Outgoing HTTP (`wasi:http`): the request's `scheme://host:port` must be covered by
+/// a `net` capability the step declares and the user grants.
+pub mod http {
+    use crate::StepError;
+    use wasi::http::outgoing_handler;
+    use wasi::http::types::{ErrorCode, Fields, IncomingBody, Method, OutgoingRequest, Scheme};
+    use wasi::io::streams::StreamError;
+
+    /// A response, body read to the end.
+    #[derive(Clone, Debug)]
+    pub struct Response {
+        /// HTTP status code.
+        pub status: u16,
+        /// The body.
+        pub body: Vec<u8>,
+    }
+
+    fn error(url: &str, e: ErrorCode) -> StepError {
+        match e {
+            ErrorCode::HttpRequestDenied => StepError::denied(format!(
+                "the request to {url} was denied by the sandbox (see the log)"
+            )),
+            ErrorCode::DestinationNotFound | ErrorCode::DnsError(_) => {
+                StepError::not_found(format!("{url}: host not found"))
+            }
+            other => StepError::failed(format!("{url}: {other:?}")),
+        }
+    }
+
+    /// `GET url`.
+    pub fn get(url: &str) -> crate::Result<Response> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| StepError::invalid_input(format!("`{url}` is not an http(s) URL")))?;
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let req = OutgoingRequest::new(Fields::new());
+        let scheme = match scheme {
+            "http" => Scheme::Http,
+            "https" => Scheme::Https,
+            other => {
+                return Err(StepError::invalid_input(format!(
+                    "unsupported scheme `{other}`"
+                )));
+            }
+        };
+        let bad = |what: &str| StepError::invalid_input(format!("`{url}`: invalid {what}"));
+        req.set_method(&Method::Get).map_err(|_| bad("method"))?;
+        req.set_scheme(Some(&scheme)).map_err(|_| bad("scheme"))?;
+        req.set_authority(Some(authority))
+            .map_err(|_| bad("host"))?;
+        req.set_path_with_query(Some(if path.is_empty() { "/" } else { path }))
+            .map_err(|_| bad("path"))?;
+        let pending = outgoing_handler::handle(req, None).map_err(|e| error(url, e))?;
+        pending.subscribe().block();
+        let resp = match pending.get() {
+            Some(Ok(Ok(r))) => r,
+            Some(Ok(Err(e))) => return Err(error(url, e)),
+            _ => return Err(StepError::failed(format!("{url}: no response"))),
+        };
+        let status = resp.status();
+        let body = resp
+            .consume()
+            .map_err(|_| StepError::failed("response body already taken"))?;
+        let stream = body
+            .stream()
+            .map_err(|_| StepError::failed("response body stream already taken"))?;
+        let mut buf = Vec::new();
+        loop {
+            match stream.blocking_read(64 * 1024) {
+                Ok(chunk) => buf.extend_from_slice(&chunk),
+                Err(StreamError::Closed) => break,
+                Err(StreamError::LastOperationFailed(e)) => {
+                    return Err(StepError::failed(format!("{url}: {}", e.to_debug_string())));
+                }
+            }
+        }
+        drop(stream);
+        let _ = IncomingBody::finish(body);
+        Ok(Response { status, body: buf })
+    }
+}
+
 /// Glue used by [`step!`]; not part of the API.
 #[doc(hidden)]
 pub mod __private {

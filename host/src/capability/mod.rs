@@ -5,5 +5,6 @@
 pub mod context;
 pub mod git;
 pub mod log;
+pub mod net;
 pub mod process;
 pub mod stdio;

@@ -231,6 +231,7 @@ impl Runtime {
         let (engine, allocator) = engine::new_engine(config.allocator, max_instances)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         Step::add_to_linker::<StepState, HasSelf<StepState>>(&mut linker, |s| s)?;
         Ok(Self {
             engine,
@@ -363,8 +364,16 @@ impl Runtime {
             info: Arc::new(info),
             cwd: PathBuf::from("/"),
             grants: Arc::new(Grants::none()),
-            log,
+            log: log.clone(),
             roots: Vec::new(),
+            http: Default::default(),
+            net: crate::capability::net::NetHooks {
+                grants: Arc::new(Grants::none()),
+                user_grants: Arc::new(Grants::none()),
+                log,
+                who: "describe".into(),
+                denials: Default::default(),
+            },
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -450,6 +459,7 @@ impl Runtime {
                 },
             )?;
         }
+        let denials: Arc<Mutex<Vec<String>>> = Default::default();
         let info = StepInfo {
             name: req.name.clone(),
             plugin: plugin.description.name.clone(),
@@ -466,9 +476,17 @@ impl Runtime {
             },
             info: Arc::new(info),
             cwd: req.cwd.clone(),
-            grants,
-            log,
+            grants: grants.clone(),
+            log: log.clone(),
             roots,
+            http: Default::default(),
+            net: crate::capability::net::NetHooks {
+                grants: grants.clone(),
+                user_grants: Arc::new(req.grants.clone()),
+                log,
+                who: format!("step `{}` ({})", req.name, plugin.description.name),
+                denials: denials.clone(),
+            },
         };
         let inputs = serde_json::to_string(&req.inputs).expect("JSON values always serialise");
 
@@ -507,6 +525,12 @@ impl Runtime {
                     None => format!("{trap:#}"),
                 };
                 return Err(err(ErrorKind::Trapped(redact(&reason))));
+            }
+            // A step that fails after the sandbox refused it something failed because
+            // of that: say what was refused and how to allow it.
+            Ok(Ok(Err(_))) if !denials.lock().unwrap_or_else(|p| p.into_inner()).is_empty() => {
+                let d = denials.lock().unwrap_or_else(|p| p.into_inner()).join("; ");
+                return Err(err(ErrorKind::Denied(redact(&d))));
             }
             Ok(Ok(Err(step_error))) => {
                 return Err(err(match step_error {

@@ -38,6 +38,8 @@ pub struct StepState {
     /// The preopened directories, and whether each is writable: the only places host
     /// calls acting on paths (git) may touch.
     pub(crate) roots: Vec<(PathBuf, bool)>,
+    pub(crate) http: wasmtime_wasi_http::WasiHttpCtx,
+    pub(crate) net: crate::capability::net::NetHooks,
 }
 
 impl StepState {
@@ -55,6 +57,16 @@ impl StepState {
                  A plugin may only use what it declares in describe() and you grant; to allow \
                  this, declare `{cap}` in the plugin and run with `--allow {cap}`"
             )
+        }
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for StepState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.net,
         }
     }
 }

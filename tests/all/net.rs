@@ -1,0 +1,90 @@
+//! The network capability (`wasi:http`): grants by `scheme://host:port`, and the check
+//! after DNS that keeps loopback and link-local (metadata) addresses out unless granted
+//! by name. A real HTTP server (Python's http.server) on 127.0.0.1.
+
+use std::process::{Child, Command, Stdio};
+
+use crate::support::{self, hoist, plugins, run};
+
+struct Server(Child, u16);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(dir: &std::path::Path) -> Server {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new("python3")
+        .args(["-m", "http.server", "--bind", "127.0.0.1"])
+        .arg(port.to_string())
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Server(child, port);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("http.server did not start");
+}
+
+#[test]
+fn loopback_needs_a_grant_by_name_even_with_net_star() {
+    let (_t, dir) = support::tempdir();
+    std::fs::write(dir.join("hello.txt"), "hello over wasi:http").unwrap();
+    let server = serve(&dir);
+    let port = server.1;
+    let fetch = |url: String, allow: &[&str]| {
+        let mut c = hoist(&dir);
+        c.current_dir(&dir)
+            .args(["step", "run", plugins::FETCHER, "-i"])
+            .arg(format!("url={url}"));
+        for a in allow {
+            c.args(["--allow", a]);
+        }
+        run(&mut c)
+    };
+
+    let (code, _, err) = fetch(format!("http://127.0.0.1:{port}/hello.txt"), &[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("needs capability `net:*`, which was not granted"),
+        "{err}"
+    );
+
+    let (code, _, err) = fetch(format!("http://127.0.0.1:{port}/hello.txt"), &["net:*"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("was denied: step `fetcher` (fetcher) may not reach http://127.0.0.1:"),
+        "{err}"
+    );
+    assert!(err.contains(&format!("resolves to 127.0.0.1, a loopback, link-local or metadata address; grant it by name to allow it: `--allow net:http://127.0.0.1:{port}`")), "{err}");
+
+    // A DNS name that resolves to loopback is caught the same way.
+    let (code, _, err) = fetch(format!("http://localhost:{port}/hello.txt"), &["net:*"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("`localhost` resolves to"), "{err}");
+
+    // Granted by name: allowed.
+    let grant = format!("net:http://127.0.0.1:{port}");
+    let (code, out, err) = fetch(
+        format!("http://127.0.0.1:{port}/hello.txt"),
+        &["net:*", &grant],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["body"], "hello over wasi:http");
+}
