@@ -75,7 +75,26 @@ async fn instantiate_and_call(
     let component = unsafe_free_load(&engine, cache);
     let mut linker = wasmtime::component::Linker::<Floor>::new(&engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
-    linker.define_unknown_imports_as_traps(&component).unwrap();
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).unwrap();
+    // Hoist's own interfaces as traps (never called: the floor only instantiates).
+    // `define_unknown_imports_as_traps` would also stub WASI imported at a newer patch
+    // version than the host's, which cannot carry their resource types.
+    use wasmtime::component::types::ComponentItem;
+    for (name, item) in component.component_type().imports(&engine) {
+        if let (true, ComponentItem::ComponentInstance(inst)) =
+            (name.starts_with("hoist:"), item.ty)
+        {
+            let mut li = linker.instance(name).unwrap();
+            for (fname, fitem) in inst.exports(&engine) {
+                if let ComponentItem::ComponentFunc(_) = fitem.ty {
+                    li.func_new(fname, |_, _, _, _| {
+                        Err(wasmtime::Error::msg("not part of the floor"))
+                    })
+                    .unwrap();
+                }
+            }
+        }
+    }
     let pre = linker.instantiate_pre(&component).unwrap();
     let mut floor = Vec::with_capacity(iters);
     for _ in 0..iters {
@@ -100,6 +119,17 @@ fn unsafe_free_load(engine: &wasmtime::Engine, cache: &Path) -> Component {
 struct Floor {
     wasi: wasmtime_wasi::WasiCtx,
     table: wasmtime::component::ResourceTable,
+    http: wasmtime_wasi_http::WasiHttpCtx,
+}
+
+impl wasmtime_wasi_http::WasiHttpView for Floor {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: Default::default(),
+        }
+    }
 }
 
 impl Default for Floor {
@@ -107,6 +137,7 @@ impl Default for Floor {
         Self {
             wasi: wasmtime_wasi::WasiCtxBuilder::new().build(),
             table: Default::default(),
+            http: Default::default(),
         }
     }
 }
