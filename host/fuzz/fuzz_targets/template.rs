@@ -18,7 +18,10 @@ fuzz_target!(|data: &[u8]| {
 fn hoist_template_smoke(tmpl: &Value, values: &Value) {
     let env = [("HOME".to_string(), "/root".to_string())].into();
     for remove_unset in [true, false] {
-        let opts = Options { remove_unset, skip_prefixes: &["ctx."] };
+        let opts = Options {
+            remove_unset,
+            skip_prefixes: &["ctx."],
+        };
         if let Resolved::Value(v) = template::apply_values(tmpl, values, &env, &opts) {
             let _ = template::python_str(&v);
         }
@@ -31,9 +34,17 @@ fn hoist_template_smoke(tmpl: &Value, values: &Value) {
         }
     }
     let _ = template::resolve_blocks(tmpl, &blocks);
-    let vars = values.as_object().map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
+    let vars = values
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
     let _ = template::resolve_variables(tmpl, &vars);
-    let cx = Context { outputs: values.clone(), env, blocks, variables: vars };
+    let cx = Context {
+        outputs: values.clone(),
+        env,
+        blocks,
+        variables: vars,
+    };
     let _ = template::resolve_step_inputs(tmpl, &cx);
     let _ = template::block_refs(tmpl);
     let _ = template::variable_refs(tmpl);
