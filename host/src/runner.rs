@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::capability::log::{LogSink, Redactor};
-use crate::plan::{self, ResolveError, Target};
+use crate::plan::{self, Target};
 use crate::project::{Action, StepEntry};
 use crate::runtime::{Grants, Limits, Plugin, Runtime, StepRequest, StepRunError};
 use crate::store::{Store, StoreError, secret_strings};
@@ -110,6 +110,11 @@ pub struct Runner {
     pub events: Option<Events>,
     store: tokio::sync::OnceCell<Store>,
     secrets: std::sync::Mutex<Vec<String>>,
+    /// The project file's directory, resolved once.
+    project_dir: PathBuf,
+    /// Plugins already resolved and loaded, by step name: the CLI prepares every
+    /// section before running any, and `run` must not load them again.
+    prepared: std::sync::Mutex<std::collections::HashMap<String, (Target, Arc<Plugin>)>>,
     run_id: String,
 }
 
@@ -147,6 +152,11 @@ impl Runner {
         log: Arc<dyn LogSink>,
         reporter: Arc<dyn Reporter>,
     ) -> Self {
+        let dir = project_file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let project_dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
         Self {
             runtime,
             project_file,
@@ -161,6 +171,8 @@ impl Runner {
             store: tokio::sync::OnceCell::new(),
             secrets: std::sync::Mutex::new(Vec::new()),
             run_id: crate::runtime::new_run_id(),
+            project_dir,
+            prepared: Default::default(),
         }
     }
 
@@ -181,15 +193,6 @@ impl Runner {
             store: cell,
             ..self
         }
-    }
-
-    fn project_dir(&self) -> PathBuf {
-        let dir = self
-            .project_file
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
     }
 
     async fn store(&self) -> Result<&Store, StoreError> {
@@ -228,12 +231,21 @@ impl Runner {
         &self,
         steps: &[StepEntry],
     ) -> Result<Vec<(Target, Arc<Plugin>)>, RunError> {
-        let dir = self.project_dir();
         let mut problems = Vec::new();
         let mut ready = Vec::with_capacity(steps.len());
         for step in steps {
+            let known = self
+                .prepared
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&step.name)
+                .cloned();
+            if let Some(done) = known {
+                ready.push(done);
+                continue;
+            }
             let loc = location(&self.project_file, step);
-            let target = match plan::resolve(&step.name, &dir, &self.installed_dir) {
+            let target = match plan::resolve(&step.name, &self.project_dir, &self.installed_dir) {
                 Ok(t) => t,
                 Err(e) => {
                     problems.push(StepProblem {
@@ -248,7 +260,13 @@ impl Runner {
                 Target::File(p) | Target::Installed(p) => self.runtime.load_file(p).await,
             };
             match loaded {
-                Ok(plugin) => ready.push((target, plugin)),
+                Ok(plugin) => {
+                    self.prepared
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(step.name.clone(), (target.clone(), plugin.clone()));
+                    ready.push((target, plugin));
+                }
                 Err(e) => problems.push(StepProblem {
                     location: loc,
                     problem: e.to_string(),
@@ -363,7 +381,7 @@ impl Runner {
             .log(self.log.clone());
         req.id = step.id.clone();
         req.run_id = self.run_id.clone();
-        req.project_root = Some(self.project_dir());
+        req.project_root = Some(self.project_dir.clone());
         req.secrets = self
             .secrets
             .lock()
@@ -510,15 +528,6 @@ pub fn final_directory(outcome: &SectionOutcome) -> PathBuf {
     match outcome.outputs.get("directory") {
         Some(Value::String(d)) if !d.is_empty() => outcome.cwd.join(d),
         _ => outcome.cwd.clone(),
-    }
-}
-
-impl From<ResolveError> for StepProblem {
-    fn from(e: ResolveError) -> Self {
-        StepProblem {
-            location: String::new(),
-            problem: e.to_string(),
-        }
     }
 }
 

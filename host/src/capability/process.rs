@@ -53,12 +53,7 @@ impl Host for StepState {
             .current_dir(&cwd)
             .env_clear()
             .envs(self.grants.visible_env())
-            .envs(cmd.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
+            .envs(cmd.env.iter().map(|(k, v)| (k, v)));
         // The programs a program starts are found on PATH too.
         if let Some(path) = &path_var {
             child.env("PATH", path);
