@@ -55,10 +55,6 @@ pub const BUILTIN_NAMES: &[(&str, &str)] = &[
     ),
     ("prefect.projects.steps.git_clone_project", "git_clone"),
     ("prefect.projects.steps.git_clone", "git_clone"),
-];
-
-/// Prefect names Hoist recognises but cannot run yet, with the step they belong to.
-pub const NOT_YET: &[(&str, &str)] = &[
     (
         "prefect.deployments.steps.pull_from_remote_storage",
         "pull_from_remote_storage",
@@ -67,6 +63,20 @@ pub const NOT_YET: &[(&str, &str)] = &[
         "prefect.deployments.steps.pull.pull_from_remote_storage",
         "pull_from_remote_storage",
     ),
+    ("prefect_aws.deployments.steps.push_to_s3", "push_to_s3"),
+    ("prefect_aws.deployments.steps.pull_from_s3", "pull_from_s3"),
+    (
+        "prefect_aws.projects.steps.push_project_to_s3",
+        "push_to_s3",
+    ),
+    (
+        "prefect_aws.projects.steps.pull_project_from_s3",
+        "pull_from_s3",
+    ),
+];
+
+/// Prefect names Hoist recognises but cannot run yet, with the step they belong to.
+pub const NOT_YET: &[(&str, &str)] = &[
     (
         "prefect.deployments.steps.pull_with_block",
         "pull_with_block",
@@ -90,16 +100,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
     (
         "prefect_docker.projects.steps.push_docker_image",
         "push_docker_image",
-    ),
-    ("prefect_aws.deployments.steps.push_to_s3", "push_to_s3"),
-    ("prefect_aws.deployments.steps.pull_from_s3", "pull_from_s3"),
-    (
-        "prefect_aws.projects.steps.push_project_to_s3",
-        "push_to_s3",
-    ),
-    (
-        "prefect_aws.projects.steps.pull_project_from_s3",
-        "pull_from_s3",
     ),
     ("prefect_gcp.deployments.steps.push_to_gcs", "push_to_gcs"),
     (

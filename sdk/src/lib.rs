@@ -313,9 +313,13 @@ pub mod git {
 /// a `net` capability the step declares and the user grants.
 pub mod http {
     use crate::StepError;
+    use std::io::{Read, Write};
     use wasi::http::outgoing_handler;
-    use wasi::http::types::{ErrorCode, Fields, IncomingBody, Method, OutgoingRequest, Scheme};
-    use wasi::io::streams::StreamError;
+    use wasi::http::types::{
+        ErrorCode, Fields, IncomingBody, IncomingResponse, Method, OutgoingBody, OutgoingRequest,
+        Scheme,
+    };
+    use wasi::io::streams::{InputStream, StreamError};
 
     /// A response, body read to the end.
     #[derive(Clone, Debug)]
@@ -326,6 +330,95 @@ pub mod http {
         pub body: Vec<u8>,
     }
 
+    /// What a request sends.
+    pub enum Body<'a> {
+        /// No body.
+        Empty,
+        /// These bytes.
+        Bytes(&'a [u8]),
+        /// Exactly `len` bytes read from a reader (a file, say), streamed.
+        Reader(&'a mut dyn Read, u64),
+    }
+
+    impl Body<'_> {
+        fn len(&self) -> u64 {
+            match self {
+                Body::Empty => 0,
+                Body::Bytes(b) => b.len() as u64,
+                Body::Reader(_, n) => *n,
+            }
+        }
+    }
+
+    /// A response whose body has not been read yet: read it with [`Incoming::bytes`] or
+    /// stream it with [`Incoming::copy_to`].
+    pub struct Incoming {
+        /// HTTP status code.
+        pub status: u16,
+        /// Response headers, names lower-case.
+        pub headers: Vec<(String, String)>,
+        url: String,
+        // Drop order matters: the stream before its body, the body before its response.
+        stream: Option<InputStream>,
+        body: Option<IncomingBody>,
+        _response: IncomingResponse,
+    }
+
+    impl std::fmt::Debug for Incoming {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Incoming")
+                .field("status", &self.status)
+                .field("url", &self.url)
+                .finish()
+        }
+    }
+
+    impl Incoming {
+        /// The first header called `name` (case-insensitive).
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        }
+
+        /// Stream the body into `out`; returns the number of bytes copied.
+        pub fn copy_to(mut self, out: &mut dyn Write) -> crate::Result<u64> {
+            let stream = self.stream.take().expect("body stream present");
+            let mut total = 0u64;
+            loop {
+                match stream.blocking_read(256 * 1024) {
+                    Ok(chunk) => {
+                        total += chunk.len() as u64;
+                        out.write_all(&chunk).map_err(|e| {
+                            StepError::failed(format!("{}: writing the body: {e}", self.url))
+                        })?;
+                    }
+                    Err(StreamError::Closed) => break,
+                    Err(StreamError::LastOperationFailed(e)) => {
+                        return Err(StepError::failed(format!(
+                            "{}: {}",
+                            self.url,
+                            e.to_debug_string()
+                        )));
+                    }
+                }
+            }
+            drop(stream);
+            if let Some(body) = self.body.take() {
+                let _ = IncomingBody::finish(body);
+            }
+            Ok(total)
+        }
+
+        /// Read the whole body.
+        pub fn bytes(self) -> crate::Result<Vec<u8>> {
+            let mut buf = Vec::new();
+            self.copy_to(&mut buf)?;
+            Ok(buf)
+        }
+    }
+
     fn error(url: &str, e: ErrorCode) -> StepError {
         match e {
             ErrorCode::HttpRequestDenied => StepError::denied(format!(
@@ -334,17 +427,55 @@ pub mod http {
             ErrorCode::DestinationNotFound | ErrorCode::DnsError(_) => {
                 StepError::not_found(format!("{url}: host not found"))
             }
+            ErrorCode::ConnectionRefused => StepError::failed(format!("{url}: connection refused")),
             other => StepError::failed(format!("{url}: {other:?}")),
         }
     }
 
-    /// `GET url`.
-    pub fn get(url: &str) -> crate::Result<Response> {
+    /// Split `scheme://authority/path?query` into its parts.
+    pub fn split_url(url: &str) -> crate::Result<(&str, &str, &str)> {
         let (scheme, rest) = url
             .split_once("://")
             .ok_or_else(|| StepError::invalid_input(format!("`{url}` is not an http(s) URL")))?;
         let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let req = OutgoingRequest::new(Fields::new());
+        Ok((scheme, authority, if path.is_empty() { "/" } else { path }))
+    }
+
+    /// `GET url`, body read to the end.
+    pub fn get(url: &str) -> crate::Result<Response> {
+        let r = send("GET", url, &[], Body::Empty)?;
+        let status = r.status;
+        Ok(Response {
+            status,
+            body: r.bytes()?,
+        })
+    }
+
+    /// Send a request with `headers` and `body`; the response's body is left to read.
+    /// A sized body is sent with its `content-length`.
+    pub fn send(
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        mut body: Body<'_>,
+    ) -> crate::Result<Incoming> {
+        let (scheme, authority, path) = split_url(url)?;
+        let bad = |what: &str| StepError::invalid_input(format!("`{url}`: invalid {what}"));
+        let fields = Fields::new();
+        for (k, v) in headers {
+            fields
+                .append(&k.to_string(), &v.as_bytes().to_vec())
+                .map_err(|e| bad(&format!("header `{k}` ({e:?})")))?;
+        }
+        if !matches!(body, Body::Empty) {
+            fields
+                .append(
+                    &"content-length".to_string(),
+                    &body.len().to_string().into_bytes(),
+                )
+                .map_err(|_| bad("content-length"))?;
+        }
+        let req = OutgoingRequest::new(fields);
         let scheme = match scheme {
             "http" => Scheme::Http,
             "https" => Scheme::Https,
@@ -354,14 +485,24 @@ pub mod http {
                 )));
             }
         };
-        let bad = |what: &str| StepError::invalid_input(format!("`{url}`: invalid {what}"));
-        req.set_method(&Method::Get).map_err(|_| bad("method"))?;
+        let method = match method {
+            "GET" => Method::Get,
+            "PUT" => Method::Put,
+            "POST" => Method::Post,
+            "HEAD" => Method::Head,
+            "DELETE" => Method::Delete,
+            other => Method::Other(other.to_string()),
+        };
+        req.set_method(&method).map_err(|_| bad("method"))?;
         req.set_scheme(Some(&scheme)).map_err(|_| bad("scheme"))?;
         req.set_authority(Some(authority))
             .map_err(|_| bad("host"))?;
-        req.set_path_with_query(Some(if path.is_empty() { "/" } else { path }))
+        req.set_path_with_query(Some(path))
             .map_err(|_| bad("path"))?;
+        let outgoing = req.body().map_err(|_| bad("body"))?;
         let pending = outgoing_handler::handle(req, None).map_err(|e| error(url, e))?;
+        write_body(url, &outgoing, &mut body)?;
+        OutgoingBody::finish(outgoing, None).map_err(|e| error(url, e))?;
         pending.subscribe().block();
         let resp = match pending.get() {
             Some(Ok(Ok(r))) => r,
@@ -369,27 +510,73 @@ pub mod http {
             _ => return Err(StepError::failed(format!("{url}: no response"))),
         };
         let status = resp.status();
-        let body = resp
+        let headers = resp
+            .headers()
+            .entries()
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k.to_ascii_lowercase(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                )
+            })
+            .collect();
+        let incoming = resp
             .consume()
             .map_err(|_| StepError::failed("response body already taken"))?;
-        let stream = body
+        let stream = incoming
             .stream()
             .map_err(|_| StepError::failed("response body stream already taken"))?;
-        let mut buf = Vec::new();
-        loop {
-            match stream.blocking_read(64 * 1024) {
-                Ok(chunk) => buf.extend_from_slice(&chunk),
-                Err(StreamError::Closed) => break,
-                Err(StreamError::LastOperationFailed(e)) => {
-                    return Err(StepError::failed(format!("{url}: {}", e.to_debug_string())));
+        Ok(Incoming {
+            status,
+            headers,
+            url: url.to_string(),
+            stream: Some(stream),
+            body: Some(incoming),
+            _response: resp,
+        })
+    }
+
+    fn write_body(url: &str, outgoing: &OutgoingBody, body: &mut Body<'_>) -> crate::Result<()> {
+        let fail = |what: String| StepError::failed(format!("{url}: sending the body: {what}"));
+        let out = outgoing.write().map_err(|_| fail("stream taken".into()))?;
+        let send = |mut data: &[u8]| -> crate::Result<()> {
+            while !data.is_empty() {
+                let room = out.check_write().map_err(|e| fail(format!("{e:?}")))?;
+                if room == 0 {
+                    out.subscribe().block();
+                    continue;
+                }
+                let n = (room as usize).min(data.len());
+                out.write(&data[..n]).map_err(|e| fail(format!("{e:?}")))?;
+                data = &data[n..];
+            }
+            Ok(())
+        };
+        match body {
+            Body::Empty => {}
+            Body::Bytes(b) => send(b)?,
+            Body::Reader(r, len) => {
+                let mut left = *len;
+                let mut buf = vec![0u8; 256 * 1024];
+                while left > 0 {
+                    let want = (buf.len() as u64).min(left) as usize;
+                    let n = r.read(&mut buf[..want]).map_err(|e| fail(e.to_string()))?;
+                    if n == 0 {
+                        return Err(fail(format!("the source ended {left} bytes early")));
+                    }
+                    send(&buf[..n])?;
+                    left -= n as u64;
                 }
             }
         }
-        drop(stream);
-        let _ = IncomingBody::finish(body);
-        Ok(Response { status, body: buf })
+        out.blocking_flush().map_err(|e| fail(format!("{e:?}")))?;
+        Ok(())
     }
 }
+
+#[cfg(feature = "s3")]
+pub mod s3;
 
 /// Glue used by [`step!`]; not part of the API.
 #[doc(hidden)]

@@ -12,7 +12,7 @@ use crate::bindings::WitCapability;
 pub enum Capability {
     /// Run a program (`process:<name|/abs/path|*>`).
     Process(String),
-    /// See a host environment variable (`env:<NAME|*>`).
+    /// See a host environment variable (`env:<NAME|PREFIX*|*>`).
     Env(String),
     /// Change the working directory of later steps (`set-cwd`).
     SetCwd,
@@ -28,7 +28,7 @@ pub enum Capability {
 #[derive(Debug, thiserror::Error)]
 #[error(
     "`{0}` is not a capability; write one of process:<program>, env:<NAME>, set-cwd, \
-     read:<dir>, write:<dir>, net:<scheme://host:port> (`*` allowed for program and NAME)"
+     read:<dir>, write:<dir>, net:<scheme://host:port> (`*` allowed for program, `*` or PREFIX* for NAME)"
 )]
 pub struct BadCapability(pub String);
 
@@ -86,7 +86,12 @@ impl Capability {
     pub fn covers(&self, wanted: &Capability) -> bool {
         use Capability::*;
         match (self, wanted) {
-            (Process(g), Process(w)) | (Env(g), Env(w)) => g == "*" || g == w,
+            (Process(g), Process(w)) => g == "*" || g == w,
+            // `env:AWS_*`: every name with that prefix.
+            (Env(g), Env(w)) => match g.strip_suffix('*') {
+                Some(prefix) => w.starts_with(prefix),
+                None => g == w,
+            },
             (Net(g), Net(w)) => net_covers(g, w),
             (SetCwd, SetCwd) => true,
             (ReadDir(g) | WriteDir(g), ReadDir(w)) | (WriteDir(g), WriteDir(w)) => w.starts_with(g),
@@ -269,5 +274,9 @@ mod tests {
         assert!(g.allows(&"read:/srv/data".parse().unwrap()));
         assert!(!g.allows(&"read:/srvx".parse().unwrap()));
         assert!(!g.allows(&Capability::SetCwd));
+        let aws = Grants::new(["env:AWS_*".parse().unwrap()]);
+        assert!(aws.allows_env("AWS_SECRET_ACCESS_KEY"));
+        assert!(!aws.allows_env("HOME"));
+        assert!(!aws.allows_env("XAWS_"));
     }
 }
