@@ -501,15 +501,25 @@ pub mod http {
             .map_err(|_| bad("path"))?;
         let outgoing = req.body().map_err(|_| bad("body"))?;
         let pending = outgoing_handler::handle(req, None).map_err(|e| error(url, e))?;
-        write_body(url, &outgoing, &mut body)?;
-        OutgoingBody::finish(outgoing, None).map_err(|e| error(url, e))?;
+        let sent = match body {
+            Body::Empty => Ok(()),
+            _ => write_body(url, &outgoing, &mut body),
+        };
+        let sent = sent.and(OutgoingBody::finish(outgoing, None).map_err(|e| error(url, e)));
         pending.subscribe().block();
         let resp = match pending.get() {
             Some(Ok(Ok(r))) => r,
-            Some(Ok(Err(e))) => return Err(error(url, e)),
+            // The body could not be sent: that is the better explanation.
+            Some(Ok(Err(e))) => return Err(sent.err().unwrap_or_else(|| error(url, e))),
             _ => return Err(StepError::failed(format!("{url}: no response"))),
         };
         let status = resp.status();
+        // A server may answer an error before reading the whole body: show its answer.
+        if let Err(e) = sent {
+            if status < 400 {
+                return Err(e);
+            }
+        }
         let headers = resp
             .headers()
             .entries()
@@ -570,8 +580,12 @@ pub mod http {
                 }
             }
         }
-        out.blocking_flush().map_err(|e| fail(format!("{e:?}")))?;
-        Ok(())
+        // Once every byte of the declared length is sent the host may close the stream
+        // before this flush: that is success, not an error.
+        match out.blocking_flush() {
+            Ok(()) | Err(StreamError::Closed) => Ok(()),
+            Err(e) => Err(fail(format!("{e:?}"))),
+        }
     }
 }
 

@@ -311,14 +311,32 @@ impl Client {
         len: u64,
         payload_sha256: &str,
     ) -> crate::Result<()> {
-        let resp = self.request(
+        let resp = match self.request(
             "PUT",
             bucket,
             key,
             &[],
             Body::Reader(data, len),
             payload_sha256,
-        )?;
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                // A server that refuses a request (bad signature, no bucket) may answer and
+                // close before reading the body, and the answer is lost with the
+                // connection. Ask again without a body to learn why.
+                let query = [("list-type", "2"), ("max-keys", "1"), ("prefix", key)];
+                if let Ok(probe) =
+                    self.request("GET", bucket, "", &query, Body::Empty, EMPTY_SHA256)
+                {
+                    if probe.status >= 400 {
+                        let status = probe.status;
+                        let text = String::from_utf8_lossy(&probe.bytes()?).into_owned();
+                        return Err(s3_error("upload", bucket, key, status, &text));
+                    }
+                }
+                return Err(e);
+            }
+        };
         let status = resp.status;
         let text = String::from_utf8_lossy(&resp.bytes()?).into_owned();
         if !(200..300).contains(&status) {

@@ -8,5 +8,6 @@ mod git;
 mod net;
 mod projects;
 mod sandbox;
+mod storage;
 mod stores;
 mod support;

@@ -2,42 +2,10 @@
 //! after DNS that keeps loopback and link-local (metadata) addresses out unless granted
 //! by name. A real HTTP server (Python's http.server) on 127.0.0.1.
 
-use std::process::{Child, Command, Stdio};
-
-use crate::support::{self, hoist, plugins, run};
-
-struct Server(Child, u16);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::support::{self, Server, hoist, plugins, run};
 
 fn serve(dir: &std::path::Path) -> Server {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new("python3")
-        .args(["-m", "http.server", "--bind", "127.0.0.1"])
-        .arg(port.to_string())
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Server(child, port);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("http.server did not start");
+    support::http_server(dir)
 }
 
 #[test]

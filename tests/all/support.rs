@@ -81,3 +81,52 @@ pub fn run(cmd: &mut Command) -> (i32, String, String) {
     } = cmd.output().unwrap();
     (status.code().unwrap_or(-1), text(&stdout), text(&stderr))
 }
+
+/// A server process started by a test, killed when dropped.
+pub struct Server(pub std::process::Child, pub u16);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Server {
+    /// Spawn `cmd` (which listens on 127.0.0.1:`port`) and wait until it accepts.
+    pub fn start(mut cmd: Command, port: u16, what: &str) -> Server {
+        let mut child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Server(child, port);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{what} did not start listening on 127.0.0.1:{port}");
+    }
+}
+
+/// Python's `http.server` serving `dir` on loopback.
+pub fn http_server(dir: &Path) -> Server {
+    let port = free_port();
+    let mut cmd = Command::new("python3");
+    cmd.args(["-m", "http.server", "--bind", "127.0.0.1"])
+        .arg(port.to_string())
+        .current_dir(dir);
+    Server::start(cmd, port, "python3 -m http.server")
+}
