@@ -464,15 +464,12 @@ pub mod http {
         let fields = Fields::new();
         for (k, v) in headers {
             fields
-                .append(&k.to_string(), &v.as_bytes().to_vec())
+                .append(k, v.as_bytes())
                 .map_err(|e| bad(&format!("header `{k}` ({e:?})")))?;
         }
         if !matches!(body, Body::Empty) {
             fields
-                .append(
-                    &"content-length".to_string(),
-                    &body.len().to_string().into_bytes(),
-                )
+                .append("content-length", &body.len().to_string().into_bytes())
                 .map_err(|_| bad("content-length"))?;
         }
         let req = OutgoingRequest::new(fields);
@@ -515,10 +512,10 @@ pub mod http {
         };
         let status = resp.status();
         // A server may answer an error before reading the whole body: show its answer.
-        if let Err(e) = sent {
-            if status < 400 {
-                return Err(e);
-            }
+        if let Err(e) = sent
+            && status < 400
+        {
+            return Err(e);
         }
         let headers = resp
             .headers()

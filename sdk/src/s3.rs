@@ -166,12 +166,12 @@ impl Client {
                 "S3 credentials need both an access key id and a secret access key",
             ));
         }
-        if let Some(e) = &config.endpoint_url {
-            if !(e.starts_with("http://") || e.starts_with("https://")) {
-                return Err(StepError::invalid_input(format!(
-                    "endpoint_url `{e}` must start with http:// or https://"
-                )));
-            }
+        if let Some(e) = &config.endpoint_url
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            return Err(StepError::invalid_input(format!(
+                "endpoint_url `{e}` must start with http:// or https://"
+            )));
         }
         let region = config
             .region
@@ -327,12 +327,11 @@ impl Client {
                 let query = [("list-type", "2"), ("max-keys", "1"), ("prefix", key)];
                 if let Ok(probe) =
                     self.request("GET", bucket, "", &query, Body::Empty, EMPTY_SHA256)
+                    && probe.status >= 400
                 {
-                    if probe.status >= 400 {
-                        let status = probe.status;
-                        let text = String::from_utf8_lossy(&probe.bytes()?).into_owned();
-                        return Err(s3_error("upload", bucket, key, status, &text));
-                    }
+                    let status = probe.status;
+                    let text = String::from_utf8_lossy(&probe.bytes()?).into_owned();
+                    return Err(s3_error("upload", bucket, key, status, &text));
                 }
                 return Err(e);
             }

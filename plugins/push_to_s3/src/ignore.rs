@@ -30,10 +30,10 @@ impl Rules {
             if negate {
                 p = &p[1..];
             }
-            if let Some(rest) = p.strip_prefix('\\') {
-                if rest.starts_with('#') || rest.starts_with('!') {
-                    p = rest;
-                }
+            if let Some(rest) = p.strip_prefix('\\')
+                && (rest.starts_with('#') || rest.starts_with('!'))
+            {
+                p = rest;
             }
             let dir_only = p.ends_with('/');
             let p = p.trim_end_matches('/');
