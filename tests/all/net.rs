@@ -55,4 +55,25 @@ fn loopback_needs_a_grant_by_name_even_with_net_star() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["status"], 200);
     assert_eq!(v["body"], "hello over wasi:http");
+
+    // Granted by name: the connection goes to the address that was checked (no second
+    // lookup), and the server still sees the name in the Host header.
+    let echo = {
+        let port = support::free_port();
+        let mut cmd = std::process::Command::new("python3");
+        cmd.arg("-c").arg(format!(
+            "import http.server as h\n\
+             class H(h.BaseHTTPRequestHandler):\n    \
+             def do_GET(s):\n        \
+             b = s.headers['Host'].encode(); s.send_response(200)\n        \
+             s.send_header('Content-Length', str(len(b))); s.end_headers(); s.wfile.write(b)\n\
+             h.HTTPServer(('127.0.0.1', {port}), H).serve_forever()\n"
+        ));
+        Server::start(cmd, port, "a Host-echoing server")
+    };
+    let grant = format!("net:http://localhost:{}", echo.1);
+    let (code, out, err) = fetch(format!("http://localhost:{}/", echo.1), &["net:*", &grant]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["body"], format!("localhost:{}", echo.1));
 }

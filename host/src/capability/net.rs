@@ -137,6 +137,17 @@ impl WasiHttpHooks for NetHooks {
                     ),
                 ));
             }
+            // Connect to the address just checked, not to whatever a second lookup returns
+            // (DNS rebinding). Plain HTTP only: the Host header keeps the name. For HTTPS
+            // the connection resolves the name again, but a rebound address would also have
+            // to present a certificate for that name, which internal services cannot.
+            let mut request = request;
+            // IPv4 first: servers on loopback names usually listen on 127.0.0.1 only.
+            if scheme == "http"
+                && let Some(ip) = addrs.iter().find(|a| a.is_ipv4()).or(addrs.first())
+            {
+                *request.uri_mut() = pin(&uri, *ip, port)?;
+            }
             let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
             Ok((
                 res.map(BodyExt::boxed_unsync),
@@ -146,9 +157,34 @@ impl WasiHttpHooks for NetHooks {
     }
 }
 
+/// `uri` with its authority replaced by `ip:port`.
+fn pin(uri: &http::Uri, ip: IpAddr, port: u16) -> Result<http::Uri, Error> {
+    let authority = match ip {
+        IpAddr::V4(v4) => format!("{v4}:{port}"),
+        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.authority = Some(
+        authority
+            .parse()
+            .map_err(|_| Error::InternalError(Some("pinning the address".into())))?,
+    );
+    http::Uri::from_parts(parts)
+        .map_err(|_| Error::InternalError(Some("pinning the address".into())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pinned_uris_keep_scheme_path_and_query() {
+        let uri: http::Uri = "http://example.test:8080/a/b?x=1".parse().unwrap();
+        let pinned = pin(&uri, "93.184.216.34".parse().unwrap(), 8080).unwrap();
+        assert_eq!(pinned.to_string(), "http://93.184.216.34:8080/a/b?x=1");
+        let pinned = pin(&uri, "2606:4700::1111".parse().unwrap(), 80).unwrap();
+        assert_eq!(pinned.to_string(), "http://[2606:4700::1111]:80/a/b?x=1");
+    }
 
     #[test]
     fn special_addresses() {
