@@ -7,7 +7,8 @@ Starts `s3s-fs` (an S3-compatible server that checks SigV4 signatures; on PATH o
 $HOIST_S3S_FS, see .ci/run for the install line) on 127.0.0.1 with a folder of 20 files
 totalling --mb megabytes, then downloads the folder, alternating, with:
   - `hoist step run pull_from_s3` (the plugin signs and streams every object over wasi:http);
-  - `curl --aws-sigv4`, one process fetching the same objects over one connection (the baseline);
+  - `curl --aws-sigv4`, one process fetching the same objects over one connection (the baseline),
+    and the same with `--parallel --parallel-max 8` (Hoist downloads 8 objects at a time);
   - `aws s3 cp --recursive` (the AWS CLI, when installed), for reference.
 Prints medians, throughput and the ratio hoist/curl (target: within 1.5×).
 """
@@ -75,20 +76,21 @@ def main():
                     "-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"]
             for k in keys:
                 curl += [f"{endpoint}/bkt/{k}", "-o", k.split("/")[1]]
+            curl_par = curl[:1] + ["--parallel", "--parallel-max", "8"] + curl[1:]
             aws = shutil.which("aws")
             aws_cmd = [aws, "s3", "cp", "--recursive", "--quiet", "s3://bkt/data", ".",
                        "--endpoint-url", endpoint] if aws else None
             aws_env = dict(os.environ, AWS_ACCESS_KEY_ID=AK, AWS_SECRET_ACCESS_KEY=SK,
                            AWS_DEFAULT_REGION="us-east-1")
-            res = {"hoist": [], "curl": [], "aws": []}
+            res = {"hoist": [], "curl": [], "curl-par": [], "aws": []}
             for r in range(a.runs + 1):
-                for name in ["hoist", "curl", "aws"]:
+                for name in ["hoist", "curl", "curl-par", "aws"]:
                     if name == "aws" and not aws_cmd:
                         continue
                     dest = work / f"out-{name}"
                     shutil.rmtree(dest, ignore_errors=True)
                     dest.mkdir()
-                    cmd = {"hoist": hoist, "curl": curl, "aws": aws_cmd}[name]
+                    cmd = {"hoist": hoist, "curl": curl, "curl-par": curl_par, "aws": aws_cmd}[name]
                     dt = timed(cmd, dest, aws_env if name == "aws" else None)
                     got = tree_bytes(dest)
                     if got != total:
@@ -106,8 +108,9 @@ def main():
         mb = total / 1e6
         print(f"pull a {mb:.0f} MB folder ({n} objects) from s3s-fs on loopback, median of {a.runs} alternated runs")
         for k, v in med.items():
-            print(f"  {k:6} {v * 1000:8.1f} ms  {mb / v:7.1f} MB/s")
+            print(f"  {k:8} {v * 1000:8.1f} ms  {mb / v:7.1f} MB/s")
         print(f"  hoist / curl = {med['hoist'] / med['curl']:.2f}× (target ≤ 1.5×)")
+        print(f"  hoist / curl --parallel-max 8 = {med['hoist'] / med['curl-par']:.2f}× (the same concurrency as hoist)")
         if "aws" in med:
             print(f"  hoist / aws s3 cp = {med['hoist'] / med['aws']:.2f}×")
     finally:

@@ -316,9 +316,10 @@ pub mod http {
     use std::io::{Read, Write};
     use wasi::http::outgoing_handler;
     use wasi::http::types::{
-        ErrorCode, Fields, IncomingBody, IncomingResponse, Method, OutgoingBody, OutgoingRequest,
-        Scheme,
+        ErrorCode, Fields, FutureIncomingResponse, IncomingBody, IncomingResponse, Method,
+        OutgoingBody, OutgoingRequest, Scheme,
     };
+    pub use wasi::io::poll::{Pollable, poll};
     use wasi::io::streams::{InputStream, StreamError};
 
     /// A response, body read to the end.
@@ -411,6 +412,37 @@ pub mod http {
             Ok(total)
         }
 
+        /// Ready when [`Incoming::read_some`] has something to return.
+        pub fn pollable(&self) -> Pollable {
+            self.stream
+                .as_ref()
+                .expect("body stream present")
+                .subscribe()
+        }
+
+        /// Without blocking: the next chunk of the body (possibly empty when nothing has
+        /// arrived yet), or `None` at its end.
+        pub fn read_some(&mut self, max: u64) -> crate::Result<Option<Vec<u8>>> {
+            let Some(stream) = self.stream.as_ref() else {
+                return Ok(None);
+            };
+            match stream.read(max) {
+                Ok(chunk) => Ok(Some(chunk)),
+                Err(StreamError::Closed) => {
+                    self.stream = None;
+                    if let Some(body) = self.body.take() {
+                        let _ = IncomingBody::finish(body);
+                    }
+                    Ok(None)
+                }
+                Err(StreamError::LastOperationFailed(e)) => Err(StepError::failed(format!(
+                    "{}: {}",
+                    self.url,
+                    e.to_debug_string()
+                ))),
+            }
+        }
+
         /// Read the whole body.
         pub fn bytes(self) -> crate::Result<Vec<u8>> {
             let mut buf = Vec::new();
@@ -457,8 +489,83 @@ pub mod http {
         method: &str,
         url: &str,
         headers: &[(&str, &str)],
-        mut body: Body<'_>,
+        body: Body<'_>,
     ) -> crate::Result<Incoming> {
+        start(method, url, headers, body)?.wait()
+    }
+
+    /// A request whose body is sent and whose response has not arrived yet; many can be
+    /// in flight at once (see [`Pending::pollable`] and [`wasi::io::poll::poll`]).
+    pub struct Pending {
+        url: String,
+        sent: crate::Result<()>,
+        future: FutureIncomingResponse,
+    }
+
+    impl std::fmt::Debug for Pending {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Pending").field("url", &self.url).finish()
+        }
+    }
+
+    impl Pending {
+        /// Ready when the response (or an error) has arrived.
+        pub fn pollable(&self) -> Pollable {
+            self.future.subscribe()
+        }
+
+        /// Block until the response's status and headers arrive.
+        pub fn wait(self) -> crate::Result<Incoming> {
+            self.future.subscribe().block();
+            let url = self.url.as_str();
+            let resp = match self.future.get() {
+                Some(Ok(Ok(r))) => r,
+                // The body could not be sent: that is the better explanation.
+                Some(Ok(Err(e))) => return Err(self.sent.err().unwrap_or_else(|| error(url, e))),
+                _ => return Err(StepError::failed(format!("{url}: no response"))),
+            };
+            let status = resp.status();
+            // A server may answer an error before reading the whole body: show its answer.
+            if let Err(e) = self.sent
+                && status < 400
+            {
+                return Err(e);
+            }
+            let headers = resp
+                .headers()
+                .entries()
+                .into_iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_ascii_lowercase(),
+                        String::from_utf8_lossy(&v).into_owned(),
+                    )
+                })
+                .collect();
+            let incoming = resp
+                .consume()
+                .map_err(|_| StepError::failed("response body already taken"))?;
+            let stream = incoming
+                .stream()
+                .map_err(|_| StepError::failed("response body stream already taken"))?;
+            Ok(Incoming {
+                status,
+                headers,
+                url: self.url,
+                stream: Some(stream),
+                body: Some(incoming),
+                _response: resp,
+            })
+        }
+    }
+
+    /// Start a request: headers and `body` are sent, the response is awaited later.
+    pub fn start(
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        mut body: Body<'_>,
+    ) -> crate::Result<Pending> {
         let (scheme, authority, path) = split_url(url)?;
         let bad = |what: &str| StepError::invalid_input(format!("`{url}`: invalid {what}"));
         let fields = Fields::new();
@@ -497,50 +604,16 @@ pub mod http {
         req.set_path_with_query(Some(path))
             .map_err(|_| bad("path"))?;
         let outgoing = req.body().map_err(|_| bad("body"))?;
-        let pending = outgoing_handler::handle(req, None).map_err(|e| error(url, e))?;
+        let future = outgoing_handler::handle(req, None).map_err(|e| error(url, e))?;
         let sent = match body {
             Body::Empty => Ok(()),
             _ => write_body(url, &outgoing, &mut body),
         };
         let sent = sent.and(OutgoingBody::finish(outgoing, None).map_err(|e| error(url, e)));
-        pending.subscribe().block();
-        let resp = match pending.get() {
-            Some(Ok(Ok(r))) => r,
-            // The body could not be sent: that is the better explanation.
-            Some(Ok(Err(e))) => return Err(sent.err().unwrap_or_else(|| error(url, e))),
-            _ => return Err(StepError::failed(format!("{url}: no response"))),
-        };
-        let status = resp.status();
-        // A server may answer an error before reading the whole body: show its answer.
-        if let Err(e) = sent
-            && status < 400
-        {
-            return Err(e);
-        }
-        let headers = resp
-            .headers()
-            .entries()
-            .into_iter()
-            .map(|(k, v)| {
-                (
-                    k.to_ascii_lowercase(),
-                    String::from_utf8_lossy(&v).into_owned(),
-                )
-            })
-            .collect();
-        let incoming = resp
-            .consume()
-            .map_err(|_| StepError::failed("response body already taken"))?;
-        let stream = incoming
-            .stream()
-            .map_err(|_| StepError::failed("response body stream already taken"))?;
-        Ok(Incoming {
-            status,
-            headers,
+        Ok(Pending {
             url: url.to_string(),
-            stream: Some(stream),
-            body: Some(incoming),
-            _response: resp,
+            sent,
+            future,
         })
     }
 

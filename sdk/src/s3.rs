@@ -215,6 +215,19 @@ impl Client {
         body: Body<'_>,
         payload_sha256: &str,
     ) -> crate::Result<http::Incoming> {
+        self.start(method, bucket, key, query, body, payload_sha256)?
+            .wait()
+    }
+
+    fn start(
+        &self,
+        method: &str,
+        bucket: &str,
+        key: &str,
+        query: &[(&str, &str)],
+        body: Body<'_>,
+        payload_sha256: &str,
+    ) -> crate::Result<http::Pending> {
         let (url, canonical_uri) = self.locate(bucket, key);
         let mut query: Vec<(String, String)> = query
             .iter()
@@ -261,7 +274,7 @@ impl Client {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        http::send(method, &full_url, &refs, body)
+        http::start(method, &full_url, &refs, body)
     }
 
     /// Every object whose key starts with `prefix`, following continuation tokens.
@@ -347,60 +360,67 @@ impl Client {
 
 impl Client {
     /// Download every object under `folder/` into `dest` (paths relative to `folder`),
-    /// each to a temporary name first and renamed when complete, so a failure never
-    /// leaves a truncated file under its real name. Returns (files, bytes).
+    /// [`PARALLEL`] objects at a time, each to a temporary name first and renamed when
+    /// complete, so a failure never leaves a truncated file under its real name.
+    /// Returns (files, bytes).
     pub fn download_folder(
         &self,
         bucket: &str,
         folder: &str,
         dest: &std::path::Path,
     ) -> crate::Result<(usize, u64)> {
-        let (mut files, mut bytes) = (0usize, 0u64);
+        let mut queue = Vec::new();
         for object in self.list(bucket, folder)? {
-            let Some(parts) = relative_key(folder, &object.key)? else {
-                if !object.key.ends_with('/') {
-                    crate::log::warn!(
-                        "skipping s3://{bucket}/{}: not under the folder `{folder}`",
-                        object.key
-                    );
+            match relative_key(folder, &object.key)? {
+                Some(parts) => {
+                    let target = parts.iter().fold(dest.to_path_buf(), |p, c| p.join(c));
+                    queue.push((object.key, target));
                 }
-                continue;
-            };
-            let target = parts.iter().fold(dest.to_path_buf(), |p, c| p.join(c));
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| {
-                    StepError::failed(format!("creating {}: {e}", parent.display()))
-                })?;
+                None if !object.key.ends_with('/') => crate::log::warn!(
+                    "skipping s3://{bucket}/{}: not under the folder `{folder}`",
+                    object.key
+                ),
+                None => {}
             }
-            let partial = target.with_file_name(format!(
-                ".{}.hoist-partial",
-                target
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or("object")
-            ));
-            let mut file = std::fs::File::create(&partial)
-                .map_err(|e| StepError::failed(format!("creating {}: {e}", partial.display())))?;
-            let got = match self.get(bucket, &object.key, &mut file) {
-                Ok(n) => n,
-                Err(e) => {
-                    drop(file);
-                    let _ = std::fs::remove_file(&partial);
-                    return Err(e);
-                }
-            };
-            drop(file);
-            std::fs::rename(&partial, &target)
-                .map_err(|e| StepError::failed(format!("writing {}: {e}", target.display())))?;
-            crate::log::debug!(
-                "s3://{bucket}/{} -> {} ({got} bytes)",
-                object.key,
-                target.display()
-            );
-            files += 1;
-            bytes += got;
         }
-        Ok((files, bytes))
+        queue.reverse();
+        let mut flying: Vec<Transfer> = Vec::new();
+        let (mut files, mut bytes) = (0usize, 0u64);
+        let result = (|| {
+            loop {
+                while flying.len() < PARALLEL
+                    && let Some((key, target)) = queue.pop()
+                {
+                    flying.push(Transfer::start(self, bucket, key, target)?);
+                }
+                if flying.is_empty() {
+                    return Ok(());
+                }
+                let pollables: Vec<http::Pollable> =
+                    flying.iter().map(Transfer::pollable).collect();
+                let refs: Vec<&http::Pollable> = pollables.iter().collect();
+                let mut ready = http::poll(&refs);
+                drop(pollables);
+                // Highest index first, so removing one keeps the others' indices valid.
+                ready.sort_unstable_by(|a, b| b.cmp(a));
+                ready.dedup();
+                for i in ready {
+                    if let Some(n) = flying[i as usize].advance(bucket)? {
+                        let done = flying.swap_remove(i as usize);
+                        crate::log::debug!("s3://{bucket}/{} ({n} bytes)", done.key);
+                        done.complete()?;
+                        files += 1;
+                        bytes += n;
+                    }
+                }
+            }
+        })();
+        if result.is_err() {
+            for t in flying {
+                t.abandon();
+            }
+        }
+        result.map(|()| (files, bytes))
     }
 
     /// Upload the file at `path` as `key` (hashed first: SigV4 signs the payload).
@@ -418,6 +438,110 @@ impl Client {
             .map_err(|e| StepError::failed(format!("reading {}: {e}", path.display())))?;
         self.put(bucket, key, &mut open()?, len, &sha)?;
         Ok(len)
+    }
+}
+
+/// How many objects [`Client::download_folder`] downloads at once.
+pub const PARALLEL: usize = 8;
+
+/// One object being downloaded: waiting for its response, then streaming its body into a
+/// temporary file.
+struct Transfer {
+    key: String,
+    target: std::path::PathBuf,
+    partial: std::path::PathBuf,
+    file: Option<std::fs::File>,
+    state: TransferState,
+    written: u64,
+}
+
+enum TransferState {
+    Waiting(Option<http::Pending>),
+    Streaming(http::Incoming),
+}
+
+impl Transfer {
+    fn start(
+        client: &Client,
+        bucket: &str,
+        key: String,
+        target: std::path::PathBuf,
+    ) -> crate::Result<Self> {
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| StepError::failed(format!("creating {}: {e}", parent.display())))?;
+        }
+        let partial = target.with_file_name(format!(
+            ".{}.hoist-partial",
+            target
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("object")
+        ));
+        let pending = client.start("GET", bucket, &key, &[], Body::Empty, EMPTY_SHA256)?;
+        Ok(Transfer {
+            key,
+            target,
+            partial,
+            file: None,
+            state: TransferState::Waiting(Some(pending)),
+            written: 0,
+        })
+    }
+
+    fn pollable(&self) -> http::Pollable {
+        match &self.state {
+            TransferState::Waiting(p) => p.as_ref().expect("pending request").pollable(),
+            TransferState::Streaming(i) => i.pollable(),
+        }
+    }
+
+    /// Make progress without blocking; `Some(size)` once the whole body is written.
+    fn advance(&mut self, bucket: &str) -> crate::Result<Option<u64>> {
+        if let TransferState::Waiting(pending) = &mut self.state {
+            let incoming = pending.take().expect("pending request").wait()?;
+            if incoming.status != 200 {
+                let status = incoming.status;
+                let text = String::from_utf8_lossy(&incoming.bytes()?).into_owned();
+                return Err(s3_error("download", bucket, &self.key, status, &text));
+            }
+            let file = std::fs::File::create(&self.partial).map_err(|e| {
+                StepError::failed(format!("creating {}: {e}", self.partial.display()))
+            })?;
+            self.file = Some(file);
+            self.state = TransferState::Streaming(incoming);
+        }
+        let TransferState::Streaming(body) = &mut self.state else {
+            unreachable!("the response arrived above")
+        };
+        loop {
+            let Some(chunk) = body.read_some(1 << 20)? else {
+                return Ok(Some(self.written));
+            };
+            if chunk.is_empty() {
+                return Ok(None);
+            }
+            let file = self.file.as_mut().expect("file open while streaming");
+            file.write_all(&chunk).map_err(|e| {
+                StepError::failed(format!("writing {}: {e}", self.partial.display()))
+            })?;
+            self.written += chunk.len() as u64;
+        }
+    }
+
+    /// Move the finished file to its real name.
+    fn complete(mut self) -> crate::Result<()> {
+        drop(self.file.take());
+        std::fs::rename(&self.partial, &self.target).map_err(|e| {
+            let _ = std::fs::remove_file(&self.partial);
+            StepError::failed(format!("writing {}: {e}", self.target.display()))
+        })
+    }
+
+    /// Forget a transfer cut short by another's failure: no partial file stays.
+    fn abandon(mut self) {
+        drop(self.file.take());
+        let _ = std::fs::remove_file(&self.partial);
     }
 }
 

@@ -204,6 +204,27 @@ fn s3_failures_are_clear_and_keep_the_secret_out() {
         err.contains("NoSuchBucket") && err.contains("`nope` does not exist"),
         "{err}"
     );
+
+    // A download that cannot complete (the destination has a directory where an object
+    // must become a file) fails the step and leaves no partial file behind.
+    for i in 0..12 {
+        write(&s3.root.join(format!("bkt/clash/f{i:02}.txt")), b"ok");
+    }
+    write(&s3.root.join("bkt/clash/zz"), b"a file named zz");
+    let (_t2, dst) = support::tempdir();
+    std::fs::create_dir_all(dst.join("zz/inner")).unwrap();
+    let clash = s3_project(&s3, SECRET_KEY).replace("folder: proj/v1", "folder: clash");
+    std::fs::write(dst.join("prefect.yaml"), clash).unwrap();
+    let (code, _, err) = run(hoist(&dst)
+        .current_dir(&dst)
+        .args(["pull", "--allow", &s3.grant()]));
+    assert_ne!(code, 0);
+    assert!(err.contains("zz"), "{err}");
+    let left: Vec<String> = tree(&dst).into_keys().collect();
+    assert!(
+        !left.iter().any(|k| k.contains("hoist-partial")),
+        "{left:?}"
+    );
 }
 
 #[test]
