@@ -282,7 +282,15 @@ mod tests {
             resolve("prefect.projects.steps.set_working_directory", here, here),
             Ok(Target::Builtin("set_working_directory"))
         );
-        let e = resolve("prefect_aws.deployments.steps.pull_from_s3", here, here).unwrap_err();
+        assert_eq!(
+            resolve(
+                "prefect_aws.projects.steps.pull_project_from_s3",
+                here,
+                here
+            ),
+            Ok(Target::Builtin("pull_from_s3"))
+        );
+        let e = resolve("prefect_gcp.deployments.steps.pull_from_gcs", here, here).unwrap_err();
         assert!(e.to_string().contains("not available yet"), "{e}");
         let e = resolve("prefect.deployments.steps.run_shel_script", here, here).unwrap_err();
         assert!(

@@ -280,13 +280,13 @@ fn plan_shows_steps_without_running_and_refuses_what_cannot_run() {
     let (_t, dir) = support::tempdir();
     std::fs::write(
         dir.join("prefect.yaml"),
-        "build:\n  - prefect.deployments.steps.run_shell_script:\n      script: touch built\npull:\n  - prefect_aws.deployments.steps.pull_from_s3:\n      bucket: b\n",
+        "build:\n  - prefect.deployments.steps.run_shell_script:\n      script: touch built\npull:\n  - prefect_gcp.deployments.steps.pull_from_gcs:\n      bucket: b\n",
     )
     .unwrap();
     let (code, out, err) = run(hoist(&dir).current_dir(&dir).arg("plan"));
     assert_eq!(code, 1);
     assert!(out.contains("build[0]  prefect.deployments.steps.run_shell_script (line 2)\n      runs:   built-in run_shell_script"), "{out}");
-    assert!(out.contains("CANNOT RUN: `prefect_aws.deployments.steps.pull_from_s3` is a Prefect step Hoist does not run yet"), "{out}");
+    assert!(out.contains("CANNOT RUN: `prefect_gcp.deployments.steps.pull_from_gcs` is a Prefect step Hoist does not run yet"), "{out}");
     assert!(
         err.contains("1 step cannot run:\n") && err.contains("prefect.yaml:5: pull[0]"),
         "{err}"
