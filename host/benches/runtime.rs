@@ -62,6 +62,7 @@ async fn instantiate_and_call(
     let plugin = rt.load_file(Path::new(plugins::TRIVIAL)).await.unwrap();
     let cwd = std::env::current_dir().unwrap();
     let mut ours = Vec::with_capacity(iters);
+    let f0 = minflt();
     for _ in 0..iters {
         let req = StepRequest::new("trivial", &cwd).inputs(json!({"k": "v"}));
         let t = Instant::now();
@@ -69,6 +70,7 @@ async fn instantiate_and_call(
         ours.push(t.elapsed());
         assert_eq!(out.outputs["k"], "v");
     }
+    let our_faults = (minflt() - f0) as f64 / iters as f64;
     // The floor: what wasmtime itself needs for a store and an instance of the same
     // component, with an empty WASI context and no call.
     let engine = rt.engine().clone();
@@ -97,6 +99,7 @@ async fn instantiate_and_call(
     }
     let pre = linker.instantiate_pre(&component).unwrap();
     let mut floor = Vec::with_capacity(iters);
+    let f0 = minflt();
     for _ in 0..iters {
         let t = Instant::now();
         let mut store = wasmtime::Store::new(&engine, Floor::default());
@@ -104,7 +107,23 @@ async fn instantiate_and_call(
         let _i = pre.instantiate_async(&mut store).await.unwrap();
         floor.push(t.elapsed());
     }
+    let floor_faults = (minflt() - f0) as f64 / iters as f64;
+    Faults::set(our_faults, floor_faults);
     (median(ours), median(floor))
+}
+
+/// Minor page faults per run of the last `instantiate_and_call` (ours, floor).
+struct Faults;
+
+static FAULTS: std::sync::Mutex<(f64, f64)> = std::sync::Mutex::new((0.0, 0.0));
+
+impl Faults {
+    fn set(ours: f64, floor: f64) {
+        *FAULTS.lock().unwrap() = (ours, floor);
+    }
+    fn get() -> (f64, f64) {
+        *FAULTS.lock().unwrap()
+    }
 }
 
 fn unsafe_free_load(engine: &wasmtime::Engine, cache: &Path) -> Component {
@@ -282,8 +301,9 @@ fn main() {
     for allocator in [Allocator::OnDemand, Allocator::Pooling] {
         single.block_on(instantiate_and_call(allocator, &cache, 200));
         let (ours, floor) = single.block_on(instantiate_and_call(allocator, &cache, 2000));
+        let (pf_ours, pf_floor) = Faults::get();
         println!(
-            "   {allocator:<9}  hoist run: {:>9}   wasmtime store+instantiate floor: {:>9}   ratio {:.2}×",
+            "   {allocator:<9}  hoist run: {:>9}   wasmtime store+instantiate floor: {:>9}   ratio {:.2}×   page faults/run {pf_ours:.1} (floor {pf_floor:.1})",
             us(ours),
             us(floor),
             ours.as_secs_f64() / floor.as_secs_f64()
@@ -324,4 +344,11 @@ fn main() {
         us(direct),
         ours.as_secs_f64() / direct.as_secs_f64()
     );
+}
+
+/// This process's minor page faults so far (`/proc/self/stat`, field 10).
+fn minflt() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let after = &s[s.rfind(')').unwrap() + 2..];
+    after.split(' ').nth(7).unwrap().parse().unwrap()
 }

@@ -52,7 +52,8 @@ fn config(allocator: Allocator, max_instances: u32) -> Config {
             .total_core_instances(n * 4)
             .total_memories(n * 2)
             .total_tables(n * 4)
-            .total_stacks(n);
+            .total_stacks(n)
+            .table_keep_resident(64 << 10);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     config
