@@ -675,11 +675,11 @@ pub mod __private {
     /// `chdir` is used.
     pub fn start_in(dir: &str) {
         #[cfg(all(target_os = "wasi", target_env = "p2"))]
-        if dir.starts_with('/') {
-            if let Ok(c) = std::ffi::CString::new(dir) {
-                set_wasilibc_cwd(c);
-                return;
-            }
+        if dir.starts_with('/')
+            && let Ok(c) = std::ffi::CString::new(dir)
+        {
+            set_wasilibc_cwd(c);
+            return;
         }
         // Also keeps `chdir` linked in: without it wasi-libc resolves relative paths
         // against `/` and ignores `__wasilibc_cwd`.
