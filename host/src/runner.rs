@@ -4,9 +4,10 @@
 //! sandbox, its mapping outputs stored under its `id` and merged at the top level. The
 //! first failure stops the section: later steps do not run.
 //!
-//! Secrets (values of secret blocks, and of `{{ $NAME }}` environment variables whose
-//! names say they are secret) are collected as they are resolved and masked in every
-//! log line, error and report that leaves the runner.
+//! Secrets (values of secret blocks, of `{{ $NAME }}` environment variables whose
+//! names say they are secret, and strings under secret-looking input keys) are collected
+//! as they are resolved and masked in every log line, error, report and stored event
+//! that leaves the runner.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -216,6 +217,12 @@ impl Runner {
         self.add_secrets(env_secrets(v, &self.env));
     }
 
+    /// Remember the strings `v` holds under secret-looking keys (`password`,
+    /// `aws_secret_access_key`, ...), so they are masked too.
+    pub fn note_keyed_secrets(&self, v: &Value) {
+        self.add_secrets(keyed_secrets(v));
+    }
+
     fn add_secrets(&self, more: Vec<String>) {
         if !more.is_empty() {
             self.secrets
@@ -344,6 +351,10 @@ impl Runner {
     async fn record_event(&self, step: &StepEntry, index: usize, ok: bool) {
         let Some(events) = &self.events else { return };
         let inputs = step.raw.get(&step.name).cloned().unwrap_or(Value::Null);
+        // Untemplated, but a secret written literally (under a secret-looking key) is
+        // masked like any other.
+        self.add_secrets(keyed_secrets(&inputs));
+        let inputs = redact_value(&inputs, &self.redactor());
         let payload = serde_json::json!({
             "index": index,
             "qualified_name": step.name,
@@ -402,6 +413,7 @@ impl Runner {
     ) -> Result<Value, String> {
         let raw = Value::Object(step.inputs.clone());
         self.note_env_secrets(&raw);
+        self.add_secrets(keyed_secrets(&raw));
         let values = Value::Object(outputs.clone());
         let opts = Options::default();
         let v = unwrap(template::apply_values(&raw, &values, &self.env, &opts));
@@ -412,6 +424,7 @@ impl Runner {
         let variables = self.fetch_variables(&v).await?;
         let v = template::resolve_variables(&v, &variables);
         self.add_secrets(env_secrets(&v, &self.env));
+        self.add_secrets(keyed_secrets(&v));
         let env_values = Value::Object(
             self.env
                 .iter()
@@ -478,6 +491,50 @@ fn unwrap(r: Resolved) -> Value {
         Resolved::Value(v) => v,
         Resolved::Unset => Value::Object(Map::new()),
     }
+}
+
+/// Input keys whose string values are secrets wherever they appear (`password`,
+/// `aws_secret_access_key`, `minio_root_password`, `access_token`, `api_key`, ...).
+pub fn secret_input_key(key: &str) -> bool {
+    let k = key.to_ascii_uppercase();
+    [
+        "TOKEN",
+        "SECRET",
+        "PASSWORD",
+        "PASSWD",
+        "PRIVATE_KEY",
+        "API_KEY",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
+}
+
+/// String values held under secret-looking keys, at any depth of a step's inputs: a
+/// literal `aws_secret_access_key: ...` in a project file is as secret as a secret block.
+fn keyed_secrets(v: &Value) -> Vec<String> {
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    match x {
+                        Value::String(s)
+                            if secret_input_key(k)
+                                && s.len() >= crate::store::MIN_SECRET_LEN
+                                && !s.contains("{{") =>
+                        {
+                            out.push(s.clone())
+                        }
+                        _ => walk(x, out),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(v, &mut out);
+    out
 }
 
 /// Values of secret-looking environment variables that a value refers to as `{{ $NAME }}`.

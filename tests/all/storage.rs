@@ -308,3 +308,37 @@ fn pull_from_remote_storage_s3_file_and_http() {
         "{err}"
     );
 }
+
+#[test]
+fn literal_secrets_in_the_project_file_are_masked_in_plans_logs_and_errors() {
+    let (_t, dir) = support::tempdir();
+    let literal = "literal-secret-4242";
+    std::fs::write(
+        dir.join("prefect.yaml"),
+        format!(
+            "push:\n- prefect_aws.deployments.steps.push_to_s3:\n    bucket: b\n    folder: f\n    \
+             credentials:\n      aws_access_key_id: AKID\n      aws_secret_access_key: {literal}\n"
+        ),
+    )
+    .unwrap();
+    {
+        let (code, out, err) = run(hoist(&dir).current_dir(&dir).arg("plan"));
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("push_to_s3"), "{out}");
+        assert!(
+            !out.contains(literal) && !err.contains(literal),
+            "{out}{err}"
+        );
+        assert!(out.contains("********"), "{out}");
+    }
+    // Running it: the step fails (nothing listens there); neither the log, the error
+    // nor the JSON report shows the secret.
+    let (code, out, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .args(["push", "--output", "json"]));
+    assert_ne!(code, 0);
+    assert!(
+        !out.contains(literal) && !err.contains(literal),
+        "{out}{err}"
+    );
+}

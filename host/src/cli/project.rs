@@ -454,6 +454,7 @@ pub(crate) async fn plan(cli: &super::Cli, args: &PlanArgs) -> anyhow::Result<()
                     first
                 }
             };
+            runner.note_keyed_secrets(&shown);
             let shown = redact_value(&shown, &runner.redactor());
             writeln!(out, "      inputs: {}", serde_json::to_string(&shown)?)?;
         }
