@@ -385,6 +385,14 @@ impl Runner {
         cwd: &Path,
     ) -> Result<crate::runtime::StepOutcome, String> {
         let inputs = self.template(step, outputs).await?;
+        // Keys whose value was a lone placeholder that did not resolve are left out, as
+        // Prefect does; if the step then misses one, say why.
+        let dropped: Vec<(String, String)> = step
+            .inputs
+            .iter()
+            .filter(|(k, _)| inputs.get(k.as_str()).is_none())
+            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+            .collect();
         let mut req = StepRequest::new(step.short_name(), cwd)
             .inputs(inputs)
             .grants(self.grants_for(step))
@@ -401,7 +409,18 @@ impl Runner {
         self.runtime
             .run(plugin, req)
             .await
-            .map_err(|e: StepRunError| e.kind.to_string())
+            .map_err(|e: StepRunError| {
+                let mut message = e.kind.to_string();
+                for (key, written) in &dropped {
+                    if message.contains(&format!("`{key}`")) {
+                        message.push_str(&format!(
+                            " (`{key}: {written}` did not resolve, so the key was left out, as \
+                         Prefect does: does the step it refers to run earlier in this section?)"
+                        ));
+                    }
+                }
+                message
+            })
     }
 
     /// Resolve a step's inputs against the outputs so far, the environment, and the

@@ -342,3 +342,20 @@ fn literal_secrets_in_the_project_file_are_masked_in_plans_logs_and_errors() {
         "{out}{err}"
     );
 }
+
+#[test]
+fn an_unresolved_lone_placeholder_is_explained_when_its_key_is_missed() {
+    let (_t, dir) = support::tempdir();
+    std::fs::write(
+        dir.join("prefect.yaml"),
+        "pull:\n- prefect_aws.deployments.steps.pull_from_s3:\n    bucket: '{{ push_code.bucket }}'\n    folder: f\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(hoist(&dir).current_dir(&dir).arg("pull"));
+    assert_ne!(code, 0);
+    assert!(err.contains("missing field `bucket`"), "{err}");
+    assert!(
+        err.contains("`bucket: {{ push_code.bucket }}` did not resolve, so the key was left out"),
+        "{err}"
+    );
+}
