@@ -20,6 +20,30 @@ fn step_run_prints_outputs_as_json_and_logs_to_stderr() {
 }
 
 #[test]
+fn step_run_takes_the_names_a_prefect_yaml_uses() {
+    let (_t, dir) = support::tempdir();
+    let (code, out, err) = run(hoist(&dir).current_dir(&dir).args([
+        "step",
+        "run",
+        "prefect.projects.steps.run_shell_script",
+        "-i",
+        "script=echo legacy",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"stdout\": \"legacy\""), "{out}");
+    let (code, _, err) = run(hoist(&dir).current_dir(&dir).args([
+        "step",
+        "run",
+        "prefect_gcp.deployments.steps.pull_from_gcs",
+    ]));
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("is a Prefect step Hoist does not run yet (`pull_from_gcs`)"),
+        "{err}"
+    );
+}
+
+#[test]
 fn set_working_directory_outputs_the_absolute_path() {
     let (_t, dir) = support::tempdir();
     std::fs::create_dir(dir.join("flows")).unwrap();

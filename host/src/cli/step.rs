@@ -17,8 +17,9 @@ use crate::runtime::{Capability, Grants, Limits, Plugin, Runtime, StepRequest};
 pub(crate) enum StepCommand {
     /// Run one step and print its outputs as JSON on stdout (logs go to stderr).
     ///
-    /// STEP is a built-in step name (`hoist step ls`), the name of an installed plugin,
-    /// or a path to a component file (`./my_step.wasm`).
+    /// STEP is a built-in step name (`hoist step ls`) or the name a prefect.yaml gives
+    /// it (`prefect.deployments.steps.git_clone`), the name of an installed plugin, or a
+    /// path to a component file (`./my_step.wasm`).
     ///
     /// Example: hoist step run run_shell_script --input 'script=echo hi'
     Run(RunArgs),
@@ -28,7 +29,8 @@ pub(crate) enum StepCommand {
 
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
-    /// Built-in name, installed plugin name, or path to a .wasm component.
+    /// Built-in name (short or Prefect's), installed plugin name, or path to a .wasm
+    /// component.
     step: String,
     /// An input as KEY=VALUE; VALUE is read as YAML, so `true`, `3`, `null`, `[a, b]`
     /// and `{k: v}` keep their types, as they would in prefect.yaml. Repeatable.
@@ -105,7 +107,8 @@ async fn run_one(runtime: &Runtime, args: &RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Find a step: a path, a built-in name, or an installed plugin name.
+/// Find a step: a path, a built-in name (short or as a prefect.yaml names it), or an
+/// installed plugin name.
 async fn resolve(runtime: &Runtime, step: &str) -> anyhow::Result<Arc<Plugin>> {
     let looks_like_path = step.contains('/') || step.ends_with(".wasm");
     if looks_like_path {
@@ -113,6 +116,14 @@ async fn resolve(runtime: &Runtime, step: &str) -> anyhow::Result<Arc<Plugin>> {
     }
     if crate::builtin::find(step).is_some() {
         return Ok(runtime.builtin(step).await?);
+    }
+    // The names a prefect.yaml uses (`prefect.deployments.steps.git_clone`, the 2.x
+    // aliases, `prefect_aws...push_to_s3`) run the built-in they map to.
+    if let Some((_, builtin)) = crate::plan::BUILTIN_NAMES.iter().find(|(n, _)| *n == step) {
+        return Ok(runtime.builtin(builtin).await?);
+    }
+    if let Some((_, later)) = crate::plan::NOT_YET.iter().find(|(n, _)| *n == step) {
+        bail!("`{step}` is a Prefect step Hoist does not run yet (`{later}`)");
     }
     let installed = installed_dir().join(format!("{step}.wasm"));
     if installed.exists() {
