@@ -432,7 +432,6 @@ impl Runner {
     ) -> Result<Value, String> {
         let raw = Value::Object(step.inputs.clone());
         self.note_env_secrets(&raw);
-        self.add_secrets(keyed_secrets(&raw));
         let values = Value::Object(outputs.clone());
         let opts = Options::default();
         let v = unwrap(template::apply_values(&raw, &values, &self.env, &opts));

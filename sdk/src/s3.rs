@@ -206,19 +206,6 @@ impl Client {
         }
     }
 
-    fn request(
-        &self,
-        method: &str,
-        bucket: &str,
-        key: &str,
-        query: &[(&str, &str)],
-        body: Body<'_>,
-        payload_sha256: &str,
-    ) -> crate::Result<http::Incoming> {
-        self.start(method, bucket, key, query, body, payload_sha256)?
-            .wait()
-    }
-
     fn start(
         &self,
         method: &str,
@@ -286,7 +273,9 @@ impl Client {
             if let Some(t) = &token {
                 query.push(("continuation-token", t));
             }
-            let resp = self.request("GET", bucket, "", &query, Body::Empty, EMPTY_SHA256)?;
+            let resp = self
+                .start("GET", bucket, "", &query, Body::Empty, EMPTY_SHA256)
+                .and_then(http::Pending::wait)?;
             let status = resp.status;
             let body = resp.bytes()?;
             let text = String::from_utf8_lossy(&body);
@@ -305,7 +294,9 @@ impl Client {
 
     /// Stream object `key` into `out`; returns its size.
     pub fn get(&self, bucket: &str, key: &str, out: &mut dyn Write) -> crate::Result<u64> {
-        let resp = self.request("GET", bucket, key, &[], Body::Empty, EMPTY_SHA256)?;
+        let resp = self
+            .start("GET", bucket, key, &[], Body::Empty, EMPTY_SHA256)
+            .and_then(http::Pending::wait)?;
         if resp.status != 200 {
             let status = resp.status;
             let text = String::from_utf8_lossy(&resp.bytes()?).into_owned();
@@ -324,22 +315,26 @@ impl Client {
         len: u64,
         payload_sha256: &str,
     ) -> crate::Result<()> {
-        let resp = match self.request(
-            "PUT",
-            bucket,
-            key,
-            &[],
-            Body::Reader(data, len),
-            payload_sha256,
-        ) {
+        let resp = match self
+            .start(
+                "PUT",
+                bucket,
+                key,
+                &[],
+                Body::Reader(data, len),
+                payload_sha256,
+            )
+            .and_then(http::Pending::wait)
+        {
             Ok(r) => r,
             Err(e) => {
                 // A server that refuses a request (bad signature, no bucket) may answer and
                 // close before reading the body, and the answer is lost with the
                 // connection. Ask again without a body to learn why.
                 let query = [("list-type", "2"), ("max-keys", "1"), ("prefix", key)];
-                if let Ok(probe) =
-                    self.request("GET", bucket, "", &query, Body::Empty, EMPTY_SHA256)
+                if let Ok(probe) = self
+                    .start("GET", bucket, "", &query, Body::Empty, EMPTY_SHA256)
+                    .and_then(http::Pending::wait)
                     && probe.status >= 400
                 {
                     let status = probe.status;
