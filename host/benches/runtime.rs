@@ -47,6 +47,7 @@ fn runtime(allocator: Allocator, cache: &Path) -> Runtime {
         cache: ComponentCache::at(cache),
         allocator,
         max_instances: 1024,
+        protected: Vec::new(),
     })
     .unwrap();
     assert_eq!(rt.allocator(), allocator, "allocator fell back");

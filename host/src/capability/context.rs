@@ -1,5 +1,6 @@
 //! `hoist:step/context`: who the step is and where it runs. Changing the working
-//! directory needs the `set-cwd` capability, because the next steps get it preopened.
+//! directory needs the `set-cwd` capability, because the next steps get it preopened;
+//! a plugin may only move within the directories it can write.
 
 use std::path::{Path, PathBuf};
 
@@ -32,6 +33,30 @@ impl Host for StepState {
             ));
         }
         let new = resolve_dir(&self.cwd, &path)?;
+        // The next steps get the new directory read-write. A plugin may only move within
+        // the directories it can write itself, so it cannot hand the steps after it a
+        // directory it was never given (`/`, Hoist's cache...). The built-in
+        // `set_working_directory` keeps Prefect's semantics: the user wrote its target.
+        if !self.info.builtin
+            && !self
+                .roots
+                .iter()
+                .any(|(root, writable)| *writable && new.starts_with(root))
+        {
+            return Err(StepError::Denied(format!(
+                "step `{}` ({}) may not change the working directory to {}: a plugin may only \
+                 move within the directories it can write ({})",
+                self.info.name,
+                self.info.plugin,
+                new.display(),
+                self.roots
+                    .iter()
+                    .filter(|(_, w)| *w)
+                    .map(|(r, _)| r.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
         self.cwd = new;
         Ok(self.cwd.to_string_lossy().into_owned())
     }

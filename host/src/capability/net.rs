@@ -3,9 +3,11 @@
 //! Every request goes through [`NetHooks::send_request`], the one choke point:
 //! 1. its `scheme://host:port` must be covered by the step's effective `net` grants;
 //! 2. the host is resolved, and if any address is loopback, link-local (cloud metadata
-//!    lives there) or unspecified, the request is refused unless the user granted that
-//!    host or address explicitly (a grant with no wildcard in its host) — so `net:*` or
-//!    `net:https://*.example.com` cannot be turned against the machine itself by DNS.
+//!    lives there), unspecified, private, shared or one of the machine's own, the request
+//!    is refused unless the user granted that host or address explicitly (a grant with no
+//!    wildcard in its host) — so `net:*` or `net:https://*.example.com` cannot be turned
+//!    against the machine itself or its private networks by DNS;
+//! 3. at most [`MAX_IN_FLIGHT`] requests of a step are in flight at once.
 //!
 //! A refusal is logged at error level with the fix and recorded, so the step's failure
 //! can say why; the guest sees `HTTP-request-denied`. (The connection resolves the name
@@ -33,25 +35,74 @@ pub struct NetHooks {
     pub who: String,
     /// Denials so far, for the step's error.
     pub denials: Arc<Mutex<Vec<String>>>,
+    /// Requests of this step in flight (connecting or streaming a body).
+    pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-/// Loopback, link-local (incl. 169.254.169.254 metadata), unspecified.
+/// Requests one step may have in flight. The storage steps keep 8; each holds a socket
+/// (a file descriptor of the host's), so a plugin cannot hold thousands.
+pub const MAX_IN_FLIGHT: usize = 64;
+
+/// Counts a request in flight until dropped.
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Addresses that reach this machine or its private networks rather than the internet:
+/// loopback, link-local (incl. 169.254.169.254 metadata), unspecified and `0.0.0.0/8`,
+/// private (RFC 1918, `fc00::/7`), shared (`100.64.0.0/10`), and any address of the
+/// machine's own interfaces (a server bound to `::` answers on all of them).
 pub fn special(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback() || v4.is_link_local() || v4.is_unspecified(),
+    let by_range = match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_private()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || v4.is_broadcast()
+        }
         IpAddr::V6(v6) => {
             v6.is_loopback()
                 || v6.is_unspecified()
                 || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
                 || v6
                     .to_ipv4_mapped()
+                    .or_else(|| v6.to_ipv4_compat_nonzero())
                     .is_some_and(|v4| special(IpAddr::V4(v4)))
         }
+    };
+    by_range || local_address(ip)
+}
+
+trait Ipv4Compat {
+    fn to_ipv4_compat_nonzero(&self) -> Option<std::net::Ipv4Addr>;
+}
+
+impl Ipv4Compat for std::net::Ipv6Addr {
+    /// `::a.b.c.d` (deprecated IPv4-compatible form), other than `::` and `::1`.
+    fn to_ipv4_compat_nonzero(&self) -> Option<std::net::Ipv4Addr> {
+        let s = self.segments();
+        (s[..6].iter().all(|&x| x == 0) && (s[6] != 0 || s[7] > 1)).then(|| {
+            std::net::Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8)
+        })
     }
 }
 
+/// Whether `ip` is one of this machine's own addresses: only those can be bound.
+fn local_address(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind((ip, 0)).is_ok()
+}
+
 /// Whether the user granted this host (or one of its addresses) by name, no wildcard.
-fn explicitly_granted(user: &Grants, host: &str, addrs: &[IpAddr]) -> bool {
+pub(crate) fn explicitly_granted(user: &Grants, host: &str, addrs: &[IpAddr]) -> bool {
     user.iter().any(|g| match g {
         Capability::Net(pattern) => split_origin(pattern).is_some_and(|(_, h, _)| {
             !h.contains('*')
@@ -100,7 +151,20 @@ impl WasiHttpHooks for NetHooks {
             self.denials.clone(),
             self.who.clone(),
         );
+        let counted = self
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let guard = InFlight(self.in_flight.clone());
         Box::new(async move {
+            if counted >= MAX_IN_FLIGHT {
+                return Err(Self::deny(
+                    &log,
+                    &denials,
+                    format!(
+                        "{who} may not have more than {MAX_IN_FLIGHT} requests in flight at once"
+                    ),
+                ));
+            }
             let uri = request.uri().clone();
             let scheme = uri.scheme_str().unwrap_or("https").to_ascii_lowercase();
             let host = uri
@@ -133,7 +197,7 @@ impl WasiHttpHooks for NetHooks {
                     &log,
                     &denials,
                     format!(
-                        "{who} may not reach {origin}: `{host}` resolves to {ip}, a loopback, link-local or metadata address; grant it by name to allow it: `--allow net:{scheme}://{ip}:{port}`"
+                        "{who} may not reach {origin}: `{host}` resolves to {ip}, an address of this machine or of a private network (loopback, link-local or metadata, RFC 1918, shared, unique-local, or one of this machine's own); grant it by name to allow it: `--allow net:{scheme}://{host}:{port}`"
                     ),
                 ));
             }
@@ -149,6 +213,11 @@ impl WasiHttpHooks for NetHooks {
                 *request.uri_mut() = pin(&uri, *ip, port)?;
             }
             let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            // The connection's task holds the count until it ends.
+            let io = async move {
+                let _guard = guard;
+                io.await
+            };
             Ok((
                 res.map(BodyExt::boxed_unsync),
                 Box::new(io) as Box<dyn Future<Output = _> + Send>,
@@ -199,7 +268,25 @@ mod tests {
         ] {
             assert!(special(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["10.0.0.1", "93.184.216.34", "2606:4700::1111"] {
+        for ip in [
+            "10.0.0.1",
+            "172.16.5.4",
+            "192.168.1.1",
+            "100.64.0.1",
+            "0.1.2.3",
+            "fc00::1",
+            "fd12:3456::1",
+            "::ffff:10.1.2.3",
+            "::10.1.2.3",
+        ] {
+            assert!(special(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "93.184.216.34",
+            "2606:4700::1111",
+            "100.128.0.1",
+            "172.32.0.1",
+        ] {
             assert!(!special(ip.parse().unwrap()), "{ip}");
         }
     }

@@ -2,9 +2,17 @@
 //!
 //! The child gets: the arguments as given (never through a shell), the granted part of
 //! the host environment plus `PATH`, the variables the step set, and a working directory
-//! resolved like the step's own. It runs in its own process group, which is killed if the
-//! step is cancelled (timeout), so a hung child cannot outlive its step. Output lines are
-//! streamed to the log as they arrive and returned, up to [`MAX_CAPTURED_OUTPUT`].
+//! resolved like the step's own. Output lines are streamed to the log as they arrive and
+//! returned, up to [`MAX_CAPTURED_OUTPUT`]. Nothing it starts outlives the call
+//! (`capability/reap.rs`).
+//!
+//! For a plugin (not a built-in step, whose commands the user wrote), a program is
+//! found on the *host's* `PATH` only (absolute entries), never on a `PATH` the plugin
+//! sets, and is refused if it lies in a directory the step can write: the plugin could
+//! have put it there. The child's `PATH` is the host's, and the dynamic loader's
+//! variables (`LD_*`) cannot be set. A granted program still runs with the arguments
+//! and variables the plugin chooses: `process:git` trusts git with them
+//! (`-c alias.x=!cmd` is a shell); plugins should use the `git` interface instead.
 
 use std::process::Stdio;
 
@@ -30,15 +38,33 @@ impl Host for StepState {
             Some(dir) => resolve_dir(&self.cwd, dir)?,
             None => self.cwd.clone(),
         };
+        let host_path = std::env::var_os("PATH");
+        let plugin = !self.info.builtin;
+        if plugin {
+            if let Some((k, _)) = cmd.env.iter().find(|(k, _)| loader_variable(k)) {
+                return Err(StepError::Denied(format!(
+                    "step `{}` ({}) may not set `{k}` for `{}`: a plugin cannot change how \
+                     the host loads programs",
+                    self.info.name, self.info.plugin, cmd.program
+                )));
+            }
+            if cmd.program.contains('/') && !cmd.program.starts_with('/') {
+                return Err(StepError::Denied(format!(
+                    "step `{}` ({}) may not run `{}`: a plugin runs programs by name (found on \
+                     the host's PATH) or by absolute path",
+                    self.info.name, self.info.plugin, cmd.program
+                )));
+            }
+        }
+        // Built-in steps run what the user wrote, as Prefect does: a `PATH` they set is
+        // used to find the program. A plugin's is not.
+        let path_var = match cmd.env.iter().find(|(k, _)| k == "PATH") {
+            Some((_, v)) if !plugin => Some(std::ffi::OsString::from(v)),
+            _ => host_path.clone(),
+        };
         // Resolve the program here: with an absolute path the standard library can use
         // posix_spawn; a bare name with a changed environment makes it fork, which copies
         // this process's (large) address-space mappings and costs a millisecond or more.
-        let path_var = cmd
-            .env
-            .iter()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| std::ffi::OsString::from(v))
-            .or_else(|| std::env::var_os("PATH"));
         let program = find_program(&cmd.program, &cwd, path_var.as_deref()).ok_or_else(|| {
             StepError::NotFound(format!(
                 "program `{}` was not found (searched PATH; working directory {})",
@@ -46,6 +72,23 @@ impl Host for StepState {
                 cwd.display()
             ))
         })?;
+        if plugin {
+            let real = std::fs::canonicalize(&program).unwrap_or_else(|_| program.clone());
+            if let Some((root, _)) = self
+                .roots
+                .iter()
+                .find(|(root, writable)| *writable && real.starts_with(root))
+            {
+                return Err(StepError::Denied(format!(
+                    "step `{}` ({}) may not run {}: it lies in {}, a directory the step can \
+                     write, so the plugin may have put it there",
+                    self.info.name,
+                    self.info.plugin,
+                    real.display(),
+                    root.display()
+                )));
+            }
+        }
         let mut child = tokio::process::Command::new(&program);
         child
             .arg0(&cmd.program)
@@ -53,7 +96,12 @@ impl Host for StepState {
             .current_dir(&cwd)
             .env_clear()
             .envs(self.grants.visible_env())
-            .envs(cmd.env.iter().map(|(k, v)| (k, v)));
+            .envs(
+                cmd.env
+                    .iter()
+                    .filter(|(k, _)| !plugin || k != "PATH")
+                    .map(|(k, v)| (k, v)),
+            );
         // The programs a program starts are found on PATH too.
         if let Some(path) = &path_var {
             child.env("PATH", path);
@@ -93,26 +141,42 @@ pub(crate) async fn run_child(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    crate::capability::reap::become_subreaper();
     let mut child = child.spawn()?;
-    let group = GroupKill(
-        child
-            .id()
-            .and_then(|pid| rustix::process::Pid::from_raw(pid as i32)),
-    );
+    let pid = child.id().map(|p| p as i32);
+    if let Some(pid) = pid {
+        crate::capability::reap::started(pid);
+    }
+    let group = GroupKill(pid);
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
+    // When the child exits, what it left behind is killed at once: a background process
+    // holding the output pipes would otherwise keep the step waiting for their end.
+    let waited = async {
+        let status = child.wait().await;
+        group.disarm();
+        if let Some(pid) = pid {
+            crate::capability::reap::done(pid);
+        }
+        status
+    };
     let (out, err, status) = tokio::join!(
         pump(stdout, log, Source::ProcessStdout, stream),
         pump(stderr, log, Source::ProcessStderr, stream),
-        child.wait(),
+        waited,
     );
     let status = status?;
-    group.disarm();
     Ok((status.code(), out, err))
 }
 
+/// Variables that make the dynamic loader run other code in the child.
+fn loader_variable(name: &str) -> bool {
+    name.starts_with("LD_") || name.starts_with("DYLD_")
+}
+
 /// The file to execute for `program`: a path (relative to `cwd`) as given, a bare name
-/// searched on `path_var` like `execvp` does.
+/// searched on the absolute entries of `path_var` like `execvp` does (empty and relative
+/// entries would search the working directory, which the step may write).
 pub(crate) fn find_program(
     program: &str,
     cwd: &std::path::Path,
@@ -131,7 +195,8 @@ pub(crate) fn find_program(
         return None;
     }
     std::env::split_paths(path_var?)
-        .map(|dir| cwd.join(dir).join(program))
+        .filter(|dir| dir.is_absolute())
+        .map(|dir| dir.join(program))
         .find(|p| executable(p))
 }
 
@@ -169,8 +234,9 @@ async fn pump(
     kept
 }
 
-/// Kills the child's whole process group when dropped, unless the child was reaped.
-struct GroupKill(Option<rustix::process::Pid>);
+/// Kills the child's whole tree and process group when dropped (the step was
+/// cancelled), unless the child was reaped.
+struct GroupKill(Option<i32>);
 
 impl GroupKill {
     fn disarm(mut self) {
@@ -181,7 +247,7 @@ impl GroupKill {
 impl Drop for GroupKill {
     fn drop(&mut self) {
         if let Some(pid) = self.0 {
-            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            crate::capability::reap::cancel(pid);
         }
     }
 }

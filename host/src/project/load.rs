@@ -190,7 +190,7 @@ fn grants(
             let text = plain(&c);
             parsed.push(
                 text.parse()
-                    .map_err(|e: crate::runtime::policy::BadCapability| {
+                    .map_err(|e: crate::runtime::policy::CapabilityError| {
                         shape(path, line, format!("`hoist.grants.{step}`: {e}"))
                     })?,
             );

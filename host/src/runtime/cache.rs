@@ -1,15 +1,22 @@
 //! Compiled-component cache on disk.
 //!
 //! A component is compiled once per (wasm sha256, engine compatibility hash) and written
-//! as `<sha256>-<compat>.cwasm`; later runs map that file instead of compiling. Only
-//! files in a directory this user owns and nobody else can write are ever loaded, and
-//! they are only ever written by this code, so deserialising them is sound.
+//! as `<sha256>-<compat>.cwasm`; later runs load that file instead of compiling.
+//!
+//! A `.cwasm` file is native code the host runs, so it is authenticated before it is
+//! used: each file ends with an HMAC-SHA256 of its name and contents, keyed by a secret
+//! kept in Hoist's home (`cache.key`, 0600, made on first use). A file that anyone else
+//! wrote — a plugin that reached the cache, another user, a copy from another machine —
+//! fails the check and is compiled again. The bytes are read once, checked, then
+//! deserialised from memory (no window between check and use). Files are also only
+//! loaded from a directory this user owns and nobody else can write.
 
 use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
@@ -27,7 +34,14 @@ pub enum Loaded {
 #[derive(Clone, Debug)]
 pub struct ComponentCache {
     dir: Option<PathBuf>,
+    /// Where the MAC key lives (Hoist's home by default).
+    key_file: PathBuf,
 }
+
+/// Bytes of the MAC at the end of each cache file.
+const MAC_LEN: usize = 32;
+
+type CacheMac = Hmac<Sha256>;
 
 /// Hex sha256 of a component's bytes: its identity everywhere in Hoist.
 pub fn digest(bytes: &[u8]) -> String {
@@ -40,12 +54,22 @@ impl ComponentCache {
     pub fn at(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: Some(dir.into()),
+            key_file: crate::store::hoist_home().join("cache.key"),
         }
+    }
+
+    /// The same cache, its entries authenticated with the key in `key_file`.
+    pub fn with_key_file(mut self, key_file: impl Into<PathBuf>) -> Self {
+        self.key_file = key_file.into();
+        self
     }
 
     /// No disk cache: compile every time a process first loads a component.
     pub fn disabled() -> Self {
-        Self { dir: None }
+        Self {
+            dir: None,
+            key_file: PathBuf::new(),
+        }
     }
 
     /// The cache directory, if any.
@@ -73,31 +97,71 @@ impl ComponentCache {
         digest: &str,
         bytes: &[u8],
     ) -> wasmtime::Result<(Component, Loaded)> {
-        let Some(path) = self
-            .trusted_dir()
-            .map(|dir| dir.join(file_name(engine, digest)))
-        else {
-            return Ok((Component::new(engine, bytes)?, Loaded::Compiled));
+        let (Some(dir), Some(key)) = (self.trusted_dir(), self.key()) else {
+            return Ok((compile(engine, bytes)?, Loaded::Compiled));
         };
-        if path.exists() {
-            // SAFETY: `trusted_dir` checked that only this user can write the directory,
-            // and files in it are only written by `store` below from `Component::serialize`
-            // of this same engine configuration (the compatibility hash is in the name;
-            // wasmtime also checks its own header). A file that fails to load is removed.
-            #[allow(unsafe_code)]
-            match unsafe { Component::deserialize_file(engine, &path) } {
-                Ok(component) => return Ok((component, Loaded::Cached)),
-                Err(_) => {
+        let name = file_name(engine, digest);
+        let path = dir.join(&name);
+        if let Ok(file) = std::fs::read(&path) {
+            match authentic(&key, &name, &file) {
+                Some(code) => {
+                    // SAFETY: `code` is exactly what `store` below wrote from
+                    // `Component::serialize` of this engine configuration (the
+                    // compatibility hash is in the name, which the MAC covers; wasmtime
+                    // also checks its own header): the MAC, keyed by a secret only this
+                    // user can read, proves it, and the bytes checked are the bytes used.
+                    #[allow(unsafe_code)]
+                    match unsafe { Component::deserialize(engine, code) } {
+                        Ok(component) => return Ok((component, Loaded::Cached)),
+                        Err(_) => {
+                            let _ = std::fs::remove_file(&path);
+                        }
+                    }
+                }
+                None => {
                     let _ = std::fs::remove_file(&path);
                 }
             }
         }
-        let component = Component::new(engine, bytes)?;
-        if let Ok(serialized) = component.serialize() {
+        let component = compile(engine, bytes)?;
+        if let Ok(mut serialized) = component.serialize() {
+            serialized.extend_from_slice(&mac(&key, &name, &serialized));
             // Best effort: a full disk or a race with another process is not an error.
             let _ = store(&path, &serialized);
         }
         Ok((component, Loaded::Compiled))
+    }
+
+    /// The MAC key: read from `key_file`, or made (32 random bytes, 0600) if missing. No
+    /// key, no disk cache.
+    fn key(&self) -> Option<[u8; 32]> {
+        let read = || -> Option<[u8; 32]> {
+            let meta = std::fs::metadata(&self.key_file).ok()?;
+            let private =
+                meta.mode() & 0o077 == 0 && meta.uid() == rustix::process::getuid().as_raw();
+            if !private {
+                return None;
+            }
+            std::fs::read(&self.key_file).ok()?.try_into().ok()
+        };
+        if let Some(k) = read() {
+            return Some(k);
+        }
+        if self.key_file.exists() {
+            return None;
+        }
+        let mut key = [0u8; 32];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").ok()?, &mut key).ok()?;
+        if let Some(dir) = self.key_file.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .ok()?;
+        }
+        // Another process may make it at the same time: whoever wins, both read it back.
+        let _ = store(&self.key_file, &key);
+        read()
     }
 
     /// The directory, created if missing, if it is safe to load from.
@@ -123,6 +187,55 @@ fn file_name(engine: &Engine, digest: &str) -> String {
     format!("{digest}-{:016x}.cwasm", h.finish())
 }
 
+/// Compile a component, after checking that compiling it is bounded: its size and its
+/// number of functions (counted with the parser wasmtime itself uses, nested modules
+/// included) are within [`MAX_COMPONENT_BYTES`] and [`MAX_FUNCTIONS`].
+///
+/// [`MAX_COMPONENT_BYTES`]: crate::runtime::limits::MAX_COMPONENT_BYTES
+/// [`MAX_FUNCTIONS`]: crate::runtime::limits::MAX_FUNCTIONS
+pub fn compile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Component> {
+    use crate::runtime::limits::{MAX_COMPONENT_BYTES, MAX_FUNCTIONS};
+    if bytes.len() > MAX_COMPONENT_BYTES {
+        return Err(wasmtime::Error::msg(format!(
+            "it is {} MiB; Hoist compiles components of at most {} MiB",
+            bytes.len() >> 20,
+            MAX_COMPONENT_BYTES >> 20
+        )));
+    }
+    let mut functions = 0u64;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        if let wasmparser::Payload::CodeSectionStart { count, .. } = payload? {
+            functions += u64::from(count);
+            if functions > MAX_FUNCTIONS {
+                return Err(wasmtime::Error::msg(format!(
+                    "it has more than {MAX_FUNCTIONS} functions; Hoist does not compile \
+                     components that large (compiling them takes seconds and hundreds of MiB)"
+                )));
+            }
+        }
+    }
+    Component::new(engine, bytes)
+}
+
+fn mac(key: &[u8; 32], name: &str, code: &[u8]) -> [u8; MAC_LEN] {
+    let mut m = CacheMac::new_from_slice(key).expect("HMAC takes any key length");
+    m.update(name.as_bytes());
+    m.update(&[0]);
+    m.update(code);
+    m.finalize().into_bytes().into()
+}
+
+/// The compiled code of a cache file, if its MAC is right.
+fn authentic<'a>(key: &[u8; 32], name: &str, file: &'a [u8]) -> Option<&'a [u8]> {
+    let split = file.len().checked_sub(MAC_LEN)?;
+    let (code, tag) = file.split_at(split);
+    let mut m = CacheMac::new_from_slice(key).expect("HMAC takes any key length");
+    m.update(name.as_bytes());
+    m.update(&[0]);
+    m.update(code);
+    m.verify_slice(tag).ok().map(|()| code)
+}
+
 /// Write atomically: a private temporary file renamed into place.
 fn store(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
@@ -139,4 +252,29 @@ fn store(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_files_with_our_mac_for_that_name_are_authentic() {
+        let key = [7u8; 32];
+        let mut file = b"compiled code".to_vec();
+        file.extend_from_slice(&mac(&key, "a.cwasm", b"compiled code"));
+        assert_eq!(
+            authentic(&key, "a.cwasm", &file),
+            Some(&b"compiled code"[..])
+        );
+        assert_eq!(
+            authentic(&key, "b.cwasm", &file),
+            None,
+            "moved to another name"
+        );
+        assert_eq!(authentic(&[8u8; 32], "a.cwasm", &file), None, "another key");
+        file[0] ^= 1;
+        assert_eq!(authentic(&key, "a.cwasm", &file), None, "tampered");
+        assert_eq!(authentic(&key, "a.cwasm", b"short"), None);
+    }
 }

@@ -65,8 +65,8 @@ pub enum ErrorKind {
         .0 >> 20
     )]
     OutOfMemory(usize),
-    /// The outputs were not JSON.
-    #[error("returned outputs that are not valid JSON: {0}")]
+    /// The outputs were not JSON, or too large.
+    #[error("returned unusable outputs: {0}")]
     BadOutput(String),
     /// The host could not set the step up (a directory vanished, the instance pool...).
     #[error("could not be started: {0}")]

@@ -45,6 +45,9 @@ pub struct RuntimeConfig {
     /// this many slots are set up when the runtime starts, which costs time: a CLI that
     /// runs steps one after another wants few, a worker running many flows wants many.
     pub max_instances: u32,
+    /// Hoist's own directories (its home; the cache's is added): no plugin is given a
+    /// directory that is, holds or lies inside one of them.
+    pub protected: Vec<PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -63,10 +66,12 @@ impl Default for RuntimeConfig {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(MAX_INSTANCES);
+        let protected = vec![crate::store::hoist_home()];
         Self {
             cache,
             allocator,
             max_instances,
+            protected,
         }
     }
 }
@@ -214,6 +219,16 @@ pub struct StepOutcome {
     pub elapsed: Duration,
 }
 
+/// What [`Runtime::sandbox_dirs`] decided for one step.
+struct SandboxDirs {
+    /// The working directory, canonical.
+    cwd: PathBuf,
+    /// Preopened directories and whether each is writable.
+    roots: Vec<(PathBuf, bool)>,
+    /// Set when a plugin's working directory was made read-only: added to its failure.
+    read_only_note: Option<String>,
+}
+
 /// The runtime. Cheap to share (`Arc`); runs many steps concurrently.
 pub struct Runtime {
     engine: Engine,
@@ -222,6 +237,8 @@ pub struct Runtime {
     cache: ComponentCache,
     loaded: Mutex<HashMap<String, Arc<Plugin>>>,
     slots: Semaphore,
+    /// Hoist's own directories (canonical): never given to a plugin.
+    protected: Vec<PathBuf>,
 }
 
 impl Runtime {
@@ -233,6 +250,13 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         Step::add_to_linker::<StepState, HasSelf<StepState>>(&mut linker, |s| s)?;
+        let protected = config
+            .protected
+            .iter()
+            .map(PathBuf::as_path)
+            .chain(config.cache.dir())
+            .map(policy::canonical_path)
+            .collect();
         Ok(Self {
             engine,
             allocator,
@@ -240,6 +264,7 @@ impl Runtime {
             cache: config.cache,
             loaded: Mutex::new(HashMap::new()),
             slots: Semaphore::new(max_instances as usize),
+            protected,
         })
     }
 
@@ -373,6 +398,7 @@ impl Runtime {
                 log,
                 who: "describe".into(),
                 denials: Default::default(),
+                in_flight: Default::default(),
             },
         };
         let mut store = Store::new(&self.engine, state);
@@ -385,12 +411,102 @@ impl Runtime {
         let d = tokio::time::timeout(Duration::from_secs(10), fut)
             .await
             .map_err(|_| wasmtime::Error::msg("describe() did not return within 10 s"))??;
+        use limits::{MAX_NAME_BYTES, MAX_SCHEMA_BYTES, MAX_SUMMARY_BYTES};
+        if d.input_schema.len() > MAX_SCHEMA_BYTES {
+            return Err(wasmtime::Error::msg(format!(
+                "its input schema is {} KiB; at most {} KiB",
+                d.input_schema.len() >> 10,
+                MAX_SCHEMA_BYTES >> 10
+            )));
+        }
+        for (what, text, max) in [
+            ("name", &d.name, MAX_NAME_BYTES),
+            ("version", &d.version, MAX_NAME_BYTES),
+            ("summary", &d.summary, MAX_SUMMARY_BYTES),
+        ] {
+            if text.len() > max {
+                return Err(wasmtime::Error::msg(format!(
+                    "its {what} is {} bytes long; at most {max}",
+                    text.len()
+                )));
+            }
+        }
         Ok(Description {
             name: d.name,
             version: d.version,
             summary: d.summary,
             input_schema: serde_json::from_str(&d.input_schema).unwrap_or(Value::Null),
-            capabilities: d.capabilities.into_iter().map(Capability::from).collect(),
+            capabilities: d
+                .capabilities
+                .into_iter()
+                .map(Capability::try_from)
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// The directories a step is given, and which of them it may write.
+    ///
+    /// - The working directory, read-write; the project directory (when it differs),
+    ///   read-write for built-in steps.
+    /// - For plugins, the project directory is the user's code: it is read-only (and so is
+    ///   a working directory that is or contains it) unless the user granted `write:` for
+    ///   it. A plugin cannot rewrite `prefect.yaml` or plant configuration in the
+    ///   project's `.git/`.
+    /// - For plugins, no directory is given that is, contains or lies inside Hoist's own
+    ///   directories (home, component cache): they hold host-owned git directories and
+    ///   compiled code the host maps and runs.
+    /// - Every path canonical, so what was checked is what is opened.
+    fn sandbox_dirs(
+        &self,
+        plugin: &Plugin,
+        req: &StepRequest,
+        user: &Grants,
+        grants: &Grants,
+    ) -> Result<SandboxDirs, String> {
+        let cwd = policy::canonical_path(&req.cwd);
+        let project = req.project_root.as_deref().map(policy::canonical_path);
+        let holds_project = |d: &Path| project.as_deref().is_some_and(|p| p.starts_with(d));
+        let user_writes = |d: &Path| user.allows(&Capability::WriteDir(d.to_path_buf()));
+        let mut roots = Vec::new();
+        let mut read_only_note = None;
+        let cwd_writable = plugin.builtin || !holds_project(&cwd) || user_writes(&cwd);
+        if !cwd_writable {
+            read_only_note = Some(format!(
+                "note: plugins get the project directory read-only; to let this one write \
+                 in {}, grant `write:{}`",
+                cwd.display(),
+                cwd.display()
+            ));
+        }
+        roots.push((cwd.clone(), cwd_writable));
+        if let Some(root) = project.as_ref().filter(|r| !r.starts_with(&cwd)) {
+            roots.push((root.clone(), plugin.builtin || user_writes(root)));
+        }
+        for (dir, writable) in grants.dirs() {
+            roots.push((dir.to_path_buf(), writable));
+        }
+        if !plugin.builtin {
+            for (dir, _) in &roots {
+                if let Some(own) = self
+                    .protected
+                    .iter()
+                    .find(|p| p.starts_with(dir) || dir.starts_with(p))
+                {
+                    return Err(format!(
+                        "the plugin would be given {}, which is or holds Hoist's own \
+                         directory {} (compiled components, git directories, the store); \
+                         plugins never get it. Run the project from another directory, or \
+                         move Hoist's directories (HOIST_HOME, HOIST_CACHE_DIR)",
+                        dir.display(),
+                        own.display()
+                    ));
+                }
+            }
+        }
+        Ok(SandboxDirs {
+            cwd,
+            roots,
+            read_only_note,
         })
     }
 
@@ -406,17 +522,28 @@ impl Runtime {
             kind,
         };
 
+        // Directory capabilities are compared and preopened as the directories they are
+        // on disk: a symlink planted inside a granted directory cannot widen a grant.
+        let declared: Vec<Capability> = plugin
+            .description
+            .capabilities
+            .iter()
+            .map(policy::canonical)
+            .collect();
+        let user = Grants::new(req.grants.iter().map(policy::canonical));
         // Default deny: a plugin gets what it declares, and only if it was all granted.
         // Built-in steps are granted their declarations.
-        let declared = &plugin.description.capabilities;
         if !plugin.builtin
-            && let Some(missing) = declared.iter().find(|c| !req.grants.allows(c))
+            && let Some(missing) = declared.iter().find(|c| !user.allows(c))
         {
             return Err(err(ErrorKind::NotGranted {
                 capability: missing.to_string(),
             }));
         }
-        let grants = Arc::new(Grants::new(declared.iter().cloned()));
+        let grants = Arc::new(Grants::new(declared));
+        let dirs = self
+            .sandbox_dirs(plugin, &req, &user, &grants)
+            .map_err(|m| err(ErrorKind::Denied(m)))?;
 
         let redactor = Redactor::new(req.secrets.iter().cloned());
         let log = StepLog::new(&req.name, req.log.clone(), redactor.clone());
@@ -432,33 +559,21 @@ impl Runtime {
         if !env.is_empty() {
             wasi.envs(&env);
         }
-        let mut preopen = |dir: &Path, perms: FsPerms| {
+        for (dir, writable) in &dirs.roots {
+            let perms = if *writable {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
             wasi.preopened_dir(dir, dir.to_string_lossy(), perms)
-                .map(|_| ())
                 .map_err(|e| {
                     err(ErrorKind::Setup(format!(
                         "cannot open directory {}: {e}",
                         dir.display()
                     )))
-                })
-        };
-        preopen(&req.cwd, FsPerms::ReadWrite)?;
-        let mut roots = vec![(req.cwd.clone(), true)];
-        if let Some(root) = req.project_root.as_deref().filter(|r| *r != req.cwd) {
-            preopen(root, FsPerms::ReadWrite)?;
-            roots.push((root.to_path_buf(), true));
+                })?;
         }
-        roots.extend(grants.dirs().map(|(d, w)| (d.to_path_buf(), w)));
-        for (dir, writable) in grants.dirs() {
-            preopen(
-                dir,
-                if writable {
-                    FsPerms::ReadWrite
-                } else {
-                    FsPerms::ReadOnly
-                },
-            )?;
-        }
+        let roots = dirs.roots;
         let denials: Arc<Mutex<Vec<String>>> = Default::default();
         let info = StepInfo {
             name: req.name.clone(),
@@ -475,7 +590,7 @@ impl Runtime {
                 exceeded: false,
             },
             info: Arc::new(info),
-            cwd: req.cwd.clone(),
+            cwd: dirs.cwd.clone(),
             grants: grants.clone(),
             log: log.clone(),
             roots,
@@ -486,6 +601,7 @@ impl Runtime {
                 log,
                 who: format!("step `{}` ({})", req.name, plugin.description.name),
                 denials: denials.clone(),
+                in_flight: Default::default(),
             },
         };
         let inputs = serde_json::to_string(&req.inputs).expect("JSON values always serialise");
@@ -533,12 +649,18 @@ impl Runtime {
                 return Err(err(ErrorKind::Denied(redact(&d))));
             }
             Ok(Ok(Err(step_error))) => {
+                // A plugin that failed in a directory it could only read may have failed
+                // because of that: say so, and how to let it write.
+                let note = |m: String| match &dirs.read_only_note {
+                    Some(n) => format!("{m} ({n})"),
+                    None => m,
+                };
                 return Err(err(match step_error {
                     StepError::InvalidInput(m) => ErrorKind::InvalidInput(redact(&m)),
-                    StepError::Denied(m) => ErrorKind::Denied(redact(&m)),
-                    StepError::NotFound(m) => ErrorKind::NotFound(redact(&m)),
+                    StepError::Denied(m) => ErrorKind::Denied(note(redact(&m))),
+                    StepError::NotFound(m) => ErrorKind::NotFound(note(redact(&m))),
                     StepError::Failed(f) => ErrorKind::Failed {
-                        message: redact(&f.message),
+                        message: note(redact(&f.message)),
                         exit_code: f.exit_code,
                         hint: f.hint.as_deref().map(redact),
                     },
@@ -546,8 +668,19 @@ impl Runtime {
             }
             Ok(Ok(Ok(text))) => text,
         };
-        let outputs: Value =
-            serde_json::from_str(&text).map_err(|e| err(ErrorKind::BadOutput(e.to_string())))?;
+        if text.len() > limits::MAX_OUTPUT_BYTES {
+            return Err(err(ErrorKind::BadOutput(format!(
+                "they are {} KiB; a step's outputs may be at most {} KiB (write large \
+                 results to a file and return its path)",
+                text.len() >> 10,
+                limits::MAX_OUTPUT_BYTES >> 10
+            ))));
+        }
+        let outputs: Value = serde_json::from_str(&text).map_err(|e| {
+            err(ErrorKind::BadOutput(format!(
+                "they are not valid JSON: {e}"
+            )))
+        })?;
         let cwd = std::mem::take(&mut store.data_mut().cwd);
         Ok(StepOutcome {
             outputs,

@@ -24,6 +24,37 @@ pub enum Capability {
     Net(String),
 }
 
+/// A directory capability whose path is not absolute and plain.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "`{0}`: {1}; write the directory as an absolute path without `.` or `..` \
+     (e.g. `write:/srv/out`)"
+)]
+pub struct BadDir(pub String, pub &'static str);
+
+/// Why a directory in a capability is refused: grants and declarations name absolute,
+/// plain paths, so what is compared is what is preopened (a `..` would be compared
+/// lexically and then opened as something else).
+pub fn plain_dir(path: &str) -> Result<PathBuf, &'static str> {
+    let p = Path::new(path);
+    if !p.is_absolute() {
+        return Err("the path is relative");
+    }
+    if p.components().any(|c| {
+        matches!(
+            c,
+            std::path::Component::ParentDir | std::path::Component::CurDir
+        )
+    }) || path.split('/').any(|seg| seg == "." || seg == "..")
+    {
+        return Err("the path contains `.` or `..`");
+    }
+    if path.chars().any(|c| c.is_control()) {
+        return Err("the path contains control characters");
+    }
+    Ok(p.to_path_buf())
+}
+
 /// A capability string that could not be understood.
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -32,11 +63,22 @@ pub enum Capability {
 )]
 pub struct BadCapability(pub String);
 
+/// Why a capability string was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CapabilityError {
+    /// Not a capability at all.
+    #[error(transparent)]
+    Unknown(#[from] BadCapability),
+    /// A directory capability with a path that is not absolute and plain.
+    #[error(transparent)]
+    Dir(#[from] BadDir),
+}
+
 impl FromStr for Capability {
-    type Err = BadCapability;
+    type Err = CapabilityError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || BadCapability(s.to_string());
+        let bad = || CapabilityError::Unknown(BadCapability(s.to_string()));
         if s == "set-cwd" {
             return Ok(Capability::SetCwd);
         }
@@ -47,8 +89,14 @@ impl FromStr for Capability {
         Ok(match kind {
             "process" => Capability::Process(value.into()),
             "env" => Capability::Env(value.into()),
-            "read" => Capability::ReadDir(value.into()),
-            "write" => Capability::WriteDir(value.into()),
+            "read" | "write" => {
+                let dir = plain_dir(value).map_err(|why| BadDir(s.to_string(), why))?;
+                if kind == "read" {
+                    Capability::ReadDir(dir)
+                } else {
+                    Capability::WriteDir(dir)
+                }
+            }
             "net" => Capability::Net(value.into()),
             _ => return Err(bad()),
         })
@@ -68,16 +116,21 @@ impl fmt::Display for Capability {
     }
 }
 
-impl From<WitCapability> for Capability {
-    fn from(c: WitCapability) -> Self {
-        match c {
+impl TryFrom<WitCapability> for Capability {
+    type Error = BadDir;
+
+    /// A plugin's declaration; directory paths must be absolute and plain.
+    fn try_from(c: WitCapability) -> Result<Self, BadDir> {
+        let dir =
+            |kind: &str, d: String| plain_dir(&d).map_err(|why| BadDir(format!("{kind}:{d}"), why));
+        Ok(match c {
             WitCapability::Process(p) => Capability::Process(p),
             WitCapability::Env(e) => Capability::Env(e),
             WitCapability::SetCwd => Capability::SetCwd,
-            WitCapability::ReadDir(d) => Capability::ReadDir(d.into()),
-            WitCapability::WriteDir(d) => Capability::WriteDir(d.into()),
+            WitCapability::ReadDir(d) => Capability::ReadDir(dir("read", d)?),
+            WitCapability::WriteDir(d) => Capability::WriteDir(dir("write", d)?),
             WitCapability::Net(n) => Capability::Net(n),
-        }
+        })
     }
 }
 
@@ -152,6 +205,22 @@ fn net_covers(pattern: &str, wanted: &str) -> bool {
 fn pattern_has_no_port(pattern: &str) -> bool {
     let rest = pattern.split_once("://").map(|(_, r)| r).unwrap_or(pattern);
     !rest.split('/').next().unwrap_or("").contains(':')
+}
+
+/// `path` with symlinks resolved and made absolute; as given if it does not exist (it
+/// then fails when it is opened).
+pub fn canonical_path(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// A capability with its directory (if any) canonical: grants and declarations are
+/// compared, and directories preopened, as what they are on disk.
+pub fn canonical(c: &Capability) -> Capability {
+    match c {
+        Capability::ReadDir(d) => Capability::ReadDir(canonical_path(d)),
+        Capability::WriteDir(d) => Capability::WriteDir(canonical_path(d)),
+        other => other.clone(),
+    }
 }
 
 /// A set of granted capabilities. Empty means nothing is allowed.
@@ -241,6 +310,32 @@ mod tests {
         for bad in ["git", "process:", "fs:/x", ""] {
             assert!(bad.parse::<Capability>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn directory_grants_are_absolute_and_plain() {
+        for bad in [
+            "write:/srv/../../..",
+            "write:/srv/..",
+            "read:/srv/./x",
+            "read:srv",
+            "write:.",
+            "read:../x",
+            "write:/srv/a/../b",
+        ] {
+            let e = bad.parse::<Capability>().unwrap_err().to_string();
+            assert!(e.contains("absolute path without"), "{bad}: {e}");
+        }
+        for wit in [
+            WitCapability::WriteDir("/tmp/granted/../../..".into()),
+            WitCapability::ReadDir("relative".into()),
+        ] {
+            assert!(Capability::try_from(wit).is_err());
+        }
+        assert_eq!(
+            Capability::try_from(WitCapability::WriteDir("/srv/out".into())).unwrap(),
+            Capability::WriteDir("/srv/out".into())
+        );
     }
 
     #[test]

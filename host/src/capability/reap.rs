@@ -1,0 +1,191 @@
+//! No process a step started outlives it.
+//!
+//! Every child runs in its own process group, and Hoist is the *child subreaper* of its
+//! descendants (`PR_SET_CHILD_SUBREAPER`, set once per process by [`become_subreaper`]):
+//! a grandchild whose parent exited — a `cmd &` left behind, a `setsid` daemon that
+//! left its group — is re-parented to Hoist instead of to init, where it can be found.
+//! After each child exits, [`sweep`] kills its process group and every process that was
+//! re-parented to Hoist from a group Hoist made or from another session, with their
+//! descendants, and reaps them. When a step is cancelled (timeout), the child's whole
+//! tree is killed while it is still a tree, then swept the same way.
+//!
+//! Hoist's own children that no step started (a test's servers, a worker's flows) keep
+//! Hoist's group and session and are never touched.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, Once};
+
+use rustix::process::{Pid, Signal, WaitOptions};
+
+/// Process groups made for steps' children, and the children still being waited for.
+static GROUPS: Mutex<Groups> = Mutex::new(Groups {
+    made: Vec::new(),
+    live: Vec::new(),
+});
+
+struct Groups {
+    /// Group ids of every child spawned for a step (they equal the child's pid).
+    made: Vec<i32>,
+    /// Children whose `wait` is pending: never swept (another step owns them).
+    live: Vec<i32>,
+}
+
+/// Make this process the subreaper of its descendants. Idempotent.
+pub fn become_subreaper() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustix::process::set_child_subreaper(Some(rustix::process::getpid()));
+    });
+}
+
+/// Remember a step's child (and its group) until [`done`].
+pub fn started(pid: i32) {
+    let mut g = GROUPS.lock().unwrap_or_else(|p| p.into_inner());
+    g.made.push(pid);
+    // Bounded: old group ids are only needed while their members may live.
+    if g.made.len() > 4096 {
+        g.made.drain(..2048);
+    }
+    g.live.push(pid);
+}
+
+/// The child was reaped: kill what is left of its group and sweep.
+pub fn done(pid: i32) {
+    GROUPS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .live
+        .retain(|&p| p != pid);
+    if let Some(group) = Pid::from_raw(pid) {
+        let _ = rustix::process::kill_process_group(group, Signal::KILL);
+    }
+    sweep();
+}
+
+/// The step was cancelled while its child `pid` still runs: kill the child's whole tree
+/// (a `setsid` grandchild included), its group, then sweep.
+pub fn cancel(pid: i32) {
+    let table = processes();
+    for p in descendants(&table, pid).into_iter().chain([pid]) {
+        if let Some(p) = Pid::from_raw(p) {
+            let _ = rustix::process::kill_process(p, Signal::KILL);
+        }
+    }
+    if let Some(group) = Pid::from_raw(pid) {
+        let _ = rustix::process::kill_process_group(group, Signal::KILL);
+    }
+    sweep();
+}
+
+#[derive(Clone, Copy)]
+struct Proc {
+    ppid: i32,
+    pgrp: i32,
+    session: i32,
+    zombie: bool,
+}
+
+/// Every process this user can see: `/proc/<pid>/stat`.
+fn processes() -> HashMap<i32, Proc> {
+    let mut out = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid pgrp session ...`; comm may hold spaces and parentheses.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|s| s.parse::<i32>().ok());
+        if let (Some(ppid), Some(pgrp), Some(session)) = (num(1), num(2), num(3)) {
+            out.insert(
+                pid,
+                Proc {
+                    ppid,
+                    pgrp,
+                    session,
+                    zombie: f.first() == Some(&"Z"),
+                },
+            );
+        }
+    }
+    out
+}
+
+fn descendants(table: &HashMap<i32, Proc>, root: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(p) = frontier.pop() {
+        for (&pid, proc_) in table {
+            if proc_.ppid == p && !out.contains(&pid) {
+                out.push(pid);
+                frontier.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// Kill and reap every process re-parented to Hoist from a step: its parent was in a
+/// group Hoist made for a step, or it left Hoist's session.
+pub fn sweep() {
+    let me = rustix::process::getpid().as_raw_nonzero().get();
+    let my_session = rustix::process::getsid(None)
+        .map(|p| p.as_raw_nonzero().get())
+        .unwrap_or(0);
+    // Killing an orphan re-parents its children to us: a few rounds finish the tree.
+    for _ in 0..8 {
+        let (made, live): (HashSet<i32>, HashSet<i32>) = {
+            let g = GROUPS.lock().unwrap_or_else(|p| p.into_inner());
+            (
+                g.made.iter().copied().collect(),
+                g.live.iter().copied().collect(),
+            )
+        };
+        let table = processes();
+        let orphans: Vec<i32> = table
+            .iter()
+            .filter(|(pid, p)| {
+                p.ppid == me
+                    && !live.contains(pid)
+                    && (made.contains(&p.pgrp) || p.session != my_session)
+            })
+            .map(|(&pid, _)| pid)
+            .collect();
+        if orphans.is_empty() {
+            return;
+        }
+        for &o in &orphans {
+            for p in descendants(&table, o).into_iter().chain([o]) {
+                if let Some(p) = Pid::from_raw(p)
+                    && !table
+                        .get(&p.as_raw_nonzero().get())
+                        .is_some_and(|x| x.zombie)
+                {
+                    let _ = rustix::process::kill_process(p, Signal::KILL);
+                }
+            }
+        }
+        for o in orphans {
+            let Some(p) = Pid::from_raw(o) else { continue };
+            // Killed just now: reaped within milliseconds (bounded, in case it cannot die).
+            for _ in 0..200 {
+                match rustix::process::waitpid(Some(p), WaitOptions::NOHANG) {
+                    Ok(None) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                    _ => break,
+                }
+            }
+        }
+    }
+}
