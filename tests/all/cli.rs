@@ -183,8 +183,9 @@ fn bad_arguments_are_usage_errors() {
 #[test]
 fn step_ls_lists_builtins_and_installed_plugins() {
     let (_t, home) = support::tempdir();
-    std::fs::create_dir_all(home.join("plugins")).unwrap();
-    std::fs::copy(plugins::TRIVIAL, home.join("plugins/echoer.wasm")).unwrap();
+    let installed = support::home_of(&home).join("plugins");
+    std::fs::create_dir_all(&installed).unwrap();
+    std::fs::copy(plugins::TRIVIAL, installed.join("echoer.wasm")).unwrap();
     let (code, out, err) = run(hoist(&home).args(["step", "ls"]));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("run_shell_script 0.1.0 (built-in)\n    Run each line of a script as a process, Prefect-style\n    capabilities: process:*, env:*"), "{out}");

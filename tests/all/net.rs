@@ -38,7 +38,7 @@ fn loopback_needs_a_grant_by_name_even_with_net_star() {
         err.contains("was denied: step `fetcher` (fetcher) may not reach http://127.0.0.1:"),
         "{err}"
     );
-    assert!(err.contains(&format!("resolves to 127.0.0.1, a loopback, link-local or metadata address; grant it by name to allow it: `--allow net:http://127.0.0.1:{port}`")), "{err}");
+    assert!(err.contains(&format!("resolves to 127.0.0.1, an address of this machine or of a private network (loopback, link-local or metadata, private, shared, or one of its own); grant it by name to allow it: `--allow net:http://127.0.0.1:{port}`")), "{err}");
 
     // A DNS name that resolves to loopback is caught the same way.
     let (code, _, err) = fetch(format!("http://localhost:{port}/hello.txt"), &["net:*"]);

@@ -234,7 +234,7 @@ fn secrets_from_blocks_and_env_never_reach_output_logs_or_errors() {
     assert!(!out.contains(secret) && !out.contains(env_secret), "{out}");
     // The database holding the secret is private to its owner.
     let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(home.join("hoist.db"))
+        &std::fs::metadata(support::home_of(&home).join("hoist.db"))
             .unwrap()
             .permissions(),
     );
@@ -438,7 +438,9 @@ async fn c33_pull_steps_are_recorded_as_events_without_secrets() {
         .arg("pull"));
     assert_eq!(code, 1, "the second step fails: {err}");
 
-    let store = Store::open_sqlite(&home.join("hoist.db")).await.unwrap();
+    let store = Store::open_sqlite(&support::home_of(&home).join("hoist.db"))
+        .await
+        .unwrap();
     let events = store
         .events(&format!("prefect.flow-run.{flow_run}"))
         .await

@@ -53,18 +53,29 @@ pub fn recorder() -> Arc<Recorder> {
     Arc::new(Recorder::default())
 }
 
-/// A temporary directory, canonicalised (so it equals what the host reports).
+/// A temporary directory, canonicalised (so it equals what the host reports). It lies
+/// inside the returned guard's directory, beside the Hoist home [`hoist`] gives it.
 pub fn tempdir() -> (tempfile::TempDir, PathBuf) {
     let t = tempfile::tempdir().unwrap();
-    let p = std::fs::canonicalize(t.path()).unwrap();
+    let p = std::fs::canonicalize(t.path()).unwrap().join("w");
+    std::fs::create_dir(&p).unwrap();
     (t, p)
 }
 
-/// The real `hoist` binary with a test cache and a private HOIST_HOME.
-pub fn hoist(home: &Path) -> Command {
+/// The Hoist home [`hoist`] uses for `dir`: beside it, never inside (plugins are never
+/// given a directory that holds Hoist's home).
+pub fn home_of(dir: &Path) -> PathBuf {
+    let mut name = dir.file_name().unwrap().to_os_string();
+    name.push(".hoist-home");
+    dir.with_file_name(name)
+}
+
+/// The real `hoist` binary with a test cache and a private HOIST_HOME for `dir`
+/// ([`home_of`]).
+pub fn hoist(dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_hoist"));
     c.env("HOIST_CACHE_DIR", test_cache())
-        .env("HOIST_HOME", home);
+        .env("HOIST_HOME", home_of(dir));
     c
 }
 

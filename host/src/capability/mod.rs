@@ -7,5 +7,5 @@ pub mod git;
 pub mod log;
 pub mod net;
 pub mod process;
-pub(crate) mod reap;
+pub mod reap;
 pub mod stdio;

@@ -197,7 +197,7 @@ impl WasiHttpHooks for NetHooks {
                     &log,
                     &denials,
                     format!(
-                        "{who} may not reach {origin}: `{host}` resolves to {ip}, an address of this machine or of a private network (loopback, link-local or metadata, RFC 1918, shared, unique-local, or one of this machine's own); grant it by name to allow it: `--allow net:{scheme}://{host}:{port}`"
+                        "{who} may not reach {origin}: `{host}` resolves to {ip}, an address of this machine or of a private network (loopback, link-local or metadata, private, shared, or one of its own); grant it by name to allow it: `--allow net:{scheme}://{host}:{port}`"
                     ),
                 ));
             }

@@ -8,8 +8,8 @@
 //!
 //! For a plugin (not a built-in step, whose commands the user wrote), a program is
 //! found on the *host's* `PATH` only (absolute entries), never on a `PATH` the plugin
-//! sets, and is refused if it lies in a directory the step can write: the plugin could
-//! have put it there. The child's `PATH` is the host's, and the dynamic loader's
+//! sets, and is refused if it lies in a directory the step was given: this plugin, or
+//! an earlier one, could have put it there. The child's `PATH` is the host's, and the dynamic loader's
 //! variables (`LD_*`) cannot be set. A granted program still runs with the arguments
 //! and variables the plugin chooses: `process:git` trusts git with them
 //! (`-c alias.x=!cmd` is a shell); plugins should use the `git` interface instead.
@@ -74,14 +74,10 @@ impl Host for StepState {
         })?;
         if plugin {
             let real = std::fs::canonicalize(&program).unwrap_or_else(|_| program.clone());
-            if let Some((root, _)) = self
-                .roots
-                .iter()
-                .find(|(root, writable)| *writable && real.starts_with(root))
-            {
+            if let Some((root, _)) = self.roots.iter().find(|(root, _)| real.starts_with(root)) {
                 return Err(StepError::Denied(format!(
-                    "step `{}` ({}) may not run {}: it lies in {}, a directory the step can \
-                     write, so the plugin may have put it there",
+                    "step `{}` ({}) may not run {}: it lies in {}, a directory the step was \
+                     given, where this plugin or an earlier step may have put it",
                     self.info.name,
                     self.info.plugin,
                     real.display(),
@@ -141,7 +137,6 @@ pub(crate) async fn run_child(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    crate::capability::reap::become_subreaper();
     let mut child = child.spawn()?;
     let pid = child.id().map(|p| p as i32);
     if let Some(pid) = pid {

@@ -1,7 +1,8 @@
 //! No process a step started outlives it.
 //!
-//! Every child runs in its own process group, and Hoist is the *child subreaper* of its
-//! descendants (`PR_SET_CHILD_SUBREAPER`, set once per process by [`become_subreaper`]):
+//! Every child runs in its own process group, and the `hoist` program is the *child
+//! subreaper* of its descendants (`PR_SET_CHILD_SUBREAPER`, set by [`become_subreaper`]
+//! when it starts; a process-wide attribute, so the program sets it, not the library):
 //! a grandchild whose parent exited — a `cmd &` left behind, a `setsid` daemon that
 //! left its group — is re-parented to Hoist instead of to init, where it can be found.
 //! After each child exits, [`sweep`] kills its process group and every process that was
@@ -10,7 +11,8 @@
 //! tree is killed while it is still a tree, then swept the same way.
 //!
 //! Hoist's own children that no step started (a test's servers, a worker's flows) keep
-//! Hoist's group and session and are never touched.
+//! Hoist's group and session and are never touched. An embedder that is not a subreaper
+//! still gets the group kill and, on cancellation, the tree kill.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, Once};

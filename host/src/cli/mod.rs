@@ -84,6 +84,9 @@ pub const WASMTIME_VERSION: &str = "48.0.8";
 
 /// Run the command line; returns the process exit code.
 pub fn main() -> i32 {
+    // Processes a step leaves behind (`cmd &`, a `setsid` daemon) are re-parented to this
+    // process, which kills them when the step's process ends (`capability/reap.rs`).
+    crate::capability::reap::become_subreaper();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

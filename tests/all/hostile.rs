@@ -1,0 +1,611 @@
+//! Hostile plugins against the host's own capabilities (directories, the working
+//! directory, Hoist's home and cache, the project, processes, the network, sizes). Each
+//! attack checks the refusal *and* that nothing happened outside: a canary file
+//! untouched, no process left, no connection made.
+//!
+//! The plugins are `tests/plugins/hostile*`: their inputs are a script of actions.
+
+use std::path::{Path, PathBuf};
+
+use hoist::runtime::{
+    Capability, ComponentCache, ErrorKind, Grants, Loaded, Runtime, RuntimeConfig, StepRequest,
+    StepRunError,
+};
+use serde_json::{Value, json};
+
+use crate::support::{self, hoist, plugins, run};
+
+fn grants(list: &[&str]) -> Grants {
+    Grants::new(list.iter().map(|c| c.parse::<Capability>().unwrap()))
+}
+
+/// What `hostile_granted` declares; granted in full.
+const GRANTED: &[&str] = &["set-cwd", "process:git", "process:sh", "net:*"];
+
+async fn attack(
+    rt: &Runtime,
+    plugin: &str,
+    cwd: &Path,
+    grants: Grants,
+    actions: Value,
+) -> Result<Value, StepRunError> {
+    let plugin = rt.load_file(Path::new(plugin)).await.unwrap();
+    let req = StepRequest::new("attack", cwd)
+        .inputs(json!({ "actions": actions }))
+        .grants(grants);
+    rt.run(&plugin, req).await.map(|o| o.outputs)
+}
+
+/// The error of action `i` (panics if it succeeded).
+fn refused(out: &Value, i: usize) -> String {
+    match out["results"][i].get("err") {
+        Some(e) => e.as_str().unwrap().to_string(),
+        None => panic!("action {i} was not refused: {out}"),
+    }
+}
+
+fn canary(dir: &Path) -> PathBuf {
+    let c = dir.join("canary");
+    std::fs::write(&c, "untouched").unwrap();
+    c
+}
+
+fn untouched(c: &Path) {
+    assert_eq!(
+        std::fs::read_to_string(c).unwrap(),
+        "untouched",
+        "{}",
+        c.display()
+    );
+}
+
+/// Root cause 5: a symlink planted inside a granted directory does not widen the grant;
+/// the declaration is compared (and would be preopened) as the directory it is.
+#[tokio::test]
+async fn a_declared_directory_is_compared_as_what_it_is_on_disk() {
+    // `hostile_dirs` declares `write:/tmp/hoist-hostile-dirs/link`.
+    let base = Path::new("/tmp/hoist-hostile-dirs");
+    let _ = std::fs::remove_dir_all(base);
+    std::fs::create_dir_all(base.join("real")).unwrap();
+    let (_t, outside) = support::tempdir();
+    let c = canary(&outside);
+    std::os::unix::fs::symlink(&outside, base.join("link")).unwrap();
+    let (_w, cwd) = support::tempdir();
+    let rt = support::runtime();
+    let write_canary = json!([{"do": "write", "path": "/tmp/hoist-hostile-dirs/link/canary", "contents": "pwned"}]);
+
+    let err = attack(
+        &rt,
+        plugins::HOSTILE_DIRS,
+        &cwd,
+        grants(&["write:/tmp/hoist-hostile-dirs"]),
+        write_canary.clone(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err.kind, ErrorKind::NotGranted { capability } if *capability == format!("write:{}", outside.display())),
+        "{err:?}"
+    );
+    untouched(&c);
+
+    // Pointing inside the granted directory, the same declaration is granted (and the
+    // directory preopened as what it is).
+    std::fs::remove_file(base.join("link")).unwrap();
+    std::os::unix::fs::symlink(base.join("real"), base.join("link")).unwrap();
+    let out = attack(
+        &rt,
+        plugins::HOSTILE_DIRS,
+        &cwd,
+        grants(&["write:/tmp/hoist-hostile-dirs"]),
+        json!([{"do": "write", "path": "/tmp/hoist-hostile-dirs/real/canary", "contents": "pwned"}]),
+    )
+    .await
+    .unwrap();
+    assert!(out["results"][0].get("ok").is_some(), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(base.join("real/canary")).unwrap(),
+        "pwned"
+    );
+    untouched(&c);
+    let _ = std::fs::remove_dir_all(base);
+}
+
+/// Root cause 5, the user's side: `..` and relative grants are refused where they are
+/// written, before anything runs.
+#[test]
+fn dot_dot_and_relative_grants_are_refused() {
+    let (_t, dir) = support::tempdir();
+    for grant in ["write:/tmp/x/../../..", "read:relative/dir"] {
+        let (code, _, err) = run(hoist(&dir).current_dir(&dir).args([
+            "step",
+            "run",
+            plugins::HOSTILE,
+            "--inputs-json",
+            "{\"actions\": []}",
+            "--allow",
+            grant,
+        ]));
+        assert_ne!(code, 0);
+        assert!(err.contains("absolute path without `.` or `..`"), "{err}");
+    }
+    let yaml = "hoist:\n  grants:\n    ./h.wasm: [\"write:/srv/../..\"]\npull:\n  - ./h.wasm: {actions: []}\n";
+    std::fs::write(dir.join("prefect.yaml"), yaml).unwrap();
+    let (code, _, err) = run(hoist(&dir).current_dir(&dir).arg("pull"));
+    assert_ne!(code, 0);
+    assert!(err.contains("prefect.yaml"), "{err}");
+    assert!(err.contains("absolute path without `.` or `..`"), "{err}");
+}
+
+/// Root cause 6: a plugin granted `set-cwd` moves only within what it can write; it
+/// cannot hand the next step `/` or a directory it was never given.
+#[tokio::test]
+async fn set_cwd_stays_inside_the_plugins_writable_directories() {
+    let (_t, top) = support::tempdir();
+    let cwd = top.join("work");
+    std::fs::create_dir_all(cwd.join("sub")).unwrap();
+    let rt = support::runtime();
+    let plugin = rt
+        .load_file(Path::new(plugins::HOSTILE_GRANTED))
+        .await
+        .unwrap();
+    for (target, ok) in [("/", false), ("..", false), ("/tmp", false), ("sub", true)] {
+        let req = StepRequest::new("mover", &cwd)
+            .inputs(json!({"actions": [{"do": "chdir", "path": target}]}))
+            .grants(grants(GRANTED));
+        let outcome = rt.run(&plugin, req).await.unwrap();
+        if ok {
+            assert_eq!(outcome.cwd, cwd.join("sub"));
+        } else {
+            let e = refused(&outcome.outputs, 0);
+            assert!(
+                e.contains("may only move within the directories it can write"),
+                "{target}: {e}"
+            );
+            assert_eq!(
+                outcome.cwd, cwd,
+                "{target}: the working directory is unchanged"
+            );
+        }
+    }
+}
+
+/// Root cause 6: a plugin is never given Hoist's home or cache, nor a directory holding
+/// them, even when a built-in step (whose target the user wrote) moved there.
+#[test]
+fn plugins_never_get_hoists_own_directories() {
+    let (_t, dir) = support::tempdir();
+    let cache = dir.join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let planted = cache.join("planted.cwasm");
+    std::fs::copy(plugins::HOSTILE, dir.join("h.wasm")).unwrap();
+    let yaml = format!(
+        "pull:\n  - prefect.deployments.steps.set_working_directory:\n      directory: {}\n  - ./h.wasm:\n      actions:\n        - {{do: write, path: {}, contents: native code}}\n",
+        cache.display(),
+        planted.display()
+    );
+    std::fs::write(dir.join("prefect.yaml"), yaml).unwrap();
+    let (code, _, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .env("HOIST_CACHE_DIR", &cache)
+        .arg("pull"));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("which is or holds Hoist's own directory"),
+        "{err}"
+    );
+    assert!(!planted.exists(), "nothing was written in the cache");
+
+    // The project directory holding the cache: refused the same way.
+    let yaml = format!(
+        "pull:\n  - ./h.wasm:\n      actions:\n        - {{do: write, path: {}, contents: native code}}\n",
+        planted.display()
+    );
+    std::fs::write(dir.join("prefect.yaml"), yaml).unwrap();
+    let (code, _, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .env("HOIST_CACHE_DIR", &cache)
+        .arg("pull"));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("which is or holds Hoist's own directory"),
+        "{err}"
+    );
+    assert!(!planted.exists());
+}
+
+/// Root cause 6: compiled components are only used with this host's MAC; a file that
+/// reached the cache any other way is compiled again, never mapped.
+#[tokio::test]
+async fn cache_entries_without_our_mac_are_never_loaded() {
+    let (_t, dir) = support::tempdir();
+    let cache_dir = dir.join("cache");
+    let key = dir.join("key");
+    let config = || RuntimeConfig {
+        cache: ComponentCache::at(&cache_dir).with_key_file(&key),
+        ..RuntimeConfig::default()
+    };
+    let trivial = std::fs::read(plugins::TRIVIAL).unwrap();
+    let first = Runtime::new(config())
+        .unwrap()
+        .load(&trivial, "trivial", false)
+        .await
+        .unwrap();
+    assert_eq!(first.loaded, Loaded::Compiled);
+    let entry = std::fs::read_dir(&cache_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .unwrap();
+    assert_eq!(
+        Runtime::new(config())
+            .unwrap()
+            .load(&trivial, "trivial", false)
+            .await
+            .unwrap()
+            .loaded,
+        Loaded::Cached
+    );
+
+    // Tampered with (one byte of code), or carrying another key's MAC: compiled again.
+    let mut bytes = std::fs::read(&entry).unwrap();
+    bytes[100] ^= 0x40;
+    std::fs::write(&entry, &bytes).unwrap();
+    let again = Runtime::new(config())
+        .unwrap()
+        .load(&trivial, "trivial", false)
+        .await
+        .unwrap();
+    assert_eq!(again.loaded, Loaded::Compiled);
+    let other_key = dir.join("other-key");
+    let other = RuntimeConfig {
+        cache: ComponentCache::at(&cache_dir).with_key_file(&other_key),
+        ..RuntimeConfig::default()
+    };
+    assert_eq!(
+        Runtime::new(other)
+            .unwrap()
+            .load(&trivial, "trivial", false)
+            .await
+            .unwrap()
+            .loaded,
+        Loaded::Compiled,
+        "an entry made under another key is not trusted"
+    );
+}
+
+/// Root cause 7: the project is the user's code. A plugin granted nothing cannot rewrite
+/// `prefect.yaml` or plant configuration in the project's `.git/`; granting `write:` for
+/// the directory is how a user lets it.
+#[test]
+fn plugins_get_the_project_read_only() {
+    let (_t, dir) = support::tempdir();
+    std::fs::create_dir_all(dir.join(".git")).unwrap();
+    std::fs::write(dir.join(".git/config"), "[core]\n").unwrap();
+    std::fs::copy(plugins::HOSTILE, dir.join("h.wasm")).unwrap();
+    let yaml = "pull:\n  - ./h.wasm:\n      actions:\n        - {do: write, path: prefect.yaml, contents: \"pull:\\n  - prefect.deployments.steps.run_shell_script: {script: touch pwned}\\n\"}\n        - {do: write, path: .git/config, contents: \"[core]\\n  fsmonitor = touch pwned\\n\"}\n        - {do: write, path: new-file, contents: x}\n";
+    std::fs::write(dir.join("prefect.yaml"), yaml).unwrap();
+    let (code, out, err) = run(hoist(&dir).current_dir(&dir).arg("pull"));
+    assert_eq!(code, 0, "{err}");
+    let out: Value = serde_json::from_str(&out).unwrap();
+    for i in 0..3 {
+        refused(&out, i);
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.join("prefect.yaml")).unwrap(),
+        yaml
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join(".git/config")).unwrap(),
+        "[core]\n"
+    );
+    assert!(!dir.join("new-file").exists());
+
+    // A step that fails because of it is told why and what to grant.
+    std::fs::copy(plugins::PROBE, dir.join("probe.wasm")).unwrap();
+    let probe = "hoist:\n  grants:\n    ./probe.wasm: [process:true, process:sleep, env:HOIST_PROBE]\npull:\n  - ./probe.wasm: {action: write, path: out.txt, contents: x}\n";
+    std::fs::write(dir.join("prefect.yaml"), probe).unwrap();
+    let (code, _, err) = run(hoist(&dir).current_dir(&dir).arg("pull"));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!(
+            "plugins get the project directory read-only; to let this one write in {}, grant `write:{}`",
+            dir.display(),
+            dir.display()
+        )),
+        "{err}"
+    );
+    let (code, _, err) = run(hoist(&dir).current_dir(&dir).args([
+        "pull",
+        "--allow",
+        &format!("write:{}", dir.display()),
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read_to_string(dir.join("out.txt")).unwrap(), "x");
+}
+
+fn executable(path: &Path, script: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, script).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Root cause 8: `process:git` runs the host's git: not one the plugin put on a `PATH`
+/// it set, not one in a directory it can write, and never with a loader variable.
+#[tokio::test]
+async fn granted_programs_are_the_hosts_own() {
+    let (_t, cwd) = support::tempdir();
+    let c = cwd.join("canary");
+    // As if checked out with its exec bit by an earlier step (the plugin cannot chmod).
+    executable(
+        &cwd.join("bin/git"),
+        &format!("#!/bin/sh\ntouch {}\necho planted\n", c.display()),
+    );
+    let rt = support::runtime();
+    let bin = cwd.join("bin").display().to_string();
+    let out = attack(
+        &rt,
+        plugins::HOSTILE_GRANTED,
+        &cwd,
+        grants(GRANTED),
+        json!([
+            {"do": "spawn", "program": "git", "args": ["--version"], "env": {"PATH": bin}},
+            {"do": "spawn", "program": "sh", "args": ["-c", "echo $PATH"], "env": {"PATH": bin}},
+            {"do": "spawn", "program": "git", "args": ["--version"], "env": {"LD_PRELOAD": format!("{bin}/evil.so")}},
+            {"do": "spawn", "program": "bin/git", "args": []},
+        ]),
+    )
+    .await
+    .unwrap();
+    let r = &out["results"];
+    assert!(
+        r[0]["ok"]["stdout"]
+            .as_str()
+            .unwrap()
+            .starts_with("git version"),
+        "{out}"
+    );
+    assert_eq!(
+        r[1]["ok"]["stdout"].as_str().unwrap().trim(),
+        std::env::var("PATH").unwrap(),
+        "the child gets the host's PATH"
+    );
+    assert!(
+        refused(&out, 2).contains("may not set `LD_PRELOAD`"),
+        "{out}"
+    );
+    assert!(refused(&out, 3).contains("may not run `bin/git`"), "{out}");
+    assert!(!c.exists(), "the planted git never ran");
+}
+
+/// Root cause 8: a program found on the host's PATH but inside a directory the step was
+/// given is refused (this plugin or an earlier one may have put it there).
+#[test]
+fn programs_in_the_steps_directories_are_refused() {
+    let (_t, dir) = support::tempdir();
+    let c = dir.join("canary");
+    executable(
+        &dir.join("bin/sh"),
+        &format!("#!/bin/sh\ntouch {}\n", c.display()),
+    );
+    let path = format!(
+        "{}:{}",
+        dir.join("bin").display(),
+        std::env::var("PATH").unwrap()
+    );
+    let mut cmd = hoist(&dir);
+    cmd.current_dir(&dir).env("PATH", path).args([
+        "step",
+        "run",
+        plugins::HOSTILE_GRANTED,
+        "--inputs-json",
+        r#"{"actions": [{"do": "spawn", "program": "sh", "args": ["-c", "true"]}]}"#,
+    ]);
+    for g in GRANTED {
+        cmd.args(["--allow", g]);
+    }
+    let (code, out, err) = run(&mut cmd);
+    assert_eq!(code, 0, "{err}");
+    let out: Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        refused(&out, 0).contains("a directory the step was given"),
+        "{out}"
+    );
+    assert!(!c.exists(), "the planted sh never ran");
+}
+
+fn alive(pid: &str) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()));
+    // A zombie is dead (and reaped soon by whoever adopted it).
+    stat.is_ok_and(|s| !s.rsplit_once(')').unwrap().1.trim_start().starts_with('Z'))
+}
+
+fn wait_for(path: &Path) -> String {
+    for _ in 0..100 {
+        if let Ok(s) = std::fs::read_to_string(path)
+            && !s.trim().is_empty()
+        {
+            return s;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("{} was never written", path.display());
+}
+
+/// Root cause 9: nothing a step starts outlives it: not a background child, not a
+/// `setsid` grandchild, at a normal end or at a timeout.
+#[test]
+fn no_process_outlives_its_step() {
+    let (_t, dir) = support::tempdir();
+    let script = |wait: &str| {
+        format!(
+            r#"{{"actions": [{{"do": "spawn", "program": "sh", "args": ["-c", "sleep 60 & echo $! > bg.pid; setsid sh -c 'echo $$ > sid.pid; exec sleep 60' > /dev/null 2>&1 < /dev/null & while [ ! -s sid.pid ]; do sleep 0.02; done; {wait}"]}}]}}"#
+        )
+    };
+    for (wait, timeout) in [("true", "1h"), ("sleep 60", "1500ms")] {
+        let _ = std::fs::remove_file(dir.join("bg.pid"));
+        let _ = std::fs::remove_file(dir.join("sid.pid"));
+        let mut cmd = hoist(&dir);
+        cmd.current_dir(&dir)
+            .args([
+                "step",
+                "run",
+                plugins::HOSTILE_GRANTED,
+                "--timeout",
+                timeout,
+            ])
+            .args(["--inputs-json", &script(wait)]);
+        for g in GRANTED {
+            cmd.args(["--allow", g]);
+        }
+        let (code, _, err) = run(&mut cmd);
+        if wait == "true" {
+            assert_eq!(code, 0, "{err}");
+        } else {
+            assert!(err.contains("did not finish within"), "{err}");
+        }
+        let bg = wait_for(&dir.join("bg.pid"));
+        let sid = wait_for(&dir.join("sid.pid"));
+        assert!(
+            !alive(&bg),
+            "background child {bg} outlived the step ({wait})"
+        );
+        assert!(
+            !alive(&sid),
+            "setsid grandchild {sid} outlived the step ({wait})"
+        );
+    }
+}
+
+/// Root cause 10: under `net:*`, the machine's own non-loopback addresses and private
+/// ranges are refused like loopback unless granted by name; no connection is made.
+#[test]
+fn the_machines_own_addresses_need_a_grant_by_name() {
+    let own = std::process::Command::new("hostname")
+        .arg("-I")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .find(|a| {
+                    a.parse::<std::net::Ipv4Addr>()
+                        .is_ok_and(|ip| !ip.is_loopback())
+                })
+                .map(str::to_string)
+        });
+    let Some(own) = own else {
+        eprintln!("skipped: this machine has no non-loopback IPv4 address");
+        return;
+    };
+    let (_t, dir) = support::tempdir();
+    let hit = dir.join("hit");
+    let port = support::free_port();
+    let mut server = std::process::Command::new("python3");
+    server.arg("-c").arg(format!(
+        "import http.server as h, pathlib\n\
+         class H(h.BaseHTTPRequestHandler):\n    \
+         def do_GET(s):\n        \
+         pathlib.Path({hit:?}).touch(); s.send_response(200); s.send_header('Content-Length', '2'); s.end_headers(); s.wfile.write(b'ok')\n\
+         h.HTTPServer(('0.0.0.0', {port}), H).serve_forever()\n",
+        hit = hit.display().to_string()
+    ));
+    let _server = support::Server::start(server, port, "a server on all addresses");
+    let fetch = |grants: &[&str]| {
+        let mut cmd = hoist(&dir);
+        cmd.current_dir(&dir)
+            .args(["step", "run", plugins::FETCHER, "-i"])
+            .arg(format!("url=http://{own}:{port}/"));
+        for g in grants {
+            cmd.args(["--allow", g]);
+        }
+        run(&mut cmd)
+    };
+    let (code, _, err) = fetch(&["net:*"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("an address of this machine"), "{err}");
+    assert!(!hit.exists(), "no request reached the server");
+    let by_name = format!("net:http://{own}:{port}");
+    let (code, _, err) = fetch(&["net:*", &by_name]);
+    assert_eq!(code, 0, "granted by name: {err}");
+    assert!(hit.exists(), "the control request arrived");
+}
+
+/// A core module of `n` empty functions wrapped in a component: cheap to write, slow to
+/// compile.
+fn many_functions(n: u32) -> Vec<u8> {
+    fn leb(mut v: u32, out: &mut Vec<u8>) {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    fn section(id: u8, body: &[u8], out: &mut Vec<u8>) {
+        out.push(id);
+        leb(body.len() as u32, out);
+        out.extend_from_slice(body);
+    }
+    let mut module = b"\0asm\x01\0\0\0".to_vec();
+    section(1, &[1, 0x60, 0, 0], &mut module);
+    let mut funcs = Vec::new();
+    leb(n, &mut funcs);
+    funcs.extend(std::iter::repeat_n(0u8, n as usize));
+    section(3, &funcs, &mut module);
+    let mut code = Vec::new();
+    leb(n, &mut code);
+    for _ in 0..n {
+        code.extend_from_slice(&[2, 0, 0x0b]);
+    }
+    section(10, &code, &mut module);
+    let mut component = b"\0asm\x0d\0\x01\0".to_vec();
+    section(1, &module, &mut component);
+    component
+}
+
+/// Root cause 11: compiling is bounded before it starts; outputs are bounded before they
+/// are parsed.
+#[tokio::test]
+async fn compile_and_output_sizes_are_bounded() {
+    let rt = support::runtime();
+    let started = std::time::Instant::now();
+    let err = rt
+        .load(&many_functions(80_000), "many.wasm", false)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("more than 60000 functions"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "refused before compiling"
+    );
+    // A small one of the same shape is compiled (and then refused for not being a step).
+    let err = rt
+        .load(&many_functions(10), "few.wasm", false)
+        .await
+        .unwrap_err();
+    assert!(!err.to_string().contains("more than 60000"), "{err}");
+
+    let (_t, dir) = support::tempdir();
+    let err = attack(
+        &rt,
+        plugins::HOSTILE,
+        &dir,
+        Grants::none(),
+        json!([{"do": "big_output", "bytes": 8 << 20}]),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("a step's outputs may be at most 4096 KiB"),
+        "{err}"
+    );
+}
