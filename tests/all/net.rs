@@ -77,3 +77,59 @@ fn loopback_needs_a_grant_by_name_even_with_net_star() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["body"], format!("localhost:{}", echo.1));
 }
+
+/// HTTPS goes to the address the policy checked, verified against the request's name,
+/// and trusts a private CA named by `SSL_CERT_FILE` (an internal MinIO, say).
+#[test]
+fn https_trusts_a_private_ca_from_ssl_cert_file() {
+    let (_t, dir) = support::tempdir();
+    let sh = |script: &str| {
+        let ok = std::process::Command::new("sh")
+            .args(["-c", script])
+            .current_dir(&dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{script}");
+    };
+    sh(
+        "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj '/CN=Hoist test CA'",
+    );
+    sh("openssl req -newkey rsa:2048 -nodes -keyout srv.key -out srv.csr -subj /CN=localhost");
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+    sh(
+        "openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 1 -extfile san.ext",
+    );
+    std::fs::write(dir.join("hello.txt"), "hello over https").unwrap();
+    let port = support::free_port();
+    let mut cmd = std::process::Command::new("python3");
+    cmd.current_dir(&dir).arg("-c").arg(format!(
+        "import http.server as h, ssl\n\
+         s = h.HTTPServer(('127.0.0.1', {port}), h.SimpleHTTPRequestHandler)\n\
+         c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); c.load_cert_chain('srv.pem', 'srv.key')\n\
+         s.socket = c.wrap_socket(s.socket, server_side=True)\n\
+         s.serve_forever()\n"
+    ));
+    let _server = Server::start(cmd, port, "an HTTPS server with a private CA");
+    let fetch = |ca: Option<&std::path::Path>| {
+        let mut c = hoist(&dir);
+        c.current_dir(&dir)
+            .env_remove("SSL_CERT_FILE")
+            .env_remove("SSL_CERT_DIR")
+            .args(["step", "run", plugins::FETCHER, "-i"])
+            .arg(format!("url=https://localhost:{port}/hello.txt"))
+            .args(["--allow", "net:*", "--allow"])
+            .arg(format!("net:https://localhost:{port}"));
+        if let Some(ca) = ca {
+            c.env("SSL_CERT_FILE", ca);
+        }
+        run(&mut c)
+    };
+    let (code, _, err) = fetch(None);
+    assert_eq!(code, 1, "an unknown CA is not trusted: {err}");
+    let (code, out, err) = fetch(Some(&dir.join("ca.pem")));
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["body"], "hello over https");
+}

@@ -10,14 +10,16 @@
 //! 3. at most [`MAX_IN_FLIGHT`] requests of a step are in flight at once.
 //!
 //! A refusal is logged at error level with the fix and recorded, so the step's failure
-//! can say why; the guest sees `HTTP-request-denied`. (The connection resolves the name
-//! again: a rebinding DNS server could still race the check; see docs/architecture.md.)
+//! can say why; the guest sees `HTTP-request-denied`. The request is then sent by
+//! Hoist's own connector (`connect.rs`) to the address that was checked.
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use http_body_util::BodyExt;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
+
+mod connect;
 
 use crate::bindings::Level;
 use crate::capability::log::{Source, StepLog};
@@ -202,17 +204,23 @@ impl WasiHttpHooks for NetHooks {
                 ));
             }
             // Connect to the address just checked, not to whatever a second lookup returns
-            // (DNS rebinding). Plain HTTP only: the Host header keeps the name. For HTTPS
-            // the connection resolves the name again, but a rebound address would also have
-            // to present a certificate for that name, which internal services cannot.
-            let mut request = request;
+            // (DNS rebinding), for HTTPS too: TLS verifies the name the request used.
             // IPv4 first: servers on loopback names usually listen on 127.0.0.1 only.
-            if scheme == "http"
-                && let Some(ip) = addrs.iter().find(|a| a.is_ipv4()).or(addrs.first())
-            {
-                *request.uri_mut() = pin(&uri, *ip, port)?;
-            }
-            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            let Some(ip) = addrs
+                .iter()
+                .find(|a| a.is_ipv4())
+                .or(addrs.first())
+                .copied()
+            else {
+                return Err(Error::DestinationNotFound);
+            };
+            let target = connect::Target {
+                ip,
+                port,
+                host: &host,
+                tls: scheme == "https",
+            };
+            let (res, io) = connect::send(request, options, target).await?;
             // The connection's task holds the count until it ends.
             let io = async move {
                 let _guard = guard;
@@ -226,34 +234,9 @@ impl WasiHttpHooks for NetHooks {
     }
 }
 
-/// `uri` with its authority replaced by `ip:port`.
-fn pin(uri: &http::Uri, ip: IpAddr, port: u16) -> Result<http::Uri, Error> {
-    let authority = match ip {
-        IpAddr::V4(v4) => format!("{v4}:{port}"),
-        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
-    };
-    let mut parts = uri.clone().into_parts();
-    parts.authority = Some(
-        authority
-            .parse()
-            .map_err(|_| Error::InternalError(Some("pinning the address".into())))?,
-    );
-    http::Uri::from_parts(parts)
-        .map_err(|_| Error::InternalError(Some("pinning the address".into())))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pinned_uris_keep_scheme_path_and_query() {
-        let uri: http::Uri = "http://example.test:8080/a/b?x=1".parse().unwrap();
-        let pinned = pin(&uri, "93.184.216.34".parse().unwrap(), 8080).unwrap();
-        assert_eq!(pinned.to_string(), "http://93.184.216.34:8080/a/b?x=1");
-        let pinned = pin(&uri, "2606:4700::1111".parse().unwrap(), 80).unwrap();
-        assert_eq!(pinned.to_string(), "http://[2606:4700::1111]:80/a/b?x=1");
-    }
 
     #[test]
     fn special_addresses() {

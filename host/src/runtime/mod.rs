@@ -219,6 +219,15 @@ pub struct StepOutcome {
     pub elapsed: Duration,
 }
 
+/// Whether a step's error reads like a write the filesystem refused (WASI's errors as
+/// Rust and wasi-libc word them).
+fn refused_write(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    ["permission denied", "not permitted", "read-only"]
+        .iter()
+        .any(|s| m.contains(s))
+}
+
 /// What [`Runtime::sandbox_dirs`] decided for one step.
 struct SandboxDirs {
     /// The working directory, canonical.
@@ -652,8 +661,8 @@ impl Runtime {
                 // A plugin that failed in a directory it could only read may have failed
                 // because of that: say so, and how to let it write.
                 let note = |m: String| match &dirs.read_only_note {
-                    Some(n) => format!("{m} ({n})"),
-                    None => m,
+                    Some(n) if refused_write(&m) => format!("{m} ({n})"),
+                    _ => m,
                 };
                 return Err(err(match step_error {
                     StepError::InvalidInput(m) => ErrorKind::InvalidInput(redact(&m)),

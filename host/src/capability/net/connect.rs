@@ -1,0 +1,215 @@
+//! Hoist's own connector for `wasi:http`: one connection per request, made to the
+//! address the policy checked (never to what a second DNS lookup returns), with TLS
+//! verified against the *name* the request used.
+//!
+//! Trusted roots: the Mozilla roots (webpki-roots) plus the PEM certificates in
+//! `SSL_CERT_FILE` and in the files of `SSL_CERT_DIR`, read once per process, so an
+//! internal server behind a private CA works as it does for curl and git.
+
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::Body;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls;
+use wasmtime_wasi_http::io::TokioIo;
+use wasmtime_wasi_http::{Error, RequestOptions};
+
+/// Anything a connection can run over (TCP, TLS over TCP).
+trait Stream: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static> Stream for T {}
+
+/// Used when the guest sets no timeout (wasi:http leaves the default to the host).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Where to connect, as decided by the policy.
+pub struct Target<'a> {
+    /// The checked address.
+    pub ip: IpAddr,
+    /// The port.
+    pub port: u16,
+    /// The name the request used (TLS server name).
+    pub host: &'a str,
+    /// Whether to speak TLS.
+    pub tls: bool,
+}
+
+/// The client TLS configuration: webpki roots + `SSL_CERT_FILE` + `SSL_CERT_DIR`.
+fn tls_config() -> Arc<rustls::ClientConfig> {
+    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.into(),
+            };
+            for pem in extra_roots() {
+                use rustls::pki_types::CertificateDer;
+                use rustls::pki_types::pem::PemObject;
+                if let Ok(certs) = CertificateDer::pem_file_iter(&pem) {
+                    for cert in certs.flatten() {
+                        let _ = roots.add(cert);
+                    }
+                }
+            }
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            Arc::new(
+                rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .expect("ring supports the default protocol versions")
+                    .with_root_certificates(roots)
+                    .with_no_client_auth(),
+            )
+        })
+        .clone()
+}
+
+/// The PEM files named by `SSL_CERT_FILE` and found in `SSL_CERT_DIR` (as OpenSSL reads
+/// them: a file, and `:`-separated directories).
+fn extra_roots() -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    if let Some(f) = std::env::var_os("SSL_CERT_FILE") {
+        files.push(f.into());
+    }
+    if let Some(dirs) = std::env::var_os("SSL_CERT_DIR") {
+        for dir in std::env::split_paths(&dirs) {
+            if let Ok(rd) = std::fs::read_dir(dir) {
+                files.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_file()));
+            }
+        }
+    }
+    files
+}
+
+type Response = http::Response<BetweenBytes>;
+
+/// Send `request` over a new connection to `target`. Returns the response and the
+/// future that drives the connection until the body has been read.
+pub async fn send(
+    mut request: http::Request<wasmtime_wasi_http::WasiBody>,
+    options: Option<RequestOptions>,
+    target: Target<'_>,
+) -> Result<
+    (
+        Response,
+        impl Future<Output = Result<(), Error>> + Send + 'static,
+    ),
+    Error,
+> {
+    let opt = |f: fn(&RequestOptions) -> Option<Duration>| {
+        options.as_ref().and_then(f).unwrap_or(DEFAULT_TIMEOUT)
+    };
+    let connect_timeout = opt(|o| o.connect_timeout);
+    let first_byte = opt(|o| o.first_byte_timeout);
+    let between_bytes = opt(|o| o.between_bytes_timeout).max(Duration::from_nanos(1));
+
+    let tcp = tokio::time::timeout(
+        connect_timeout,
+        TcpStream::connect((target.ip, target.port)),
+    )
+    .await
+    .map_err(|_| Error::ConnectionTimeout)?
+    .map_err(Error::Connect)?;
+    let stream: Box<dyn Stream> = if target.tls {
+        let name = rustls::pki_types::ServerName::try_from(target.host.to_string())?;
+        let tls = tokio_rustls::TlsConnector::from(tls_config())
+            .connect(name, tcp)
+            .await
+            .map_err(Error::Tls)?;
+        Box::new(tls)
+    } else {
+        Box::new(tcp)
+    };
+    let (mut sender, conn) = tokio::time::timeout(
+        connect_timeout,
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)),
+    )
+    .await
+    .map_err(|_| Error::ConnectionTimeout)??;
+    // On the wire the request names only the path (the Host header names the server).
+    let path = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    *request.uri_mut() = path.parse().map_err(|_| Error::HttpRequestUriInvalid)?;
+
+    // Drive the connection while waiting for the response head.
+    let mut conn = Box::pin(conn);
+    let mut conn_done = false;
+    let head = tokio::time::timeout(first_byte, sender.send_request(request));
+    tokio::pin!(head);
+    let response = loop {
+        tokio::select! {
+            biased;
+            r = &mut head => break r.map_err(|_| Error::ConnectionReadTimeout)??,
+            // A server that closes after answering ends the connection as the head
+            // arrives: keep waiting for the head; only a failed connection ends it.
+            c = &mut conn, if !conn_done => {
+                c?;
+                conn_done = true;
+            }
+        }
+    };
+    let mut timer = tokio::time::interval(between_bytes);
+    timer.reset();
+    let response = response.map(|incoming| BetweenBytes { incoming, timer });
+    let io = async move {
+        if conn_done {
+            return Ok(());
+        }
+        conn.await.map_err(|e| {
+            if e.is_timeout() {
+                Error::HttpResponseTimeout
+            } else {
+                e.into()
+            }
+        })
+    };
+    Ok((response, io))
+}
+
+/// A response body that fails if no bytes arrive for the guest's between-bytes timeout.
+pub struct BetweenBytes {
+    incoming: hyper::body::Incoming,
+    timer: tokio::time::Interval,
+}
+
+impl Body for BetweenBytes {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Error>>> {
+        match Pin::new(&mut self.incoming).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                self.timer.reset();
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(if e.is_timeout() {
+                Error::HttpResponseTimeout
+            } else {
+                e.into()
+            }))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                ready!(self.timer.poll_tick(cx));
+                Poll::Ready(Some(Err(Error::ConnectionReadTimeout)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.incoming.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.incoming.size_hint()
+    }
+}
