@@ -20,6 +20,7 @@ use http_body_util::BodyExt;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 mod connect;
+mod proxy;
 
 use crate::bindings::Level;
 use crate::capability::log::{Source, StepLog};
@@ -188,8 +189,11 @@ impl WasiHttpHooks for NetHooks {
                     ),
                 ));
             }
+            // A name this machine cannot resolve may still be reached through a proxy,
+            // which resolves it (behind a proxy, DNS often knows internal names only).
             let addrs: Vec<IpAddr> = match tokio::net::lookup_host((host.as_str(), port)).await {
                 Ok(a) => a.map(|s| s.ip()).collect(),
+                Err(_) if proxy::proxied(&scheme, &host) => Vec::new(),
                 Err(_) => return Err(Error::DestinationNotFound),
             };
             if let Some(ip) = addrs.iter().find(|a| special(**a))
@@ -206,14 +210,7 @@ impl WasiHttpHooks for NetHooks {
             // Connect to the address just checked, not to whatever a second lookup returns
             // (DNS rebinding), for HTTPS too: TLS verifies the name the request used.
             // IPv4 first: servers on loopback names usually listen on 127.0.0.1 only.
-            let Some(ip) = addrs
-                .iter()
-                .find(|a| a.is_ipv4())
-                .or(addrs.first())
-                .copied()
-            else {
-                return Err(Error::DestinationNotFound);
-            };
+            let ip = addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()).copied();
             let target = connect::Target {
                 ip,
                 port,

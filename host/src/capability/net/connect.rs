@@ -4,7 +4,8 @@
 //!
 //! Trusted roots: the Mozilla roots (webpki-roots) plus the PEM certificates in
 //! `SSL_CERT_FILE` and in the files of `SSL_CERT_DIR`, read once per process, so an
-//! internal server behind a private CA works as it does for curl and git.
+//! internal server behind a private CA works as it does for curl and git. Proxies:
+//! `proxy.rs`.
 
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -20,6 +21,8 @@ use tokio_rustls::rustls;
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::{Error, RequestOptions};
 
+use super::proxy;
+
 /// Anything a connection can run over (TCP, TLS over TCP).
 trait Stream: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static> Stream for T {}
@@ -29,8 +32,8 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Where to connect, as decided by the policy.
 pub struct Target<'a> {
-    /// The checked address.
-    pub ip: IpAddr,
+    /// The checked address (none when only a proxy can resolve the name).
+    pub ip: Option<IpAddr>,
     /// The port.
     pub port: u16,
     /// The name the request used (TLS server name).
@@ -107,13 +110,23 @@ pub async fn send(
     let first_byte = opt(|o| o.first_byte_timeout);
     let between_bytes = opt(|o| o.between_bytes_timeout).max(Duration::from_nanos(1));
 
-    let tcp = tokio::time::timeout(
-        connect_timeout,
-        TcpStream::connect((target.ip, target.port)),
-    )
-    .await
-    .map_err(|_| Error::ConnectionTimeout)?
-    .map_err(Error::Connect)?;
+    let scheme = if target.tls { "https" } else { "http" };
+    let proxy = proxy::for_request(scheme, target.host);
+    let dial = async {
+        match (&proxy, target.ip) {
+            (Some(p), _) => TcpStream::connect((p.host.as_str(), p.port)).await,
+            (None, Some(ip)) => TcpStream::connect((ip, target.port)).await,
+            (None, None) => Err(std::io::ErrorKind::NotFound.into()),
+        }
+    };
+    let tcp = tokio::time::timeout(connect_timeout, dial)
+        .await
+        .map_err(|_| Error::ConnectionTimeout)?
+        .map_err(Error::Connect)?;
+    let tcp = match &proxy {
+        Some(p) if target.tls => proxy::tunnel(tcp, p, target.host, target.port).await?,
+        _ => tcp,
+    };
     let stream: Box<dyn Stream> = if target.tls {
         let name = rustls::pki_types::ServerName::try_from(target.host.to_string())?;
         let tls = tokio_rustls::TlsConnector::from(tls_config())
@@ -130,13 +143,27 @@ pub async fn send(
     )
     .await
     .map_err(|_| Error::ConnectionTimeout)??;
-    // On the wire the request names only the path (the Host header names the server).
-    let path = request
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    *request.uri_mut() = path.parse().map_err(|_| Error::HttpRequestUriInvalid)?;
+    // On the wire the request names only the path (the Host header names the server),
+    // except to an HTTP proxy, which wants the absolute form.
+    match proxy.as_ref().filter(|_| !target.tls) {
+        Some(p) => {
+            if let Some(auth) = &p.auth {
+                let value =
+                    http::HeaderValue::from_str(auth).map_err(|_| Error::HttpRequestUriInvalid)?;
+                request
+                    .headers_mut()
+                    .insert(http::header::PROXY_AUTHORIZATION, value);
+            }
+        }
+        None => {
+            let path = request
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into());
+            *request.uri_mut() = path.parse().map_err(|_| Error::HttpRequestUriInvalid)?;
+        }
+    }
 
     // Drive the connection while waiting for the response head.
     let mut conn = Box::pin(conn);
@@ -213,3 +240,4 @@ impl Body for BetweenBytes {
         self.incoming.size_hint()
     }
 }
+
