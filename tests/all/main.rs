@@ -5,6 +5,7 @@ mod builtins;
 mod cli;
 mod fixtures;
 mod git;
+mod hostile_output;
 mod net;
 mod projects;
 mod sandbox;

@@ -130,7 +130,8 @@ pub fn main() -> i32 {
 /// JSON for a terminal: the characters serde_json leaves raw that a terminal would obey
 /// or reorder (DEL, C1 controls, bidi overrides, line separators: see
 /// [`crate::capability::log::unprintable`]) written as `\uXXXX` escapes. The same JSON
-/// value, so stdout stays exact for programs.
+/// value, so stdout stays exact for programs. (serde_json escapes C0 controls inside
+/// strings itself; a raw `\n` is the layout of pretty output.)
 pub(crate) fn json_text(v: &serde_json::Value, pretty: bool) -> String {
     let text = if pretty {
         serde_json::to_string_pretty(v)
@@ -138,12 +139,13 @@ pub(crate) fn json_text(v: &serde_json::Value, pretty: bool) -> String {
         serde_json::to_string(v)
     }
     .unwrap_or_default();
-    if !text.contains(crate::capability::log::unprintable) {
+    let escape = |c: char| c != '\n' && crate::capability::log::unprintable(c);
+    if !text.contains(escape) {
         return text;
     }
     let mut out = String::with_capacity(text.len() + 16);
     for c in text.chars() {
-        if crate::capability::log::unprintable(c) {
+        if escape(c) {
             // All of them are in the basic plane: one `\uXXXX` each.
             out.push_str(&format!("\\u{:04x}", c as u32));
         } else {
