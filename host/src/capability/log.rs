@@ -249,8 +249,11 @@ mod tests {
         assert_eq!(sanitize(&once), once);
     }
 
+    /// Step, message and fields of each record.
+    type Kept = (String, String, Vec<(String, String)>);
+
     #[derive(Default)]
-    struct Keep(std::sync::Mutex<Vec<(String, String, Vec<(String, String)>)>>);
+    struct Keep(std::sync::Mutex<Vec<Kept>>);
 
     impl LogSink for Keep {
         fn record(&self, r: &LogRecord<'_>) {
