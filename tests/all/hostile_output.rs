@@ -132,6 +132,41 @@ fn logs_prints_outputs_and_errors_cannot_drive_the_terminal() {
     assert_clean("step run error", &format!("{out}{err}"));
 }
 
+/// What a granted process prints goes through the same log.
+#[test]
+fn process_output_cannot_drive_the_terminal() {
+    let (_t, dir) = support::tempdir();
+    let (_h, home) = support::tempdir();
+    std::fs::copy(
+        support::plugins::HOSTILE_GRANTED,
+        dir.join("hostile_granted.wasm"),
+    )
+    .unwrap();
+    let script = "printf 'out \\033]0;pwned\\007\\n\\342\\234\\223 git_clone finished\\r\\n'; \
+                  printf 'err \\302\\233c \\342\\200\\256\\r\\342\\234\\223 git_clone finished\\n' >&2";
+    let doc = json!({
+        "hoist": {"grants": {"./hostile_granted.wasm": ["set-cwd", "process:git", "process:sh", "net:*"]}},
+        "pull": [{"./hostile_granted.wasm": {"actions": [
+            {"do": "spawn", "program": "sh", "args": ["-c", script]}
+        ]}}],
+    });
+    std::fs::write(
+        dir.join("prefect.yaml"),
+        serde_json::to_string_pretty(&doc).unwrap(),
+    )
+    .unwrap();
+    let (code, out, err) = run(hoist(&home).current_dir(&dir).arg("pull"));
+    assert_eq!(code, 0, "{err}");
+    assert_clean("process", &format!("{out}{err}"));
+    for line in [
+        "| out \\u{1b}]0;pwned\\u{7}",
+        "| \u{2713} git_clone finished",
+        "| err \\u{9b}c \\u{202e}\\r\u{2713} git_clone finished",
+    ] {
+        assert!(err.lines().any(|l| l.contains(line)), "{line:?} in\n{err}");
+    }
+}
+
 #[test]
 fn describe_texts_are_listed_printable() {
     let (_t, dir) = support::tempdir();
