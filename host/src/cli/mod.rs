@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::capability::log::sanitize;
-
 use crate::runtime::{ComponentCache, RuntimeConfig};
 
 /// Run prefect.yaml deployment steps as sandboxed WebAssembly components.
