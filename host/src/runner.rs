@@ -1,7 +1,7 @@
 //! Runs a section of steps the way Prefect's `run_steps` does (spec §2.5, §3.9):
 //! every step resolved to a plugin and loaded before the first one runs; then, in order,
-//! inputs templated (outputs + env → blocks → variables → env), the step run in its own
-//! sandbox, its mapping outputs stored under its `id` and merged at the top level. The
+//! inputs templated (outputs + env → blocks → variables → env, outputs opaque to the
+//! passes after the first: `template::resolve_step`), the step run in its own sandbox, its mapping outputs stored under its `id` and merged at the top level. The
 //! first failure stops the section: later steps do not run.
 //!
 //! Secrets (values of secret blocks, of `{{ $NAME }}` environment variables whose
@@ -15,12 +15,12 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::capability::log::{LogSink, Redactor};
+use crate::capability::log::{LogSink, Redactor, sanitize};
 use crate::plan::{self, Target};
 use crate::project::{Action, StepEntry};
 use crate::runtime::{Grants, Limits, Plugin, Runtime, StepRequest, StepRunError};
 use crate::store::{Store, StoreError, secret_strings};
-use crate::template::{self, Blocks, Env, Options, Resolved, TemplateError};
+use crate::template::{self, Blocks, Env, TemplateError};
 
 /// Progress of a section, for people (text) or machines (JSON lines).
 pub trait Reporter: Send + Sync {
@@ -325,7 +325,9 @@ impl Runner {
                     }
                 }
                 Err(cause) => {
-                    let cause = redactor.redact(&cause).into_owned();
+                    // A plugin wrote the cause: one printable line, so it can neither
+                    // drive the terminal nor forge a line of the report.
+                    let cause = sanitize(&redactor.redact(&cause)).into_owned();
                     self.reporter.finished(
                         step,
                         index,
@@ -424,7 +426,9 @@ impl Runner {
     }
 
     /// Resolve a step's inputs against the outputs so far, the environment, and the
-    /// blocks and variables it refers to.
+    /// blocks and variables it refers to ([`template::resolve_step`]). Blocks and
+    /// variables are fetched for what the user wrote, before any output is substituted:
+    /// outputs are a plugin's text and stay opaque.
     pub async fn template(
         &self,
         step: &StepEntry,
@@ -432,29 +436,36 @@ impl Runner {
     ) -> Result<Value, String> {
         let raw = Value::Object(step.inputs.clone());
         self.note_env_secrets(&raw);
-        let values = Value::Object(outputs.clone());
-        let opts = Options::default();
-        let v = unwrap(template::apply_values(&raw, &values, &self.env, &opts));
-
-        let blocks = self.fetch_blocks(&v).await?;
-        let v = template::resolve_blocks(&v, &blocks).map_err(|e: TemplateError| e.to_string())?;
-
-        let variables = self.fetch_variables(&v).await?;
-        let v = template::resolve_variables(&v, &variables);
-        self.add_secrets(env_secrets(&v, &self.env));
-        self.add_secrets(keyed_secrets(&v));
-        let env_values = Value::Object(
-            self.env
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                .collect(),
-        );
-        Ok(unwrap(template::apply_values(
-            &v,
-            &env_values,
+        let sources = template::step_sources(&raw, &self.env);
+        let blocks = self.fetch_blocks(&sources).await?;
+        let mut fetched: Vec<Value> = blocks
+            .by_name
+            .values()
+            .chain(blocks.by_id.values())
+            .cloned()
+            .collect();
+        let variables = if fetched.is_empty() {
+            self.fetch_variables(&sources).await?
+        } else {
+            fetched.push(sources);
+            self.fetch_variables(&Value::Array(fetched.clone())).await?
+        };
+        // `{{ $NAME }}` brought in by block or variable values (the last pass) are
+        // resolved too: mask the secret-looking ones.
+        if !fetched.is_empty() || !variables.is_empty() {
+            fetched.extend(variables.values().cloned());
+            self.add_secrets(env_secrets(&Value::Array(fetched), &self.env));
+        }
+        let v = template::resolve_step(
+            &raw,
+            &Value::Object(outputs.clone()),
             &self.env,
-            &opts,
-        )))
+            &blocks,
+            &variables,
+        )
+        .map_err(|e: TemplateError| e.to_string())?;
+        self.add_secrets(keyed_secrets(&v));
+        Ok(v)
     }
 }
 
@@ -501,13 +512,6 @@ impl Runner {
         }
         let store = self.store().await.map_err(|e| e.to_string())?;
         store.variables(&names).await.map_err(|e| e.to_string())
-    }
-}
-
-fn unwrap(r: Resolved) -> Value {
-    match r {
-        Resolved::Value(v) => v,
-        Resolved::Unset => Value::Object(Map::new()),
     }
 }
 

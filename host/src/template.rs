@@ -60,25 +60,56 @@ fn is_name_char(c: char) -> bool {
 /// (`{{\s*([\w.\-\[\]$]+)\s*}}`, leftmost non-overlapping matches).
 pub fn placeholders(s: &str) -> Vec<Placeholder<'_>> {
     let mut found: Vec<Placeholder<'_>> = Vec::new();
-    let mut i = 0;
-    while let Some(off) = s[i..].find("{{") {
-        let start = i + off;
-        match match_at(s, start) {
-            Some((end, name)) => {
-                let full = &s[start..end];
-                if !found.iter().any(|p| p.full == full) {
-                    found.push(Placeholder {
-                        full,
-                        name,
-                        kind: kind_of(name),
-                    });
-                }
-                i = end;
-            }
-            None => i = start + 1,
+    for (start, end, name) in occurrences(s) {
+        let full = &s[start..end];
+        if !found.iter().any(|p| p.full == full) {
+            found.push(Placeholder {
+                full,
+                name,
+                kind: kind_of(name),
+            });
         }
     }
     found
+}
+
+/// Every placeholder occurrence as `(start, end, name)`, left to right.
+fn occurrences(s: &str) -> impl Iterator<Item = (usize, usize, &str)> {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while let Some(off) = s[i..].find("{{") {
+            let start = i + off;
+            match match_at(s, start) {
+                Some((end, name)) => {
+                    i = end;
+                    return Some((start, end, name));
+                }
+                None => i = start + 1,
+            }
+        }
+        None
+    })
+}
+
+/// `s` with its placeholders replaced in one left-to-right pass: `with(name)` gives the
+/// text for a placeholder, or `None` to keep it as written. A replacement is never
+/// scanned again, so a value holding the text of another placeholder stays as it is
+/// (Prefect replaces one distinct placeholder after the other, §3.9's "order-dependent").
+fn substitute<E>(
+    s: &str,
+    mut with: impl FnMut(&str) -> Result<Option<String>, E>,
+) -> Result<String, E> {
+    let mut out = String::with_capacity(s.len());
+    let mut done = 0;
+    for (start, end, name) in occurrences(s) {
+        if let Some(text) = with(name)? {
+            out.push_str(&s[done..start]);
+            out.push_str(&text);
+            done = end;
+        }
+    }
+    out.push_str(&s[done..]);
+    Ok(out)
 }
 
 /// Try to match a placeholder starting at `start` (which holds `{{`).
@@ -185,11 +216,23 @@ fn python_int(s: &str) -> Option<i64> {
 /// The step-output pass (§3.3–§3.5): standard placeholders from `values`, `$` placeholders
 /// from `env`; block and variable placeholders are left for their own passes.
 pub fn apply_values(template: &Value, values: &Value, env: &Env, opts: &Options<'_>) -> Resolved {
+    apply(template, values, env, opts, None)
+}
+
+/// [`apply_values`]; with `opaque`, each value taken from `values` is put in as a token
+/// standing for it (see [`Opaque`]).
+fn apply(
+    template: &Value,
+    values: &Value,
+    env: &Env,
+    opts: &Options<'_>,
+    mut opaque: Option<&mut Opaque>,
+) -> Resolved {
     match template {
         Value::Object(m) => {
             let mut out = Map::with_capacity(m.len());
             for (k, v) in m {
-                if let Resolved::Value(v) = apply_values(v, values, env, opts) {
+                if let Resolved::Value(v) = apply(v, values, env, opts, opaque.as_deref_mut()) {
                     out.insert(k.clone(), v);
                 }
             }
@@ -198,13 +241,15 @@ pub fn apply_values(template: &Value, values: &Value, env: &Env, opts: &Options<
         Value::Array(items) => Resolved::Value(Value::Array(
             items
                 .iter()
-                .filter_map(|v| match apply_values(v, values, env, opts) {
-                    Resolved::Value(v) => Some(v),
-                    Resolved::Unset => None,
-                })
+                .filter_map(
+                    |v| match apply(v, values, env, opts, opaque.as_deref_mut()) {
+                        Resolved::Value(v) => Some(v),
+                        Resolved::Unset => None,
+                    },
+                )
                 .collect(),
         )),
-        Value::String(s) => apply_to_str(s, values, env, opts),
+        Value::String(s) => apply_to_str(s, values, env, opts, opaque),
         other => Resolved::Value(other.clone()),
     }
 }
@@ -213,38 +258,159 @@ fn skipped(name: &str, opts: &Options<'_>) -> bool {
     opts.skip_prefixes.iter().any(|p| name.starts_with(p))
 }
 
-fn apply_to_str(s: &str, values: &Value, env: &Env, opts: &Options<'_>) -> Resolved {
-    let ps = placeholders(s);
-    if ps.is_empty() {
+fn apply_to_str(
+    s: &str,
+    values: &Value,
+    env: &Env,
+    opts: &Options<'_>,
+    mut opaque: Option<&mut Opaque>,
+) -> Resolved {
+    if !s.contains("{{") {
         return Resolved::Value(Value::String(s.to_string()));
     }
-    if ps.len() == 1 && ps[0].full == s && ps[0].kind == Kind::Standard {
-        if skipped(ps[0].name, opts) {
+    if let Some(p) = whole(s).filter(|p| p.kind == Kind::Standard) {
+        if skipped(p.name, opts) {
             return Resolved::Value(Value::String(s.to_string()));
         }
-        return match lookup(values, ps[0].name) {
-            Some(v) => Resolved::Value(v.into_owned()),
+        return match lookup(values, p.name) {
+            Some(v) => Resolved::Value(match opaque {
+                Some(o) => Value::String(o.token(v.into_owned())),
+                None => v.into_owned(),
+            }),
             None if opts.remove_unset => Resolved::Unset,
             None => Resolved::Value(Value::String(s.to_string())),
         };
     }
-    let mut out = s.to_string();
-    for p in &ps {
-        if skipped(p.name, opts) {
-            continue;
+    let out = substitute(s, |name| {
+        if skipped(name, opts) {
+            return Ok::<_, std::convert::Infallible>(None);
         }
-        let value: Option<String> = match p.kind {
-            Kind::Standard => lookup(values, p.name).map(|v| python_str(&v)),
-            Kind::Env => env.get(p.name.trim_start_matches('$')).cloned(),
-            Kind::Block | Kind::Variable => continue,
+        let value = match kind_of(name) {
+            Kind::Standard => lookup(values, name).map(|v| {
+                let text = python_str(&v);
+                match opaque.as_deref_mut() {
+                    Some(o) => o.token(Value::String(text)),
+                    None => text,
+                }
+            }),
+            Kind::Env => env.get(name.trim_start_matches('$')).cloned(),
+            Kind::Block | Kind::Variable => return Ok(None),
         };
-        match value {
-            Some(v) => out = out.replace(p.full, &v),
-            None if opts.remove_unset => out = out.replace(p.full, ""),
-            None => {}
+        Ok(match value {
+            Some(v) => Some(v),
+            None if opts.remove_unset => Some(String::new()),
+            None => None,
+        })
+    });
+    let Ok(out) = out;
+    Resolved::Value(Value::String(out))
+}
+
+/// Step outputs stand-ins while the block, variable and env passes of one step run
+/// (§3.9): an output is a plugin's text, and the passes after the first must only see
+/// the text the user wrote, or a plugin returning `{{ prefect.blocks.secret.x }}` would
+/// have the next step handed that secret. Each output value put into the inputs is
+/// replaced by a token `U+E000 <nonce>-<n> U+E001`: no `{{`, no whitespace, bounded by
+/// characters that are not name characters (so it cannot complete a placeholder with
+/// the text around it), and with a nonce fresh for each resolution (so no text can
+/// name one in advance). [`Opaque::restore`] puts the values back at the end, in one
+/// pass.
+#[derive(Debug, Default)]
+struct Opaque {
+    nonce: String,
+    values: Vec<Value>,
+}
+
+const TOKEN_OPEN: char = '\u{e000}';
+const TOKEN_CLOSE: char = '\u{e001}';
+
+impl Opaque {
+    /// A token standing for `v`.
+    fn token(&mut self, v: Value) -> String {
+        if self.nonce.is_empty() {
+            self.nonce = nonce();
+        }
+        self.values.push(v);
+        format!(
+            "{TOKEN_OPEN}{}-{}{TOKEN_CLOSE}",
+            self.nonce,
+            self.values.len() - 1
+        )
+    }
+
+    /// The value index of the token at the start of `s` and the token's length.
+    fn parse(&self, s: &str) -> Option<(usize, usize)> {
+        let rest = s
+            .strip_prefix(TOKEN_OPEN)?
+            .strip_prefix(self.nonce.as_str())?;
+        let rest = rest.strip_prefix('-')?;
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        let i: usize = rest[..digits].parse().ok()?;
+        rest[digits..].starts_with(TOKEN_CLOSE).then_some(())?;
+        let len = s.len() - rest.len() + digits + TOKEN_CLOSE.len_utf8();
+        (i < self.values.len()).then_some((i, len))
+    }
+
+    /// `v` with every token replaced by its value: a string that is exactly one token
+    /// becomes the value (its type kept), tokens inside text become the value's Python
+    /// `str()`. Anything that only looks like a token is left alone.
+    fn restore(&self, v: Value) -> Value {
+        if self.values.is_empty() {
+            return v;
+        }
+        match v {
+            Value::String(s) if s.contains(TOKEN_OPEN) => {
+                if let Some((i, len)) = self.parse(&s)
+                    && len == s.len()
+                {
+                    return self.values[i].clone();
+                }
+                let mut out = String::with_capacity(s.len());
+                let mut rest = s.as_str();
+                while let Some(at) = rest.find(TOKEN_OPEN) {
+                    out.push_str(&rest[..at]);
+                    rest = &rest[at..];
+                    match self.parse(rest) {
+                        Some((i, len)) => {
+                            out.push_str(&python_str(&self.values[i]));
+                            rest = &rest[len..];
+                        }
+                        None => {
+                            out.push(TOKEN_OPEN);
+                            rest = &rest[TOKEN_OPEN.len_utf8()..];
+                        }
+                    }
+                }
+                out.push_str(rest);
+                Value::String(out)
+            }
+            Value::Array(items) => {
+                Value::Array(items.into_iter().map(|x| self.restore(x)).collect())
+            }
+            Value::Object(m) => {
+                Value::Object(m.into_iter().map(|(k, x)| (k, self.restore(x))).collect())
+            }
+            other => other,
         }
     }
-    Resolved::Value(Value::String(out))
+}
+
+/// 64 unpredictable bits, fresh for each call (std's per-instance SipHash keys, seeded
+/// from the OS, over a counter and the time): no dependency for a value that never
+/// leaves the process.
+fn nonce() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNT.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    format!("{:016x}", h.finish())
 }
 
 /// Python's `str()` of a value: strings as they are, containers with `repr` items.
@@ -506,14 +672,20 @@ fn resolve_blocks_in_str(s: &str, blocks: &Blocks) -> Result<Value, TemplateErro
     if let Some(p) = whole(s).filter(|p| p.kind == Kind::Block) {
         return block_value(s, p.name, blocks);
     }
-    let mut out = s.to_string();
+    // Every block is checked first (in order of appearance, as Prefect reports the
+    // first bad one), then substituted in one pass.
+    let mut texts = BTreeMap::new();
     for p in ps.iter().filter(|p| p.kind == Kind::Block) {
         let v = block_value(s, p.name, blocks)?;
         if v.is_object() || v.is_array() {
             return Err(TemplateError::Inline(s.to_string(), p.name.to_string()));
         }
-        out = out.replace(p.full, &python_str(&v));
+        texts.insert(p.name, python_str(&v));
     }
+    let out = substitute(s, |name| {
+        Ok::<_, std::convert::Infallible>(texts.get(name).cloned())
+    });
+    let Ok(out) = out;
     Ok(Value::String(out))
 }
 
@@ -562,14 +734,16 @@ pub fn resolve_variables(template: &Value, variables: &BTreeMap<String, Value>) 
                     .cloned()
                     .unwrap_or_else(|| Value::String(String::new()));
             }
-            let mut out = s.clone();
-            for p in ps.iter().filter(|p| p.kind == Kind::Variable) {
-                let v = variables
-                    .get(&p.name[VARIABLE_PREFIX.len()..])
-                    .map(python_str)
-                    .unwrap_or_default();
-                out = out.replace(p.full, &v);
+            if !ps.iter().any(|p| p.kind == Kind::Variable) {
+                return Value::String(s.clone());
             }
+            let out = substitute(s, |name| {
+                Ok::<_, std::convert::Infallible>(
+                    name.strip_prefix(VARIABLE_PREFIX)
+                        .map(|n| variables.get(n).map(python_str).unwrap_or_default()),
+                )
+            });
+            let Ok(out) = out;
             Value::String(out)
         }
         other => other.clone(),
@@ -589,27 +763,70 @@ pub struct Context {
     pub variables: BTreeMap<String, Value>,
 }
 
-/// Resolve one step's inputs in the order of §3.9: outputs + env, blocks, variables, then
-/// env again as a values dictionary (for placeholders that block or variable values
-/// brought in). `id` and `requires` must already be removed.
+/// Resolve one step's inputs in the order of §3.9 (see [`resolve_step`]).
 pub fn resolve_step_inputs(inputs: &Value, cx: &Context) -> Result<Value, TemplateError> {
+    resolve_step(inputs, &cx.outputs, &cx.env, &cx.blocks, &cx.variables)
+}
+
+/// The one place the passes of §3.9 are ordered (the runner, the fixtures and the fuzz
+/// target all come here): outputs + env, blocks, variables, then env again as a values
+/// dictionary (for placeholders that block or variable values brought in). `id` and
+/// `requires` must already be removed.
+///
+/// Unlike Prefect, step outputs are opaque: the block, variable and env passes run over
+/// the text the user wrote (and the environment values it refers to), with each output
+/// value standing in as a token until the end, so a plugin whose output is
+/// `{{ prefect.blocks.secret.x }}` hands the next step that text, not the secret.
+/// [`step_sources`] is what to fetch blocks and variables for.
+pub fn resolve_step(
+    inputs: &Value,
+    outputs: &Value,
+    env: &Env,
+    blocks: &Blocks,
+    variables: &BTreeMap<String, Value>,
+) -> Result<Value, TemplateError> {
     let opts = Options::default();
-    let v = match apply_values(inputs, &cx.outputs, &cx.env, &opts) {
+    let mut opaque = Opaque::default();
+    let v = match apply(inputs, outputs, env, &opts, Some(&mut opaque)) {
         Resolved::Value(v) => v,
         Resolved::Unset => Value::Object(Map::new()),
     };
-    let v = resolve_blocks(&v, &cx.blocks)?;
-    let v = resolve_variables(&v, &cx.variables);
+    let v = resolve_blocks(&v, blocks)?;
+    let v = resolve_variables(&v, variables);
     let env_values = Value::Object(
-        cx.env
-            .iter()
+        env.iter()
             .map(|(k, v)| (k.clone(), Value::String(v.clone())))
             .collect(),
     );
-    Ok(match apply_values(&v, &env_values, &cx.env, &opts) {
+    let v = match apply_values(&v, &env_values, env, &opts) {
         Resolved::Value(v) => v,
         Resolved::Unset => Value::Object(Map::new()),
-    })
+    };
+    Ok(opaque.restore(v))
+}
+
+/// The text a step's block and variable placeholders can come from (§3.9 under
+/// [`resolve_step`]): its inputs as written and the values of the `{{ $NAME }}` they
+/// use, never step outputs. Fetch the blocks [`block_refs`] finds in it, then the
+/// variables [`variable_refs`] finds in it and in those blocks' data.
+pub fn step_sources(inputs: &Value, env: &Env) -> Value {
+    fn walk(v: &Value, env: &Env, out: &mut Vec<Value>) {
+        match v {
+            Value::String(s) => {
+                for p in placeholders(s).into_iter().filter(|p| p.kind == Kind::Env) {
+                    if let Some(x) = env.get(p.name.trim_start_matches('$')) {
+                        out.push(Value::String(x.clone()));
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|x| walk(x, env, out)),
+            Value::Object(m) => m.values().for_each(|x| walk(x, env, out)),
+            _ => {}
+        }
+    }
+    let mut out = vec![inputs.clone()];
+    walk(inputs, env, &mut out);
+    Value::Array(out)
 }
 
 #[cfg(test)]
@@ -632,6 +849,148 @@ mod tests {
         assert_eq!(names("{{ a b }} {{ a:b }} {{}} {{ }}"), Vec::<&str>::new());
         assert_eq!(names("{{{ a }}}"), ["a"]);
         assert_eq!(names("{{x}}{{x}}"), ["x"]);
+    }
+
+    fn step(inputs: Value, outputs: Value, env: &[(&str, &str)]) -> Value {
+        let mut blocks = Blocks::default();
+        blocks.by_name.insert(
+            ("secret".into(), "x".into()),
+            json!({"value": "THE-SECRET"}),
+        );
+        let variables = [("v".to_string(), json!("VAR-VALUE"))].into();
+        let env: Env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        resolve_step(&inputs, &outputs, &env, &blocks, &variables).unwrap()
+    }
+
+    #[test]
+    fn substitution_is_positional_and_never_rescans_a_value() {
+        // `a`'s value is the text of the next placeholder: it stays text.
+        let values = json!({"a": "{{ b }}", "b": "B"});
+        let r = apply_values(
+            &json!("{{ a }}-{{ b }}-{{ a }}"),
+            &values,
+            &Env::new(),
+            &Options::default(),
+        );
+        assert_eq!(r, Resolved::Value(json!("{{ b }}-B-{{ b }}")));
+        let env: Env = [("E".to_string(), "{{ a }}".to_string())].into();
+        let r = apply_values(
+            &json!("{{ $E }}{{ a }}"),
+            &values,
+            &env,
+            &Options::default(),
+        );
+        assert_eq!(r, Resolved::Value(json!("{{ a }}{{ b }}")));
+        // Blocks and variables too.
+        let mut blocks = Blocks::default();
+        blocks.by_name.insert(
+            ("s".into(), "a".into()),
+            json!({"value": "{{ prefect.blocks.s.b }}"}),
+        );
+        blocks
+            .by_name
+            .insert(("s".into(), "b".into()), json!({"value": "B"}));
+        assert_eq!(
+            resolve_blocks(
+                &json!("{{ prefect.blocks.s.a }} {{ prefect.blocks.s.b }}"),
+                &blocks
+            ),
+            Ok(json!("{{ prefect.blocks.s.b }} B"))
+        );
+        let vars = [
+            ("a".to_string(), json!("{{ prefect.variables.b }}")),
+            ("b".to_string(), json!("B")),
+        ]
+        .into();
+        assert_eq!(
+            resolve_variables(
+                &json!("{{ prefect.variables.a }}/{{ prefect.variables.b }}"),
+                &vars
+            ),
+            json!("{{ prefect.variables.b }}/B")
+        );
+    }
+
+    #[test]
+    fn outputs_are_opaque_to_the_later_passes() {
+        let evil = json!({
+            "block": "{{ prefect.blocks.secret.x }}",
+            "var": "{{ prefect.variables.v }}",
+            "env": "{{ $TOKEN }}",
+            "bare": "{{ HOME }}",
+            "half": ".blocks.secret.x",
+            "obj": {"k": "{{ prefect.blocks.secret.x }}", "n": [1, null, true]},
+        });
+        let inputs = json!({
+            "a": "{{ evil.block }}",
+            "b": "x {{ evil.var }} y",
+            "c": ["{{ evil.env }}", "{{ evil.bare }}"],
+            "d": "{{ prefect{{ evil.half }} }}",
+            "e": "{{ evil.obj }}",
+            "f": "in {{ evil.obj }}",
+            "g": "{{ prefect.variables.v }}+{{ evil.block }}",
+        });
+        let got = step(
+            inputs,
+            json!({"evil": evil}),
+            &[("TOKEN", "T"), ("HOME", "/root")],
+        );
+        assert_eq!(
+            got,
+            json!({
+                "a": "{{ prefect.blocks.secret.x }}",
+                "b": "x {{ prefect.variables.v }} y",
+                "c": ["{{ $TOKEN }}", "{{ HOME }}"],
+                "d": "{{ prefect.blocks.secret.x }}",
+                "e": {"k": "{{ prefect.blocks.secret.x }}", "n": [1, null, true]},
+                "f": "in {'k': '{{ prefect.blocks.secret.x }}', 'n': [1, None, True]}",
+                "g": "VAR-VALUE+{{ prefect.blocks.secret.x }}",
+            })
+        );
+        // What the user wrote is still resolved, whole values keep their type.
+        let got = step(
+            json!({"s": "{{ prefect.blocks.secret.x }}", "n": "{{ o.n }}", "t": "{{ $TOKEN }}"}),
+            json!({"o": {"n": 3}}),
+            &[("TOKEN", "T")],
+        );
+        assert_eq!(got, json!({"s": "THE-SECRET", "n": 3, "t": "T"}));
+    }
+
+    #[test]
+    fn tokens_round_trip_and_lookalikes_stay_text() {
+        let mut o = Opaque::default();
+        let whole = o.token(json!({"a": [1, "b"]}));
+        let embedded = o.token(json!("text"));
+        assert!(!whole.contains("{{") && !whole.contains(char::is_whitespace));
+        let forged = format!("{TOKEN_OPEN}{}-0{TOKEN_CLOSE}", "0".repeat(16));
+        let v = json!({
+            "w": whole,
+            "e": format!("<{embedded}|{whole}>"),
+            "l": [whole.clone(), forged.clone(), format!("{TOKEN_OPEN}{}-9{TOKEN_CLOSE}", o.nonce)],
+            "open": format!("{TOKEN_OPEN}{TOKEN_OPEN}{whole}"),
+        });
+        assert_eq!(
+            o.restore(v),
+            json!({
+                "w": {"a": [1, "b"]},
+                "e": "<text|{'a': [1, 'b']}>",
+                "l": [{"a": [1, "b"]}, forged, format!("{TOKEN_OPEN}{}-9{TOKEN_CLOSE}", o.nonce)],
+                "open": format!("{TOKEN_OPEN}{TOKEN_OPEN}{{'a': [1, 'b']}}"),
+            })
+        );
+        // An output holding a token-like string (even this resolution's) is not expanded.
+        let got = step(
+            json!({"a": "{{ o.x }}", "b": "{{ o.y }}"}),
+            json!({"o": {"x": format!("{TOKEN_OPEN}{}-1{TOKEN_CLOSE}", "f".repeat(16)), "y": "Y"}}),
+            &[],
+        );
+        assert_eq!(got["b"], "Y");
+        assert!(got["a"].as_str().unwrap().starts_with(TOKEN_OPEN));
+        // Nonces differ between resolutions.
+        assert_ne!(nonce(), nonce());
     }
 
     #[test]

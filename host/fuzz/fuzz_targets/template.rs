@@ -46,6 +46,19 @@ fn hoist_template_smoke(tmpl: &Value, values: &Value) {
         variables: vars,
     };
     let _ = template::resolve_step_inputs(tmpl, &cx);
+    let _ = template::step_sources(tmpl, &cx.env);
+    // Outputs are opaque (template::resolve_step): an output that is only placeholder
+    // text comes out of the passes as that same text.
+    let evil = serde_json::json!({"o": values});
+    if let Ok(v) = template::resolve_step(
+        &Value::String("{{ o }}".into()),
+        &evil,
+        &cx.env,
+        &cx.blocks,
+        &cx.variables,
+    ) {
+        assert_eq!(&v, values);
+    }
     let _ = template::block_refs(tmpl);
     let _ = template::variable_refs(tmpl);
 }

@@ -1,5 +1,8 @@
 //! `hoist:step/log`: levelled, structured records, attributed to the step and streamed
-//! live to a [`LogSink`]. Every record passes through the step's [`Redactor`] first.
+//! live to a [`LogSink`]. Every record passes through the step's [`Redactor`] first, then
+//! through [`sanitize`]: a plugin's text reaches a terminal as one printable line per
+//! record, so it can neither send control sequences (retitle the terminal, move the
+//! cursor, hide text) nor forge a line of its own without the step's prefix.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -97,6 +100,56 @@ impl Redactor {
     }
 }
 
+/// Whether a character must not reach a terminal as it is: C0 controls but tab, DEL, C1
+/// controls (U+0080-U+009F, which some terminals read as CSI/OSC), the bidi embeddings,
+/// overrides and isolates (U+202A-U+202E, U+2066-U+2069: text that displays reordered),
+/// and the Unicode line and paragraph separators (U+2028, U+2029: line breaks to some
+/// viewers).
+pub fn unprintable(c: char) -> bool {
+    matches!(
+        c,
+        '\0'..='\u{8}'
+            | '\u{a}'..='\u{1f}'
+            | '\u{7f}'..='\u{9f}'
+            | '\u{2028}'
+            | '\u{2029}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}'
+    )
+}
+
+/// `text` as one printable line: every character of [`unprintable`] spelled out as a
+/// Rust escape (`\n`, `\r`, else `\u{1b}`, `\u{9b}`, `\u{202e}`), everything else kept
+/// (tabs included). Backslashes are not escaped, so sanitising twice changes nothing;
+/// the result is for people, not for parsing back. Borrows when there is nothing to
+/// replace (the common case: one pass over the bytes).
+pub fn sanitize(text: &str) -> Cow<'_, str> {
+    // Printable ASCII and tab need nothing; anything else is looked at as characters.
+    if text
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) || b == b'\t')
+    {
+        return Cow::Borrowed(text);
+    }
+    let Some(first) = text.find(unprintable) else {
+        return Cow::Borrowed(text);
+    };
+    let mut out = String::with_capacity(text.len() + 8);
+    out.push_str(&text[..first]);
+    for c in text[first..].chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if unprintable(c) => {
+                use std::fmt::Write;
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// A step's handle on the sink: knows the step's name and its redactor.
 #[derive(Clone)]
 pub struct StepLog {
@@ -107,9 +160,10 @@ pub struct StepLog {
 
 impl StepLog {
     /// A handle writing records for `step` to `sink`.
+    /// The name is sanitised: a plugin's `describe()` name can hold anything.
     pub fn new(step: &str, sink: Arc<dyn LogSink>, redactor: Redactor) -> Self {
         Self {
-            step: step.into(),
+            step: sanitize(step).into(),
             sink,
             redactor,
         }
@@ -120,26 +174,45 @@ impl StepLog {
         &self.redactor
     }
 
-    /// Emit a record, redacting message and fields.
+    /// Emit a message, redacted then sanitised: one record per line of it (a trailing
+    /// line break and `\r\n` endings are dropped), so every line a sink prints carries
+    /// the step's prefix; fields (keys and values) are single lines too, attached to
+    /// the first record.
     pub fn emit(&self, level: Level, source: Source, message: &str, fields: &[(String, String)]) {
+        // Redact the whole text first: a secret spanning a line break is still masked.
         let message = self.redactor.redact(message);
-        let redacted: Vec<(String, String)>;
-        let fields = if fields.is_empty() {
+        let cleaned: Vec<(String, String)>;
+        let mut fields = if fields.is_empty() {
             fields
         } else {
-            redacted = fields
+            cleaned = fields
                 .iter()
-                .map(|(k, v)| (k.clone(), self.redactor.redact(v).into_owned()))
+                .map(|(k, v)| {
+                    (
+                        sanitize(k).into_owned(),
+                        sanitize(&self.redactor.redact(v)).into_owned(),
+                    )
+                })
                 .collect();
-            &redacted
+            &cleaned
         };
-        self.sink.record(&LogRecord {
-            step: &self.step,
-            level,
-            source,
-            message: &message,
-            fields,
-        });
+        let mut record = |line: &str| {
+            self.sink.record(&LogRecord {
+                step: &self.step,
+                level,
+                source,
+                message: &sanitize(line),
+                fields,
+            });
+            fields = &[];
+        };
+        if !message.contains('\n') {
+            return record(message.strip_suffix('\r').unwrap_or(&message[..]));
+        }
+        let mut lines = message.lines();
+        // `"".lines()` is empty, but an emitted message is always one record at least.
+        record(lines.next().unwrap_or(""));
+        lines.for_each(record);
     }
 }
 
@@ -158,5 +231,71 @@ mod tests {
         let r = Redactor::new(["abc".to_string(), "abcdef".to_string(), String::new()]);
         assert_eq!(r.redact("x abcdef y abc z"), "x ******** y ******** z");
         assert!(matches!(r.redact("nothing here"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn sanitize_spells_out_what_a_terminal_would_obey() {
+        assert!(matches!(sanitize("plain\ttext, é ✓"), Cow::Borrowed(_)));
+        assert_eq!(
+            sanitize("\u{1b}]0;pwned\u{7}\n\u{2713} ok\r"),
+            "\\u{1b}]0;pwned\\u{7}\\n\u{2713} ok\\r"
+        );
+        assert_eq!(
+            sanitize("\u{9b}31m \u{7f} \u{202e}abc\u{2069} \u{2028}"),
+            "\\u{9b}31m \\u{7f} \\u{202e}abc\\u{2069} \\u{2028}"
+        );
+        // Idempotent: the escapes are printable.
+        let once = sanitize("a\u{1b}[2Jb").into_owned();
+        assert_eq!(sanitize(&once), once);
+    }
+
+    /// Step, message and fields of each record.
+    type Kept = (String, String, Vec<(String, String)>);
+
+    #[derive(Default)]
+    struct Keep(std::sync::Mutex<Vec<Kept>>);
+
+    impl LogSink for Keep {
+        fn record(&self, r: &LogRecord<'_>) {
+            self.0.lock().unwrap().push((
+                r.step.to_string(),
+                r.message.to_string(),
+                r.fields.to_vec(),
+            ));
+        }
+    }
+
+    #[test]
+    fn every_line_is_its_own_clean_record() {
+        let sink = Arc::new(Keep::default());
+        let log = StepLog::new(
+            "evil\u{1b}[2J",
+            sink.clone(),
+            Redactor::new(["s3cr\net".to_string()]),
+        );
+        let fields = vec![("k\n".to_string(), "v\u{1b}\ns3cr\net".to_string())];
+        log.emit(
+            Level::Info,
+            Source::Step,
+            "one\u{1b}]0;t\u{7}\r\n\u{2713} git_clone finished\nleak s3cr\net\n",
+            &fields,
+        );
+        log.emit(Level::Info, Source::Step, "", &[]);
+        let got = sink.0.lock().unwrap().clone();
+        let f = vec![("k\\n".to_string(), "v\\u{1b}\\n********".to_string())];
+        let step = "evil\\u{1b}[2J".to_string();
+        assert_eq!(
+            got,
+            [
+                (step.clone(), "one\\u{1b}]0;t\\u{7}".to_string(), f),
+                (
+                    step.clone(),
+                    "\u{2713} git_clone finished".to_string(),
+                    vec![]
+                ),
+                (step.clone(), "leak ********".to_string(), vec![]),
+                (step, String::new(), vec![]),
+            ]
+        );
     }
 }

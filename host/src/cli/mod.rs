@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::capability::log::sanitize;
 use crate::runtime::{ComponentCache, RuntimeConfig};
 
 /// Run prefect.yaml deployment steps as sandboxed WebAssembly components.
@@ -118,10 +119,42 @@ pub fn main() -> i32 {
     match result {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Causes can quote a plugin: every line printable (the runner already made a
+            // step's cause one line; messages of several lines are ours).
+            let text = format!("{e:#}");
+            let lines: Vec<_> = text.split('\n').map(sanitize).collect();
+            eprintln!("error: {}", lines.join("\n"));
             1
         }
     }
+}
+
+/// JSON for a terminal: the characters serde_json leaves raw that a terminal would obey
+/// or reorder (DEL, C1 controls, bidi overrides, line separators: see
+/// [`crate::capability::log::unprintable`]) written as `\uXXXX` escapes. The same JSON
+/// value, so stdout stays exact for programs. (serde_json escapes C0 controls inside
+/// strings itself; a raw `\n` is the layout of pretty output.)
+pub(crate) fn json_text(v: &serde_json::Value, pretty: bool) -> String {
+    let text = if pretty {
+        serde_json::to_string_pretty(v)
+    } else {
+        serde_json::to_string(v)
+    }
+    .unwrap_or_default();
+    let escape = |c: char| c != '\n' && crate::capability::log::unprintable(c);
+    if !text.contains(escape) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if escape(c) {
+            // All of them are in the basic plane: one `\uXXXX` each.
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn version(cli: &Cli) {

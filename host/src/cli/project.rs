@@ -221,11 +221,11 @@ pub(crate) async fn run(cli: &super::Cli, command: Action, args: &RunArgs) -> an
                 eprintln!(
                     "{} would be registered as:\n{}",
                     d.label(),
-                    serde_json::to_string_pretty(spec)?
+                    super::json_text(spec, true)
                 );
             }
-            serde_json::to_writer_pretty(&mut out, &shown)?;
-            writeln!(out)?;
+            // Outputs are plugins' text: escaped so a terminal shows them, not obeys them.
+            writeln!(out, "{}", super::json_text(&shown, true))?;
         }
         OutputFormat::Json => {
             let mut done = json!({
@@ -237,7 +237,7 @@ pub(crate) async fn run(cli: &super::Cli, command: Action, args: &RunArgs) -> an
             if let Some(spec) = spec {
                 done["deployment"] = spec;
             }
-            writeln!(out, "{done}")?;
+            writeln!(out, "{}", super::json_text(&done, false))?;
         }
     }
     Ok(())
@@ -359,7 +359,7 @@ impl Reporter for JsonReporter {
             }
         }
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{obj}");
+        let _ = writeln!(out, "{}", super::json_text(&obj, false));
     }
 }
 
@@ -456,7 +456,7 @@ pub(crate) async fn plan(cli: &super::Cli, args: &PlanArgs) -> anyhow::Result<()
             };
             runner.note_keyed_secrets(&shown);
             let shown = redact_value(&shown, &runner.redactor());
-            writeln!(out, "      inputs: {}", serde_json::to_string(&shown)?)?;
+            writeln!(out, "      inputs: {}", super::json_text(&shown, false))?;
         }
     }
     if deployment.is_none() {

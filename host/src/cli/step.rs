@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use serde_json::{Map, Value};
 
 use crate::bindings::Level;
-use crate::capability::log::{LogRecord, LogSink, Source};
+use crate::capability::log::{LogRecord, LogSink, Source, sanitize};
 use crate::runtime::{Capability, Grants, Limits, Plugin, Runtime, StepRequest};
 
 #[derive(Debug, Subcommand)]
@@ -78,7 +78,8 @@ async fn run_one(runtime: &Runtime, args: &RunArgs) -> anyhow::Result<()> {
     let cwd = std::fs::canonicalize(&cwd)
         .with_context(|| format!("working directory {}", cwd.display()))?;
     let plugin = resolve(runtime, &args.step).await?;
-    let name = plugin.description.name.clone();
+    // The plugin names itself: printable, like everything else a plugin says.
+    let name = sanitize(&plugin.description.name).into_owned();
     let sink: Arc<dyn LogSink> = if args.quiet {
         Arc::new(crate::capability::log::NullSink)
     } else {
@@ -97,13 +98,16 @@ async fn run_one(runtime: &Runtime, args: &RunArgs) -> anyhow::Result<()> {
     if !args.quiet {
         eprintln!("▶ {name} ({})", plugin.origin);
     }
-    let outcome = runtime.run(&plugin, req).await?;
+    // The error quotes the plugin: one printable line, no forged line after it.
+    let outcome = runtime
+        .run(&plugin, req)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", sanitize(&e.to_string())))?;
     if !args.quiet {
         eprintln!("✓ {name} finished in {}", fmt_duration(outcome.elapsed));
     }
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, &outcome.outputs)?;
-    writeln!(out)?;
+    writeln!(out, "{}", super::json_text(&outcome.outputs, true))?;
     Ok(())
 }
 
@@ -193,10 +197,14 @@ async fn list(runtime: &Runtime) -> anyhow::Result<()> {
         } else {
             caps.join(", ")
         };
+        // Version, summary and capabilities are the plugin's own words.
         writeln!(
             out,
-            "{name} {} ({kind})\n    {}\n    capabilities: {caps}",
-            p.description.version, p.description.summary
+            "{} {} ({kind})\n    {}\n    capabilities: {}",
+            sanitize(&name),
+            sanitize(&p.description.version),
+            sanitize(&p.description.summary),
+            sanitize(&caps)
         )?;
     }
     Ok(())
