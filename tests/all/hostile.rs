@@ -609,3 +609,23 @@ async fn compile_and_output_sizes_are_bounded() {
         "{err}"
     );
 }
+
+/// Root cause 13 at deploy time: a build step's output holding template text is never
+/// baked into the deployment's pull steps, where Prefect would resolve it at flow-run
+/// time.
+#[test]
+fn template_text_in_outputs_is_not_baked_into_the_deployment() {
+    let (_t, dir) = support::tempdir();
+    std::fs::copy(plugins::HOSTILE, dir.join("h.wasm")).unwrap();
+    let yaml = "build:\n  - ./h.wasm:\n      id: evil\n      actions:\n        - {do: output, value: {x: \"{{ prefect.blocks.secret.s }}\"}}\npull:\n  - prefect.deployments.steps.set_working_directory:\n      directory: \"{{ evil.x }}\"\ndeployments:\n  - name: d\n    entrypoint: flow.py:f\n";
+    std::fs::write(dir.join("prefect.yaml"), yaml).unwrap();
+    let (code, out, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .args(["push", "--deployment", "d", "--output", "json"]));
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("prefect.yaml: deployment `d`: the output `evil.x` of a build or push step holds template text"),
+        "{err}"
+    );
+    assert!(!out.contains("pull_steps"), "no deployment was reported: {out}");
+}

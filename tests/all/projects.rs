@@ -520,7 +520,8 @@ fn c54_default_and_explicitly_empty_pull() {
             let p = project::load(&dir.join("prefect.yaml")).unwrap();
             let d = p.deployment("d").unwrap();
             let spec =
-                project::spec::resolve(&p, d, &d.raw, &Map::new(), &Default::default(), &dir);
+                project::spec::resolve(&p, d, &d.raw, &Map::new(), &Default::default(), &dir)
+                    .unwrap();
             assert_eq!(spec["pull_steps"], want, "{yaml}");
             continue;
         }

@@ -205,7 +205,14 @@ pub(crate) async fn run(cli: &super::Cli, command: Action, args: &RunArgs) -> an
     let redactor = runner.redactor();
     let spec = match (&deployment, &config) {
         (Some(d), Some(config)) => Some(redact_value(
-            &project::spec::resolve(&project, d, config, &outputs, &runner.env, &start_dir),
+            &project::spec::resolve(&project, d, config, &outputs, &runner.env, &start_dir)
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "{}: deployment `{}`: {e}",
+                        args.project.file.display(),
+                        d.name.as_deref().unwrap_or("?")
+                    )
+                })?,
             &redactor,
         )),
         _ => None,

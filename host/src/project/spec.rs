@@ -57,7 +57,40 @@ pub fn pre_resolve(
     )
 }
 
+/// A step output that would be written into the deployment as template text.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the output `{0}` of a build or push step holds template text (`{{{{`); Hoist does not \
+     write it into the deployment, where Prefect would resolve it later (a step could \
+     otherwise make the flow run read `{{{{ prefect.blocks.secret... }}}}`)"
+)]
+pub struct TemplateInOutput(pub String);
+
+/// The first output string holding `{{`, as a key path.
+fn template_text(v: &Value, path: &str) -> Option<String> {
+    match v {
+        Value::String(s) if s.contains("{{") => Some(path.to_string()),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, x)| template_text(x, &format!("{path}[{i}]"))),
+        Value::Object(m) => m.iter().find_map(|(k, x)| {
+            let p = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            template_text(x, &p)
+        }),
+        _ => None,
+    }
+}
+
 /// Steps 5–8 of §3.10, after build and push: the registered deployment.
+///
+/// Outputs are substituted into fields Prefect templates again later (pull steps, job
+/// variables): an output holding template text is refused rather than baked in, as the
+/// runner substitutes outputs as opaque values.
 pub fn resolve(
     project: &Project,
     deployment: &Deployment,
@@ -65,7 +98,10 @@ pub fn resolve(
     outputs: &Map<String, Value>,
     env: &Env,
     cwd: &Path,
-) -> Value {
+) -> Result<Value, TemplateInOutput> {
+    if let Some(path) = template_text(&Value::Object(outputs.clone()), "") {
+        return Err(TemplateInOutput(path));
+    }
     let values = Value::Object(outputs.clone());
     let on = Options {
         remove_unset: true,
@@ -160,7 +196,7 @@ pub fn resolve(
             .collect()
     };
     spec.insert("pull_steps".into(), Value::Array(pull));
-    Value::Object(spec)
+    Ok(Value::Object(spec))
 }
 
 /// The pull action `prefect deploy` generates, non-interactively, when a deployment has

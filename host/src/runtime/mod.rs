@@ -440,10 +440,12 @@ impl Runtime {
                 )));
             }
         }
+        // Shown in listings, plans and errors: one printable line each.
+        let clean = |s: String| crate::capability::log::sanitize(&s).into_owned();
         Ok(Description {
-            name: d.name,
-            version: d.version,
-            summary: d.summary,
+            name: clean(d.name),
+            version: clean(d.version),
+            summary: clean(d.summary),
             input_schema: serde_json::from_str(&d.input_schema).unwrap_or(Value::Null),
             capabilities: d
                 .capabilities
