@@ -572,7 +572,12 @@ fn many_functions(n: u32) -> Vec<u8> {
 /// are parsed.
 #[tokio::test]
 async fn compile_and_output_sizes_are_bounded() {
-    let rt = support::runtime();
+    // No disk cache: what is refused here is compiling.
+    let rt = Runtime::new(RuntimeConfig {
+        cache: ComponentCache::disabled(),
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
     let started = std::time::Instant::now();
     let err = rt
         .load(&many_functions(80_000), "many.wasm", false)
@@ -617,14 +622,16 @@ async fn compile_and_output_sizes_are_bounded() {
 fn template_text_in_outputs_is_not_baked_into_the_deployment() {
     let (_t, dir) = support::tempdir();
     std::fs::copy(plugins::HOSTILE, dir.join("h.wasm")).unwrap();
-    let yaml = "build:\n  - ./h.wasm:\n      id: evil\n      actions:\n        - {do: output, value: {x: \"{{ prefect.blocks.secret.s }}\"}}\npull:\n  - prefect.deployments.steps.set_working_directory:\n      directory: \"{{ evil.x }}\"\ndeployments:\n  - name: d\n    entrypoint: flow.py:f\n";
+    // The plugin reads the text from a file: the project file itself holds none.
+    std::fs::write(dir.join("payload"), "{{ prefect.blocks.secret.s }}").unwrap();
+    let yaml = "build:\n  - ./h.wasm:\n      id: evil\n      actions:\n        - {do: read, path: payload}\npull:\n  - prefect.deployments.steps.set_working_directory:\n      directory: \"{{ evil.results }}\"\ndeployments:\n  - name: d\n    entrypoint: flow.py:f\n";
     std::fs::write(dir.join("prefect.yaml"), yaml).unwrap();
     let (code, out, err) = run(hoist(&dir)
         .current_dir(&dir)
         .args(["push", "--deployment", "d", "--output", "json"]));
     assert_ne!(code, 0, "{out}");
     assert!(
-        err.contains("prefect.yaml: deployment `d`: the output `evil.x` of a build or push step holds template text"),
+        err.contains("prefect.yaml: deployment `d`: the output `evil.results[0].ok` of a build or push step holds template text"),
         "{err}"
     );
     assert!(!out.contains("pull_steps"), "no deployment was reported: {out}");

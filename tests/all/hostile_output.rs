@@ -172,8 +172,9 @@ fn describe_texts_are_listed_printable() {
     let (_t, dir) = support::tempdir();
     let (_h, home) = support::tempdir();
     // Installed, the plugin's summary (a retitle and a forged line) is listed.
-    std::fs::create_dir_all(home.join("plugins")).unwrap();
-    std::fs::copy(support::plugins::HOSTILE, home.join("plugins/hostile.wasm")).unwrap();
+    let installed = support::home_of(&home).join("plugins");
+    std::fs::create_dir_all(&installed).unwrap();
+    std::fs::copy(support::plugins::HOSTILE, installed.join("hostile.wasm")).unwrap();
     let (code, out, err) = run(hoist(&home).args(["step", "ls"]));
     assert_eq!(code, 0, "{err}");
     assert!(
