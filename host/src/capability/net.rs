@@ -51,7 +51,7 @@ pub fn special(ip: IpAddr) -> bool {
 }
 
 /// Whether the user granted this host (or one of its addresses) by name, no wildcard.
-fn explicitly_granted(user: &Grants, host: &str, addrs: &[IpAddr]) -> bool {
+pub(crate) fn explicitly_granted(user: &Grants, host: &str, addrs: &[IpAddr]) -> bool {
     user.iter().any(|g| match g {
         Capability::Net(pattern) => split_origin(pattern).is_some_and(|(_, h, _)| {
             !h.contains('*')
