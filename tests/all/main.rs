@@ -5,6 +5,7 @@ mod builtins;
 mod cli;
 mod fixtures;
 mod git;
+mod hostile_git;
 mod net;
 mod projects;
 mod sandbox;
