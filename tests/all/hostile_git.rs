@@ -705,17 +705,16 @@ fn loopback_remotes_need_a_grant_by_name() {
     assert!(!requests(&log).is_empty(), "granted by name, git reached it");
 }
 
-/// An application repository in `work` whose submodule `vendor/lib` points at `sub_url`.
-fn app_with_submodule(e: &Env, sub_url: &str) -> PathBuf {
-    // Add the submodule from a real repository, then point `.gitmodules` at `sub_url`.
-    let lib = e.root.join("lib-template");
-    if !lib.exists() {
-        make_repo(&lib, "LIB", "lib\n");
-    }
+/// An application repository in `work` whose submodule `vendor/lib` is `lib`, with
+/// `.gitmodules` then pointing at `sub_url`.
+fn app_with_submodule(e: &Env, lib: &Path, sub_url: &str) -> PathBuf {
     let app = e.work.join("app");
     make_repo(&app, "README", "app\n");
-    git(&app, &["submodule", "add", "-q", &url(&lib), "vendor/lib"]);
-    git(&app, &["config", "-f", ".gitmodules", "submodule.vendor/lib.url", sub_url]);
+    git(&app, &["submodule", "add", "-q", &url(lib), "vendor/lib"]);
+    git(
+        &app,
+        &["config", "-f", ".gitmodules", "submodule.vendor/lib.url", sub_url],
+    );
     git(&app, &["commit", "-qam", "submodule"]);
     app
 }
@@ -728,7 +727,7 @@ fn submodule_urls_are_checked_like_clone_urls() {
     let e = env();
     let secret = e.outside.join("secret");
     make_repo(&secret, "SECRET", "top secret\n");
-    let app = app_with_submodule(&e, &url(&secret));
+    let app = app_with_submodule(&e, &secret, &url(&secret));
     let r = attack(
         &e,
         plugins::HOSTILE,
@@ -752,7 +751,9 @@ fn submodule_urls_are_checked_like_clone_urls() {
     let log = e.root.join("requests.log");
     let server = counting_server(&log);
     let e2 = env();
-    let app = app_with_submodule(&e2, &format!("http://127.0.0.1:{}/lib.git", server.1));
+    let lib = e2.root.join("lib");
+    make_repo(&lib, "LIB", "lib\n");
+    let app = app_with_submodule(&e2, &lib, &format!("http://127.0.0.1:{}/lib.git", server.1));
     let actions = json!([
         {"do": "git_clone", "url": url(&app), "dest": "c1", "submodules": true},
         {"do": "git_clone", "url": url(&app), "dest": "c2"},
@@ -787,7 +788,7 @@ fn submodules_live_in_hoists_git_directory() {
     let canary = e.root.join("canary");
     let lib = e.work.join("lib");
     make_repo(&lib, "LIB", "lib\n");
-    let app = app_with_submodule(&e, &url(&lib));
+    let app = app_with_submodule(&e, &lib, &url(&lib));
     let r = attack(
         &e,
         plugins::HOSTILE,
@@ -815,13 +816,16 @@ fn submodules_live_in_hoists_git_directory() {
         plugins::HOSTILE,
         &[],
         json!([
+            // An update of the existing checkout and its submodule works.
+            {"do": "git_pull", "repo": c, "submodules": true},
             {"do": "write", "path": c.join("vendor/lib/.git"),
              "contents": format!("gitdir: {}\n", evil.join(".git").display())},
             {"do": "git_pull", "repo": c, "submodules": true},
         ]),
     );
     ok(&r[0]);
-    let m = err(&r[1]);
+    ok(&r[1]);
+    let m = err(&r[2]);
     assert!(m.contains("is not the gitfile Hoist wrote"), "{m}");
     assert!(!canary.exists());
 }

@@ -58,7 +58,6 @@ const HARDENING: &[(&str, &str)] = &[
     ("fetch.recurseSubmodules", "false"),
     ("gc.auto", "0"),
     ("maintenance.auto", "false"),
-    ("core.alternateRefsCommand", ""),
 ];
 
 /// Where a remote is, once checked.
@@ -612,7 +611,15 @@ impl StepState {
                 .find(|m| m.is("submodule", Some(name), "path"))
                 .and_then(|m| m.value.clone())
                 .ok_or_else(|| invalid(format!("submodule `{name}` has no path")))?;
-            subs.push(sub_repo(repo, name, &path)?);
+            let sub = sub_repo(repo, name, &path)?;
+            // An existing submodule fetches from its own origin, which may predate the
+            // URL in `.gitmodules`: checked too.
+            if sub.git_dir.is_dir()
+                && let Some(own) = origin_url(&sub)?
+            {
+                remotes.push(self.remote(&own).await?);
+            }
+            subs.push(sub);
         }
         let refs: Vec<&Remote> = remotes.iter().collect();
         if !subs.is_empty() {
@@ -920,7 +927,8 @@ impl Host for StepState {
 
     async fn is_shallow(&mut self, repo: String) -> Result<bool, GitError> {
         let repo = self.open_repo(&repo, false)?;
-        Ok(present(&repo.git_dir.join("shallow")))
+        // What `rev-parse --is-shallow-repository` reads, without running git.
+        Ok(std::fs::metadata(repo.git_dir.join("shallow")).is_ok_and(|m| m.len() > 0))
     }
 
     async fn is_sparse(&mut self, repo: String) -> Result<bool, GitError> {
