@@ -229,7 +229,11 @@ fn a_planted_git_directory_is_never_used() {
     assert_eq!(ok(&r[6]), &json!(git(&src, &["rev-parse", "HEAD"])));
     assert_eq!(ok(&r[7]), &json!(false));
     assert_eq!(ok(&r[8]), &json!(true), "sparse, as Hoist set it");
-    assert_eq!(ok(&r[9]), &json!(false), "nothing fetched from the planted remote");
+    assert_eq!(
+        ok(&r[9]),
+        &json!(false),
+        "nothing fetched from the planted remote"
+    );
     assert!(!canary.exists(), "a planted hook, filter or config ran");
 }
 
@@ -432,9 +436,7 @@ fn a_git_store_inside_the_steps_directories_is_refused() {
     let mut cmd = hoist(&e.work.join(".hoist"));
     cmd.current_dir(&e.work)
         .args(["step", "run", plugins::HOSTILE, "-q", "--inputs-json"])
-        .arg(
-            json!({"actions": [{"do": "git_clone", "url": url(&src), "dest": "wt"}]}).to_string(),
-        );
+        .arg(json!({"actions": [{"do": "git_clone", "url": url(&src), "dest": "wt"}]}).to_string());
     let (code, out, errs) = run(&mut cmd);
     assert_eq!(code, 0, "{errs}");
     assert!(
@@ -481,7 +483,10 @@ fn stale_git_directories_are_replaced_and_collected() {
         ok(x);
     }
     assert_eq!(hoist_git_dir(&e, &a), ga);
-    assert!(!gb.exists(), "the git directory of the deleted `b` was collected");
+    assert!(
+        !gb.exists(),
+        "the git directory of the deleted `b` was collected"
+    );
 }
 
 /// Root cause 2: git never walks up into an enclosing repository the step cannot
@@ -556,7 +561,10 @@ fn file_urls_are_checked_as_git_reads_them() {
             format!("may not read {s} with git"),
         ),
         (rel, format!("may not read {s} with git")),
-        (format!("file://{w}/%zz"), "malformed percent-encoding".into()),
+        (
+            format!("file://{w}/%zz"),
+            "malformed percent-encoding".into(),
+        ),
     ];
     let actions: Vec<Value> = cases
         .iter()
@@ -702,7 +710,10 @@ fn loopback_remotes_need_a_grant_by_name() {
         json!([{"do": "git_clone", "url": format!("http://127.0.0.1:{port}/r.git"), "dest": "a"}]),
     );
     assert!(err(&r[0]).contains("git failed"), "{r:?}");
-    assert!(!requests(&log).is_empty(), "granted by name, git reached it");
+    assert!(
+        !requests(&log).is_empty(),
+        "granted by name, git reached it"
+    );
 }
 
 /// An application repository in `work` whose submodule `vendor/lib` is `lib`, with
@@ -713,7 +724,13 @@ fn app_with_submodule(e: &Env, lib: &Path, sub_url: &str) -> PathBuf {
     git(&app, &["submodule", "add", "-q", &url(lib), "vendor/lib"]);
     git(
         &app,
-        &["config", "-f", ".gitmodules", "submodule.vendor/lib.url", sub_url],
+        &[
+            "config",
+            "-f",
+            ".gitmodules",
+            "submodule.vendor/lib.url",
+            sub_url,
+        ],
     );
     git(&app, &["commit", "-qam", "submodule"]);
     app
@@ -740,7 +757,10 @@ fn submodule_urls_are_checked_like_clone_urls() {
     );
     for x in [&r[0], &r[2]] {
         let m = err(x);
-        assert!(m.contains(&format!("may not read {} with git", secret.display())), "{m}");
+        assert!(
+            m.contains(&format!("may not read {} with git", secret.display())),
+            "{m}"
+        );
     }
     ok(&r[1]);
     for d in ["c1", "c2"] {

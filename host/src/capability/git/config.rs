@@ -228,8 +228,15 @@ pub(crate) fn allowed(e: &Entry) -> bool {
     match (e.section.as_str(), e.key.as_str()) {
         (
             "core",
-            "repositoryformatversion" | "filemode" | "bare" | "logallrefupdates" | "symlinks"
-            | "ignorecase" | "precomposeunicode" | "sparsecheckout" | "sparsecheckoutcone",
+            "repositoryformatversion"
+            | "filemode"
+            | "bare"
+            | "logallrefupdates"
+            | "symlinks"
+            | "ignorecase"
+            | "precomposeunicode"
+            | "sparsecheckout"
+            | "sparsecheckoutcone",
         ) => sub.is_none(),
         ("extensions", "partialclone" | "worktreeconfig" | "objectformat") => sub.is_none(),
         ("index", "sparse") => sub.is_none(),
@@ -283,7 +290,13 @@ mod tests {
                 e("include", None, "path", Some("a b")),
             ]
         );
-        for bad in ["key = v\n", "[core\n", "[a \"b]\n", "[a] k = \"open\n", "[a] 9 = 1\n"] {
+        for bad in [
+            "key = v\n",
+            "[core\n",
+            "[a \"b]\n",
+            "[a] k = \"open\n",
+            "[a] 9 = 1\n",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
     }
@@ -291,7 +304,12 @@ mod tests {
     #[test]
     fn the_allow_list() {
         assert!(allowed(&e("remote", Some("origin"), "url", Some("x"))));
-        assert!(allowed(&e("submodule", Some("a"), "update", Some("rebase"))));
+        assert!(allowed(&e(
+            "submodule",
+            Some("a"),
+            "update",
+            Some("rebase")
+        )));
         for no in [
             e("remote", Some("evil"), "url", Some("x")),
             e("remote", Some("origin"), "uploadpack", Some("touch /c")),

@@ -265,9 +265,8 @@ impl StepState {
                         "`{url}`: a file:// URL must have an empty host (file:///path)"
                     )));
                 }
-                let decoded = repo::percent_decode(rest).ok_or_else(|| {
-                    invalid(format!("`{url}` has a malformed percent-encoding"))
-                })?;
+                let decoded = repo::percent_decode(rest)
+                    .ok_or_else(|| invalid(format!("`{url}` has a malformed percent-encoding")))?;
                 let path = PathBuf::from(<OsString as std::os::unix::ffi::OsStringExt>::from_vec(
                     decoded,
                 ));
@@ -300,7 +299,11 @@ impl StepState {
                 if !list.is_empty() && host.parse::<IpAddr>().is_err() {
                     remote.config.push((
                         "http.curloptResolve".into(),
-                        format!("{}:{port}:{}", host.trim_matches(['[', ']']), list.join(",")),
+                        format!(
+                            "{}:{port}:{}",
+                            host.trim_matches(['[', ']']),
+                            list.join(",")
+                        ),
                     ));
                 }
             }
@@ -374,10 +377,9 @@ impl StepState {
         let store = repo::store_root().ok();
         let dot_git = p.join(".git");
         let git_dir = match std::fs::symlink_metadata(&dot_git) {
-            Ok(m) if m.is_file() => resolve(
-                &p,
-                repo::gitfile_target(&dot_git).ok_or_else(not_repo)?,
-            ),
+            Ok(m) if m.is_file() => {
+                resolve(&p, repo::gitfile_target(&dot_git).ok_or_else(not_repo)?)
+            }
             Ok(_) => resolve(&p, ".git"),
             Err(_) if p.join("HEAD").is_file() && p.join("objects").is_dir() => p.clone(),
             Err(_) => return Err(not_repo()),
@@ -407,7 +409,8 @@ impl StepState {
                 )));
             }
             self.check_alternates(url, &git_dir, 0)?;
-            let links = repo::symlinks_under(&git_dir).map_err(|e| invalid(format!("`{url}`: {e}")))?;
+            let links =
+                repo::symlinks_under(&git_dir).map_err(|e| invalid(format!("`{url}`: {e}")))?;
             for link in links {
                 let target = resolve(Path::new("/"), &link);
                 if !self.inside_roots(&target, false) {
@@ -519,7 +522,8 @@ impl StepState {
         for r in remotes {
             config.extend(r.config.iter().cloned());
         }
-        if let (Some(c), Some(origin)) = (creds, remotes.first().and_then(|r| r.http_origin.as_ref()))
+        if let (Some(c), Some(origin)) =
+            (creds, remotes.first().and_then(|r| r.http_origin.as_ref()))
         {
             let token = base64(format!("{}:{}", c.username, c.secret).as_bytes());
             let redactor = self.log.redactor();
@@ -639,12 +643,8 @@ impl StepState {
 fn read_config(git_dir: &Path) -> Result<Vec<config::Entry>, GitError> {
     let mut all = Vec::new();
     for file in ["config", "config.worktree"] {
-        let entries = config::read(&git_dir.join(file)).map_err(|e| {
-            invalid(format!(
-                "cannot read {}: {e}",
-                git_dir.join(file).display()
-            ))
-        })?;
+        let entries = config::read(&git_dir.join(file))
+            .map_err(|e| invalid(format!("cannot read {}: {e}", git_dir.join(file).display())))?;
         all.extend(entries);
     }
     Ok(all)
@@ -662,7 +662,11 @@ fn check_git_dir(repo: &Repo, submodule: bool) -> Result<Vec<config::Entry>, Git
                 .as_deref()
                 .is_some_and(|v| resolve(&repo.git_dir, v) == repo.work);
         if !config::allowed(e) && !worktree_ok {
-            let sub = e.sub.as_deref().map(|s| format!(".{s}")).unwrap_or_default();
+            let sub = e
+                .sub
+                .as_deref()
+                .map(|s| format!(".{s}"))
+                .unwrap_or_default();
             return Err(denied(format!(
                 "repository `{}` has configuration Hoist does not allow (`{}{sub}.{}`); \
                  remove it to clone again",
@@ -724,7 +728,8 @@ fn sub_repo(repo: &Repo, name: &str, path: &str) -> Result<Repo, GitError> {
     let dot_git = work.join(".git");
     if let Ok(m) = std::fs::symlink_metadata(&dot_git) {
         let ours = m.is_file()
-            && repo::gitfile_target(&dot_git).is_some_and(|t| resolve(&work, t) == resolve(&git_dir, ""));
+            && repo::gitfile_target(&dot_git)
+                .is_some_and(|t| resolve(&work, t) == resolve(&git_dir, ""));
         if !ours {
             return Err(bad(&format!(
                 "{} is not the gitfile Hoist wrote; remove the submodule's directory",
@@ -750,9 +755,8 @@ impl Host for StepState {
         // removed or emptied: stale. (A non-empty destination makes git refuse anyway.)
         let empty = std::fs::read_dir(&dest).map_or(true, |mut d| d.next().is_none());
         if present(&git_dir) && empty {
-            std::fs::remove_dir_all(&git_dir).map_err(|e| {
-                failed(format!("cannot remove stale {}: {e}", git_dir.display()))
-            })?;
+            std::fs::remove_dir_all(&git_dir)
+                .map_err(|e| failed(format!("cannot remove stale {}: {e}", git_dir.display())))?;
         }
         let mut a = args(["clone", "--no-local", "--no-recurse-submodules"]);
         a.push("--separate-git-dir".into());
@@ -797,11 +801,7 @@ impl Host for StepState {
             };
             self.git(
                 Some(&repo),
-                vec![
-                    "config".into(),
-                    "remote.origin.url".into(),
-                    recorded.into(),
-                ],
+                vec!["config".into(), "remote.origin.url".into(), recorded.into()],
                 &[],
                 None,
             )

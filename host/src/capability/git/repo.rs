@@ -69,7 +69,9 @@ pub(crate) fn collect_garbage(store: &Path) {
 /// directory. `None` if `file` is not a gitfile.
 pub(crate) fn gitfile_target(file: &Path) -> Option<PathBuf> {
     let text = std::fs::read_to_string(file).ok()?;
-    let target = text.strip_prefix("gitdir: ")?.trim_end_matches(['\n', '\r']);
+    let target = text
+        .strip_prefix("gitdir: ")?
+        .trim_end_matches(['\n', '\r']);
     Some(file.parent()?.join(target))
 }
 
