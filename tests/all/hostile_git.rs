@@ -849,3 +849,43 @@ fn submodules_live_in_hoists_git_directory() {
     assert!(m.contains("is not the gitfile Hoist wrote"), "{m}");
     assert!(!canary.exists());
 }
+
+/// Root cause 4: a `.gitmodules` asking for a command as the update mode never runs
+/// it (git does not copy it, and Hoist's allow-list would refuse it in its config).
+#[test]
+fn a_submodule_update_command_never_runs() {
+    let e = env();
+    let canary = e.root.join("canary");
+    let lib = e.work.join("lib");
+    make_repo(&lib, "LIB", "lib\n");
+    let app = app_with_submodule(&e, &lib, &url(&lib));
+    git(
+        &app,
+        &[
+            "config",
+            "-f",
+            ".gitmodules",
+            "submodule.vendor/lib.update",
+            &format!("!touch {}", canary.display()),
+        ],
+    );
+    git(&app, &["commit", "-qam", "update command"]);
+    let r = attack(
+        &e,
+        plugins::HOSTILE,
+        &[],
+        json!([
+            {"do": "git_clone", "url": url(&app), "dest": "c", "submodules": true},
+            {"do": "git_pull", "repo": "c", "submodules": true},
+        ]),
+    );
+    for x in &r {
+        let m = err(x);
+        assert!(
+            m.contains("invalid value for 'submodule.vendor/lib.update'")
+                || m.contains("Hoist does not allow"),
+            "{m}"
+        );
+    }
+    assert!(!canary.exists(), "the update command ran");
+}

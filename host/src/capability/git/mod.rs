@@ -794,10 +794,11 @@ impl Host for StepState {
         if remote.local.is_some() {
             // Record the URL as the user wrote it (fetches are rewritten to the checked
             // git directory again, after checking it again).
-            let recorded = if opts.url.contains("://") {
+            // As git records a path: absolute, as written.
+            let recorded = if opts.url.contains("://") || Path::new(&opts.url).is_absolute() {
                 opts.url.clone()
             } else {
-                resolve(&self.cwd, &opts.url).display().to_string()
+                self.cwd.join(&opts.url).display().to_string()
             };
             self.git(
                 Some(&repo),
