@@ -343,7 +343,8 @@ impl StepState {
         host: &str,
         port: u16,
     ) -> Result<Vec<IpAddr>, GitError> {
-        let addrs: Vec<IpAddr> = match tokio::net::lookup_host((host, port)).await {
+        let bare = host.trim_matches(['[', ']']);
+        let addrs: Vec<IpAddr> = match tokio::net::lookup_host((bare, port)).await {
             Ok(a) => a.map(|s| s.ip()).collect(),
             Err(e) => {
                 return Err(refused(StepError::NotFound(format!(
