@@ -57,7 +57,9 @@ fn pull(dir: &Path, step: Value) -> (i32, Value, String) {
         serde_json::to_string(&json!({"pull": [{"prefect.deployments.steps.git_clone": step}]}))
             .unwrap();
     std::fs::write(dir.join("prefect.yaml"), yaml).unwrap();
-    let (code, out, err) = run(hoist(dir).current_dir(dir).args(["pull"]));
+    // Hoist's home (where it keeps git directories) outside the project.
+    let home = dir.parent().unwrap().join("hoist-home");
+    let (code, out, err) = run(hoist(&home).current_dir(dir).args(["pull"]));
     (code, serde_json::from_str(&out).unwrap_or(Value::Null), err)
 }
 
@@ -188,7 +190,9 @@ fn submodules_are_cloned_when_asked() {
 
 #[test]
 fn validation_happens_before_any_git_command() {
-    let (_t, dir) = support::tempdir();
+    let (_t, root) = support::tempdir();
+    let dir = root.join("work");
+    std::fs::create_dir(&dir).unwrap();
     for (step, msg) in [
         (
             json!({"repository": "https://github.com/org/repo.git", "branch": "--upload-pack=touch /tmp/pwned"}),
@@ -353,10 +357,13 @@ fn a_token_protected_https_server_needs_the_token_and_never_sees_it_leak() {
         )
         .unwrap();
         std::fs::write(work.join("prefect.yaml"), yaml).unwrap();
+        // The server is on loopback: granted by name, as a user would.
         run(hoist(&home)
             .current_dir(&work)
             .env("GIT_SSL_CAINFO", &server.ca)
-            .arg("pull"))
+            .arg("pull")
+            .arg("--allow")
+            .arg(format!("net:https://127.0.0.1:{}", server.port)))
     };
 
     // Without the token: refused by the server, a hint, three attempts.
@@ -379,7 +386,11 @@ fn a_token_protected_https_server_needs_the_token_and_never_sees_it_leak() {
     );
     assert_eq!(code, 0, "{err}");
     assert!(work.join("proj/src/app.py").exists());
-    let config = std::fs::read_to_string(work.join("proj/.git/config")).unwrap();
+    // `.git` is a gitfile: the git directory is Hoist's, in its home.
+    let gitfile = std::fs::read_to_string(work.join("proj/.git")).unwrap();
+    let git_dir = PathBuf::from(gitfile.trim().strip_prefix("gitdir: ").unwrap());
+    assert!(git_dir.starts_with(home.join("git")), "{gitfile}");
+    let config = std::fs::read_to_string(git_dir.join("config")).unwrap();
     for text in [&out, &err, &config] {
         assert!(!text.contains(token), "token leaked: {text}");
     }
@@ -477,7 +488,7 @@ fn c27_clone_then_install_requirements_from_the_clone() {
         repo.display()
     );
     std::fs::write(work.join("prefect.yaml"), yaml).unwrap();
-    let (code, out, err) = run(hoist(&work)
+    let (code, out, err) = run(hoist(&root.join("hoist-home"))
         .current_dir(&work)
         .env("HOIST_PYTHON", venv.join("bin/python"))
         .arg("pull"));

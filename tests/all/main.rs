@@ -6,6 +6,7 @@ mod cli;
 mod fixtures;
 mod git;
 mod hostile;
+mod hostile_git;
 mod hostile_output;
 mod net;
 mod projects;

@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex};
 use hoist::capability::log::{LogRecord, LogSink};
 use hoist::runtime::{ComponentCache, Runtime, RuntimeConfig};
 
+// Generated: one constant per test plugin, some used only by other branches' tests.
+#[allow(dead_code)]
 pub mod plugins {
     include!(concat!(env!("OUT_DIR"), "/test_plugins.rs"));
 }
