@@ -389,7 +389,10 @@ fn a_token_protected_https_server_needs_the_token_and_never_sees_it_leak() {
     // `.git` is a gitfile: the git directory is Hoist's, in its home.
     let gitfile = std::fs::read_to_string(work.join("proj/.git")).unwrap();
     let git_dir = PathBuf::from(gitfile.trim().strip_prefix("gitdir: ").unwrap());
-    assert!(git_dir.starts_with(home.join("git")), "{gitfile}");
+    assert!(
+        git_dir.starts_with(support::home_of(&home).join("git")),
+        "{gitfile}"
+    );
     let config = std::fs::read_to_string(git_dir.join("config")).unwrap();
     for text in [&out, &err, &config] {
         assert!(!text.contains(token), "token leaked: {text}");

@@ -626,13 +626,17 @@ fn template_text_in_outputs_is_not_baked_into_the_deployment() {
     std::fs::write(dir.join("payload"), "{{ prefect.blocks.secret.s }}").unwrap();
     let yaml = "build:\n  - ./h.wasm:\n      id: evil\n      actions:\n        - {do: read, path: payload}\npull:\n  - prefect.deployments.steps.set_working_directory:\n      directory: \"{{ evil.results }}\"\ndeployments:\n  - name: d\n    entrypoint: flow.py:f\n";
     std::fs::write(dir.join("prefect.yaml"), yaml).unwrap();
-    let (code, out, err) = run(hoist(&dir)
-        .current_dir(&dir)
-        .args(["push", "--deployment", "d", "--output", "json"]));
+    let (code, out, err) =
+        run(hoist(&dir)
+            .current_dir(&dir)
+            .args(["push", "--deployment", "d", "--output", "json"]));
     assert_ne!(code, 0, "{out}");
     assert!(
         err.contains("prefect.yaml: deployment `d`: the output `evil.results[0].ok` of a build or push step holds template text"),
         "{err}"
     );
-    assert!(!out.contains("pull_steps"), "no deployment was reported: {out}");
+    assert!(
+        !out.contains("pull_steps"),
+        "no deployment was reported: {out}"
+    );
 }

@@ -91,10 +91,14 @@ fn private_ca_server(dir: &std::path::Path) -> Server {
             .success();
         assert!(ok, "{script}");
     };
-    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj '/CN=Hoist test CA'");
+    sh(
+        "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj '/CN=Hoist test CA'",
+    );
     sh("openssl req -newkey rsa:2048 -nodes -keyout srv.key -out srv.csr -subj /CN=localhost");
     std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
-    sh("openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 1 -extfile san.ext");
+    sh(
+        "openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 1 -extfile san.ext",
+    );
     let port = support::free_port();
     let mut cmd = std::process::Command::new("python3");
     cmd.current_dir(dir).arg("-c").arg(format!(
@@ -195,11 +199,8 @@ while True:
     let url = format!("https://localhost:{}/hello.txt", server.1);
     let ca = dir.join("ca.pem").display().to_string();
     let via = format!("http://127.0.0.1:{proxy_port}");
-    let (code, out, err) = fetch_granted(
-        &dir,
-        &url,
-        &[("SSL_CERT_FILE", &ca), ("HTTPS_PROXY", &via)],
-    );
+    let (code, out, err) =
+        fetch_granted(&dir, &url, &[("SSL_CERT_FILE", &ca), ("HTTPS_PROXY", &via)]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["body"], "hello through a proxy");

@@ -210,7 +210,11 @@ impl WasiHttpHooks for NetHooks {
             // Connect to the address just checked, not to whatever a second lookup returns
             // (DNS rebinding), for HTTPS too: TLS verifies the name the request used.
             // IPv4 first: servers on loopback names usually listen on 127.0.0.1 only.
-            let ip = addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()).copied();
+            let ip = addrs
+                .iter()
+                .find(|a| a.is_ipv4())
+                .or(addrs.first())
+                .copied();
             let target = connect::Target {
                 ip,
                 port,

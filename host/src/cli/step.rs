@@ -94,7 +94,9 @@ async fn run_one(runtime: &Runtime, args: &RunArgs) -> anyhow::Result<()> {
         })
         .log(sink);
     req.id = args.id.clone();
-    req.project_root = Some(cwd);
+    // No project: the directory given is the plugin's to write (a project's own
+    // directory is read-only to plugins under `hoist build|push|pull`).
+    req.project_root = None;
     if !args.quiet {
         eprintln!("▶ {name} ({})", plugin.origin);
     }

@@ -240,4 +240,3 @@ impl Body for BetweenBytes {
         self.incoming.size_hint()
     }
 }
-

@@ -150,7 +150,11 @@ pub async fn tunnel(
     }
     let answer = String::from_utf8_lossy(&answer);
     let status = answer.lines().next().unwrap_or("").trim();
-    if status.split_whitespace().nth(1).is_some_and(|c| c.starts_with('2')) {
+    if status
+        .split_whitespace()
+        .nth(1)
+        .is_some_and(|c| c.starts_with('2'))
+    {
         Ok(tcp)
     } else {
         Err(Error::InternalError(Some(format!(
