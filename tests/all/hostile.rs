@@ -640,3 +640,47 @@ fn template_text_in_outputs_is_not_baked_into_the_deployment() {
         "no deployment was reported: {out}"
     );
 }
+
+/// Root cause 10: a step cannot hold more than 64 requests in flight (each is a socket
+/// of the host's); the ones beyond are refused without a connection.
+#[test]
+fn requests_in_flight_are_capped() {
+    let (_t, dir) = support::tempdir();
+    let port = support::free_port();
+    let count = dir.join("connections");
+    let mut server = std::process::Command::new("python3");
+    server.arg("-c").arg(format!(
+        "import http.server as h, socketserver, threading, time\n\
+         n = [0]; lock = threading.Lock()\n\
+         class H(h.BaseHTTPRequestHandler):\n    \
+         def do_GET(s):\n        \
+         with lock:\n            \
+         n[0] += 1; open({count:?}, 'w').write(str(n[0]))\n        \
+         time.sleep(1.5); s.send_response(200); s.send_header('Content-Length', '0'); s.end_headers()\n    \
+         def log_message(s, *a): pass\n\
+         class S(socketserver.ThreadingMixIn, h.HTTPServer): daemon_threads = True; request_queue_size = 512\n\
+         S(('127.0.0.1', {port}), H).serve_forever()\n",
+        count = count.display().to_string()
+    ));
+    let _server = support::Server::start(server, port, "a slow threaded server");
+    let mut cmd = hoist(&dir);
+    cmd.current_dir(&dir)
+        .args(["step", "run", plugins::HOSTILE_GRANTED, "-q", "--inputs-json"])
+        .arg(
+            json!({"actions": [{"do": "http_flood", "url": format!("http://127.0.0.1:{port}/"), "n": 100}]})
+                .to_string(),
+        );
+    for g in GRANTED {
+        cmd.args(["--allow", g]);
+    }
+    cmd.args(["--allow", &format!("net:http://127.0.0.1:{port}")]);
+    let (code, out, err) = run(&mut cmd);
+    assert_eq!(code, 0, "{err}");
+    let out: Value = serde_json::from_str(&out).unwrap();
+    let r = &out["results"][0]["ok"];
+    assert_eq!(r["started"], 100, "{out}");
+    assert_eq!(r["answered"], 64, "{out}");
+    assert_eq!(r["failed"], 36, "{out}");
+    let seen: u32 = std::fs::read_to_string(&count).unwrap().parse().unwrap();
+    assert_eq!(seen, 64, "connections the server saw");
+}

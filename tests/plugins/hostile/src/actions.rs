@@ -61,7 +61,7 @@ enum Action {
     /// Return a string output of this many bytes.
     BigOutput { bytes: usize },
     HttpGet { url: String },
-    /// Start this many requests and keep them all in flight.
+    /// Start this many requests, keep them all in flight, then wait for each.
     HttpFlood { url: String, n: usize },
 }
 
@@ -171,7 +171,16 @@ fn one(action: Action, output: &mut Option<Value>) -> Result<Value> {
                     Err(_) => refused += 1,
                 }
             }
-            json!({"started": pending.len(), "refused": refused})
+            // Hold them all until every answer (or refusal) is in.
+            let started = pending.len();
+            let (mut answered, mut failed) = (0, 0);
+            for p in pending {
+                match p.wait() {
+                    Ok(_) => answered += 1,
+                    Err(_) => failed += 1,
+                }
+            }
+            json!({"started": started, "refused": refused, "answered": answered, "failed": failed})
         }
     })
 }
