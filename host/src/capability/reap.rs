@@ -89,40 +89,13 @@ struct Proc {
 
 /// Every process this user can see: `/proc/<pid>/stat`.
 fn processes() -> HashMap<i32, Proc> {
-    let mut out = HashMap::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
+        return HashMap::new();
     };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // `pid (comm) state ppid pgrp session ...`; comm may hold spaces and parentheses.
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let num = |i: usize| f.get(i).and_then(|s| s.parse::<i32>().ok());
-        if let (Some(ppid), Some(pgrp), Some(session)) = (num(1), num(2), num(3)) {
-            out.insert(
-                pid,
-                Proc {
-                    ppid,
-                    pgrp,
-                    session,
-                    zombie: f.first() == Some(&"Z"),
-                },
-            );
-        }
-    }
-    out
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| Some((pid, stat(pid)?)))
+        .collect()
 }
 
 fn descendants(table: &HashMap<i32, Proc>, root: i32) -> Vec<i32> {
@@ -137,6 +110,35 @@ fn descendants(table: &HashMap<i32, Proc>, root: i32) -> Vec<i32> {
         }
     }
     out
+}
+
+/// Direct children of this process (of any of its threads), from
+/// `/proc/self/task/*/children`: a few small reads instead of a walk of `/proc`.
+fn children() -> Option<Vec<i32>> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let list = std::fs::read_to_string(task.path().join("children")).ok()?;
+        out.extend(
+            list.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok()),
+        );
+    }
+    Some(out)
+}
+
+/// One process's `/proc/<pid>/stat`.
+fn stat(pid: i32) -> Option<Proc> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid pgrp session ...`; comm may hold spaces and parentheses.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let num = |i: usize| f.get(i).and_then(|s| s.parse::<i32>().ok());
+    Some(Proc {
+        ppid: num(1)?,
+        pgrp: num(2)?,
+        session: num(3)?,
+        zombie: f.first() == Some(&"Z"),
+    })
 }
 
 /// Kill and reap every process re-parented to Hoist from a step: its parent was in a
@@ -155,19 +157,27 @@ pub fn sweep() {
                 g.live.iter().copied().collect(),
             )
         };
-        let table = processes();
-        let orphans: Vec<i32> = table
-            .iter()
-            .filter(|(pid, p)| {
-                p.ppid == me
-                    && !live.contains(pid)
-                    && (made.contains(&p.pgrp) || p.session != my_session)
-            })
-            .map(|(&pid, _)| pid)
-            .collect();
+        let is_orphan = |pid: i32, p: &Proc| {
+            p.ppid == me
+                && !live.contains(&pid)
+                && (made.contains(&p.pgrp) || p.session != my_session)
+        };
+        // The common case, nothing left behind, costs a read of our children list.
+        let orphans: Vec<i32> = match children() {
+            Some(kids) => kids
+                .into_iter()
+                .filter(|&pid| stat(pid).is_some_and(|p| is_orphan(pid, &p)))
+                .collect(),
+            None => processes()
+                .iter()
+                .filter(|(pid, p)| is_orphan(**pid, p))
+                .map(|(&pid, _)| pid)
+                .collect(),
+        };
         if orphans.is_empty() {
             return;
         }
+        let table = processes();
         for &o in &orphans {
             for p in descendants(&table, o).into_iter().chain([o]) {
                 if let Some(p) = Pid::from_raw(p)
