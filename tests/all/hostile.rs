@@ -248,6 +248,8 @@ async fn cache_entries_without_our_mac_are_never_loaded() {
     );
 
     // Tampered with (one byte of code), or carrying another key's MAC: compiled again.
+    // (Later than the clock tick the entry was written in: change times are coarse.)
+    std::thread::sleep(std::time::Duration::from_millis(20));
     let mut bytes = std::fs::read(&entry).unwrap();
     bytes[100] ^= 0x40;
     std::fs::write(&entry, &bytes).unwrap();
