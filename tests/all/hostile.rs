@@ -686,3 +686,31 @@ fn requests_in_flight_are_capped() {
     let seen: u32 = std::fs::read_to_string(&count).unwrap().parse().unwrap();
     assert_eq!(seen, 64, "connections the server saw");
 }
+
+/// Root cause 6, by another road: a step that can write the working directory's parent
+/// swaps the directory for a symlink; the next plugin is not given where it points.
+#[tokio::test]
+async fn a_working_directory_swapped_for_a_symlink_is_refused() {
+    let (_t, top) = support::tempdir();
+    let (_o, outside) = support::tempdir();
+    let c = canary(&outside);
+    let cwd = top.join("sub");
+    std::fs::create_dir(&cwd).unwrap();
+    std::fs::remove_dir(&cwd).unwrap();
+    std::os::unix::fs::symlink(&outside, &cwd).unwrap();
+    let rt = support::runtime();
+    let err = attack(
+        &rt,
+        plugins::HOSTILE,
+        &cwd,
+        Grants::none(),
+        json!([{"do": "write", "path": c.display().to_string(), "contents": "pwned"}]),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("a symlink was put in its place"),
+        "{err}"
+    );
+    untouched(&c);
+}

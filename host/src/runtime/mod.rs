@@ -475,6 +475,17 @@ impl Runtime {
         grants: &Grants,
     ) -> Result<SandboxDirs, String> {
         let cwd = policy::canonical_path(&req.cwd);
+        // The runner hands on the working directory a step left, canonical when it was
+        // set. If it now resolves elsewhere, a symlink was planted in its place (by a
+        // step that could write its parent): a plugin would be given wherever it points.
+        if !plugin.builtin && cwd != req.cwd {
+            return Err(format!(
+                "its working directory {} now resolves to {}: a symlink was put in its \
+                 place, and plugins are only given directories as they were set",
+                req.cwd.display(),
+                cwd.display()
+            ));
+        }
         let project = req.project_root.as_deref().map(policy::canonical_path);
         let holds_project = |d: &Path| project.as_deref().is_some_and(|p| p.starts_with(d));
         let user_writes = |d: &Path| user.allows(&Capability::WriteDir(d.to_path_buf()));
