@@ -25,13 +25,16 @@
 //! ```
 #![deny(missing_docs)]
 
+/// prefect.yaml projects (crate `hoist-project`, no wasmtime).
+pub use hoist_project as project;
+/// The `{{ }}` template engine (in `hoist-project`).
+pub use hoist_project::template;
+
 pub mod bindings;
 pub mod builtin;
 pub mod capability;
 pub mod cli;
 pub mod plan;
-pub mod project;
 pub mod runner;
 pub mod runtime;
 pub mod store;
-pub mod template;

@@ -216,19 +216,42 @@ pub fn resolve(name: &str, project_dir: &Path, installed: &Path) -> Result<Targe
     }
     Err(ResolveError::Unknown {
         name: name.into(),
-        closest: closest(name),
+        closest: closest(name, &installed_names(installed)),
     })
 }
 
-/// Up to two known names closest to `name` (by edit distance on the whole name and on
-/// the last segment).
-pub fn closest(name: &str) -> Vec<String> {
+/// Names of the plugins installed in `dir` (`<name>.wasm`), sorted.
+pub fn installed_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+                .filter_map(|p| Some(p.file_stem()?.to_string_lossy().into_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Up to two known names (Prefect's, built-in, installed) closest to `name` (by edit
+/// distance on the whole name and on the last segment).
+pub fn closest(name: &str, installed: &[String]) -> Vec<String> {
     let short = name.rsplit('.').next().unwrap_or(name);
-    let mut scored: Vec<(usize, &str)> = BUILTIN_NAMES
+    let mut names: Vec<&str> = BUILTIN_NAMES
         .iter()
         .chain(NOT_YET)
         .map(|(n, _)| *n)
-        .chain(crate::builtin::names())
+        .collect();
+    for n in crate::builtin::names() {
+        names.push(n);
+    }
+    for n in installed {
+        names.push(n);
+    }
+    let mut scored: Vec<(usize, &str)> = names
+        .into_iter()
         .map(|n| {
             let last = n.rsplit('.').next().unwrap_or(n);
             (

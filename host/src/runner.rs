@@ -161,7 +161,7 @@ impl Runner {
         Self {
             runtime,
             project_file,
-            installed_dir: crate::store::hoist_home().join("plugins"),
+            installed_dir: hoist_policy::paths::plugins(),
             env: std::env::vars().collect(),
             grants: Grants::none(),
             project_grants: Default::default(),

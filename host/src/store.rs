@@ -74,16 +74,9 @@ const SCHEMA: &[&str] = &[
 /// 5 s is down; saying so beats a 30 s hang before every step that needs a variable.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// `$HOIST_HOME` (default `~/.hoist`).
+/// `$HOIST_HOME` (default `~/.hoist`); see [`hoist_policy::paths`].
 pub fn hoist_home() -> PathBuf {
-    std::env::var_os("HOIST_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("."))
-                .join(".hoist")
-        })
+    hoist_policy::paths::home()
 }
 
 /// The URL with the password (if any) replaced by `********`.
@@ -105,7 +98,7 @@ impl Store {
     pub async fn open_default() -> Result<Self, StoreError> {
         match std::env::var("HOIST_DATABASE_URL") {
             Ok(url) if !url.is_empty() => Self::open(&url).await,
-            _ => Self::open_sqlite(&hoist_home().join("hoist.db")).await,
+            _ => Self::open_sqlite(&hoist_policy::paths::database()).await,
         }
     }
 

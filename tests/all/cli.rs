@@ -38,7 +38,7 @@ fn step_run_takes_the_names_a_prefect_yaml_uses() {
     ]));
     assert_ne!(code, 0);
     assert!(
-        err.contains("is a Prefect step Hoist does not run yet (`pull_from_gcs`)"),
+        err.contains("is a Prefect step Hoist does not run yet (its `pull_from_gcs` plugin is not available yet)"),
         "{err}"
     );
 }
@@ -82,7 +82,7 @@ fn unknown_steps_suggest_the_closest_name() {
     let (code, _, err) = run(hoist(&dir).args(["step", "run", "run_shell_scrip"]));
     assert_eq!(code, 1);
     assert!(
-        err.contains("unknown step `run_shell_scrip`; did you mean `run_shell_script`?"),
+        err.contains("unknown step `run_shell_scrip`; did you mean `run_shell_script`"),
         "{err}"
     );
 }

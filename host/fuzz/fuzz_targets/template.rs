@@ -3,7 +3,7 @@
 //! string) and a values document.
 #![no_main]
 
-use hoist::template::{self, Blocks, Context, Options, Resolved};
+use hoist_project::template::{self, Blocks, Context, Options, Resolved};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 

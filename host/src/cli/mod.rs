@@ -174,7 +174,7 @@ fn version(cli: &Cli) {
         }
         _ => println!(
             "database sqlite {}",
-            crate::store::hoist_home().join("hoist.db").display()
+            hoist_policy::paths::database().display()
         ),
     }
 }

@@ -379,7 +379,7 @@ pub(crate) async fn plan(cli: &super::Cli, args: &PlanArgs) -> anyhow::Result<()
         .filter(|p| !p.as_os_str().is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."));
-    let installed = crate::store::hoist_home().join("plugins");
+    let installed = hoist_policy::paths::plugins();
     let sections: Vec<Action> = match args.section {
         Some(s) => vec![s.into()],
         None => vec![Action::Build, Action::Push, Action::Pull],

@@ -1,7 +1,7 @@
 //! `hoist step run | ls`.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -113,62 +113,33 @@ async fn run_one(runtime: &Runtime, args: &RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Find a step: a path, a built-in name (short or as a prefect.yaml names it), or an
-/// installed plugin name.
+/// Find a step the way a project's steps are found (`plan::resolve`): a Prefect name,
+/// a built-in name, a plugin file (relative to the working directory) or an installed
+/// plugin.
 async fn resolve(runtime: &Runtime, step: &str) -> anyhow::Result<Arc<Plugin>> {
-    let looks_like_path = step.contains('/') || step.ends_with(".wasm");
-    if looks_like_path {
-        return Ok(runtime.load_file(Path::new(step)).await?);
-    }
-    if crate::builtin::find(step).is_some() {
-        return Ok(runtime.builtin(step).await?);
-    }
-    // The names a prefect.yaml uses (`prefect.deployments.steps.git_clone`, the 2.x
-    // aliases, `prefect_aws...push_to_s3`) run the built-in they map to.
-    if let Some((_, builtin)) = crate::plan::BUILTIN_NAMES.iter().find(|(n, _)| *n == step) {
-        return Ok(runtime.builtin(builtin).await?);
-    }
-    if let Some((_, later)) = crate::plan::NOT_YET.iter().find(|(n, _)| *n == step) {
-        bail!("`{step}` is a Prefect step Hoist does not run yet (`{later}`)");
-    }
-    let installed = installed_dir().join(format!("{step}.wasm"));
-    if installed.exists() {
-        return Ok(runtime.load_file(&installed).await?);
-    }
-    let mut known: Vec<String> = crate::builtin::names().map(String::from).collect();
-    known.extend(installed_plugins().into_iter().map(|(n, _)| n));
-    let close: Vec<&String> = known.iter().filter(|k| similar(k, step)).collect();
-    let suggestion = match close.first() {
-        Some(c) => format!("; did you mean `{c}`?"),
-        None => String::new(),
-    };
-    bail!(
-        "unknown step `{step}`{suggestion} Known steps: {}. A plugin file needs a path (./{step}.wasm).",
-        known.join(", ")
-    )
-}
-
-fn similar(a: &str, b: &str) -> bool {
-    a.contains(b) || b.contains(a) || crate::plan::edit_distance(a, b) <= a.len().max(b.len()) / 3
+    let here = std::env::current_dir().unwrap_or_default();
+    Ok(match crate::plan::resolve(step, &here, &installed_dir())? {
+        crate::plan::Target::Builtin(name) => runtime.builtin(name).await?,
+        crate::plan::Target::File(p) | crate::plan::Target::Installed(p) => {
+            runtime.load_file(&p).await?
+        }
+    })
 }
 
 /// Where installed plugins live: `$HOIST_HOME/plugins` (default `~/.hoist/plugins`).
 pub(crate) fn installed_dir() -> PathBuf {
-    crate::store::hoist_home().join("plugins")
+    hoist_policy::paths::plugins()
 }
 
 fn installed_plugins() -> Vec<(String, PathBuf)> {
-    let mut v: Vec<(String, PathBuf)> = std::fs::read_dir(installed_dir())
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
-                .filter_map(|p| Some((p.file_stem()?.to_string_lossy().into_owned(), p)))
-                .collect()
+    let dir = installed_dir();
+    crate::plan::installed_names(&dir)
+        .into_iter()
+        .map(|n| {
+            let p = dir.join(format!("{n}.wasm"));
+            (n, p)
         })
-        .unwrap_or_default();
-    v.sort();
-    v
+        .collect()
 }
 
 async fn list(runtime: &Runtime) -> anyhow::Result<()> {

@@ -58,7 +58,7 @@ impl ComponentCache {
     pub fn at(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: Some(dir.into()),
-            key_file: crate::store::hoist_home().join("cache.key"),
+            key_file: hoist_policy::paths::cache_key(),
         }
     }
 
@@ -81,16 +81,9 @@ impl ComponentCache {
         self.dir.as_deref()
     }
 
-    /// The default location: `$HOIST_CACHE_DIR`, else `$XDG_CACHE_HOME/hoist/components`,
-    /// else `~/.cache/hoist/components`.
+    /// The default location ([`hoist_policy::paths::cache`]).
     pub fn default_dir() -> Option<PathBuf> {
-        if let Some(d) = std::env::var_os("HOIST_CACHE_DIR") {
-            return Some(PathBuf::from(d));
-        }
-        let base = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-        Some(base.join("hoist").join("components"))
+        hoist_policy::paths::cache()
     }
 
     /// Get the compiled form of `bytes` whose sha256 is `digest`: map it from the cache,

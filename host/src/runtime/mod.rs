@@ -66,7 +66,7 @@ impl Default for RuntimeConfig {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(MAX_INSTANCES);
-        let protected = vec![crate::store::hoist_home()];
+        let protected = vec![hoist_policy::paths::home()];
         Self {
             cache,
             allocator,
@@ -450,7 +450,7 @@ impl Runtime {
             capabilities: d
                 .capabilities
                 .into_iter()
-                .map(Capability::try_from)
+                .map(policy::from_wit)
                 .collect::<Result<_, _>>()?,
         })
     }

@@ -1,292 +1,23 @@
-//! Sandbox policy: which capabilities exist, how a user spells them, and whether a
-//! grant covers what a step asks for. Default deny: an empty [`Grants`] allows nothing.
+//! The sandbox policy lives in its own crate, `hoist-policy` (`host/policy`): this
+//! module re-exports it and converts a plugin's declarations from the WIT types.
 
-use std::fmt;
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
+pub use hoist_policy::*;
 
 use crate::bindings::WitCapability;
 
-/// One capability, as declared by a step and granted by a user.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Capability {
-    /// Run a program (`process:<name|/abs/path|*>`).
-    Process(String),
-    /// See a host environment variable (`env:<NAME|PREFIX*|*>`).
-    Env(String),
-    /// Change the working directory of later steps (`set-cwd`).
-    SetCwd,
-    /// Read a directory outside the working directory (`read:<path>`).
-    ReadDir(PathBuf),
-    /// Read and write a directory outside the working directory (`write:<path>`).
-    WriteDir(PathBuf),
-    /// Outgoing network (`net:<scheme://host:port>`); reserved.
-    Net(String),
-}
-
-/// A directory capability whose path is not absolute and plain.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "`{0}`: {1}; write the directory as an absolute path without `.` or `..` \
-     (e.g. `write:/srv/out`)"
-)]
-pub struct BadDir(pub String, pub &'static str);
-
-/// Why a directory in a capability is refused: grants and declarations name absolute,
-/// plain paths, so what is compared is what is preopened (a `..` would be compared
-/// lexically and then opened as something else).
-pub fn plain_dir(path: &str) -> Result<PathBuf, &'static str> {
-    let p = Path::new(path);
-    if !p.is_absolute() {
-        return Err("the path is relative");
-    }
-    if p.components().any(|c| {
-        matches!(
-            c,
-            std::path::Component::ParentDir | std::path::Component::CurDir
-        )
-    }) || path.split('/').any(|seg| seg == "." || seg == "..")
-    {
-        return Err("the path contains `.` or `..`");
-    }
-    if path.chars().any(|c| c.is_control()) {
-        return Err("the path contains control characters");
-    }
-    Ok(p.to_path_buf())
-}
-
-/// A capability string that could not be understood.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "`{0}` is not a capability; write one of process:<program>, env:<NAME>, set-cwd, \
-     read:<dir>, write:<dir>, net:<scheme://host:port> (`*` allowed for program, `*` or PREFIX* for NAME)"
-)]
-pub struct BadCapability(pub String);
-
-/// Why a capability string was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum CapabilityError {
-    /// Not a capability at all.
-    #[error(transparent)]
-    Unknown(#[from] BadCapability),
-    /// A directory capability with a path that is not absolute and plain.
-    #[error(transparent)]
-    Dir(#[from] BadDir),
-}
-
-impl FromStr for Capability {
-    type Err = CapabilityError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || CapabilityError::Unknown(BadCapability(s.to_string()));
-        if s == "set-cwd" {
-            return Ok(Capability::SetCwd);
-        }
-        let (kind, value) = s.split_once(':').ok_or_else(bad)?;
-        if value.is_empty() {
-            return Err(bad());
-        }
-        Ok(match kind {
-            "process" => Capability::Process(value.into()),
-            "env" => Capability::Env(value.into()),
-            "read" | "write" => {
-                let dir = plain_dir(value).map_err(|why| BadDir(s.to_string(), why))?;
-                if kind == "read" {
-                    Capability::ReadDir(dir)
-                } else {
-                    Capability::WriteDir(dir)
-                }
-            }
-            "net" => Capability::Net(value.into()),
-            _ => return Err(bad()),
-        })
-    }
-}
-
-impl fmt::Display for Capability {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Capability::Process(p) => write!(f, "process:{p}"),
-            Capability::Env(e) => write!(f, "env:{e}"),
-            Capability::SetCwd => f.write_str("set-cwd"),
-            Capability::ReadDir(d) => write!(f, "read:{}", d.display()),
-            Capability::WriteDir(d) => write!(f, "write:{}", d.display()),
-            Capability::Net(n) => write!(f, "net:{n}"),
-        }
-    }
-}
-
-impl TryFrom<WitCapability> for Capability {
-    type Error = BadDir;
-
-    /// A plugin's declaration; directory paths must be absolute and plain.
-    fn try_from(c: WitCapability) -> Result<Self, BadDir> {
-        let dir =
-            |kind: &str, d: String| plain_dir(&d).map_err(|why| BadDir(format!("{kind}:{d}"), why));
-        Ok(match c {
-            WitCapability::Process(p) => Capability::Process(p),
-            WitCapability::Env(e) => Capability::Env(e),
-            WitCapability::SetCwd => Capability::SetCwd,
-            WitCapability::ReadDir(d) => Capability::ReadDir(dir("read", d)?),
-            WitCapability::WriteDir(d) => Capability::WriteDir(dir("write", d)?),
-            WitCapability::Net(n) => Capability::Net(n),
-        })
-    }
-}
-
-impl Capability {
-    /// Whether holding `self` allows what `wanted` asks for.
-    pub fn covers(&self, wanted: &Capability) -> bool {
-        use Capability::*;
-        match (self, wanted) {
-            (Process(g), Process(w)) => g == "*" || g == w,
-            // `env:AWS_*`: every name with that prefix.
-            (Env(g), Env(w)) => match g.strip_suffix('*') {
-                Some(prefix) => w.starts_with(prefix),
-                None => g == w,
-            },
-            (Net(g), Net(w)) => net_covers(g, w),
-            (SetCwd, SetCwd) => true,
-            (ReadDir(g) | WriteDir(g), ReadDir(w)) | (WriteDir(g), WriteDir(w)) => w.starts_with(g),
-            _ => false,
-        }
-    }
-}
-
-/// The port a scheme uses when a URL or pattern names none.
-pub fn default_port(scheme: &str) -> Option<u16> {
-    match scheme {
-        "https" => Some(443),
-        "http" => Some(80),
-        "ssh" => Some(22),
-        "git" => Some(9418),
-        _ => None,
-    }
-}
-
-/// Split `scheme://host[:port][/...]` into its parts (port defaulted by scheme).
-pub fn split_origin(s: &str) -> Option<(String, String, Option<u16>)> {
-    let (scheme, rest) = s.split_once("://")?;
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let authority = authority.rsplit('@').next().unwrap_or(authority);
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => match p.parse::<u16>() {
-            Ok(p) => (h, Some(p)),
-            Err(_) if p == "*" => (h, None),
-            Err(_) => (authority, None),
-        },
-        _ => (authority, None),
-    };
-    let port = port.or_else(|| default_port(scheme));
-    Some((scheme.to_ascii_lowercase(), host.to_ascii_lowercase(), port))
-}
-
-/// Whether a `net:` grant pattern (`*`, `scheme://host[:port]` with `*` for the scheme,
-/// a leading `*.` host wildcard, `*` host or port) covers a wanted `scheme://host:port`.
-fn net_covers(pattern: &str, wanted: &str) -> bool {
-    if pattern == "*" || pattern == wanted {
-        return true;
-    }
-    let (Some((ps, ph, pp)), Some((ws, wh, wp))) = (split_origin(pattern), split_origin(wanted))
-    else {
-        return false;
-    };
-    let any_port = pattern.rsplit_once(':').is_some_and(|(_, p)| p == "*");
-    let scheme_ok = ps == "*" || ps == ws;
-    let host_ok = ph == "*"
-        || ph == wh
-        || ph
-            .strip_prefix("*.")
-            .is_some_and(|base| wh.ends_with(&format!(".{base}")));
-    let port_ok = any_port || pp == wp || (ps == "*" && pattern_has_no_port(pattern));
-    scheme_ok && host_ok && port_ok
-}
-
-fn pattern_has_no_port(pattern: &str) -> bool {
-    let rest = pattern.split_once("://").map(|(_, r)| r).unwrap_or(pattern);
-    !rest.split('/').next().unwrap_or("").contains(':')
-}
-
-/// `path` with symlinks resolved and made absolute; as given if it does not exist (it
-/// then fails when it is opened).
-pub fn canonical_path(path: &Path) -> PathBuf {
-    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
-}
-
-/// A capability with its directory (if any) canonical: grants and declarations are
-/// compared, and directories preopened, as what they are on disk.
-pub fn canonical(c: &Capability) -> Capability {
-    match c {
-        Capability::ReadDir(d) => Capability::ReadDir(canonical_path(d)),
-        Capability::WriteDir(d) => Capability::WriteDir(canonical_path(d)),
-        other => other.clone(),
-    }
-}
-
-/// A set of granted capabilities. Empty means nothing is allowed.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Grants(Vec<Capability>);
-
-impl Grants {
-    /// No capability at all.
-    pub fn none() -> Self {
-        Self::default()
-    }
-
-    /// Grant exactly these.
-    pub fn new(caps: impl IntoIterator<Item = Capability>) -> Self {
-        let mut v: Vec<Capability> = caps.into_iter().collect();
-        v.sort();
-        v.dedup();
-        Self(v)
-    }
-
-    /// Add one grant.
-    pub fn add(&mut self, cap: Capability) {
-        if !self.0.contains(&cap) {
-            self.0.push(cap);
-        }
-    }
-
-    /// Whether some grant covers `wanted`.
-    pub fn allows(&self, wanted: &Capability) -> bool {
-        self.0.iter().any(|g| g.covers(wanted))
-    }
-
-    /// The granted capabilities.
-    pub fn iter(&self) -> impl Iterator<Item = &Capability> {
-        self.0.iter()
-    }
-
-    /// Whether the program may be run. A bare-name grant matches the same bare name
-    /// (looked up on PATH by the host); a path grant matches that exact path.
-    pub fn allows_program(&self, program: &str) -> bool {
-        self.allows(&Capability::Process(program.to_string()))
-    }
-
-    /// Whether the host environment variable may be seen.
-    pub fn allows_env(&self, name: &str) -> bool {
-        self.allows(&Capability::Env(name.to_string()))
-    }
-
-    /// The host environment the step (and the processes it runs) may see.
-    pub fn visible_env(&self) -> Vec<(String, String)> {
-        if !self.0.iter().any(|c| matches!(c, Capability::Env(_))) {
-            return Vec::new();
-        }
-        std::env::vars()
-            .filter(|(k, _)| self.allows_env(k))
-            .collect()
-    }
-
-    /// Extra directories to preopen, with whether they are writable.
-    pub fn dirs(&self) -> impl Iterator<Item = (&Path, bool)> {
-        self.0.iter().filter_map(|c| match c {
-            Capability::ReadDir(d) => Some((d.as_path(), false)),
-            Capability::WriteDir(d) => Some((d.as_path(), true)),
-            _ => None,
-        })
-    }
+/// A plugin's declaration as a [`Capability`]; directory paths must be absolute and
+/// plain.
+pub fn from_wit(c: WitCapability) -> Result<Capability, BadDir> {
+    let dir =
+        |kind: &str, d: String| plain_dir(&d).map_err(|why| BadDir(format!("{kind}:{d}"), why));
+    Ok(match c {
+        WitCapability::Process(p) => Capability::Process(p),
+        WitCapability::Env(e) => Capability::Env(e),
+        WitCapability::SetCwd => Capability::SetCwd,
+        WitCapability::ReadDir(d) => Capability::ReadDir(dir("read", d)?),
+        WitCapability::WriteDir(d) => Capability::WriteDir(dir("write", d)?),
+        WitCapability::Net(n) => Capability::Net(n),
+    })
 }
 
 #[cfg(test)]
@@ -294,84 +25,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_and_prints_every_kind() {
-        for s in [
-            "process:git",
-            "process:*",
-            "env:HOME",
-            "set-cwd",
-            "read:/data",
-            "write:/out",
-            "net:https://*.github.com:443",
-        ] {
-            let c: Capability = s.parse().unwrap();
-            assert_eq!(c.to_string(), s);
-        }
-        for bad in ["git", "process:", "fs:/x", ""] {
-            assert!(bad.parse::<Capability>().is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn directory_grants_are_absolute_and_plain() {
-        for bad in [
-            "write:/srv/../../..",
-            "write:/srv/..",
-            "read:/srv/./x",
-            "read:srv",
-            "write:.",
-            "read:../x",
-            "write:/srv/a/../b",
-        ] {
-            let e = bad.parse::<Capability>().unwrap_err().to_string();
-            assert!(e.contains("absolute path without"), "{bad}: {e}");
-        }
+    fn declared_directories_are_absolute_and_plain() {
         for wit in [
             WitCapability::WriteDir("/tmp/granted/../../..".into()),
             WitCapability::ReadDir("relative".into()),
         ] {
-            assert!(Capability::try_from(wit).is_err());
+            assert!(from_wit(wit).is_err());
         }
         assert_eq!(
-            Capability::try_from(WitCapability::WriteDir("/srv/out".into())).unwrap(),
+            from_wit(WitCapability::WriteDir("/srv/out".into())).unwrap(),
             Capability::WriteDir("/srv/out".into())
         );
-    }
-
-    #[test]
-    fn network_patterns() {
-        let g = |p: &str| Grants::new([Capability::Net(p.into())]);
-        let want = |w: &str| Capability::Net(w.into());
-        assert!(g("*").allows(&want("https://github.com:443")));
-        assert!(g("https://github.com").allows(&want("https://github.com:443")));
-        assert!(!g("https://github.com").allows(&want("http://github.com:80")));
-        assert!(!g("https://github.com").allows(&want("https://github.com:8443")));
-        assert!(g("https://*.example.com").allows(&want("https://git.example.com:443")));
-        assert!(!g("https://*.example.com").allows(&want("https://example.com.evil.org:443")));
-        assert!(g("http://127.0.0.1:*").allows(&want("http://127.0.0.1:8123")));
-        assert!(g("*://gitlab.com").allows(&want("ssh://gitlab.com:22")));
-    }
-
-    #[test]
-    fn default_denies_and_wildcards_cover() {
-        let none = Grants::none();
-        assert!(!none.allows_program("true"));
-        assert!(!none.allows_env("HOME"));
-        let g = Grants::new([
-            "process:git".parse().unwrap(),
-            "env:*".parse().unwrap(),
-            "write:/srv".parse().unwrap(),
-        ]);
-        assert!(g.allows_program("git"));
-        assert!(!g.allows_program("/usr/bin/git"));
-        assert!(!g.allows_program("sh"));
-        assert!(g.allows_env("ANYTHING"));
-        assert!(g.allows(&"read:/srv/data".parse().unwrap()));
-        assert!(!g.allows(&"read:/srvx".parse().unwrap()));
-        assert!(!g.allows(&Capability::SetCwd));
-        let aws = Grants::new(["env:AWS_*".parse().unwrap()]);
-        assert!(aws.allows_env("AWS_SECRET_ACCESS_KEY"));
-        assert!(!aws.allows_env("HOME"));
-        assert!(!aws.allows_env("XAWS_"));
     }
 }

@@ -202,7 +202,7 @@ impl StepState {
         let store = repo::store_root().map_err(|e| {
             failed(format!(
                 "cannot create Hoist's git directory store under {}: {e}",
-                crate::store::hoist_home().display()
+                hoist_policy::paths::home().display()
             ))
         })?;
         for (root, _) in &self.roots {

@@ -28,7 +28,7 @@ pub(crate) struct Repo {
 
 /// `<HOIST_HOME>/git`, created (0700) if missing, canonical.
 pub(crate) fn store_root() -> std::io::Result<PathBuf> {
-    let dir = crate::store::hoist_home().join("git");
+    let dir = hoist_policy::paths::git();
     std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
         .create(&dir)?;
     std::fs::canonicalize(dir)

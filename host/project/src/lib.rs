@@ -1,11 +1,16 @@
 //! prefect.yaml project files (spec §5): parsing, the shape of sections and steps,
 //! per-deployment overrides (§5.5), and the 2.x layout (`deployment.yaml`).
 //!
-//! This module only understands files; it resolves no step and runs nothing. Every
-//! error names the file and, where there is one, the line, deployment and field.
+//! This crate only understands files and templates; it resolves no step and runs
+//! nothing, and depends on neither wasmtime nor a database (CI checks `cargo tree`).
+//! Every error names the file and, where there is one, the line, deployment and field.
+//! [`template`] is the `{{ }}` engine, pure functions that fixtures and fuzzing test.
+
+#![deny(missing_docs)]
 
 pub mod load;
 pub mod spec;
+pub mod template;
 
 use serde_json::{Map, Value};
 
@@ -138,7 +143,7 @@ pub struct Project {
     pub deployments: Vec<Deployment>,
     /// Capabilities granted to plugins by step name, from the Hoist-only top-level key
     /// `hoist: {grants: {<step name>: [<capability>, ...]}}` (Prefect ignores it).
-    pub grants: std::collections::BTreeMap<String, Vec<crate::runtime::Capability>>,
+    pub grants: std::collections::BTreeMap<String, Vec<hoist_policy::Capability>>,
 }
 
 impl Project {

@@ -141,7 +141,7 @@ fn grants(
     path: &Path,
     v: Option<&Value>,
     lines: &mut LineFinder,
-) -> Result<std::collections::BTreeMap<String, Vec<crate::runtime::Capability>>, ProjectError> {
+) -> Result<std::collections::BTreeMap<String, Vec<hoist_policy::Capability>>, ProjectError> {
     let mut out = std::collections::BTreeMap::new();
     let Some(v) = v.filter(|v| !v.is_null()) else {
         return Ok(out);
@@ -188,12 +188,9 @@ fn grants(
         let mut parsed = Vec::new();
         for c in list {
             let text = plain(&c);
-            parsed.push(
-                text.parse()
-                    .map_err(|e: crate::runtime::policy::CapabilityError| {
-                        shape(path, line, format!("`hoist.grants.{step}`: {e}"))
-                    })?,
-            );
+            parsed.push(text.parse().map_err(|e: hoist_policy::CapabilityError| {
+                shape(path, line, format!("`hoist.grants.{step}`: {e}"))
+            })?);
         }
         out.insert(step, parsed);
     }
