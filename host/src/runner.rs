@@ -19,8 +19,11 @@ use crate::capability::log::{LogSink, Redactor, sanitize};
 use crate::plan::{self, Target};
 use crate::project::{Action, StepEntry};
 use crate::runtime::{Grants, Limits, Plugin, Runtime, StepRequest, StepRunError};
-use crate::store::{Store, StoreError, secret_strings};
+use crate::store::{Store, StoreError};
 use crate::template::{self, Blocks, Env, TemplateError};
+pub use hoist_policy::secrets::{
+    keyed_secrets, redact_value, secret_env_name, secret_input_key, secret_strings,
+};
 
 /// Progress of a section, for people (text) or machines (JSON lines).
 pub trait Reporter: Send + Sync {
@@ -117,24 +120,6 @@ pub struct Runner {
     /// section before running any, and `run` must not load them again.
     prepared: std::sync::Mutex<std::collections::HashMap<String, (Target, Arc<Plugin>)>>,
     run_id: String,
-}
-
-/// Names of environment variables whose values are treated as secrets.
-pub fn secret_env_name(name: &str) -> bool {
-    let n = name.to_ascii_uppercase();
-    [
-        "TOKEN",
-        "SECRET",
-        "PASSWORD",
-        "PASSWD",
-        "CREDENTIAL",
-        "API_KEY",
-        "ACCESS_KEY",
-        "PRIVATE_KEY",
-        "AUTH",
-    ]
-    .iter()
-    .any(|s| n.contains(s))
 }
 
 /// `file:line: position` for a step.
@@ -515,50 +500,6 @@ impl Runner {
     }
 }
 
-/// Input keys whose string values are secrets wherever they appear (`password`,
-/// `aws_secret_access_key`, `minio_root_password`, `access_token`, `api_key`, ...).
-pub fn secret_input_key(key: &str) -> bool {
-    let k = key.to_ascii_uppercase();
-    [
-        "TOKEN",
-        "SECRET",
-        "PASSWORD",
-        "PASSWD",
-        "PRIVATE_KEY",
-        "API_KEY",
-    ]
-    .iter()
-    .any(|s| k.contains(s))
-}
-
-/// String values held under secret-looking keys, at any depth of a step's inputs: a
-/// literal `aws_secret_access_key: ...` in a project file is as secret as a secret block.
-fn keyed_secrets(v: &Value) -> Vec<String> {
-    fn walk(v: &Value, out: &mut Vec<String>) {
-        match v {
-            Value::Object(m) => {
-                for (k, x) in m {
-                    match x {
-                        Value::String(s)
-                            if secret_input_key(k)
-                                && s.len() >= crate::store::MIN_SECRET_LEN
-                                && !s.contains("{{") =>
-                        {
-                            out.push(s.clone())
-                        }
-                        _ => walk(x, out),
-                    }
-                }
-            }
-            Value::Array(items) => items.iter().for_each(|x| walk(x, out)),
-            _ => {}
-        }
-    }
-    let mut out = Vec::new();
-    walk(v, &mut out);
-    out
-}
-
 /// Values of secret-looking environment variables that a value refers to as `{{ $NAME }}`.
 fn env_secrets(v: &Value, env: &Env) -> Vec<String> {
     let mut out = Vec::new();
@@ -571,7 +512,7 @@ fn env_secrets(v: &Value, env: &Env) -> Vec<String> {
                         if secret_env_name(name)
                             && let Some(val) = env
                                 .get(name)
-                                .filter(|v| v.len() >= crate::store::MIN_SECRET_LEN)
+                                .filter(|v| v.len() >= hoist_policy::secrets::MIN_SECRET_LEN)
                         {
                             out.push(val.clone());
                         }
@@ -585,20 +526,6 @@ fn env_secrets(v: &Value, env: &Env) -> Vec<String> {
     }
     walk(v, env, &mut out);
     out
-}
-
-/// A copy of `v` with every string redacted.
-pub fn redact_value(v: &Value, r: &Redactor) -> Value {
-    match v {
-        Value::String(s) => Value::String(r.redact(s).into_owned()),
-        Value::Array(items) => Value::Array(items.iter().map(|x| redact_value(x, r)).collect()),
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .map(|(k, x)| (k.clone(), redact_value(x, r)))
-                .collect(),
-        ),
-        other => other.clone(),
-    }
 }
 
 /// After a pull section: the directory the flow would run in — the last truthy

@@ -427,19 +427,7 @@ fn getrandom(buf: &mut [u8]) {
     }
 }
 
-/// Shortest value the redactor masks: masking every `1` or `ab` in a log would destroy
-/// the log and hint at the secret anyway. Secrets this short are not secrets.
-pub const MIN_SECRET_LEN: usize = 4;
-
-/// Every string value inside a secret block's data (what the redactor must mask).
-pub fn secret_strings(v: &Value, out: &mut Vec<String>) {
-    match v {
-        Value::String(s) if s.len() >= MIN_SECRET_LEN => out.push(s.clone()),
-        Value::Array(items) => items.iter().for_each(|x| secret_strings(x, out)),
-        Value::Object(m) => m.values().for_each(|x| secret_strings(x, out)),
-        _ => {}
-    }
-}
+pub use hoist_policy::secrets::{MIN_SECRET_LEN, secret_strings};
 
 #[cfg(test)]
 mod tests {

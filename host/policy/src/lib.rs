@@ -13,6 +13,8 @@
 #![deny(missing_docs)]
 
 pub mod paths;
+pub mod secrets;
+pub mod text;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -4,7 +4,6 @@
 //! record, so it can neither send control sequences (retitle the terminal, move the
 //! cursor, hide text) nor forge a line of its own without the step's prefix.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::bindings::Level;
@@ -55,100 +54,8 @@ impl LogSink for NullSink {
     fn record(&self, _: &LogRecord<'_>) {}
 }
 
-/// Replaces known secret values with `********` in any text leaving the host.
-#[derive(Clone, Debug, Default)]
-pub struct Redactor {
-    secrets: Arc<std::sync::RwLock<Vec<String>>>,
-}
-
-/// What a redacted secret looks like.
-pub const MASK: &str = "********";
-
-impl Redactor {
-    /// A redactor for these secret values (empty values are ignored).
-    pub fn new(secrets: impl IntoIterator<Item = String>) -> Self {
-        let mut v: Vec<String> = secrets.into_iter().filter(|s| !s.is_empty()).collect();
-        // Longest first, so a secret containing another is masked whole.
-        v.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        Self {
-            secrets: Arc::new(std::sync::RwLock::new(v)),
-        }
-    }
-
-    /// Mask one more value from now on (a credential a host call was handed, say).
-    pub fn add(&self, secret: &str) {
-        if secret.is_empty() {
-            return;
-        }
-        let mut v = self.secrets.write().unwrap_or_else(|p| p.into_inner());
-        if !v.iter().any(|s| s == secret) {
-            v.push(secret.to_string());
-            v.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        }
-    }
-
-    /// The text with every secret masked.
-    pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        let mut out = Cow::Borrowed(text);
-        let secrets = self.secrets.read().unwrap_or_else(|p| p.into_inner());
-        for s in secrets.iter() {
-            if out.contains(s.as_str()) {
-                out = Cow::Owned(out.replace(s.as_str(), MASK));
-            }
-        }
-        out
-    }
-}
-
-/// Whether a character must not reach a terminal as it is: C0 controls but tab, DEL, C1
-/// controls (U+0080-U+009F, which some terminals read as CSI/OSC), the bidi embeddings,
-/// overrides and isolates (U+202A-U+202E, U+2066-U+2069: text that displays reordered),
-/// and the Unicode line and paragraph separators (U+2028, U+2029: line breaks to some
-/// viewers).
-pub fn unprintable(c: char) -> bool {
-    matches!(
-        c,
-        '\0'..='\u{8}'
-            | '\u{a}'..='\u{1f}'
-            | '\u{7f}'..='\u{9f}'
-            | '\u{2028}'
-            | '\u{2029}'
-            | '\u{202a}'..='\u{202e}'
-            | '\u{2066}'..='\u{2069}'
-    )
-}
-
-/// `text` as one printable line: every character of [`unprintable`] spelled out as a
-/// Rust escape (`\n`, `\r`, else `\u{1b}`, `\u{9b}`, `\u{202e}`), everything else kept
-/// (tabs included). Backslashes are not escaped, so sanitising twice changes nothing;
-/// the result is for people, not for parsing back. Borrows when there is nothing to
-/// replace (the common case: one pass over the bytes).
-pub fn sanitize(text: &str) -> Cow<'_, str> {
-    // Printable ASCII and tab need nothing; anything else is looked at as characters.
-    if text
-        .bytes()
-        .all(|b| (0x20..0x7f).contains(&b) || b == b'\t')
-    {
-        return Cow::Borrowed(text);
-    }
-    let Some(first) = text.find(unprintable) else {
-        return Cow::Borrowed(text);
-    };
-    let mut out = String::with_capacity(text.len() + 8);
-    out.push_str(&text[..first]);
-    for c in text[first..].chars() {
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c if unprintable(c) => {
-                use std::fmt::Write;
-                let _ = write!(out, "\\u{{{:x}}}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    Cow::Owned(out)
-}
+pub use hoist_policy::secrets::{MASK, Redactor};
+pub use hoist_policy::text::{sanitize, unprintable};
 
 /// A step's handle on the sink: knows the step's name and its redactor.
 #[derive(Clone)]
@@ -225,13 +132,7 @@ impl Host for StepState {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn masks_every_secret_longest_first() {
-        let r = Redactor::new(["abc".to_string(), "abcdef".to_string(), String::new()]);
-        assert_eq!(r.redact("x abcdef y abc z"), "x ******** y ******** z");
-        assert!(matches!(r.redact("nothing here"), Cow::Borrowed(_)));
-    }
+    use std::borrow::Cow;
 
     #[test]
     fn sanitize_spells_out_what_a_terminal_would_obey() {
