@@ -285,14 +285,7 @@ async fn secrets_never_reach_logs_or_errors() {
 fn c47_pip_install_requirements() {
     use crate::support::{hoist, run};
     let (_t, dir) = support::tempdir();
-    let venv = dir.join("venv");
-    let ok = std::process::Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .unwrap();
-    assert!(ok.success(), "python3 -m venv");
-    let python = venv.join("bin/python");
+    let python = support::venv(&dir);
     // A minimal wheel, built by hand: a package and its dist-info.
     let wheels = dir.join("wheels");
     std::fs::create_dir(&wheels).unwrap();

@@ -1,7 +1,8 @@
 //! Fixture tests: each file under `tests/fixtures/<kind>/` holds cases with their
 //! expected result (`expect`, or `expect_error`: a fragment of the exact message).
 //! `BLESS=1 cargo test` rewrites the expectations from what the code does now; review
-//! the diff against `shared/spec/conformance-cases.md` before committing it.
+//! the diff against `shared/spec/conformance-cases.md` before committing it. BLESS
+//! together with `CI` or `HOIST_CI` fails: CI checks expectations, it never writes them.
 
 use std::path::{Path, PathBuf};
 
@@ -19,7 +20,7 @@ pub fn fixture_dir(kind: &str) -> PathBuf {
 /// Every `*.yaml` file of a fixture folder, parsed, with a function computing each case's
 /// result; checks (or with BLESS=1 rewrites) the expectations.
 pub fn walk(kind: &str, mut run: impl FnMut(&Map<String, Value>) -> Result<Value, String>) {
-    let bless = std::env::var_os("BLESS").is_some();
+    let bless = crate::support::bless();
     let mut files: Vec<PathBuf> = std::fs::read_dir(fixture_dir(kind))
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -3,36 +3,11 @@
 //! requires a token.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 
-use crate::support::{self, hoist, run};
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "-c",
-            "init.defaultBranch=main",
-            "-c",
-            "protocol.file.allow=always",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
+use crate::support::{self, Server, git, hoist, run};
 
 /// A repository with two commits on `main`, a `feature/x` branch, and folders.
 fn make_repo(root: &Path, name: &str) -> (PathBuf, String, String) {
@@ -56,7 +31,7 @@ fn pull(dir: &Path, step: Value) -> (i32, Value, String) {
     let yaml =
         serde_json::to_string(&json!({"pull": [{"prefect.deployments.steps.git_clone": step}]}))
             .unwrap();
-    std::fs::write(dir.join("prefect.yaml"), yaml).unwrap();
+    support::write_project(dir, yaml);
     // Hoist's home (where it keeps git directories) outside the project.
     let home = dir.parent().unwrap().join("hoist-home");
     let (code, out, err) = run(hoist(&home).current_dir(dir).args(["pull"]));
@@ -233,16 +208,8 @@ fn validation_happens_before_any_git_command() {
 /// A TLS smart-HTTP git server that serves `root` and requires Basic auth with `token`
 /// as the user name or the password (as GitHub takes a token as the user name). Python's standard library, git's own http-backend.
 struct GitServer {
-    child: Child,
-    port: u16,
+    server: Server,
     ca: PathBuf,
-}
-
-impl Drop for GitServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 const SERVER: &str = r#"
@@ -318,9 +285,9 @@ impl GitServer {
             &mut line,
         )
         .unwrap();
+        let port = line.trim().parse().unwrap();
         GitServer {
-            port: line.trim().parse().unwrap(),
-            child,
+            server: Server(child, port),
             ca: cert,
         }
     }
@@ -344,7 +311,7 @@ fn a_token_protected_https_server_needs_the_token_and_never_sees_it_leak() {
     );
     let token = "tok-SUPER-SECRET-42";
     let server = GitServer::start(&served, token, &root);
-    let url = format!("https://127.0.0.1:{}/proj.git", server.port);
+    let url = format!("https://127.0.0.1:{}/proj.git", server.server.1);
     let work = root.join("work");
     std::fs::create_dir(&work).unwrap();
     let (_h, home) = support::tempdir();
@@ -363,7 +330,7 @@ fn a_token_protected_https_server_needs_the_token_and_never_sees_it_leak() {
             .env("GIT_SSL_CAINFO", &server.ca)
             .arg("pull")
             .arg("--allow")
-            .arg(format!("net:https://127.0.0.1:{}", server.port)))
+            .arg(format!("net:https://127.0.0.1:{}", server.server.1)))
     };
 
     // Without the token: refused by the server, a hint, three attempts.
@@ -467,15 +434,7 @@ fn plugins_need_a_network_grant_for_the_repository_host() {
 #[test]
 fn c27_clone_then_install_requirements_from_the_clone() {
     let (_t, root) = support::tempdir();
-    let venv = root.join("venv");
-    assert!(
-        Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .unwrap()
-            .success()
-    );
+    let python = support::venv(&root);
     // A repository whose requirements.txt installs nothing from the network: an empty
     // requirements file, so pip succeeds offline; what is checked is where it ran.
     let repo = root.join("hello-projects");
@@ -493,7 +452,7 @@ fn c27_clone_then_install_requirements_from_the_clone() {
     std::fs::write(work.join("prefect.yaml"), yaml).unwrap();
     let (code, out, err) = run(hoist(&root.join("hoist-home"))
         .current_dir(&work)
-        .env("HOIST_PYTHON", venv.join("bin/python"))
+        .env("HOIST_PYTHON", &python)
         .arg("pull"));
     assert_eq!(code, 0, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();

@@ -130,8 +130,7 @@ fn dot_dot_and_relative_grants_are_refused() {
         assert!(err.contains("absolute path without `.` or `..`"), "{err}");
     }
     let yaml = "hoist:\n  grants:\n    ./h.wasm: [\"write:/srv/../..\"]\npull:\n  - ./h.wasm: {actions: []}\n";
-    std::fs::write(dir.join("prefect.yaml"), yaml).unwrap();
-    let (code, _, err) = run(hoist(&dir).current_dir(&dir).arg("pull"));
+    let (code, _, err) = support::run_project(&dir, yaml, &["pull"]);
     assert_ne!(code, 0);
     assert!(err.contains("prefect.yaml"), "{err}");
     assert!(err.contains("absolute path without `.` or `..`"), "{err}");
@@ -286,8 +285,7 @@ fn plugins_get_the_project_read_only() {
     std::fs::write(dir.join(".git/config"), "[core]\n").unwrap();
     std::fs::copy(plugins::HOSTILE, dir.join("h.wasm")).unwrap();
     let yaml = "pull:\n  - ./h.wasm:\n      actions:\n        - {do: write, path: prefect.yaml, contents: \"pull:\\n  - prefect.deployments.steps.run_shell_script: {script: touch pwned}\\n\"}\n        - {do: write, path: .git/config, contents: \"[core]\\n  fsmonitor = touch pwned\\n\"}\n        - {do: write, path: new-file, contents: x}\n";
-    std::fs::write(dir.join("prefect.yaml"), yaml).unwrap();
-    let (code, out, err) = run(hoist(&dir).current_dir(&dir).arg("pull"));
+    let (code, out, err) = support::run_project(&dir, yaml, &["pull"]);
     assert_eq!(code, 0, "{err}");
     let out: Value = serde_json::from_str(&out).unwrap();
     for i in 0..3 {
@@ -306,8 +304,7 @@ fn plugins_get_the_project_read_only() {
     // A step that fails because of it is told why and what to grant.
     std::fs::copy(plugins::PROBE, dir.join("probe.wasm")).unwrap();
     let probe = "hoist:\n  grants:\n    ./probe.wasm: [process:true, process:sleep, env:HOIST_PROBE]\npull:\n  - ./probe.wasm: {action: write, path: out.txt, contents: x}\n";
-    std::fs::write(dir.join("prefect.yaml"), probe).unwrap();
-    let (code, _, err) = run(hoist(&dir).current_dir(&dir).arg("pull"));
+    let (code, _, err) = support::run_project(&dir, probe, &["pull"]);
     assert_eq!(code, 1);
     assert!(
         err.contains(&format!(

@@ -318,24 +318,42 @@ async fn garbage_is_refused_as_a_component() {
     );
 }
 
-#[tokio::test]
+/// Steps run concurrently: 100 steps that each sleep 500 ms in a WASI call finish
+/// together in well under the 50 s they would take one after another. The bound (25 s,
+/// half the sequential time) is far from both: at once they take about a second here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_steps_run_at_once_in_one_runtime() {
+    const STEPS: u32 = 100;
+    const SLEEP_MS: u64 = 500;
     let (_t, dir) = support::tempdir();
     let rt = std::sync::Arc::new(support::runtime());
     let plugin = rt.load_file(Path::new(plugins::PROBE)).await.unwrap();
+    let started = std::time::Instant::now();
     let mut tasks = Vec::new();
-    for i in 0..64 {
+    for i in 0..STEPS {
         let (rt, plugin, dir) = (rt.clone(), plugin.clone(), dir.clone());
         tasks.push(tokio::spawn(async move {
             let req = StepRequest::new(format!("s{i}"), dir)
-                .inputs(json!({"action": "sleep", "ms": 20}))
+                .inputs(json!({"action": "sleep", "ms": SLEEP_MS}))
                 .grants(probe_grants());
-            rt.run(&plugin, req)
-                .await
-                .map(|o| o.outputs["slept_ms"].clone())
+            rt.run(&plugin, req).await
         }));
     }
     for t in tasks {
-        assert_eq!(t.await.unwrap().unwrap(), 20);
+        let outcome = t.await.unwrap().unwrap();
+        assert_eq!(outcome.outputs["slept_ms"], SLEEP_MS);
+        // Each step really slept (so the total below is not quick for another reason).
+        assert!(
+            outcome.elapsed >= std::time::Duration::from_millis(SLEEP_MS),
+            "{:?}",
+            outcome.elapsed
+        );
     }
+    let total = started.elapsed();
+    let sequential = std::time::Duration::from_millis(SLEEP_MS * u64::from(STEPS));
+    assert!(
+        total < sequential / 2,
+        "{STEPS} steps of {SLEEP_MS} ms took {total:?}: they did not run at once \
+         (one after another takes {sequential:?})"
+    );
 }

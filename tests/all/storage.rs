@@ -288,20 +288,18 @@ fn pull_from_remote_storage_s3_file_and_http() {
     }
 
     // An unsupported scheme is refused by name; a missing folder names the URL.
-    std::fs::write(
-        dir.join("prefect.yaml"),
+    let (code, _, err) = support::run_project(
+        &dir,
         "pull:\n- prefect.deployments.steps.pull_from_remote_storage:\n    url: gs://b/f\n",
-    )
-    .unwrap();
-    let (code, _, err) = run(hoist(&dir).current_dir(&dir).arg("pull"));
+        &["pull"],
+    );
     assert_ne!(code, 0);
     assert!(err.contains("`gs://` URLs are not supported"), "{err}");
-    std::fs::write(
-        dir.join("prefect.yaml"),
+    let (code, _, err) = support::run_project(
+        &dir,
         "pull:\n- prefect.deployments.steps.pull_from_remote_storage:\n    url: file:///nonexistent/x\n",
-    )
-    .unwrap();
-    let (code, _, err) = run(hoist(&dir).current_dir(&dir).arg("pull"));
+        &["pull"],
+    );
     assert_ne!(code, 0);
     assert!(
         err.contains("Failed to pull contents from remote storage 'file:///nonexistent/x'"),
@@ -346,12 +344,11 @@ fn literal_secrets_in_the_project_file_are_masked_in_plans_logs_and_errors() {
 #[test]
 fn an_unresolved_lone_placeholder_is_explained_when_its_key_is_missed() {
     let (_t, dir) = support::tempdir();
-    std::fs::write(
-        dir.join("prefect.yaml"),
+    let (code, _, err) = support::run_project(
+        &dir,
         "pull:\n- prefect_aws.deployments.steps.pull_from_s3:\n    bucket: '{{ push_code.bucket }}'\n    folder: f\n",
-    )
-    .unwrap();
-    let (code, _, err) = run(hoist(&dir).current_dir(&dir).arg("pull"));
+        &["pull"],
+    );
     assert_ne!(code, 0);
     assert!(err.contains("missing field `bucket`"), "{err}");
     assert!(

@@ -1,4 +1,6 @@
-//! Shared helpers: a runtime with a test cache, a recording log sink, the binary.
+//! Shared helpers: a runtime with a test cache, a recording log sink, the binary, a free
+//! port and servers killed on drop, venvs, the test's git, writing a project then running
+//! `hoist` on it, and the BLESS switch of the fixture harnesses.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -142,4 +144,73 @@ pub fn http_server(dir: &Path) -> Server {
         .arg(port.to_string())
         .current_dir(dir);
     Server::start(cmd, port, "python3 -m http.server")
+}
+
+/// Write `text` as `dir/prefect.yaml`.
+pub fn write_project(dir: &Path, text: impl AsRef<[u8]>) {
+    std::fs::write(dir.join("prefect.yaml"), text).unwrap();
+}
+
+/// Write `text` as `dir/prefect.yaml`, then run `hoist <args>` in `dir` (with the Hoist
+/// home of [`hoist`]); returns (exit code, stdout, stderr).
+pub fn run_project(dir: &Path, text: impl AsRef<[u8]>, args: &[&str]) -> (i32, String, String) {
+    write_project(dir, text);
+    run(hoist(dir).current_dir(dir).args(args))
+}
+
+/// A Python virtual environment at `dir/venv`; returns its `python`.
+pub fn venv(dir: &Path) -> PathBuf {
+    let venv = dir.join("venv");
+    let ok = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "python3 -m venv {}", venv.display());
+    venv.join("bin/python")
+}
+
+/// The test's own git in `dir`, ignoring the machine's configuration; returns stdout,
+/// trimmed. Panics with git's stderr when it fails.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "init.defaultBranch=main",
+            "-c",
+            "protocol.file.allow=always",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Whether `BLESS` asks the fixture harnesses to rewrite their expectations. Refused
+/// under CI (`CI` or `HOIST_CI` set): there, a blessed expectation would make every
+/// fixture test pass whatever the code does.
+pub fn bless() -> bool {
+    let bless = std::env::var_os("BLESS").is_some();
+    if bless {
+        for ci in ["CI", "HOIST_CI"] {
+            assert!(
+                std::env::var_os(ci).is_none(),
+                "BLESS is set together with {ci}: fixture tests rewrite their expectations \
+                 instead of checking them; unset BLESS in CI"
+            );
+        }
+    }
+    bless
 }
