@@ -38,8 +38,20 @@ pub trait Reporter: Send + Sync {
 pub struct StepReport {
     /// Wall-clock time, templating included.
     pub elapsed: Duration,
-    /// Outputs (redacted), or the error message (redacted).
-    pub result: Result<Value, String>,
+    /// Outputs (redacted), or why the step failed (redacted).
+    pub result: Result<Value, StepFailure>,
+}
+
+/// Why a step failed: a machine-readable kind and the message for people (one
+/// printable line, secrets masked).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct StepFailure {
+    /// `template`, or the runtime's [`ErrorKind::code`](crate::runtime::ErrorKind::code)
+    /// (`not-granted`, `denied`, `timeout`, `failed`...).
+    pub kind: &'static str,
+    /// What happened.
+    pub message: String,
 }
 
 /// Where pull-step events go (Prefect emits them when a flow-run id is known, §2.8).
@@ -57,14 +69,14 @@ pub enum RunError {
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
     Resolve(Vec<StepProblem>),
     /// A step failed; the steps after it did not run.
-    #[error("{location}: Encountered error while running {name}: {cause}")]
+    #[error("{location}: Encountered error while running {name}: {}", cause.message)]
     Step {
         /// `prefect.yaml:12: pull[1]`.
         location: String,
         /// The step's name as written.
         name: String,
         /// The cause (redacted).
-        cause: String,
+        cause: StepFailure,
     },
     /// The variables/blocks store could not be opened.
     #[error("{0}")]
@@ -312,7 +324,10 @@ impl Runner {
                 Err(cause) => {
                     // A plugin wrote the cause: one printable line, so it can neither
                     // drive the terminal nor forge a line of the report.
-                    let cause = sanitize(&redactor.redact(&cause)).into_owned();
+                    let cause = StepFailure {
+                        kind: cause.kind,
+                        message: sanitize(&redactor.redact(&cause.message)).into_owned(),
+                    };
                     self.reporter.finished(
                         step,
                         index,
@@ -370,8 +385,14 @@ impl Runner {
         plugin: &Plugin,
         outputs: &Map<String, Value>,
         cwd: &Path,
-    ) -> Result<crate::runtime::StepOutcome, String> {
-        let inputs = self.template(step, outputs).await?;
+    ) -> Result<crate::runtime::StepOutcome, StepFailure> {
+        let inputs = self
+            .template(step, outputs)
+            .await
+            .map_err(|message| StepFailure {
+                kind: "template",
+                message,
+            })?;
         // Keys whose value was a lone placeholder that did not resolve are left out, as
         // Prefect does; if the step then misses one, say why.
         let dropped: Vec<(String, String)> = step
@@ -397,6 +418,7 @@ impl Runner {
             .run(plugin, req)
             .await
             .map_err(|e: StepRunError| {
+                let kind = e.kind.code();
                 let mut message = e.kind.to_string();
                 for (key, written) in &dropped {
                     if message.contains(&format!("`{key}`")) {
@@ -406,7 +428,7 @@ impl Runner {
                         ));
                     }
                 }
-                message
+                StepFailure { kind, message }
             })
     }
 

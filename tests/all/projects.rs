@@ -704,3 +704,29 @@ fn legacy_layout_with_deployment_yaml() {
         "top"
     );
 }
+
+/// `--output json` says why a step failed as a kind a program can act on, beside the
+/// message for people.
+#[test]
+fn json_output_carries_the_kind_of_a_step_failure() {
+    let (_t, dir) = support::tempdir();
+    std::fs::copy(support::plugins::PROBE, dir.join("probe.wasm")).unwrap();
+    let cases = [
+        ("pull:\n  - ./probe.wasm: {action: spin}\n", "not-granted"),
+        (
+            "pull:\n  - prefect.deployments.steps.run_shell_script: {script: \"{{ prefect.blocks.secret.nope }}\"}\n",
+            "template",
+        ),
+        (
+            "pull:\n  - prefect.deployments.steps.set_working_directory: {directory: /no/such/dir}\n",
+            "not-found",
+        ),
+    ];
+    for (yaml, kind) in cases {
+        let (code, out, err) = support::run_project(&dir, yaml, &["pull", "--output", "json"]);
+        assert_eq!(code, 1, "{yaml}: {err}");
+        let step: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+        assert_eq!(step["status"], "failed", "{out}");
+        assert_eq!(step["error_kind"], kind, "{yaml}: {out}");
+    }
+}

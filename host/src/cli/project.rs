@@ -362,7 +362,8 @@ impl Reporter for JsonReporter {
             }
             Err(e) => {
                 obj["status"] = json!("failed");
-                obj["error"] = json!(e);
+                obj["error"] = json!(e.message);
+                obj["error_kind"] = json!(e.kind);
             }
         }
         let mut out = std::io::stdout().lock();
