@@ -15,6 +15,7 @@
 //! still gets the group kill and, on cancellation, the tree kill.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, Once};
 
 use rustix::process::{Pid, Signal, WaitOptions};
@@ -32,11 +33,17 @@ struct Groups {
     live: Vec<i32>,
 }
 
+/// Whether this process is the subreaper of its descendants: only then can a step's
+/// orphans become its children, and only then is there anything to sweep.
+static SUBREAPER: AtomicBool = AtomicBool::new(false);
+
 /// Make this process the subreaper of its descendants. Idempotent.
 pub fn become_subreaper() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let _ = rustix::process::set_child_subreaper(Some(rustix::process::getpid()));
+        if rustix::process::set_child_subreaper(Some(rustix::process::getpid())).is_ok() {
+            SUBREAPER.store(true, Ordering::SeqCst);
+        }
     });
 }
 
@@ -144,6 +151,10 @@ fn stat(pid: i32) -> Option<Proc> {
 /// Kill and reap every process re-parented to Hoist from a step: its parent was in a
 /// group Hoist made for a step, or it left Hoist's session.
 pub fn sweep() {
+    // Not a subreaper: a step's orphans went to init, none of them is ours to find.
+    if !SUBREAPER.load(Ordering::Relaxed) {
+        return;
+    }
     let me = rustix::process::getpid().as_raw_nonzero().get();
     let my_session = rustix::process::getsid(None)
         .map(|p| p.as_raw_nonzero().get())

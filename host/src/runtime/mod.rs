@@ -248,6 +248,8 @@ pub struct Runtime {
     slots: Semaphore,
     /// Hoist's own directories (canonical): never given to a plugin.
     protected: Vec<PathBuf>,
+    /// Working directories already resolved: path → (device, inode, canonical path).
+    resolved: Mutex<HashMap<PathBuf, (u64, u64, PathBuf)>>,
 }
 
 impl Runtime {
@@ -274,6 +276,7 @@ impl Runtime {
             loaded: Mutex::new(HashMap::new()),
             slots: Semaphore::new(max_instances as usize),
             protected,
+            resolved: Mutex::new(HashMap::new()),
         })
     }
 
@@ -455,6 +458,31 @@ impl Runtime {
         })
     }
 
+    /// `dir` with symlinks resolved. A directory seen before costs one `stat`: if the
+    /// path still leads to the same directory (device and inode), its canonical path is
+    /// the one found then; anything else (a component swapped for a symlink to another
+    /// directory) is resolved again. A step's setup is on the path of every step, and
+    /// `realpath` costs a system call per component.
+    fn resolve_dir(&self, dir: &Path) -> PathBuf {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(meta) = std::fs::metadata(dir) else {
+            return dir.to_path_buf();
+        };
+        let key = (meta.dev(), meta.ino());
+        let mut seen = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((dev, ino, canonical)) = seen.get(dir)
+            && (*dev, *ino) == key
+        {
+            return canonical.clone();
+        }
+        let canonical = policy::canonical_path(dir);
+        if seen.len() > 4096 {
+            seen.clear();
+        }
+        seen.insert(dir.to_path_buf(), (key.0, key.1, canonical.clone()));
+        canonical
+    }
+
     /// The directories a step is given, and which of them it may write.
     ///
     /// - The working directory, read-write; the project directory (when it differs),
@@ -474,7 +502,7 @@ impl Runtime {
         user: &Grants,
         grants: &Grants,
     ) -> Result<SandboxDirs, String> {
-        let cwd = policy::canonical_path(&req.cwd);
+        let cwd = self.resolve_dir(&req.cwd);
         // The runner hands on the working directory a step left, canonical when it was
         // set. If it now resolves elsewhere, a symlink was planted in its place (by a
         // step that could write its parent): a plugin would be given wherever it points.
