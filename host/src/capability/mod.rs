@@ -8,4 +8,5 @@ pub mod log;
 pub mod net;
 pub mod process;
 pub mod reap;
+pub mod setup;
 pub mod stdio;

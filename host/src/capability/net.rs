@@ -16,30 +16,78 @@
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+use hoist_policy::{Capability, Grants, default_port, split_origin};
 use http_body_util::BodyExt;
-use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime_wasi_http::{
+    Error, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
+};
 
 mod connect;
 mod proxy;
 
 use crate::bindings::Level;
 use crate::capability::log::{Source, StepLog};
-use crate::runtime::policy::{Capability, Grants, default_port, split_origin};
+use crate::capability::setup::{StepInfo, StepSetup};
+
+/// The state of `wasi:http` for one step: wasi-http's context and the step's hooks.
+pub struct NetCtx {
+    http: WasiHttpCtx,
+    hooks: NetHooks,
+}
+
+impl NetCtx {
+    /// The network capability of a step: its grants, nothing in flight, no denials.
+    pub fn prepare(setup: &StepSetup) -> Self {
+        Self {
+            http: WasiHttpCtx::default(),
+            hooks: NetHooks {
+                grants: setup.grants.clone(),
+                user_grants: setup.user_grants.clone(),
+                log: setup.log.clone(),
+                info: setup.info.clone(),
+                denials: Default::default(),
+                in_flight: Default::default(),
+            },
+        }
+    }
+
+    /// wasi-http's view of the store: this state and the store's resource table.
+    pub fn view<'a>(&'a mut self, table: &'a mut ResourceTable) -> WasiHttpCtxView<'a> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table,
+            hooks: &mut self.hooks,
+        }
+    }
+
+    /// What was refused so far (`; `-separated), if anything: why the step failed.
+    pub fn denials(&self) -> Option<String> {
+        let d = self.hooks.denials.lock().unwrap_or_else(|p| p.into_inner());
+        (!d.is_empty()).then(|| d.join("; "))
+    }
+}
+
+/// Link `wasi:http`'s outgoing handler and types; requests reach [`NetHooks`] through
+/// the store's [`WasiHttpView`] (composed from [`NetCtx::view`]).
+pub fn add_to_linker<T: WasiHttpView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)
+}
 
 /// The step's network policy, as wasi-http hooks.
-pub struct NetHooks {
+struct NetHooks {
     /// What the step may reach (its declarations, all granted).
-    pub grants: Arc<Grants>,
+    grants: Arc<Grants>,
     /// What the user granted (for the explicit-grant rule of special addresses).
-    pub user_grants: Arc<Grants>,
+    user_grants: Arc<Grants>,
     /// Where denials are logged.
-    pub log: StepLog,
-    /// `step `x` (plugin)`, for messages.
-    pub who: String,
+    log: StepLog,
+    /// Who the step is, for messages.
+    info: Arc<StepInfo>,
     /// Denials so far, for the step's error.
-    pub denials: Arc<Mutex<Vec<String>>>,
+    denials: Arc<Mutex<Vec<String>>>,
     /// Requests of this step in flight (connecting or streaming a body).
-    pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Requests one step may have in flight. The storage steps keep 8; each holds a socket
@@ -134,6 +182,15 @@ impl NetHooks {
     }
 }
 
+/// `step `x` (plugin)`, for messages.
+struct Who<'a>(&'a StepInfo);
+
+impl std::fmt::Display for Who<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "step `{}` ({})", self.0.name, self.0.plugin)
+    }
+}
+
 type SendResult = wasmtime_wasi_http::Result<(
     http::Response<WasiBody>,
     Box<dyn Future<Output = Result<(), Error>> + Send>,
@@ -147,18 +204,19 @@ impl WasiHttpHooks for NetHooks {
         fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
         drop(fut);
-        let (grants, user, log, denials, who) = (
+        let (grants, user, log, denials, info) = (
             self.grants.clone(),
             self.user_grants.clone(),
             self.log.clone(),
             self.denials.clone(),
-            self.who.clone(),
+            self.info.clone(),
         );
         let counted = self
             .in_flight
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let guard = InFlight(self.in_flight.clone());
         Box::new(async move {
+            let who = Who(&info);
             if counted >= MAX_IN_FLIGHT {
                 return Err(Self::deny(
                     &log,
