@@ -91,20 +91,7 @@ impl Host for ProcessView<'_> {
         let host_path = std::env::var_os("PATH");
         let plugin = !self.ctx.info.builtin;
         if plugin {
-            if let Some((k, _)) = cmd.env.iter().find(|(k, _)| loader_variable(k)) {
-                return Err(StepError::Denied(format!(
-                    "step `{}` ({}) may not set `{k}` for `{}`: a plugin cannot change how \
-                     the host loads programs",
-                    self.ctx.info.name, self.ctx.info.plugin, cmd.program
-                )));
-            }
-            if cmd.program.contains('/') && !cmd.program.starts_with('/') {
-                return Err(StepError::Denied(format!(
-                    "step `{}` ({}) may not run `{}`: a plugin runs programs by name (found on \
-                     the host's PATH) or by absolute path",
-                    self.ctx.info.name, self.ctx.info.plugin, cmd.program
-                )));
-            }
+            self.check_plugin_command(&cmd)?;
         }
         // Built-in steps run what the user wrote, as Prefect does: a `PATH` they set is
         // used to find the program. A plugin's is not.
@@ -123,22 +110,7 @@ impl Host for ProcessView<'_> {
             ))
         })?;
         if plugin {
-            let real = std::fs::canonicalize(&program).unwrap_or_else(|_| program.clone());
-            if let Some((root, _)) = self
-                .ctx
-                .roots
-                .iter()
-                .find(|(root, _)| real.starts_with(root))
-            {
-                return Err(StepError::Denied(format!(
-                    "step `{}` ({}) may not run {}: it lies in {}, a directory the step was \
-                     given, where this plugin or an earlier step may have put it",
-                    self.ctx.info.name,
-                    self.ctx.info.plugin,
-                    real.display(),
-                    root.display()
-                )));
-            }
+            self.check_plugin_program(&program)?;
         }
         let mut child = tokio::process::Command::new(&program);
         child
@@ -176,6 +148,48 @@ impl Host for ProcessView<'_> {
             stdout: String::from_utf8_lossy(&out).into_owned(),
             stderr: String::from_utf8_lossy(&err).into_owned(),
         })
+    }
+}
+
+impl ProcessView<'_> {
+    /// What a plugin may not ask of a program: loader variables, a relative path.
+    fn check_plugin_command(&self, cmd: &Command) -> Result<(), StepError> {
+        if let Some((k, _)) = cmd.env.iter().find(|(k, _)| loader_variable(k)) {
+            return Err(StepError::Denied(format!(
+                "step `{}` ({}) may not set `{k}` for `{}`: a plugin cannot change how \
+                 the host loads programs",
+                self.ctx.info.name, self.ctx.info.plugin, cmd.program
+            )));
+        }
+        if cmd.program.contains('/') && !cmd.program.starts_with('/') {
+            return Err(StepError::Denied(format!(
+                "step `{}` ({}) may not run `{}`: a plugin runs programs by name (found on \
+                 the host's PATH) or by absolute path",
+                self.ctx.info.name, self.ctx.info.plugin, cmd.program
+            )));
+        }
+        Ok(())
+    }
+
+    /// A plugin's program must not lie in a directory the step was given.
+    fn check_plugin_program(&self, program: &Path) -> Result<(), StepError> {
+        let real = std::fs::canonicalize(program).unwrap_or_else(|_| program.to_path_buf());
+        if let Some((root, _)) = self
+            .ctx
+            .roots
+            .iter()
+            .find(|(root, _)| real.starts_with(root))
+        {
+            return Err(StepError::Denied(format!(
+                "step `{}` ({}) may not run {}: it lies in {}, a directory the step was \
+                 given, where this plugin or an earlier step may have put it",
+                self.ctx.info.name,
+                self.ctx.info.plugin,
+                real.display(),
+                root.display()
+            )));
+        }
+        Ok(())
     }
 }
 

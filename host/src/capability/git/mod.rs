@@ -532,44 +532,7 @@ impl GitView<'_> {
                 "`git` is not installed on this machine (not found on PATH)".into(),
             ))
         })?;
-        let mut cmd = tokio::process::Command::new(git);
-        cmd.arg0("git").args(&args).current_dir(&dir).env_clear();
-        // What git needs from the user's environment to reach servers: keys and agent for
-        // ssh, CA bundles and proxies for https.
-        for keep in [
-            "PATH",
-            "HOME",
-            "SSH_AUTH_SOCK",
-            "GIT_SSL_CAINFO",
-            "SSL_CERT_FILE",
-            "SSL_CERT_DIR",
-            "HTTPS_PROXY",
-            "https_proxy",
-            "HTTP_PROXY",
-            "http_proxy",
-            "NO_PROXY",
-            "no_proxy",
-        ] {
-            if let Some(v) = std::env::var_os(keep) {
-                cmd.env(keep, v);
-            }
-        }
-        cmd.env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("GIT_ASKPASS", "true")
-            .env("GIT_EDITOR", "true")
-            .env("GIT_MERGE_AUTOEDIT", "no")
-            .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
-            .env("GIT_ALLOW_PROTOCOL", ALLOWED_SCHEMES.join(":"))
-            .env("LC_ALL", "C");
-        // Never look for a repository above the directory git runs in.
-        if let Some(parent) = dir.parent() {
-            cmd.env("GIT_CEILING_DIRECTORIES", parent);
-        }
-        if let Some(r) = repo {
-            cmd.env("GIT_DIR", &r.git_dir).env("GIT_WORK_TREE", &r.work);
-        }
+        let mut cmd = hardened_git(git, &dir, &args, repo);
         if remotes.is_empty() {
             // Without a checked remote, a partial clone must not fetch on its own.
             cmd.env("GIT_NO_LAZY_FETCH", "1");
@@ -801,6 +764,56 @@ fn sub_repo(repo: &Repo, name: &str, path: &str) -> Result<Repo, GitError> {
         check_git_dir(&sub, true)?;
     }
     Ok(sub)
+}
+
+/// `git args` in `dir` with only what git needs of the user's environment, never
+/// prompting, in C locale, no repository looked for above `dir`, and `repo`'s
+/// directories named explicitly.
+fn hardened_git(
+    git: PathBuf,
+    dir: &Path,
+    args: &[OsString],
+    repo: Option<&Repo>,
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(git);
+    cmd.arg0("git").args(args).current_dir(dir).env_clear();
+    // What git needs from the user's environment to reach servers: keys and agent for
+    // ssh, CA bundles and proxies for https.
+    for keep in [
+        "PATH",
+        "HOME",
+        "SSH_AUTH_SOCK",
+        "GIT_SSL_CAINFO",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ] {
+        if let Some(v) = std::env::var_os(keep) {
+            cmd.env(keep, v);
+        }
+    }
+    cmd.env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ASKPASS", "true")
+        .env("GIT_EDITOR", "true")
+        .env("GIT_MERGE_AUTOEDIT", "no")
+        .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+        .env("GIT_ALLOW_PROTOCOL", ALLOWED_SCHEMES.join(":"))
+        .env("LC_ALL", "C");
+    // Never look for a repository above the directory git runs in.
+    if let Some(parent) = dir.parent() {
+        cmd.env("GIT_CEILING_DIRECTORIES", parent);
+    }
+    if let Some(r) = repo {
+        cmd.env("GIT_DIR", &r.git_dir).env("GIT_WORK_TREE", &r.work);
+    }
+    cmd
 }
 
 impl Host for GitView<'_> {
