@@ -1,15 +1,59 @@
 //! `hoist:step/context`: who the step is and where it runs. Changing the working
 //! directory needs the `set-cwd` capability, because the next steps get it preopened;
 //! a plugin may only move within the directories it can write.
+//!
+//! Owns the step's working directory: the other capabilities acting on paths (process,
+//! git) borrow it from here, read-only.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hoist_policy::{Capability, Grants};
+use wasmtime::component::{HasSelf, Linker};
 
 use crate::bindings::StepError;
-use crate::bindings::hoist::step::context::Host;
-use crate::runtime::policy::Capability;
-use crate::runtime::state::StepState;
+use crate::bindings::hoist::step::context::{self, Host};
+use crate::capability::setup::{Root, StepInfo, StepSetup};
 
-impl Host for StepState {
+/// The step's identity and its working directory, which `set-working-directory` moves.
+pub struct ContextCtx {
+    info: Arc<StepInfo>,
+    grants: Arc<Grants>,
+    cwd: PathBuf,
+    roots: Arc<[Root]>,
+}
+
+impl ContextCtx {
+    /// The step's context, starting in its setup's working directory.
+    pub fn prepare(setup: &StepSetup) -> Self {
+        Self {
+            info: setup.info.clone(),
+            grants: setup.grants.clone(),
+            cwd: setup.cwd.clone(),
+            roots: setup.roots.clone(),
+        }
+    }
+
+    /// The working directory now.
+    pub fn cwd(&self) -> &Path {
+        &self.cwd
+    }
+
+    /// The working directory the step leaves to the next ones.
+    pub fn take_cwd(&mut self) -> PathBuf {
+        std::mem::take(&mut self.cwd)
+    }
+}
+
+/// Link `hoist:step/context` to the [`ContextCtx`] that `get` finds in the store.
+pub fn add_to_linker<T: 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> &mut ContextCtx,
+) -> wasmtime::Result<()> {
+    context::add_to_linker::<T, HasSelf<ContextCtx>>(linker, get)
+}
+
+impl Host for ContextCtx {
     fn step_id(&mut self) -> Option<String> {
         self.info.id.clone()
     }
@@ -29,7 +73,8 @@ impl Host for StepState {
     fn set_working_directory(&mut self, path: String) -> Result<String, StepError> {
         if !self.grants.allows(&Capability::SetCwd) {
             return Err(StepError::Denied(
-                self.denial(&Capability::SetCwd, "change the working directory"),
+                self.info
+                    .denial(&Capability::SetCwd, "change the working directory"),
             ));
         }
         let new = resolve_dir(&self.cwd, &path)?;

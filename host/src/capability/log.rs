@@ -6,9 +6,11 @@
 
 use std::sync::Arc;
 
+use wasmtime::component::{HasSelf, Linker};
+
 use crate::bindings::Level;
-use crate::bindings::hoist::step::log::Host;
-use crate::runtime::state::StepState;
+use crate::bindings::hoist::step::log::{self, Host};
+use crate::capability::setup::StepSetup;
 
 /// Where a record came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,7 +125,29 @@ impl StepLog {
     }
 }
 
-impl Host for StepState {
+/// The state of `hoist:step/log`: the step's log handle.
+pub struct LogCtx {
+    log: StepLog,
+}
+
+impl LogCtx {
+    /// The step's own records go to its setup's log.
+    pub fn prepare(setup: &StepSetup) -> Self {
+        Self {
+            log: setup.log.clone(),
+        }
+    }
+}
+
+/// Link `hoist:step/log` to the [`LogCtx`] that `get` finds in the store.
+pub fn add_to_linker<T: 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> &mut LogCtx,
+) -> wasmtime::Result<()> {
+    log::add_to_linker::<T, HasSelf<LogCtx>>(linker, get)
+}
+
+impl Host for LogCtx {
     fn emit(&mut self, level: Level, message: String, fields: Vec<(String, String)>) {
         self.log.emit(level, Source::Step, &message, &fields);
     }

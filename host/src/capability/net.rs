@@ -16,30 +16,78 @@
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+use hoist_policy::{Capability, Grants, default_port, split_origin};
 use http_body_util::BodyExt;
-use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime_wasi_http::{
+    Error, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
+};
 
 mod connect;
 mod proxy;
 
 use crate::bindings::Level;
 use crate::capability::log::{Source, StepLog};
-use crate::runtime::policy::{Capability, Grants, default_port, split_origin};
+use crate::capability::setup::{StepInfo, StepSetup};
+
+/// The state of `wasi:http` for one step: wasi-http's context and the step's hooks.
+pub struct NetCtx {
+    http: WasiHttpCtx,
+    hooks: NetHooks,
+}
+
+impl NetCtx {
+    /// The network capability of a step: its grants, nothing in flight, no denials.
+    pub fn prepare(setup: &StepSetup) -> Self {
+        Self {
+            http: WasiHttpCtx::default(),
+            hooks: NetHooks {
+                grants: setup.grants.clone(),
+                user_grants: setup.user_grants.clone(),
+                log: setup.log.clone(),
+                info: setup.info.clone(),
+                denials: Default::default(),
+                in_flight: Default::default(),
+            },
+        }
+    }
+
+    /// wasi-http's view of the store: this state and the store's resource table.
+    pub fn view<'a>(&'a mut self, table: &'a mut ResourceTable) -> WasiHttpCtxView<'a> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table,
+            hooks: &mut self.hooks,
+        }
+    }
+
+    /// What was refused so far (`; `-separated), if anything: why the step failed.
+    pub fn denials(&self) -> Option<String> {
+        let d = self.hooks.denials.lock().unwrap_or_else(|p| p.into_inner());
+        (!d.is_empty()).then(|| d.join("; "))
+    }
+}
+
+/// Link `wasi:http`'s outgoing handler and types; requests reach [`NetHooks`] through
+/// the store's [`WasiHttpView`] (composed from [`NetCtx::view`]).
+pub fn add_to_linker<T: WasiHttpView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)
+}
 
 /// The step's network policy, as wasi-http hooks.
-pub struct NetHooks {
+struct NetHooks {
     /// What the step may reach (its declarations, all granted).
-    pub grants: Arc<Grants>,
+    grants: Arc<Grants>,
     /// What the user granted (for the explicit-grant rule of special addresses).
-    pub user_grants: Arc<Grants>,
+    user_grants: Arc<Grants>,
     /// Where denials are logged.
-    pub log: StepLog,
-    /// `step `x` (plugin)`, for messages.
-    pub who: String,
+    log: StepLog,
+    /// Who the step is, for messages.
+    info: Arc<StepInfo>,
     /// Denials so far, for the step's error.
-    pub denials: Arc<Mutex<Vec<String>>>,
+    denials: Arc<Mutex<Vec<String>>>,
     /// Requests of this step in flight (connecting or streaming a body).
-    pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Requests one step may have in flight. The storage steps keep 8; each holds a socket
@@ -134,10 +182,84 @@ impl NetHooks {
     }
 }
 
+/// `step `x` (plugin)`, for messages.
+struct Who<'a>(&'a StepInfo);
+
+impl std::fmt::Display for Who<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "step `{}` ({})", self.0.name, self.0.plugin)
+    }
+}
+
 type SendResult = wasmtime_wasi_http::Result<(
     http::Response<WasiBody>,
     Box<dyn Future<Output = Result<(), Error>> + Send>,
 )>;
+
+/// What a request is checked against (the hooks' state, owned by its future).
+struct Policy {
+    grants: Arc<Grants>,
+    user: Arc<Grants>,
+    log: StepLog,
+    denials: Arc<Mutex<Vec<String>>>,
+    info: Arc<StepInfo>,
+}
+
+/// Where a request may go: its origin's parts and the addresses checked.
+struct Destination {
+    scheme: String,
+    host: String,
+    port: u16,
+    addrs: Vec<IpAddr>,
+}
+
+impl Policy {
+    fn deny(&self, message: String) -> Error {
+        NetHooks::deny(&self.log, &self.denials, message)
+    }
+
+    /// The request's `scheme://host:port` granted, its name resolved, and none of its
+    /// addresses special unless the user granted the host by name.
+    async fn check(&self, uri: &http::Uri) -> Result<Destination, Error> {
+        let who = Who(&self.info);
+        let scheme = uri.scheme_str().unwrap_or("https").to_ascii_lowercase();
+        let host = uri
+            .host()
+            .unwrap_or("")
+            .trim_matches(['[', ']'])
+            .to_ascii_lowercase();
+        let port = uri
+            .port_u16()
+            .or_else(|| default_port(&scheme))
+            .unwrap_or(0);
+        let origin = format!("{scheme}://{host}:{port}");
+        if !self.grants.allows(&Capability::Net(origin.clone())) {
+            return Err(self.deny(format!(
+                "{who} may not reach {origin}: capability `net:{origin}` was not granted (a plugin must declare it and be run with `--allow net:{origin}`)"
+            )));
+        }
+        // A name this machine cannot resolve may still be reached through a proxy,
+        // which resolves it (behind a proxy, DNS often knows internal names only).
+        let addrs: Vec<IpAddr> = match tokio::net::lookup_host((host.as_str(), port)).await {
+            Ok(a) => a.map(|s| s.ip()).collect(),
+            Err(_) if proxy::proxied(&scheme, &host) => Vec::new(),
+            Err(_) => return Err(Error::DestinationNotFound),
+        };
+        if let Some(ip) = addrs.iter().find(|a| special(**a))
+            && !explicitly_granted(&self.user, &host, &addrs)
+        {
+            return Err(self.deny(format!(
+                "{who} may not reach {origin}: `{host}` resolves to {ip}, an address of this machine or of a private network (loopback, link-local or metadata, private, shared, or one of its own); grant it by name to allow it: `--allow net:{scheme}://{host}:{port}`"
+            )));
+        }
+        Ok(Destination {
+            scheme,
+            host,
+            port,
+            addrs,
+        })
+    }
+}
 
 impl WasiHttpHooks for NetHooks {
     fn send_request(
@@ -147,79 +269,39 @@ impl WasiHttpHooks for NetHooks {
         fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
         drop(fut);
-        let (grants, user, log, denials, who) = (
-            self.grants.clone(),
-            self.user_grants.clone(),
-            self.log.clone(),
-            self.denials.clone(),
-            self.who.clone(),
-        );
+        let policy = Policy {
+            grants: self.grants.clone(),
+            user: self.user_grants.clone(),
+            log: self.log.clone(),
+            denials: self.denials.clone(),
+            info: self.info.clone(),
+        };
         let counted = self
             .in_flight
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let guard = InFlight(self.in_flight.clone());
         Box::new(async move {
             if counted >= MAX_IN_FLIGHT {
-                return Err(Self::deny(
-                    &log,
-                    &denials,
-                    format!(
-                        "{who} may not have more than {MAX_IN_FLIGHT} requests in flight at once"
-                    ),
-                ));
+                let who = Who(&policy.info);
+                return Err(policy.deny(format!(
+                    "{who} may not have more than {MAX_IN_FLIGHT} requests in flight at once"
+                )));
             }
-            let uri = request.uri().clone();
-            let scheme = uri.scheme_str().unwrap_or("https").to_ascii_lowercase();
-            let host = uri
-                .host()
-                .unwrap_or("")
-                .trim_matches(['[', ']'])
-                .to_ascii_lowercase();
-            let port = uri
-                .port_u16()
-                .or_else(|| default_port(&scheme))
-                .unwrap_or(0);
-            let origin = format!("{scheme}://{host}:{port}");
-            if !grants.allows(&Capability::Net(origin.clone())) {
-                return Err(Self::deny(
-                    &log,
-                    &denials,
-                    format!(
-                        "{who} may not reach {origin}: capability `net:{origin}` was not granted (a plugin must declare it and be run with `--allow net:{origin}`)"
-                    ),
-                ));
-            }
-            // A name this machine cannot resolve may still be reached through a proxy,
-            // which resolves it (behind a proxy, DNS often knows internal names only).
-            let addrs: Vec<IpAddr> = match tokio::net::lookup_host((host.as_str(), port)).await {
-                Ok(a) => a.map(|s| s.ip()).collect(),
-                Err(_) if proxy::proxied(&scheme, &host) => Vec::new(),
-                Err(_) => return Err(Error::DestinationNotFound),
-            };
-            if let Some(ip) = addrs.iter().find(|a| special(**a))
-                && !explicitly_granted(&user, &host, &addrs)
-            {
-                return Err(Self::deny(
-                    &log,
-                    &denials,
-                    format!(
-                        "{who} may not reach {origin}: `{host}` resolves to {ip}, an address of this machine or of a private network (loopback, link-local or metadata, private, shared, or one of its own); grant it by name to allow it: `--allow net:{scheme}://{host}:{port}`"
-                    ),
-                ));
-            }
+            let dest = policy.check(request.uri()).await?;
             // Connect to the address just checked, not to whatever a second lookup returns
             // (DNS rebinding), for HTTPS too: TLS verifies the name the request used.
             // IPv4 first: servers on loopback names usually listen on 127.0.0.1 only.
-            let ip = addrs
+            let ip = dest
+                .addrs
                 .iter()
                 .find(|a| a.is_ipv4())
-                .or(addrs.first())
+                .or(dest.addrs.first())
                 .copied();
             let target = connect::Target {
                 ip,
-                port,
-                host: &host,
-                tls: scheme == "https",
+                port: dest.port,
+                host: &dest.host,
+                tls: dest.scheme == "https",
             };
             let (res, io) = connect::send(request, options, target).await?;
             // The connection's task holds the count until it ends.

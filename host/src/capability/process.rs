@@ -14,47 +14,84 @@
 //! and variables the plugin chooses: `process:git` trusts git with them
 //! (`-c alias.x=!cmd` is a shell); plugins should use the `git` interface instead.
 
+use std::path::Path;
 use std::process::Stdio;
+use std::sync::Arc;
 
+use hoist_policy::{Capability, Grants};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use wasmtime::component::{HasData, Linker};
 
-use crate::bindings::hoist::step::process::{Command, Host, Output};
+use crate::bindings::hoist::step::process::{self, Command, Host, Output};
 use crate::bindings::{Failure, Level, StepError};
 use crate::capability::context::resolve_dir;
 use crate::capability::log::{Source, StepLog};
+use crate::capability::setup::{Root, StepInfo, StepSetup};
 use crate::runtime::limits::MAX_CAPTURED_OUTPUT;
-use crate::runtime::policy::Capability;
-use crate::runtime::state::StepState;
 
-impl Host for StepState {
+/// The state of `hoist:step/process`: who may run what, and where output is logged.
+pub struct ProcessCtx {
+    info: Arc<StepInfo>,
+    grants: Arc<Grants>,
+    roots: Arc<[Root]>,
+    log: StepLog,
+}
+
+impl ProcessCtx {
+    /// The process capability of a step.
+    pub fn prepare(setup: &StepSetup) -> Self {
+        Self {
+            info: setup.info.clone(),
+            grants: setup.grants.clone(),
+            roots: setup.roots.clone(),
+            log: setup.log.clone(),
+        }
+    }
+
+    /// The view the host calls run on: this state and the step's working directory.
+    pub fn view<'a>(&'a self, cwd: &'a Path) -> ProcessView<'a> {
+        ProcessView { ctx: self, cwd }
+    }
+}
+
+/// What `hoist:step/process` sees of a step's store.
+pub struct ProcessView<'a> {
+    ctx: &'a ProcessCtx,
+    cwd: &'a Path,
+}
+
+struct HasProcess;
+
+impl HasData for HasProcess {
+    type Data<'a> = ProcessView<'a>;
+}
+
+/// Link `hoist:step/process` to the [`ProcessView`] that `get` makes of the store.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> ProcessView<'_>,
+) -> wasmtime::Result<()> {
+    process::add_to_linker::<T, HasProcess>(linker, get)
+}
+
+impl Host for ProcessView<'_> {
     async fn run(&mut self, cmd: Command) -> Result<Output, StepError> {
-        if !self.grants.allows_program(&cmd.program) {
+        if !self.ctx.grants.allows_program(&cmd.program) {
             let what = format!("run `{}`", cmd.program);
             return Err(StepError::Denied(
-                self.denial(&Capability::Process(cmd.program), &what),
+                self.ctx
+                    .info
+                    .denial(&Capability::Process(cmd.program), &what),
             ));
         }
         let cwd = match &cmd.cwd {
-            Some(dir) => resolve_dir(&self.cwd, dir)?,
-            None => self.cwd.clone(),
+            Some(dir) => resolve_dir(self.cwd, dir)?,
+            None => self.cwd.to_path_buf(),
         };
         let host_path = std::env::var_os("PATH");
-        let plugin = !self.info.builtin;
+        let plugin = !self.ctx.info.builtin;
         if plugin {
-            if let Some((k, _)) = cmd.env.iter().find(|(k, _)| loader_variable(k)) {
-                return Err(StepError::Denied(format!(
-                    "step `{}` ({}) may not set `{k}` for `{}`: a plugin cannot change how \
-                     the host loads programs",
-                    self.info.name, self.info.plugin, cmd.program
-                )));
-            }
-            if cmd.program.contains('/') && !cmd.program.starts_with('/') {
-                return Err(StepError::Denied(format!(
-                    "step `{}` ({}) may not run `{}`: a plugin runs programs by name (found on \
-                     the host's PATH) or by absolute path",
-                    self.info.name, self.info.plugin, cmd.program
-                )));
-            }
+            self.check_plugin_command(&cmd)?;
         }
         // Built-in steps run what the user wrote, as Prefect does: a `PATH` they set is
         // used to find the program. A plugin's is not.
@@ -73,17 +110,7 @@ impl Host for StepState {
             ))
         })?;
         if plugin {
-            let real = std::fs::canonicalize(&program).unwrap_or_else(|_| program.clone());
-            if let Some((root, _)) = self.roots.iter().find(|(root, _)| real.starts_with(root)) {
-                return Err(StepError::Denied(format!(
-                    "step `{}` ({}) may not run {}: it lies in {}, a directory the step was \
-                     given, where this plugin or an earlier step may have put it",
-                    self.info.name,
-                    self.info.plugin,
-                    real.display(),
-                    root.display()
-                )));
-            }
+            self.check_plugin_program(&program)?;
         }
         let mut child = tokio::process::Command::new(&program);
         child
@@ -91,7 +118,7 @@ impl Host for StepState {
             .args(&cmd.args)
             .current_dir(&cwd)
             .env_clear()
-            .envs(self.grants.visible_env())
+            .envs(self.ctx.grants.visible_env())
             .envs(
                 cmd.env
                     .iter()
@@ -102,7 +129,7 @@ impl Host for StepState {
         if let Some(path) = &path_var {
             child.env("PATH", path);
         }
-        let (exit_code, out, err) = run_child(child, &self.log, cmd.stream_output)
+        let (exit_code, out, err) = run_child(child, &self.ctx.log, cmd.stream_output)
             .await
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => StepError::NotFound(format!(
@@ -121,6 +148,48 @@ impl Host for StepState {
             stdout: String::from_utf8_lossy(&out).into_owned(),
             stderr: String::from_utf8_lossy(&err).into_owned(),
         })
+    }
+}
+
+impl ProcessView<'_> {
+    /// What a plugin may not ask of a program: loader variables, a relative path.
+    fn check_plugin_command(&self, cmd: &Command) -> Result<(), StepError> {
+        if let Some((k, _)) = cmd.env.iter().find(|(k, _)| loader_variable(k)) {
+            return Err(StepError::Denied(format!(
+                "step `{}` ({}) may not set `{k}` for `{}`: a plugin cannot change how \
+                 the host loads programs",
+                self.ctx.info.name, self.ctx.info.plugin, cmd.program
+            )));
+        }
+        if cmd.program.contains('/') && !cmd.program.starts_with('/') {
+            return Err(StepError::Denied(format!(
+                "step `{}` ({}) may not run `{}`: a plugin runs programs by name (found on \
+                 the host's PATH) or by absolute path",
+                self.ctx.info.name, self.ctx.info.plugin, cmd.program
+            )));
+        }
+        Ok(())
+    }
+
+    /// A plugin's program must not lie in a directory the step was given.
+    fn check_plugin_program(&self, program: &Path) -> Result<(), StepError> {
+        let real = std::fs::canonicalize(program).unwrap_or_else(|_| program.to_path_buf());
+        if let Some((root, _)) = self
+            .ctx
+            .roots
+            .iter()
+            .find(|(root, _)| real.starts_with(root))
+        {
+            return Err(StepError::Denied(format!(
+                "step `{}` ({}) may not run {}: it lies in {}, a directory the step was \
+                 given, where this plugin or an earlier step may have put it",
+                self.ctx.info.name,
+                self.ctx.info.plugin,
+                real.display(),
+                root.display()
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -11,9 +11,44 @@ use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
+use wasmtime_wasi::WasiCtxBuilder;
+
 use crate::bindings::Level;
 use crate::capability::log::{Source, StepLog};
+use crate::capability::setup::StepSetup;
 use crate::runtime::limits::GUEST_STDERR_TAIL;
+
+/// The guest's stdout and stderr of one step, both to its log.
+pub struct StdioCtx {
+    stdout: GuestOutput,
+    stderr: GuestOutput,
+}
+
+impl StdioCtx {
+    /// The step's output streams, logging to its setup's log.
+    pub fn prepare(setup: &StepSetup) -> Self {
+        Self {
+            stdout: GuestOutput::stdout(setup.log.clone()),
+            stderr: GuestOutput::stderr(setup.log.clone()),
+        }
+    }
+
+    /// Give the streams to the step's WASI context (WASI links `cli/stdout`, `stderr`).
+    pub fn attach(&self, wasi: &mut WasiCtxBuilder) {
+        wasi.stdout(self.stdout.clone()).stderr(self.stderr.clone());
+    }
+
+    /// Log the unterminated last lines: the step has ended.
+    pub fn flush(&self) {
+        self.stdout.flush_partial();
+        self.stderr.flush_partial();
+    }
+
+    /// The guest's panic message, if its stderr ended with one.
+    pub fn panic_message(&self) -> Option<String> {
+        panic_message(&self.stderr.tail())
+    }
+}
 
 /// Longest line kept whole; longer ones are logged in pieces of this size.
 const MAX_LINE: usize = 64 << 10;

@@ -20,19 +20,17 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::Semaphore;
-use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime::{Engine, Store};
-use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+use wasmtime::Engine;
+use wasmtime::component::Linker;
 
-use crate::bindings::{Step, StepError, StepPre};
+use crate::bindings::{StepError, StepPre};
 use crate::capability::log::{LogSink, NullSink, Redactor, StepLog};
-use crate::capability::stdio::{GuestOutput, panic_message};
 pub use cache::{ComponentCache, Loaded};
 pub use engine::Allocator;
 pub use error::{ErrorKind, StepRunError};
 use limits::{DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, MAX_INSTANCES};
 pub use policy::{Capability, Grants};
-use state::{MemoryLimiter, StepInfo, StepState};
+use state::{StepInfo, StepSetup, StepState};
 
 /// How to build a [`Runtime`].
 #[derive(Clone, Debug)]
@@ -258,9 +256,7 @@ impl Runtime {
         let max_instances = config.max_instances.max(1);
         let (engine, allocator) = engine::new_engine(config.allocator, max_instances)?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-        Step::add_to_linker::<StepState, HasSelf<StepState>>(&mut linker, |s| s)?;
+        StepState::add_to_linker(&mut linker)?;
         let protected = config
             .protected
             .iter()
@@ -382,40 +378,11 @@ impl Runtime {
         Ok(plugin)
     }
 
+    /// Call `describe()` in a store with no grants, no directories and logs dropped.
     async fn describe(&self, pre: &StepPre<StepState>) -> wasmtime::Result<Description> {
-        let info = StepInfo {
-            name: "describe".into(),
-            plugin: "describe".into(),
-            id: None,
-            run_id: String::new(),
-            builtin: false,
-        };
-        let log = StepLog::new("describe", Arc::new(NullSink), Redactor::default());
-        let state = StepState {
-            wasi: WasiCtxBuilder::new().build(),
-            table: ResourceTable::new(),
-            limiter: MemoryLimiter {
-                limit: DEFAULT_MEMORY_LIMIT,
-                exceeded: false,
-            },
-            info: Arc::new(info),
-            cwd: PathBuf::from("/"),
-            grants: Arc::new(Grants::none()),
-            log: log.clone(),
-            roots: Vec::new(),
-            http: Default::default(),
-            net: crate::capability::net::NetHooks {
-                grants: Arc::new(Grants::none()),
-                user_grants: Arc::new(Grants::none()),
-                log,
-                who: "describe".into(),
-                denials: Default::default(),
-                in_flight: Default::default(),
-            },
-        };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_async_yield_and_update(1);
+        let setup = StepSetup::describe(DEFAULT_MEMORY_LIMIT);
+        let state = StepState::new(&setup).map_err(wasmtime::Error::msg)?;
+        let mut store = state.into_store(&self.engine);
         let fut = async {
             let instance = pre.instantiate_async(&mut store).await?;
             instance.call_describe(&mut store).await
@@ -423,39 +390,7 @@ impl Runtime {
         let d = tokio::time::timeout(Duration::from_secs(10), fut)
             .await
             .map_err(|_| wasmtime::Error::msg("describe() did not return within 10 s"))??;
-        use limits::{MAX_NAME_BYTES, MAX_SCHEMA_BYTES, MAX_SUMMARY_BYTES};
-        if d.input_schema.len() > MAX_SCHEMA_BYTES {
-            return Err(wasmtime::Error::msg(format!(
-                "its input schema is {} KiB; at most {} KiB",
-                d.input_schema.len() >> 10,
-                MAX_SCHEMA_BYTES >> 10
-            )));
-        }
-        for (what, text, max) in [
-            ("name", &d.name, MAX_NAME_BYTES),
-            ("version", &d.version, MAX_NAME_BYTES),
-            ("summary", &d.summary, MAX_SUMMARY_BYTES),
-        ] {
-            if text.len() > max {
-                return Err(wasmtime::Error::msg(format!(
-                    "its {what} is {} bytes long; at most {max}",
-                    text.len()
-                )));
-            }
-        }
-        // Shown in listings, plans and errors: one printable line each.
-        let clean = |s: String| crate::capability::log::sanitize(&s).into_owned();
-        Ok(Description {
-            name: clean(d.name),
-            version: clean(d.version),
-            summary: clean(d.summary),
-            input_schema: serde_json::from_str(&d.input_schema).unwrap_or(Value::Null),
-            capabilities: d
-                .capabilities
-                .into_iter()
-                .map(policy::from_wit)
-                .collect::<Result<_, _>>()?,
-        })
+        description(d)
     }
 
     /// `dir` with symlinks resolved. A directory seen before costs one `stat`: if the
@@ -560,7 +495,8 @@ impl Runtime {
         })
     }
 
-    /// Run one step in a fresh store.
+    /// Run one step in a fresh store: grants checked → the step's setup and state →
+    /// instantiate and call under the timeout → the result classified.
     pub async fn run(
         &self,
         plugin: &Plugin,
@@ -571,89 +507,31 @@ impl Runtime {
             plugin: plugin.description.name.clone(),
             kind,
         };
-
-        // Directory capabilities are compared and preopened as the directories they are
-        // on disk: a symlink planted inside a granted directory cannot widen a grant.
-        let declared: Vec<Capability> = plugin
-            .description
-            .capabilities
-            .iter()
-            .map(policy::canonical)
-            .collect();
-        let user = Grants::new(req.grants.iter().map(policy::canonical));
-        // Default deny: a plugin gets what it declares, and only if it was all granted.
-        // Built-in steps are granted their declarations.
-        if !plugin.builtin
-            && let Some(missing) = declared.iter().find(|c| !user.allows(c))
-        {
-            return Err(err(ErrorKind::NotGranted {
-                capability: missing.to_string(),
-            }));
-        }
-        let grants = Arc::new(Grants::new(declared));
+        let (user, grants) = check_grants(plugin, &req).map_err(err)?;
         let dirs = self
             .sandbox_dirs(plugin, &req, &user, &grants)
             .map_err(|m| err(ErrorKind::Denied(m)))?;
-
-        let redactor = Redactor::new(req.secrets.iter().cloned());
-        let log = StepLog::new(&req.name, req.log.clone(), redactor.clone());
-        let stdout = GuestOutput::stdout(log.clone());
-        let stderr = GuestOutput::stderr(log.clone());
-        let mut wasi = WasiCtxBuilder::new();
-        // Run filesystem calls on this thread: a step's file operations are small and
-        // local, and a hop to the blocking pool per call cost ~10× the whole
-        // instantiate + call of a trivial step (README, benchmark 1).
-        wasi.allow_blocking_current_thread(true);
-        wasi.stdout(stdout.clone()).stderr(stderr.clone());
-        let env = grants.visible_env();
-        if !env.is_empty() {
-            wasi.envs(&env);
-        }
-        for (dir, writable) in &dirs.roots {
-            let perms = if *writable {
-                FsPerms::ReadWrite
-            } else {
-                FsPerms::ReadOnly
-            };
-            wasi.preopened_dir(dir, dir.to_string_lossy(), perms)
-                .map_err(|e| {
-                    err(ErrorKind::Setup(format!(
-                        "cannot open directory {}: {e}",
-                        dir.display()
-                    )))
-                })?;
-        }
-        let roots = dirs.roots;
-        let denials: Arc<Mutex<Vec<String>>> = Default::default();
-        let info = StepInfo {
-            name: req.name.clone(),
-            plugin: plugin.description.name.clone(),
-            id: req.id.clone(),
-            run_id: req.run_id.clone(),
-            builtin: plugin.builtin,
+        let read_only_note = dirs.read_only_note;
+        let setup = StepSetup {
+            info: Arc::new(StepInfo {
+                name: req.name.clone(),
+                plugin: plugin.description.name.clone(),
+                id: req.id.clone(),
+                run_id: req.run_id.clone(),
+                builtin: plugin.builtin,
+            }),
+            cwd: dirs.cwd,
+            grants,
+            user_grants: Arc::new(req.grants.clone()),
+            roots: dirs.roots.into(),
+            log: StepLog::new(
+                &req.name,
+                req.log.clone(),
+                Redactor::new(req.secrets.iter().cloned()),
+            ),
+            memory: req.limits.memory,
         };
-        let state = StepState {
-            wasi: wasi.build(),
-            table: ResourceTable::new(),
-            limiter: MemoryLimiter {
-                limit: req.limits.memory,
-                exceeded: false,
-            },
-            info: Arc::new(info),
-            cwd: dirs.cwd.clone(),
-            grants: grants.clone(),
-            log: log.clone(),
-            roots,
-            http: Default::default(),
-            net: crate::capability::net::NetHooks {
-                grants: grants.clone(),
-                user_grants: Arc::new(req.grants.clone()),
-                log,
-                who: format!("step `{}` ({})", req.name, plugin.description.name),
-                denials: denials.clone(),
-                in_flight: Default::default(),
-            },
-        };
+        let state = StepState::new(&setup).map_err(|m| err(ErrorKind::Setup(m)))?;
         let inputs = serde_json::to_string(&req.inputs).expect("JSON values always serialise");
 
         let _slot = self
@@ -662,80 +540,163 @@ impl Runtime {
             .await
             .map_err(|e| err(ErrorKind::Setup(e.to_string())))?;
         let start = Instant::now();
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        // Yield to the executor at every epoch tick: the timeout below can then fire
-        // even while the guest spins without calling the host.
-        store.epoch_deadline_async_yield_and_update(1);
+        let mut store = state.into_store(&self.engine);
         let call = async {
             let instance = plugin.pre.instantiate_async(&mut store).await?;
             instance.call_run(&mut store, &inputs).await
         };
         let result = tokio::time::timeout(req.limits.timeout, call).await;
         let elapsed = start.elapsed();
-        stdout.flush_partial();
-        stderr.flush_partial();
-        let redact = |s: &str| redactor.redact(s).into_owned();
-
-        let text = match result {
-            Err(_) => return Err(err(ErrorKind::Timeout(req.limits.timeout))),
-            Ok(Err(trap)) => {
-                if store.data().limiter.exceeded {
-                    return Err(err(ErrorKind::OutOfMemory(req.limits.memory)));
-                }
-                if let Some(msg) = panic_message(&stderr.tail()) {
-                    return Err(err(ErrorKind::Panicked(redact(&msg))));
-                }
-                let reason = match trap.downcast_ref::<wasmtime::Trap>() {
-                    Some(t) => t.to_string(),
-                    None => format!("{trap:#}"),
-                };
-                return Err(err(ErrorKind::Trapped(redact(&reason))));
-            }
-            // A step that fails after the sandbox refused it something failed because
-            // of that: say what was refused and how to allow it.
-            Ok(Ok(Err(_))) if !denials.lock().unwrap_or_else(|p| p.into_inner()).is_empty() => {
-                let d = denials.lock().unwrap_or_else(|p| p.into_inner()).join("; ");
-                return Err(err(ErrorKind::Denied(redact(&d))));
-            }
-            Ok(Ok(Err(step_error))) => {
-                // A plugin that failed in a directory it could only read may have failed
-                // because of that: say so, and how to let it write.
-                let note = |m: String| match &dirs.read_only_note {
-                    Some(n) if refused_write(&m) => format!("{m} ({n})"),
-                    _ => m,
-                };
-                return Err(err(match step_error {
-                    StepError::InvalidInput(m) => ErrorKind::InvalidInput(redact(&m)),
-                    StepError::Denied(m) => ErrorKind::Denied(note(redact(&m))),
-                    StepError::NotFound(m) => ErrorKind::NotFound(note(redact(&m))),
-                    StepError::Failed(f) => ErrorKind::Failed {
-                        message: note(redact(&f.message)),
-                        exit_code: f.exit_code,
-                        hint: f.hint.as_deref().map(redact),
-                    },
-                }));
-            }
-            Ok(Ok(Ok(text))) => text,
+        store.data().stdio.flush();
+        let ended = Ended {
+            state: store.data(),
+            limits: &req.limits,
+            redactor: setup.log.redactor(),
+            read_only_note: read_only_note.as_deref(),
         };
-        if text.len() > limits::MAX_OUTPUT_BYTES {
-            return Err(err(ErrorKind::BadOutput(format!(
-                "they are {} KiB; a step's outputs may be at most {} KiB (write large \
-                 results to a file and return its path)",
-                text.len() >> 10,
-                limits::MAX_OUTPUT_BYTES >> 10
-            ))));
-        }
-        let outputs: Value = serde_json::from_str(&text).map_err(|e| {
-            err(ErrorKind::BadOutput(format!(
-                "they are not valid JSON: {e}"
-            )))
-        })?;
-        let cwd = std::mem::take(&mut store.data_mut().cwd);
+        let outputs = ended.classify(result).map_err(err)?;
+        let cwd = store.data_mut().context.take_cwd();
         Ok(StepOutcome {
             outputs,
             cwd,
             elapsed,
         })
+    }
+}
+
+/// The capabilities a plugin is given: the user's grants (canonical), and what it
+/// declared (canonical), or the first declaration the user did not grant. Default deny:
+/// a plugin gets what it declares, and only if it was all granted; built-in steps are
+/// granted their declarations.
+fn check_grants(plugin: &Plugin, req: &StepRequest) -> Result<(Grants, Arc<Grants>), ErrorKind> {
+    // Directory capabilities are compared and preopened as the directories they are
+    // on disk: a symlink planted inside a granted directory cannot widen a grant.
+    let declared: Vec<Capability> = plugin
+        .description
+        .capabilities
+        .iter()
+        .map(policy::canonical)
+        .collect();
+    let user = Grants::new(req.grants.iter().map(policy::canonical));
+    if !plugin.builtin
+        && let Some(missing) = declared.iter().find(|c| !user.allows(c))
+    {
+        return Err(ErrorKind::NotGranted {
+            capability: missing.to_string(),
+        });
+    }
+    Ok((user, Arc::new(Grants::new(declared))))
+}
+
+/// A plugin's `describe()` in host types, refused if a text is too long; every text
+/// made one printable line (shown in listings, plans and errors).
+fn description(
+    d: crate::bindings::hoist::step::types::Description,
+) -> wasmtime::Result<Description> {
+    use limits::{MAX_NAME_BYTES, MAX_SCHEMA_BYTES, MAX_SUMMARY_BYTES};
+    if d.input_schema.len() > MAX_SCHEMA_BYTES {
+        return Err(wasmtime::Error::msg(format!(
+            "its input schema is {} KiB; at most {} KiB",
+            d.input_schema.len() >> 10,
+            MAX_SCHEMA_BYTES >> 10
+        )));
+    }
+    for (what, text, max) in [
+        ("name", &d.name, MAX_NAME_BYTES),
+        ("version", &d.version, MAX_NAME_BYTES),
+        ("summary", &d.summary, MAX_SUMMARY_BYTES),
+    ] {
+        if text.len() > max {
+            return Err(wasmtime::Error::msg(format!(
+                "its {what} is {} bytes long; at most {max}",
+                text.len()
+            )));
+        }
+    }
+    let clean = |s: String| crate::capability::log::sanitize(&s).into_owned();
+    Ok(Description {
+        name: clean(d.name),
+        version: clean(d.version),
+        summary: clean(d.summary),
+        input_schema: serde_json::from_str(&d.input_schema).unwrap_or(Value::Null),
+        capabilities: d
+            .capabilities
+            .into_iter()
+            .map(policy::from_wit)
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// What a finished (or timed-out) call left, to say how the step ended.
+struct Ended<'a> {
+    state: &'a StepState,
+    limits: &'a Limits,
+    redactor: &'a Redactor,
+    read_only_note: Option<&'a str>,
+}
+
+/// The result of `run(inputs)` under the timeout.
+type CallResult = Result<wasmtime::Result<Result<String, StepError>>, tokio::time::error::Elapsed>;
+
+impl Ended<'_> {
+    /// The step's outputs, or why it failed: timeout, out of memory, panic, trap, a
+    /// denial it failed after, its own error, or outputs too large or not JSON.
+    fn classify(&self, result: CallResult) -> Result<Value, ErrorKind> {
+        let redact = |s: &str| self.redactor.redact(s).into_owned();
+        let text = match result {
+            Err(_) => return Err(ErrorKind::Timeout(self.limits.timeout)),
+            Ok(Err(trap)) => return Err(self.trapped(&trap)),
+            // A step that fails after the sandbox refused it something failed because
+            // of that: say what was refused and how to allow it.
+            Ok(Ok(Err(step_error))) => match self.state.net.denials() {
+                Some(d) => return Err(ErrorKind::Denied(redact(&d))),
+                None => return Err(self.failed(step_error)),
+            },
+            Ok(Ok(Ok(text))) => text,
+        };
+        if text.len() > limits::MAX_OUTPUT_BYTES {
+            return Err(ErrorKind::BadOutput(format!(
+                "they are {} KiB; a step's outputs may be at most {} KiB (write large \
+                 results to a file and return its path)",
+                text.len() >> 10,
+                limits::MAX_OUTPUT_BYTES >> 10
+            )));
+        }
+        serde_json::from_str(&text)
+            .map_err(|e| ErrorKind::BadOutput(format!("they are not valid JSON: {e}")))
+    }
+
+    fn trapped(&self, trap: &wasmtime::Error) -> ErrorKind {
+        if self.state.limiter.exceeded {
+            return ErrorKind::OutOfMemory(self.limits.memory);
+        }
+        if let Some(msg) = self.state.stdio.panic_message() {
+            return ErrorKind::Panicked(self.redactor.redact(&msg).into_owned());
+        }
+        let reason = match trap.downcast_ref::<wasmtime::Trap>() {
+            Some(t) => t.to_string(),
+            None => format!("{trap:#}"),
+        };
+        ErrorKind::Trapped(self.redactor.redact(&reason).into_owned())
+    }
+
+    fn failed(&self, step_error: StepError) -> ErrorKind {
+        let redact = |s: &str| self.redactor.redact(s).into_owned();
+        // A plugin that failed in a directory it could only read may have failed
+        // because of that: say so, and how to let it write.
+        let note = |m: String| match self.read_only_note {
+            Some(n) if refused_write(&m) => format!("{m} ({n})"),
+            _ => m,
+        };
+        match step_error {
+            StepError::InvalidInput(m) => ErrorKind::InvalidInput(redact(&m)),
+            StepError::Denied(m) => ErrorKind::Denied(note(redact(&m))),
+            StepError::NotFound(m) => ErrorKind::NotFound(note(redact(&m))),
+            StepError::Failed(f) => ErrorKind::Failed {
+                message: note(redact(&f.message)),
+                exit_code: f.exit_code,
+                hint: f.hint.as_deref().map(redact),
+            },
+        }
     }
 }

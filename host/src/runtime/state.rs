@@ -1,73 +1,108 @@
-//! What a step's store holds: its WASI context, its identity and working directory, its
-//! effective grants, its log, and the memory limiter. One per step run, then dropped.
+//! What a step's store holds: the composition of its capabilities' states (each prepared
+//! from the one [`StepSetup`] of the run), its WASI context and resource table, and the
+//! memory limiter. One per step run, then dropped.
+//!
+//! A capability is added here with one field, its `prepare` in [`StepState::new`] and
+//! its `add_to_linker` in [`StepState::add_to_linker`]; nothing here names its fields.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use wasmtime::component::{HasData, Linker, ResourceTable};
+use wasmtime::{ResourceLimiter, Store};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use wasmtime::ResourceLimiter;
-use wasmtime::component::ResourceTable;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-
-use crate::capability::log::StepLog;
-use crate::runtime::policy::{Capability, Grants};
-
-/// Who the step is.
-#[derive(Clone, Debug)]
-pub struct StepInfo {
-    /// Display name (the name written in the project file, or the plugin's name).
-    pub name: String,
-    /// The plugin's own name, from `describe()`.
-    pub plugin: String,
-    /// The `id` given in the project file.
-    pub id: Option<String>,
-    /// The run this step belongs to.
-    pub run_id: String,
-    /// Whether the plugin is built in (affects the hint in denials).
-    pub builtin: bool,
-}
+use crate::bindings::hoist::step::types;
+use crate::capability::context::{self, ContextCtx};
+use crate::capability::git::{self, GitCtx};
+use crate::capability::log::{self, LogCtx};
+use crate::capability::net::{self, NetCtx};
+use crate::capability::process::{self, ProcessCtx};
+pub use crate::capability::setup::{StepInfo, StepSetup};
+use crate::capability::stdio::StdioCtx;
 
 /// The store data of one step run.
 pub struct StepState {
-    pub(crate) wasi: WasiCtx,
-    pub(crate) table: ResourceTable,
+    wasi: WasiCtx,
+    table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
-    pub(crate) info: Arc<StepInfo>,
-    pub(crate) cwd: PathBuf,
-    pub(crate) grants: Arc<Grants>,
-    pub(crate) log: StepLog,
-    /// The preopened directories, and whether each is writable: the only places host
-    /// calls acting on paths (git) may touch.
-    pub(crate) roots: Vec<(PathBuf, bool)>,
-    pub(crate) http: wasmtime_wasi_http::WasiHttpCtx,
-    pub(crate) net: crate::capability::net::NetHooks,
+    pub(crate) context: ContextCtx,
+    log: LogCtx,
+    process: ProcessCtx,
+    git: GitCtx,
+    pub(crate) net: NetCtx,
+    pub(crate) stdio: StdioCtx,
 }
 
 impl StepState {
-    /// The message for a denied use of `cap`, saying which step, what, and how to fix it.
-    pub(crate) fn denial(&self, cap: &Capability, what: &str) -> String {
-        let who = &self.info.name;
-        let plugin = &self.info.plugin;
-        if self.info.builtin {
-            format!(
-                "step `{who}` ({plugin}) may not {what}: the built-in step does not declare capability `{cap}`"
-            )
-        } else {
-            format!(
-                "step `{who}` ({plugin}) may not {what}: capability `{cap}` was not granted. \
-                 A plugin may only use what it declares in describe() and you grant; to allow \
-                 this, declare `{cap}` in the plugin and run with `--allow {cap}`"
-            )
-        }
+    /// The state of a run: every capability prepared from `setup`, and a WASI context
+    /// with the step's directories, granted environment and output streams. Fails only
+    /// when a directory cannot be opened.
+    pub(crate) fn new(setup: &StepSetup) -> Result<Self, String> {
+        let stdio = StdioCtx::prepare(setup);
+        Ok(Self {
+            wasi: wasi_ctx(setup, &stdio)?,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                limit: setup.memory,
+                exceeded: false,
+            },
+            context: ContextCtx::prepare(setup),
+            log: LogCtx::prepare(setup),
+            process: ProcessCtx::prepare(setup),
+            git: GitCtx::prepare(setup),
+            net: NetCtx::prepare(setup),
+            stdio,
+        })
     }
+
+    /// Link WASI, `wasi:http` and every `hoist:step` interface, each to its own state.
+    pub(crate) fn add_to_linker(linker: &mut Linker<Self>) -> wasmtime::Result<()> {
+        wasmtime_wasi::p2::add_to_linker_async(linker)?;
+        net::add_to_linker(linker)?;
+        types::add_to_linker::<Self, Types>(linker, |_| Types)?;
+        log::add_to_linker(linker, |s| &mut s.log)?;
+        context::add_to_linker(linker, |s| &mut s.context)?;
+        process::add_to_linker(linker, |s| s.process.view(s.context.cwd()))?;
+        git::add_to_linker(linker, |s| s.git.view(s.context.cwd()))?;
+        Ok(())
+    }
+
+    /// A fresh store for this state: memory capped, yielding at every epoch tick (so a
+    /// timeout fires even while the guest spins without calling the host).
+    pub(crate) fn into_store(self, engine: &wasmtime::Engine) -> Store<Self> {
+        let mut store = Store::new(engine, self);
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_async_yield_and_update(1);
+        store
+    }
+}
+
+/// The step's WASI context: its directories preopened at their host paths, the granted
+/// environment, the guest's stdout and stderr to its log.
+fn wasi_ctx(setup: &StepSetup, stdio: &StdioCtx) -> Result<WasiCtx, String> {
+    let mut wasi = WasiCtxBuilder::new();
+    // Run filesystem calls on this thread: a step's file operations are small and
+    // local, and a hop to the blocking pool per call cost ~10× the whole
+    // instantiate + call of a trivial step (README, benchmark 1).
+    wasi.allow_blocking_current_thread(true);
+    stdio.attach(&mut wasi);
+    let env = setup.grants.visible_env();
+    if !env.is_empty() {
+        wasi.envs(&env);
+    }
+    for (dir, writable) in setup.roots.iter() {
+        let perms = if *writable {
+            FsPerms::ReadWrite
+        } else {
+            FsPerms::ReadOnly
+        };
+        wasi.preopened_dir(dir, dir.to_string_lossy(), perms)
+            .map_err(|e| format!("cannot open directory {}: {e}", dir.display()))?;
+    }
+    Ok(wasi.build())
 }
 
 impl wasmtime_wasi_http::WasiHttpView for StepState {
     fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
-        wasmtime_wasi_http::WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: &mut self.net,
-        }
+        self.net.view(&mut self.table)
     }
 }
 
@@ -79,6 +114,15 @@ impl WasiView for StepState {
         }
     }
 }
+
+/// The shared `types` interface: no functions, no state.
+struct Types;
+
+impl HasData for Types {
+    type Data<'a> = Types;
+}
+
+impl types::Host for Types {}
 
 /// Caps linear memory and remembers whether the cap was hit, so a trap can be reported
 /// as "out of memory" rather than as whatever the guest did next.
@@ -113,6 +157,3 @@ impl ResourceLimiter for MemoryLimiter {
         Ok(desired <= 1 << 20)
     }
 }
-
-// The shared `types` interface has no functions.
-impl crate::bindings::hoist::step::types::Host for StepState {}

@@ -34,14 +34,68 @@ mod repo;
 use std::ffi::OsString;
 use std::net::IpAddr;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use hoist_policy::{Capability, Grants, split_origin};
+use wasmtime::component::{HasData, Linker};
 
 use crate::bindings::StepError;
-use crate::bindings::hoist::step::git::{CloneOptions, Credentials, GitError, GitFailure, Host};
+use crate::bindings::hoist::step::git::{
+    self, CloneOptions, Credentials, GitError, GitFailure, Host,
+};
+use crate::capability::log::StepLog;
 use crate::capability::net::{explicitly_granted, special};
 use crate::capability::process::{find_program, run_child};
-use crate::runtime::policy::{Capability, split_origin};
-use crate::runtime::state::StepState;
+use crate::capability::setup::{Root, StepInfo, StepSetup};
 use repo::Repo;
+
+/// The state of `hoist:step/git`: what the step may reach and touch, where git's output
+/// is logged (and whose redactor learns the credentials).
+pub struct GitCtx {
+    info: Arc<StepInfo>,
+    grants: Arc<Grants>,
+    user_grants: Arc<Grants>,
+    roots: Arc<[Root]>,
+    log: StepLog,
+}
+
+impl GitCtx {
+    /// The git capability of a step.
+    pub fn prepare(setup: &StepSetup) -> Self {
+        Self {
+            info: setup.info.clone(),
+            grants: setup.grants.clone(),
+            user_grants: setup.user_grants.clone(),
+            roots: setup.roots.clone(),
+            log: setup.log.clone(),
+        }
+    }
+
+    /// The view the host calls run on: this state and the step's working directory.
+    pub fn view<'a>(&'a self, cwd: &'a Path) -> GitView<'a> {
+        GitView { ctx: self, cwd }
+    }
+}
+
+/// What `hoist:step/git` sees of a step's store.
+pub struct GitView<'a> {
+    ctx: &'a GitCtx,
+    cwd: &'a Path,
+}
+
+struct HasGit;
+
+impl HasData for HasGit {
+    type Data<'a> = GitView<'a>;
+}
+
+/// Link `hoist:step/git` to the [`GitView`] that `get` makes of the store.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> GitView<'_>,
+) -> wasmtime::Result<()> {
+    git::add_to_linker::<T, HasGit>(linker, get)
+}
 
 const ALLOWED_SCHEMES: &[&str] = &["https", "http", "ssh", "git", "file"];
 
@@ -166,10 +220,10 @@ fn args<const N: usize>(a: [&str; N]) -> Vec<OsString> {
     a.iter().map(OsString::from).collect()
 }
 
-impl StepState {
+impl GitView<'_> {
     /// A path the step may touch: inside a preopened directory (writable if asked).
     fn confined(&self, path: impl AsRef<Path>, write: bool) -> Result<PathBuf, GitError> {
-        let p = resolve(&self.cwd, path);
+        let p = resolve(self.cwd, path);
         if self.inside_roots(&p, write) {
             Ok(p)
         } else {
@@ -180,13 +234,15 @@ impl StepState {
                 Capability::ReadDir(p.clone())
             };
             Err(denied(
-                self.denial(&cap, &format!("{what} {} with git", p.display())),
+                self.ctx
+                    .info
+                    .denial(&cap, &format!("{what} {} with git", p.display())),
             ))
         }
     }
 
     fn inside_roots(&self, p: &Path, write: bool) -> bool {
-        self.roots.iter().any(|(root, writable)| {
+        self.ctx.roots.iter().any(|(root, writable)| {
             (!write || *writable)
                 && p.starts_with(std::fs::canonicalize(root).unwrap_or_else(|_| root.clone()))
         })
@@ -194,7 +250,7 @@ impl StepState {
 
     /// Whether the step may read any local repository (`net:*`, as git_clone has).
     fn reads_any_repository(&self) -> bool {
-        self.grants.allows(&Capability::Net("*".into()))
+        self.ctx.grants.allows(&Capability::Net("*".into()))
     }
 
     /// Hoist's git directory store, refused if a step could reach into it.
@@ -205,7 +261,7 @@ impl StepState {
                 hoist_policy::paths::home().display()
             ))
         })?;
-        for (root, _) in &self.roots {
+        for (root, _) in self.ctx.roots.iter() {
             let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.clone());
             if store.starts_with(&root) || root.starts_with(&store) {
                 return Err(denied(format!(
@@ -213,7 +269,7 @@ impl StepState {
                      git would obey what the step writes there. Set HOIST_HOME to a directory \
                      outside the project and the step's directories",
                     store.display(),
-                    self.info.name,
+                    self.ctx.info.name,
                     root.display()
                 )));
             }
@@ -283,7 +339,7 @@ impl StepState {
             let port = port.unwrap_or(0);
             let addrs = self.allow_address(&s, &host, port).await?;
             if matches!(s.as_str(), "http" | "https") {
-                let default = crate::runtime::policy::default_port(&s);
+                let default = hoist_policy::default_port(&s);
                 remote.http_origin = Some(match Some(port) {
                     p if p != default => format!("{s}://{host}:{port}"),
                     _ => format!("{s}://{host}"),
@@ -328,10 +384,12 @@ impl StepState {
 
     fn allow_net(&self, origin: &str) -> Result<(), GitError> {
         let cap = Capability::Net(origin.to_string());
-        if self.grants.allows(&cap) {
+        if self.ctx.grants.allows(&cap) {
             Ok(())
         } else {
-            Err(denied(self.denial(&cap, &format!("reach {origin}"))))
+            Err(denied(
+                self.ctx.info.denial(&cap, &format!("reach {origin}")),
+            ))
         }
     }
 
@@ -353,13 +411,13 @@ impl StepState {
             }
         };
         if let Some(ip) = addrs.iter().find(|a| special(**a))
-            && !explicitly_granted(&self.net.user_grants, host, &addrs)
+            && !explicitly_granted(&self.ctx.user_grants, host, &addrs)
         {
             return Err(denied(format!(
                 "step `{}` ({}) may not reach {scheme}://{host}:{port} with git: `{host}` \
                  resolves to {ip}, a loopback, link-local, private or metadata address; grant \
                  it by name to allow it: `--allow net:{scheme}://{ip}:{port}`",
-                self.info.name, self.info.plugin
+                self.ctx.info.name, self.ctx.info.plugin
             )));
         }
         Ok(addrs)
@@ -370,7 +428,7 @@ impl StepState {
     fn local(&self, url: &str, path: &Path) -> Result<Remote, GitError> {
         let any = self.reads_any_repository();
         let p = if any {
-            resolve(&self.cwd, path)
+            resolve(self.cwd, path)
         } else {
             self.confined(path, false)?
         };
@@ -474,44 +532,7 @@ impl StepState {
                 "`git` is not installed on this machine (not found on PATH)".into(),
             ))
         })?;
-        let mut cmd = tokio::process::Command::new(git);
-        cmd.arg0("git").args(&args).current_dir(&dir).env_clear();
-        // What git needs from the user's environment to reach servers: keys and agent for
-        // ssh, CA bundles and proxies for https.
-        for keep in [
-            "PATH",
-            "HOME",
-            "SSH_AUTH_SOCK",
-            "GIT_SSL_CAINFO",
-            "SSL_CERT_FILE",
-            "SSL_CERT_DIR",
-            "HTTPS_PROXY",
-            "https_proxy",
-            "HTTP_PROXY",
-            "http_proxy",
-            "NO_PROXY",
-            "no_proxy",
-        ] {
-            if let Some(v) = std::env::var_os(keep) {
-                cmd.env(keep, v);
-            }
-        }
-        cmd.env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("GIT_ASKPASS", "true")
-            .env("GIT_EDITOR", "true")
-            .env("GIT_MERGE_AUTOEDIT", "no")
-            .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
-            .env("GIT_ALLOW_PROTOCOL", ALLOWED_SCHEMES.join(":"))
-            .env("LC_ALL", "C");
-        // Never look for a repository above the directory git runs in.
-        if let Some(parent) = dir.parent() {
-            cmd.env("GIT_CEILING_DIRECTORIES", parent);
-        }
-        if let Some(r) = repo {
-            cmd.env("GIT_DIR", &r.git_dir).env("GIT_WORK_TREE", &r.work);
-        }
+        let mut cmd = hardened_git(git, &dir, &args, repo);
         if remotes.is_empty() {
             // Without a checked remote, a partial clone must not fetch on its own.
             cmd.env("GIT_NO_LAZY_FETCH", "1");
@@ -527,7 +548,7 @@ impl StepState {
             (creds, remotes.first().and_then(|r| r.http_origin.as_ref()))
         {
             let token = base64(format!("{}:{}", c.username, c.secret).as_bytes());
-            let redactor = self.log.redactor();
+            let redactor = self.ctx.log.redactor();
             redactor.add(&c.secret);
             redactor.add(&token);
             config.push((
@@ -540,10 +561,10 @@ impl StepState {
             cmd.env(format!("GIT_CONFIG_KEY_{i}"), k)
                 .env(format!("GIT_CONFIG_VALUE_{i}"), v);
         }
-        let (code, out, err) = run_child(cmd, &self.log, true)
+        let (code, out, err) = run_child(cmd, &self.ctx.log, true)
             .await
             .map_err(|e| failed(format!("cannot run git: {e}")))?;
-        let redactor = self.log.redactor();
+        let redactor = self.ctx.log.redactor();
         if code == Some(0) {
             Ok(redactor.redact(&String::from_utf8_lossy(&out)).into_owned())
         } else {
@@ -745,7 +766,57 @@ fn sub_repo(repo: &Repo, name: &str, path: &str) -> Result<Repo, GitError> {
     Ok(sub)
 }
 
-impl Host for StepState {
+/// `git args` in `dir` with only what git needs of the user's environment, never
+/// prompting, in C locale, no repository looked for above `dir`, and `repo`'s
+/// directories named explicitly.
+fn hardened_git(
+    git: PathBuf,
+    dir: &Path,
+    args: &[OsString],
+    repo: Option<&Repo>,
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(git);
+    cmd.arg0("git").args(args).current_dir(dir).env_clear();
+    // What git needs from the user's environment to reach servers: keys and agent for
+    // ssh, CA bundles and proxies for https.
+    for keep in [
+        "PATH",
+        "HOME",
+        "SSH_AUTH_SOCK",
+        "GIT_SSL_CAINFO",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ] {
+        if let Some(v) = std::env::var_os(keep) {
+            cmd.env(keep, v);
+        }
+    }
+    cmd.env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ASKPASS", "true")
+        .env("GIT_EDITOR", "true")
+        .env("GIT_MERGE_AUTOEDIT", "no")
+        .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+        .env("GIT_ALLOW_PROTOCOL", ALLOWED_SCHEMES.join(":"))
+        .env("LC_ALL", "C");
+    // Never look for a repository above the directory git runs in.
+    if let Some(parent) = dir.parent() {
+        cmd.env("GIT_CEILING_DIRECTORIES", parent);
+    }
+    if let Some(r) = repo {
+        cmd.env("GIT_DIR", &r.git_dir).env("GIT_WORK_TREE", &r.work);
+    }
+    cmd
+}
+
+impl Host for GitView<'_> {
     async fn clone(&mut self, opts: CloneOptions) -> Result<(), GitError> {
         let dest = self.confined(&opts.destination, true)?;
         let remote = self.remote(&opts.url).await?;

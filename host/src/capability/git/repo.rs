@@ -36,7 +36,9 @@ pub(crate) fn store_root() -> std::io::Result<PathBuf> {
 
 /// The git directory of the worktree at canonical path `work`.
 pub(crate) fn git_dir_for(store: &Path, work: &Path) -> PathBuf {
-    store.join(crate::runtime::cache::digest(work.as_os_str().as_bytes()))
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(work.as_os_str().as_bytes());
+    store.join(d.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
 /// Whether `git_dir`'s marker names `work`.
