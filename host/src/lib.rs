@@ -29,6 +29,8 @@
 pub use hoist_project as project;
 /// The `{{ }}` template engine (in `hoist-project`).
 pub use hoist_project::template;
+/// Variables, blocks and events (crate `hoist-store`, sqlx).
+pub use hoist_store as store;
 
 pub mod bindings;
 pub mod builtin;
@@ -37,4 +39,3 @@ pub mod cli;
 pub mod plan;
 pub mod runner;
 pub mod runtime;
-pub mod store;

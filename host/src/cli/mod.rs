@@ -178,3 +178,15 @@ fn version(cli: &Cli) {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks the whole definition (conflicting names, bad defaults, missing value
+    /// names) only when asked: a broken flag fails here, not in a user's hands.
+    #[test]
+    fn verify_cli() {
+        super::Cli::command().debug_assert();
+    }
+}

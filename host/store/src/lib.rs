@@ -4,6 +4,7 @@
 //!
 //! Blocks can be secret (every block of type `secret` is): their string values are handed
 //! to the runner's redactor and shown as `********` by the CLI.
+#![deny(missing_docs)]
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
