@@ -386,10 +386,13 @@ pub(crate) async fn plan(cli: &super::Cli, args: &PlanArgs) -> anyhow::Result<()
         None => vec![Action::Build, Action::Push, Action::Pull],
     };
     // A runner only for templating (it opens the store if a step refers to blocks or
-    // variables); nothing is run.
+    // variables); nothing is run or loaded, so its runtime gets no instance pool.
+    // (The architecture issue separates templating from the runner.)
     let runtime = Arc::new(
         Runtime::new(crate::runtime::RuntimeConfig {
             cache: crate::runtime::ComponentCache::disabled(),
+            allocator: crate::runtime::Allocator::OnDemand,
+            max_instances: 1,
             ..Default::default()
         })
         .map_err(|e| anyhow::anyhow!("{e:#}"))?,
