@@ -1,5 +1,5 @@
 //! Fixture tests: each file under `tests/fixtures/<kind>/` holds cases with their
-//! expected result (`expect`, or `expect_error`: a fragment of the exact message).
+//! expected result (`expect`, or `expect_error`: the whole message, exactly).
 //! `BLESS=1 cargo test` rewrites the expectations from what the code does now; review
 //! the diff against `shared/spec/conformance-cases.md` before committing it. BLESS
 //! together with `CI` or `HOIST_CI` fails: CI checks expectations, it never writes them.
@@ -62,7 +62,7 @@ pub fn walk(kind: &str, mut run: impl FnMut(&Map<String, Value>) -> Result<Value
             }
             let ok = match (&actual, c.get("expect"), c.get("expect_error")) {
                 (Ok(v), Some(want), None) => v == want,
-                (Err(e), None, Some(Value::String(want))) => e.contains(want.as_str()),
+                (Err(e), None, Some(Value::String(want))) => e == want,
                 _ => false,
             };
             if !ok {
@@ -73,7 +73,7 @@ pub fn walk(kind: &str, mut run: impl FnMut(&Map<String, Value>) -> Result<Value
                         .map(|v| v.to_string())
                         .or_else(|| c
                             .get("expect_error")
-                            .map(|e| format!("error containing {e}")))
+                            .map(|e| format!("error {e}")))
                         .unwrap_or_default(),
                     match &actual {
                         Ok(v) => v.to_string(),
