@@ -71,9 +71,7 @@ pub fn walk(kind: &str, mut run: impl FnMut(&Map<String, Value>) -> Result<Value
                     file.file_name().unwrap().to_string_lossy(),
                     c.get("expect")
                         .map(|v| v.to_string())
-                        .or_else(|| c
-                            .get("expect_error")
-                            .map(|e| format!("error {e}")))
+                        .or_else(|| c.get("expect_error").map(|e| format!("error {e}")))
                         .unwrap_or_default(),
                     match &actual {
                         Ok(v) => v.to_string(),

@@ -711,3 +711,58 @@ async fn a_working_directory_swapped_for_a_symlink_is_refused() {
     );
     untouched(&c);
 }
+
+/// The same, when the directory was used before: a step that can write above it swaps it
+/// between two runs of another; the second run is not given where the symlink points.
+#[tokio::test]
+async fn a_working_directory_swapped_between_steps_is_refused() {
+    let (_t, top) = support::tempdir();
+    let (_o, outside) = support::tempdir();
+    let c = canary(&outside);
+    let sub = top.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let rt = support::runtime();
+    let write_canary =
+        json!([{"do": "write", "path": c.display().to_string(), "contents": "pwned"}]);
+    // First run in `sub`: its path is resolved (and remembered).
+    attack(&rt, plugins::HOSTILE, &sub, Grants::none(), json!([]))
+        .await
+        .unwrap();
+    // A step that can write `top` swaps `sub` for a symlink to `outside`.
+    let out = attack(
+        &rt,
+        plugins::HOSTILE,
+        &top,
+        Grants::none(),
+        json!([
+            {"do": "rename", "from": "sub", "to": "old-sub"},
+            // (WASI refuses absolute link targets; a relative one may point anywhere.)
+            {"do": "symlink", "target": relative(&top, &outside), "link": sub.display().to_string()},
+        ]),
+    )
+    .await
+    .unwrap();
+    assert!(out["results"][1].get("ok").is_some(), "{out}");
+    let err = attack(&rt, plugins::HOSTILE, &sub, Grants::none(), write_canary)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("a symlink was put in its place"),
+        "{err}"
+    );
+    untouched(&c);
+}
+
+/// `to` written relative to the directory `from` (both absolute).
+fn relative(from: &Path, to: &Path) -> String {
+    let (f, t): (Vec<_>, Vec<_>) = (from.components().collect(), to.components().collect());
+    let common = f.iter().zip(&t).take_while(|(a, b)| a == b).count();
+    let mut out = PathBuf::new();
+    for _ in common..f.len() {
+        out.push("..");
+    }
+    for c in &t[common..] {
+        out.push(c);
+    }
+    out.display().to_string()
+}

@@ -246,8 +246,8 @@ pub struct Runtime {
     slots: Semaphore,
     /// Hoist's own directories (canonical): never given to a plugin.
     protected: Vec<PathBuf>,
-    /// Working directories already resolved: path → (device, inode, canonical path).
-    resolved: Mutex<HashMap<PathBuf, (u64, u64, PathBuf)>>,
+    /// Working directories already resolved: path → canonical path (see `resolve_dir`).
+    resolved: Mutex<HashMap<PathBuf, PathBuf>>,
 }
 
 impl Runtime {
@@ -393,29 +393,40 @@ impl Runtime {
         description(d)
     }
 
-    /// `dir` with symlinks resolved. A directory seen before costs one `stat`: if the
-    /// path still leads to the same directory (device and inode), its canonical path is
-    /// the one found then; anything else (a component swapped for a symlink to another
-    /// directory) is resolved again. A step's setup is on the path of every step, and
-    /// `realpath` costs a system call per component.
+    /// `dir` with symlinks resolved, remembered: `realpath` costs a system call per
+    /// component and a step's setup is on the path of every step. A remembered answer
+    /// stays true until something could have swapped a component of the path for a
+    /// symlink: a step that could write a directory above it, or any step that runs
+    /// processes ([`Runtime::forget_under`], called when such a step starts and ends).
     fn resolve_dir(&self, dir: &Path) -> PathBuf {
-        use std::os::unix::fs::MetadataExt;
-        let Ok(meta) = std::fs::metadata(dir) else {
-            return dir.to_path_buf();
-        };
-        let key = (meta.dev(), meta.ino());
         let mut seen = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((dev, ino, canonical)) = seen.get(dir)
-            && (*dev, *ino) == key
-        {
+        if let Some(canonical) = seen.get(dir) {
             return canonical.clone();
         }
         let canonical = policy::canonical_path(dir);
         if seen.len() > 4096 {
             seen.clear();
         }
-        seen.insert(dir.to_path_buf(), (key.0, key.1, canonical.clone()));
+        seen.insert(dir.to_path_buf(), canonical.clone());
         canonical
+    }
+
+    /// Forget what [`Runtime::resolve_dir`] remembered that a step with these
+    /// directories (and processes, if it may run any) could invalidate: every path
+    /// strictly below a directory it can write (it can replace what lies below), or all
+    /// of them when it runs processes (they can write anywhere the user can).
+    fn forget_under(&self, roots: &[(PathBuf, bool)], processes: bool) {
+        let mut seen = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
+        if processes {
+            seen.clear();
+            return;
+        }
+        let below = |p: &Path| {
+            roots
+                .iter()
+                .any(|(root, writable)| *writable && p != root && p.starts_with(root))
+        };
+        seen.retain(|path, canonical| !below(path) && !below(canonical));
     }
 
     /// The directories a step is given, and which of them it may write.
@@ -511,6 +522,15 @@ impl Runtime {
         let dirs = self
             .sandbox_dirs(plugin, &req, &user, &grants)
             .map_err(|m| err(ErrorKind::Denied(m)))?;
+        // What this step could swap for a symlink is resolved afresh, now and after it.
+        let processes = grants.iter().any(|c| matches!(c, Capability::Process(_)));
+        let roots: Arc<[(PathBuf, bool)]> = dirs.roots.into();
+        self.forget_under(&roots, processes);
+        let _forget = Forget {
+            runtime: self,
+            roots: roots.clone(),
+            processes,
+        };
         let read_only_note = dirs.read_only_note;
         let setup = StepSetup {
             info: Arc::new(StepInfo {
@@ -523,7 +543,7 @@ impl Runtime {
             cwd: dirs.cwd,
             grants,
             user_grants: Arc::new(req.grants.clone()),
-            roots: dirs.roots.into(),
+            roots,
             log: StepLog::new(
                 &req.name,
                 req.log.clone(),
@@ -561,6 +581,19 @@ impl Runtime {
             cwd,
             elapsed,
         })
+    }
+}
+
+/// Calls [`Runtime::forget_under`] when a step ends, however it ends.
+struct Forget<'a> {
+    runtime: &'a Runtime,
+    roots: Arc<[(PathBuf, bool)]>,
+    processes: bool,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.runtime.forget_under(&self.roots, self.processes);
     }
 }
 
