@@ -9,7 +9,9 @@
 //! - [`builtin`]: the built-in step components embedded in the binary;
 //! - [`project`]: prefect.yaml files (sections, steps, deployments, overrides);
 //! - [`template`]: the `{{ }}` engine, pure; [`store`]: variables and blocks (sqlx);
-//! - [`plan`]: step name → plugin; [`runner`]: runs a section, Prefect's way;
+//! - [`plan`]: step name → plugin; [`templater`]: a step's inputs templated against a
+//!   [`template::Values`] provider (no wasmtime); [`runner`]: runs a section, Prefect's
+//!   way; [`pipeline`]: a project's build/push/pull and `plan`, as library calls;
 //! - [`cli`]: the `hoist` command line.
 //!
 //! ```no_run
@@ -36,6 +38,8 @@ pub mod bindings;
 pub mod builtin;
 pub mod capability;
 pub mod cli;
+pub mod pipeline;
 pub mod plan;
 pub mod runner;
 pub mod runtime;
+pub mod templater;

@@ -7,7 +7,8 @@
 //! Secrets (values of secret blocks, of `{{ $NAME }}` environment variables whose
 //! names say they are secret, and strings under secret-looking input keys) are collected
 //! as they are resolved and masked in every log line, error, report and stored event
-//! that leaves the runner.
+//! that leaves the runner. The templating half (environment, blocks and variables from a
+//! [`Values`] provider, secrets) is [`Templater`], which a runner derefs to.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,18 +16,24 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::capability::log::{LogSink, Redactor, sanitize};
+use crate::capability::log::{LogSink, sanitize};
 use crate::plan::{self, Target};
-use crate::project::{Action, StepEntry};
+use crate::project::{Action, Deployment, StepEntry};
 use crate::runtime::{Grants, Limits, Plugin, Runtime, StepRequest, StepRunError};
 use crate::store::{Store, StoreError};
-use crate::template::{self, Blocks, Env, TemplateError};
+use crate::template::Values;
+use crate::templater::{LocalStore, Templater};
 pub use hoist_policy::secrets::{
     keyed_secrets, redact_value, secret_env_name, secret_input_key, secret_strings,
 };
 
 /// Progress of a section, for people (text) or machines (JSON lines).
 pub trait Reporter: Send + Sync {
+    /// A section is about to run (`deployment`: whose sections these are). Nothing by
+    /// default.
+    fn section(&self, action: Action, deployment: Option<&Deployment>, steps: usize) {
+        let _ = (action, deployment, steps);
+    }
     /// A step is about to run.
     fn started(&self, step: &StepEntry, index: usize, total: usize, target: &Target);
     /// A step finished (outputs are already redacted).
@@ -102,16 +109,15 @@ pub struct SectionOutcome {
     pub cwd: PathBuf,
 }
 
-/// Runs sections of one project.
-pub struct Runner {
+/// Runs sections of one project; its templating half ([`Templater`]: `env`, secrets,
+/// blocks and variables from `V`) is reached through `Deref`.
+pub struct Runner<V = LocalStore> {
     /// The step runtime.
     pub runtime: Arc<Runtime>,
     /// The project file (for messages) and its directory (plugin paths, preopen).
     pub project_file: PathBuf,
     /// Where installed plugins live.
     pub installed_dir: PathBuf,
-    /// The environment templates see.
-    pub env: Env,
     /// Grants for plugins that are not built in (all of them; from the command line).
     pub grants: Grants,
     /// Grants by step name, from the project file's `hoist.grants`.
@@ -124,8 +130,7 @@ pub struct Runner {
     pub reporter: Arc<dyn Reporter>,
     /// Record pull-step events here (set for `hoist pull` with a flow-run id).
     pub events: Option<Events>,
-    store: tokio::sync::OnceCell<Store>,
-    secrets: std::sync::Mutex<Vec<String>>,
+    templater: Templater<V>,
     /// The project file's directory, resolved once.
     project_dir: PathBuf,
     /// Plugins already resolved and loaded, by step name: the CLI prepares every
@@ -142,13 +147,46 @@ pub fn location(file: &Path, step: &StepEntry) -> String {
     }
 }
 
+impl<V> std::ops::Deref for Runner<V> {
+    type Target = Templater<V>;
+    fn deref(&self) -> &Templater<V> {
+        &self.templater
+    }
+}
+
+impl<V> std::ops::DerefMut for Runner<V> {
+    fn deref_mut(&mut self) -> &mut Templater<V> {
+        &mut self.templater
+    }
+}
+
 impl Runner {
-    /// A runner for the project in `project_file`.
+    /// A runner for the project in `project_file`, templating against the process
+    /// environment and the default local store.
     pub fn new(
         runtime: Arc<Runtime>,
         project_file: PathBuf,
         log: Arc<dyn LogSink>,
         reporter: Arc<dyn Reporter>,
+    ) -> Self {
+        Runner::with_templater(runtime, project_file, log, reporter, Templater::local())
+    }
+
+    /// Use this store instead of the default one.
+    pub fn with_store(mut self, store: Store) -> Self {
+        self.templater.set_values(LocalStore::with(store));
+        self
+    }
+}
+
+impl<V: Values> Runner<V> {
+    /// A runner for the project in `project_file` that templates with `templater`.
+    pub fn with_templater(
+        runtime: Arc<Runtime>,
+        project_file: PathBuf,
+        log: Arc<dyn LogSink>,
+        reporter: Arc<dyn Reporter>,
+        templater: Templater<V>,
     ) -> Self {
         let dir = project_file
             .parent()
@@ -159,15 +197,13 @@ impl Runner {
             runtime,
             project_file,
             installed_dir: hoist_policy::paths::plugins(),
-            env: std::env::vars().collect(),
             grants: Grants::none(),
             project_grants: Default::default(),
             limits: Limits::default(),
             log,
             reporter,
             events: None,
-            store: tokio::sync::OnceCell::new(),
-            secrets: std::sync::Mutex::new(Vec::new()),
+            templater,
             run_id: crate::runtime::new_run_id(),
             project_dir,
             prepared: Default::default(),
@@ -181,52 +217,6 @@ impl Runner {
             g.add(c.clone());
         }
         g
-    }
-
-    /// Use this store instead of the default one.
-    pub fn with_store(self, store: Store) -> Self {
-        let cell = tokio::sync::OnceCell::new();
-        let _ = cell.set(store);
-        Self {
-            store: cell,
-            ..self
-        }
-    }
-
-    async fn store(&self) -> Result<&Store, StoreError> {
-        self.store.get_or_try_init(Store::open_default).await
-    }
-
-    /// The redactor for everything resolved so far.
-    pub fn redactor(&self) -> Redactor {
-        Redactor::new(
-            self.secrets
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .cloned(),
-        )
-    }
-
-    /// Remember the values of secret-looking environment variables `v` refers to, so
-    /// they are masked from now on.
-    pub fn note_env_secrets(&self, v: &Value) {
-        self.add_secrets(env_secrets(v, &self.env));
-    }
-
-    /// Remember the strings `v` holds under secret-looking keys (`password`,
-    /// `aws_secret_access_key`, ...), so they are masked too.
-    pub fn note_keyed_secrets(&self, v: &Value) {
-        self.add_secrets(keyed_secrets(v));
-    }
-
-    fn add_secrets(&self, more: Vec<String>) {
-        if !more.is_empty() {
-            self.secrets
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(more);
-        }
     }
 
     /// Resolve every step to a plugin and load it. Fails, naming every bad step, before
@@ -409,11 +399,7 @@ impl Runner {
         req.id = step.id.clone();
         req.run_id = self.run_id.clone();
         req.project_root = Some(self.project_dir.clone());
-        req.secrets = self
-            .secrets
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        req.secrets = self.secrets();
         self.runtime
             .run(plugin, req)
             .await
@@ -431,123 +417,6 @@ impl Runner {
                 StepFailure { kind, message }
             })
     }
-
-    /// Resolve a step's inputs against the outputs so far, the environment, and the
-    /// blocks and variables it refers to ([`template::resolve_step`]). Blocks and
-    /// variables are fetched for what the user wrote, before any output is substituted:
-    /// outputs are a plugin's text and stay opaque.
-    pub async fn template(
-        &self,
-        step: &StepEntry,
-        outputs: &Map<String, Value>,
-    ) -> Result<Value, String> {
-        let raw = Value::Object(step.inputs.clone());
-        self.note_env_secrets(&raw);
-        let sources = template::step_sources(&raw, &self.env);
-        let blocks = self.fetch_blocks(&sources).await?;
-        let mut fetched: Vec<Value> = blocks
-            .by_name
-            .values()
-            .chain(blocks.by_id.values())
-            .cloned()
-            .collect();
-        let variables = if fetched.is_empty() {
-            self.fetch_variables(&sources).await?
-        } else {
-            fetched.push(sources);
-            self.fetch_variables(&Value::Array(fetched.clone())).await?
-        };
-        // `{{ $NAME }}` brought in by block or variable values (the last pass) are
-        // resolved too: mask the secret-looking ones.
-        if !fetched.is_empty() || !variables.is_empty() {
-            fetched.extend(variables.values().cloned());
-            self.add_secrets(env_secrets(&Value::Array(fetched), &self.env));
-        }
-        let v = template::resolve_step(
-            &raw,
-            &Value::Object(outputs.clone()),
-            &self.env,
-            &blocks,
-            &variables,
-        )
-        .map_err(|e: TemplateError| e.to_string())?;
-        self.add_secrets(keyed_secrets(&v));
-        Ok(v)
-    }
-}
-
-impl Runner {
-    /// The block documents `v` refers to (by name or `$ref` id), from the store; the
-    /// values of secret ones are remembered for masking. Missing ones are left out (the
-    /// block pass reports them).
-    pub async fn fetch_blocks(&self, v: &Value) -> Result<Blocks, String> {
-        let (names, ids) = template::block_refs(v);
-        let mut blocks = Blocks::default();
-        if names.is_empty() && ids.is_empty() {
-            return Ok(blocks);
-        }
-        let store = self.store().await.map_err(|e| e.to_string())?;
-        let mut secrets = Vec::new();
-        for (slug, name) in names {
-            if let Some(b) = store.block(&slug, &name).await.map_err(|e| e.to_string())? {
-                if b.secret {
-                    secret_strings(&b.data, &mut secrets);
-                }
-                blocks.by_name.insert((slug, name), b.data);
-            }
-        }
-        for id in ids {
-            if let Some(b) = store.block_by_id(&id).await.map_err(|e| e.to_string())? {
-                if b.secret {
-                    secret_strings(&b.data, &mut secrets);
-                }
-                blocks.by_id.insert(id, b.data);
-            }
-        }
-        self.add_secrets(secrets);
-        Ok(blocks)
-    }
-
-    /// The variables `v` refers to, from the store (missing ones are left out).
-    pub async fn fetch_variables(
-        &self,
-        v: &Value,
-    ) -> Result<std::collections::BTreeMap<String, Value>, String> {
-        let names = template::variable_refs(v);
-        if names.is_empty() {
-            return Ok(Default::default());
-        }
-        let store = self.store().await.map_err(|e| e.to_string())?;
-        store.variables(&names).await.map_err(|e| e.to_string())
-    }
-}
-
-/// Values of secret-looking environment variables that a value refers to as `{{ $NAME }}`.
-fn env_secrets(v: &Value, env: &Env) -> Vec<String> {
-    let mut out = Vec::new();
-    fn walk(v: &Value, env: &Env, out: &mut Vec<String>) {
-        match v {
-            Value::String(s) => {
-                for p in template::placeholders(s) {
-                    if p.kind == template::Kind::Env {
-                        let name = p.name.trim_start_matches('$');
-                        if secret_env_name(name)
-                            && let Some(val) = env
-                                .get(name)
-                                .filter(|v| v.len() >= hoist_policy::secrets::MIN_SECRET_LEN)
-                        {
-                            out.push(val.clone());
-                        }
-                    }
-                }
-            }
-            Value::Array(items) => items.iter().for_each(|x| walk(x, env, out)),
-            Value::Object(m) => m.values().for_each(|x| walk(x, env, out)),
-            _ => {}
-        }
-    }
-    walk(v, env, &mut out);
-    out
 }
 
 /// After a pull section: the directory the flow would run in — the last truthy

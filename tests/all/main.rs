@@ -9,6 +9,7 @@ mod hostile;
 mod hostile_git;
 mod hostile_output;
 mod net;
+mod pipeline;
 mod projects;
 mod sandbox;
 mod storage;

@@ -1,8 +1,9 @@
 //! The `{{ }}` template engine of prefect.yaml (spec §3), as pure functions:
 //! template + step outputs + environment + variables + blocks → value.
 //!
-//! Nothing here does I/O. The runner collects which blocks and variables a step refers
-//! to ([`block_refs`], [`variable_refs`]), fetches them, and passes them in as maps.
+//! Nothing here does I/O. The host collects which blocks and variables a step refers
+//! to ([`block_refs`], [`variable_refs`]), asks a [`Values`] provider for them (the local
+//! store, a Prefect server), and passes them in as maps.
 //! Values are `serde_json::Value` with insertion order kept, so Python-style string forms
 //! (`{'k': 'v'}`) print keys in the order the file wrote them.
 
@@ -553,6 +554,40 @@ pub struct Blocks {
     pub by_name: BTreeMap<(String, String), Value>,
     /// Data by document id (for `$ref`).
     pub by_id: BTreeMap<String, Value>,
+}
+
+/// Block documents a [`Values`] provider found, with the strings of the secret ones (to
+/// be masked wherever they could appear).
+#[derive(Clone, Debug, Default)]
+pub struct FoundBlocks {
+    /// The documents found (missing ones are absent: the block pass reports them).
+    pub blocks: Blocks,
+    /// Every string value of the secret documents among them.
+    pub secrets: Vec<String>,
+}
+
+/// Where the blocks and variables a template names come from: Hoist's local store
+/// today, a Prefect server for a worker. Templating asks only for what the user's text
+/// names; what is missing is left out of the answer (the passes report or blank it).
+///
+/// The futures are `Send` so a provider works in a multi-threaded runtime; implement the
+/// methods with `async fn`.
+pub trait Values {
+    /// Why the source could not answer (its message is shown as the step's failure).
+    type Error: std::fmt::Display;
+
+    /// The block documents named by `(type slug, document name)` and by id (`$ref`).
+    fn blocks(
+        &self,
+        names: &BTreeSet<(String, String)>,
+        ids: &BTreeSet<String>,
+    ) -> impl Future<Output = Result<FoundBlocks, Self::Error>> + Send;
+
+    /// The variables named (missing ones absent).
+    fn variables(
+        &self,
+        names: &BTreeSet<String>,
+    ) -> impl Future<Output = Result<BTreeMap<String, Value>, Self::Error>> + Send;
 }
 
 /// A parsed block reference.

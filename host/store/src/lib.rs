@@ -430,6 +430,49 @@ fn getrandom(buf: &mut [u8]) {
 
 pub use hoist_policy::secrets::{MIN_SECRET_LEN, secret_strings};
 
+/// The local store as the source of the blocks and variables templates name: what
+/// `hoist block` / `hoist variable` set. Secret blocks' strings come back for masking.
+impl hoist_project::template::Values for Store {
+    type Error = StoreError;
+
+    async fn blocks(
+        &self,
+        names: &std::collections::BTreeSet<(String, String)>,
+        ids: &std::collections::BTreeSet<String>,
+    ) -> Result<hoist_project::template::FoundBlocks, StoreError> {
+        let mut found = hoist_project::template::FoundBlocks::default();
+        let keep = |b: Block, found: &mut hoist_project::template::FoundBlocks| {
+            if b.secret {
+                hoist_policy::secrets::secret_strings(&b.data, &mut found.secrets);
+            }
+            b.data
+        };
+        for (slug, name) in names {
+            if let Some(b) = self.block(slug, name).await? {
+                let data = keep(b, &mut found);
+                found
+                    .blocks
+                    .by_name
+                    .insert((slug.clone(), name.clone()), data);
+            }
+        }
+        for id in ids {
+            if let Some(b) = self.block_by_id(id).await? {
+                let data = keep(b, &mut found);
+                found.blocks.by_id.insert(id.clone(), data);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn variables(
+        &self,
+        names: &std::collections::BTreeSet<String>,
+    ) -> Result<BTreeMap<String, Value>, StoreError> {
+        Store::variables(self, names).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
