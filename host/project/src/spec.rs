@@ -107,9 +107,24 @@ pub fn resolve(
         remove_unset: true,
         skip_prefixes: &["ctx."],
     };
-    let mut spec = Map::new();
+    let schedules = schedules(config, &values, env, &on);
+    let mut spec = declaration(config, &values, env, &on);
+    spec.insert("schedules".into(), Value::Array(schedules));
+    if let Some(Value::Array(t)) = config.get("triggers") {
+        spec.insert("triggers".into(), triggers(t, &values, env, &on));
+    }
+    let pull = pull_steps(project, deployment, &spec, &values, env, cwd);
+    spec.insert("pull_steps".into(), Value::Array(pull));
+    Ok(Value::Object(spec))
+}
 
-    // 5. Schedules: templated, then `active` read as a boolean.
+/// Step 5: schedules templated, then `active` read as a boolean.
+fn schedules(
+    config: &Map<String, Value>,
+    values: &Value,
+    env: &Env,
+    on: &Options<'_>,
+) -> Vec<Value> {
     let mut schedules: Vec<Value> = match config.get("schedules") {
         Some(Value::Array(items)) => items.clone(),
         _ => match config.get("schedule") {
@@ -119,7 +134,7 @@ pub fn resolve(
     };
     for s in schedules.iter_mut() {
         *s = unwrap_or(
-            template::apply_values(s, &values, env, &on),
+            template::apply_values(s, values, env, on),
             Value::Object(Map::new()),
         );
         if let Some(active) = s.get_mut("active")
@@ -132,16 +147,25 @@ pub fn resolve(
             }
         }
     }
+    schedules
+}
 
-    // 6. The rest of the declaration: unresolved whole values vanish, embedded ones
-    //    become "", `{{ ctx.* }}` survives for the worker.
+/// Step 6: the rest of the declaration; unresolved whole values vanish, embedded ones
+/// become "", `{{ ctx.* }}` survives for the worker.
+fn declaration(
+    config: &Map<String, Value>,
+    values: &Value,
+    env: &Env,
+    on: &Options<'_>,
+) -> Map<String, Value> {
+    let mut spec = Map::new();
     for (k, v) in config {
         if STEP_KEYS.contains(&k.as_str())
             || matches!(k.as_str(), "schedule" | "schedules" | "triggers")
         {
             continue;
         }
-        if let Resolved::Value(v) = template::apply_values(v, &values, env, &on) {
+        if let Resolved::Value(v) = template::apply_values(v, values, env, on) {
             spec.insert(k.clone(), v);
         }
     }
@@ -150,53 +174,61 @@ pub fn resolve(
         let chars = s.chars().map(|c| Value::String(c.to_string())).collect();
         spec.insert("tags".into(), Value::Array(chars));
     }
-    spec.insert("schedules".into(), Value::Array(schedules));
+    spec
+}
 
-    // 7. Triggers: templated except their `parameters`, kept for event templating.
-    if let Some(Value::Array(triggers)) = config.get("triggers") {
-        let t = triggers
+/// Step 7: triggers templated except their `parameters`, kept for event templating.
+fn triggers(triggers: &[Value], values: &Value, env: &Env, on: &Options<'_>) -> Value {
+    let templated = |m: &Map<String, Value>| {
+        m.iter()
+            .filter_map(|(k, v)| {
+                if k == "parameters" {
+                    return Some((k.clone(), v.clone()));
+                }
+                match template::apply_values(v, values, env, on) {
+                    Resolved::Value(v) => Some((k.clone(), v)),
+                    Resolved::Unset => None,
+                }
+            })
+            .collect()
+    };
+    Value::Array(
+        triggers
             .iter()
             .map(|trig| match trig {
-                Value::Object(m) => Value::Object(
-                    m.iter()
-                        .filter_map(|(k, v)| {
-                            if k == "parameters" {
-                                return Some((k.clone(), v.clone()));
-                            }
-                            match template::apply_values(v, &values, env, &on) {
-                                Resolved::Value(v) => Some((k.clone(), v)),
-                                Resolved::Unset => None,
-                            }
-                        })
-                        .collect(),
-                ),
+                Value::Object(m) => Value::Object(templated(m)),
                 other => other.clone(),
             })
-            .collect();
-        spec.insert("triggers".into(), Value::Array(t));
-    }
+            .collect(),
+    )
+}
 
-    // 8. Pull steps, baked with the outputs but keeping what cannot resolve yet.
+/// Step 8: pull steps, baked with the outputs but keeping what cannot resolve yet.
+fn pull_steps(
+    project: &Project,
+    deployment: &Deployment,
+    spec: &Map<String, Value>,
+    values: &Value,
+    env: &Env,
+    cwd: &Path,
+) -> Vec<Value> {
     let keep = Options {
         remove_unset: false,
         skip_prefixes: &[],
     };
     let steps = project.steps(Action::Pull, Some(deployment));
-    let pull: Vec<Value> = if steps.is_empty() && !project.pull_explicitly_empty(Some(deployment)) {
-        default_pull(project, deployment, &spec, cwd)
-    } else {
-        steps
-            .iter()
-            .map(|s| {
-                unwrap_or(
-                    template::apply_values(&s.raw, &values, env, &keep),
-                    s.raw.clone(),
-                )
-            })
-            .collect()
-    };
-    spec.insert("pull_steps".into(), Value::Array(pull));
-    Ok(Value::Object(spec))
+    if steps.is_empty() && !project.pull_explicitly_empty(Some(deployment)) {
+        return default_pull(project, deployment, spec, cwd);
+    }
+    steps
+        .iter()
+        .map(|s| {
+            unwrap_or(
+                template::apply_values(&s.raw, values, env, &keep),
+                s.raw.clone(),
+            )
+        })
+        .collect()
 }
 
 /// The pull action `prefect deploy` generates, non-interactively, when a deployment has

@@ -112,58 +112,14 @@ pub async fn send(
 
     let scheme = if target.tls { "https" } else { "http" };
     let proxy = proxy::for_request(scheme, target.host);
-    let dial = async {
-        match (&proxy, target.ip) {
-            (Some(p), _) => TcpStream::connect((p.host.as_str(), p.port)).await,
-            (None, Some(ip)) => TcpStream::connect((ip, target.port)).await,
-            (None, None) => Err(std::io::ErrorKind::NotFound.into()),
-        }
-    };
-    let tcp = tokio::time::timeout(connect_timeout, dial)
-        .await
-        .map_err(|_| Error::ConnectionTimeout)?
-        .map_err(Error::Connect)?;
-    let tcp = match &proxy {
-        Some(p) if target.tls => proxy::tunnel(tcp, p, target.host, target.port).await?,
-        _ => tcp,
-    };
-    let stream: Box<dyn Stream> = if target.tls {
-        let name = rustls::pki_types::ServerName::try_from(target.host.to_string())?;
-        let tls = tokio_rustls::TlsConnector::from(tls_config())
-            .connect(name, tcp)
-            .await
-            .map_err(Error::Tls)?;
-        Box::new(tls)
-    } else {
-        Box::new(tcp)
-    };
+    let stream = connect(&target, proxy.as_ref(), connect_timeout).await?;
     let (mut sender, conn) = tokio::time::timeout(
         connect_timeout,
         hyper::client::conn::http1::handshake(TokioIo::new(stream)),
     )
     .await
     .map_err(|_| Error::ConnectionTimeout)??;
-    // On the wire the request names only the path (the Host header names the server),
-    // except to an HTTP proxy, which wants the absolute form.
-    match proxy.as_ref().filter(|_| !target.tls) {
-        Some(p) => {
-            if let Some(auth) = &p.auth {
-                let value =
-                    http::HeaderValue::from_str(auth).map_err(|_| Error::HttpRequestUriInvalid)?;
-                request
-                    .headers_mut()
-                    .insert(http::header::PROXY_AUTHORIZATION, value);
-            }
-        }
-        None => {
-            let path = request
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str().to_string())
-                .unwrap_or_else(|| "/".into());
-            *request.uri_mut() = path.parse().map_err(|_| Error::HttpRequestUriInvalid)?;
-        }
-    }
+    on_the_wire(&mut request, proxy.as_ref().filter(|_| !target.tls))?;
 
     // Drive the connection while waiting for the response head.
     let mut conn = Box::pin(conn);
@@ -198,6 +154,67 @@ pub async fn send(
         })
     };
     Ok((response, io))
+}
+
+/// A connection to `target` (through `proxy` if any: a `CONNECT` tunnel for TLS), with
+/// TLS verified against the request's name.
+async fn connect(
+    target: &Target<'_>,
+    proxy: Option<&proxy::Proxy>,
+    timeout: Duration,
+) -> Result<Box<dyn Stream>, Error> {
+    let dial = async {
+        match (proxy, target.ip) {
+            (Some(p), _) => TcpStream::connect((p.host.as_str(), p.port)).await,
+            (None, Some(ip)) => TcpStream::connect((ip, target.port)).await,
+            (None, None) => Err(std::io::ErrorKind::NotFound.into()),
+        }
+    };
+    let tcp = tokio::time::timeout(timeout, dial)
+        .await
+        .map_err(|_| Error::ConnectionTimeout)?
+        .map_err(Error::Connect)?;
+    let tcp = match proxy {
+        Some(p) if target.tls => proxy::tunnel(tcp, p, target.host, target.port).await?,
+        _ => tcp,
+    };
+    if !target.tls {
+        return Ok(Box::new(tcp));
+    }
+    let name = rustls::pki_types::ServerName::try_from(target.host.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(tls_config())
+        .connect(name, tcp)
+        .await
+        .map_err(Error::Tls)?;
+    Ok(Box::new(tls))
+}
+
+/// On the wire the request names only the path (the Host header names the server),
+/// except to an HTTP proxy, which wants the absolute form (and its credentials).
+fn on_the_wire(
+    request: &mut http::Request<wasmtime_wasi_http::WasiBody>,
+    http_proxy: Option<&proxy::Proxy>,
+) -> Result<(), Error> {
+    match http_proxy {
+        Some(p) => {
+            if let Some(auth) = &p.auth {
+                let value =
+                    http::HeaderValue::from_str(auth).map_err(|_| Error::HttpRequestUriInvalid)?;
+                request
+                    .headers_mut()
+                    .insert(http::header::PROXY_AUTHORIZATION, value);
+            }
+        }
+        None => {
+            let path = request
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into());
+            *request.uri_mut() = path.parse().map_err(|_| Error::HttpRequestUriInvalid)?;
+        }
+    }
+    Ok(())
 }
 
 /// A response body that fails if no bytes arrive for the guest's between-bytes timeout.
