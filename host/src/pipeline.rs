@@ -37,7 +37,7 @@ use crate::templater::{LocalStore, Templater};
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     /// The project file does not exist.
-    #[error("{}: no such project file (looked in {}); pass --file PATH", file.display(), cwd.display())]
+    #[error("{}: no such project file (looked in {})", file.display(), cwd.display())]
     NoProjectFile {
         /// The file asked for.
         file: PathBuf,

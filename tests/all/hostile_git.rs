@@ -664,11 +664,11 @@ fn loopback_remotes_need_a_grant_by_name() {
         let m = err(x);
         assert!(
             m.contains("a loopback, link-local, private or metadata address")
-                && m.contains("--allow net:http://"),
+                && m.contains("grant it by name to allow it: `net:http://"),
             "{m}"
         );
     }
-    assert!(err(&r[0]).contains(&format!("--allow net:http://127.0.0.1:{port}")));
+    assert!(err(&r[0]).contains(&format!("`net:http://127.0.0.1:{port}`")));
     // The plugin without any grant is stopped earlier, by the net grant itself.
     let r = attack(
         &e,

@@ -235,7 +235,7 @@ impl Policy {
         let origin = format!("{scheme}://{host}:{port}");
         if !self.grants.allows(&Capability::Net(origin.clone())) {
             return Err(self.deny(format!(
-                "{who} may not reach {origin}: capability `net:{origin}` was not granted (a plugin must declare it and be run with `--allow net:{origin}`)"
+                "{who} may not reach {origin}: capability `net:{origin}` was not granted (a plugin must declare it and be granted it)"
             )));
         }
         // A name this machine cannot resolve may still be reached through a proxy,
@@ -249,7 +249,7 @@ impl Policy {
             && !explicitly_granted(&self.user, &host, &addrs)
         {
             return Err(self.deny(format!(
-                "{who} may not reach {origin}: `{host}` resolves to {ip}, an address of this machine or of a private network (loopback, link-local or metadata, private, shared, or one of its own); grant it by name to allow it: `--allow net:{scheme}://{host}:{port}`"
+                "{who} may not reach {origin}: `{host}` resolves to {ip}, an address of this machine or of a private network (loopback, link-local or metadata, private, shared, or one of its own); grant it by name to allow it: `net:{scheme}://{host}:{port}`"
             )));
         }
         Ok(Destination {

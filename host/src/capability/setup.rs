@@ -38,7 +38,7 @@ impl StepInfo {
             format!(
                 "step `{who}` ({plugin}) may not {what}: capability `{cap}` was not granted. \
                  A plugin may only use what it declares in describe() and you grant; to allow \
-                 this, declare `{cap}` in the plugin and run with `--allow {cap}`"
+                 this, declare `{cap}` in the plugin and grant it"
             )
         }
     }

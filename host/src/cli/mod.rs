@@ -121,12 +121,65 @@ pub fn main() -> i32 {
         Err(e) => {
             // Causes can quote a plugin: every line printable (the runner already made a
             // step's cause one line; messages of several lines are ours).
-            let text = format!("{e:#}");
+            let text = hints(&format!("{e:#}"));
             let lines: Vec<_> = text.split('\n').map(sanitize).collect();
             eprintln!("error: {}", lines.join("\n"));
             1
         }
     }
+}
+
+/// The library's messages name what to grant or raise, never a flag (a worker sets
+/// grants elsewhere); on the command line, say how: `--allow X` for the capability the
+/// message quoted last before the phrase, `--timeout` and `--memory-limit` for limits.
+pub(crate) fn hints(message: &str) -> String {
+    // (phrase the library writes, what the CLI says instead; `{}` is the capability)
+    const GRANTS: &[(&str, &str)] = &[
+        (
+            ", which was not granted",
+            ", which was not granted; grant it with `--allow {}`",
+        ),
+        (
+            " in the plugin and grant it",
+            " in the plugin and run with `--allow {}`",
+        ),
+        (
+            "(a plugin must declare it and be granted it)",
+            "(a plugin must declare it and be run with `--allow {}`)",
+        ),
+    ];
+    let mut out = String::with_capacity(message.len() + 64);
+    let mut rest = message;
+    while let Some((i, (phrase, cli))) = GRANTS
+        .iter()
+        .filter_map(|p| rest.find(p.0).map(|i| (i, p)))
+        .min_by_key(|(i, _)| *i)
+    {
+        let cap = last_quoted(&rest[..i]).unwrap_or_default();
+        out.push_str(&rest[..i]);
+        out.push_str(&cli.replace("{}", cap));
+        rest = &rest[i + phrase.len()..];
+    }
+    out.push_str(rest);
+    let mut out = out.replace(
+        "grant it by name to allow it: `",
+        "grant it by name to allow it: `--allow ",
+    );
+    if message.contains(": no such project file (looked in ") {
+        out.push_str("; pass --file PATH");
+    } else if message.contains("did not finish within") {
+        out.push_str(" (raise the limit with --timeout)");
+    } else if message.contains("MiB of memory and was stopped") {
+        out.push_str(" (raise the limit with --memory-limit)");
+    }
+    out
+}
+
+/// The last `quoted` text of `s`.
+fn last_quoted(s: &str) -> Option<&str> {
+    let end = s.rfind('`')?;
+    let start = s[..end].rfind('`')?;
+    Some(&s[start + 1..end])
 }
 
 /// JSON for a terminal: the characters serde_json leaves raw that a terminal would obey
@@ -188,5 +241,33 @@ mod tests {
     #[test]
     fn verify_cli() {
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn hints_name_the_flags() {
+        use super::hints;
+        assert_eq!(
+            hints("step `p` (p) needs capability `process:true`, which was not granted"),
+            "step `p` (p) needs capability `process:true`, which was not granted; grant it with `--allow process:true`"
+        );
+        assert_eq!(
+            hints("to allow this, declare `process:ls` in the plugin and grant it"),
+            "to allow this, declare `process:ls` in the plugin and run with `--allow process:ls`"
+        );
+        assert_eq!(
+            hints(
+                "capability `net:https://x:443` was not granted (a plugin must declare it and be granted it)"
+            ),
+            "capability `net:https://x:443` was not granted (a plugin must declare it and be run with `--allow net:https://x:443`)"
+        );
+        assert_eq!(
+            hints("grant it by name to allow it: `net:http://127.0.0.1:9`"),
+            "grant it by name to allow it: `--allow net:http://127.0.0.1:9`"
+        );
+        assert!(
+            hints("did not finish within 1 s and was stopped")
+                .ends_with("(raise the limit with --timeout)")
+        );
+        assert_eq!(hints("nothing to say"), "nothing to say");
     }
 }

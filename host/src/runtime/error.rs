@@ -1,4 +1,6 @@
 //! Why a step did not produce outputs, in words that name the step and say what to do.
+//! The words name capabilities, never a command line's flags: the `hoist` CLI adds its
+//! own (`cli::hints`), a worker would say where its grants and limits are set.
 
 use std::time::Duration;
 
@@ -21,9 +23,7 @@ pub enum ErrorKind {
     #[error("could not be loaded: {0}")]
     Load(String),
     /// The step declares a capability the user did not grant.
-    #[error(
-        "needs capability `{capability}`, which was not granted; grant it with `--allow {capability}`"
-    )]
+    #[error("needs capability `{capability}`, which was not granted")]
     NotGranted {
         /// The missing capability, in its command-line spelling.
         capability: String,
@@ -55,13 +55,13 @@ pub enum ErrorKind {
     Trapped(String),
     /// The step ran past its deadline.
     #[error(
-        "did not finish within {} and was stopped; processes it started were killed \
-         (raise the limit with --timeout)", humanize(*.0)
+        "did not finish within {} and was stopped; processes it started were killed",
+        humanize(*.0)
     )]
     Timeout(Duration),
     /// The step hit its memory cap.
     #[error(
-        "tried to use more than {} MiB of memory and was stopped (raise the limit with --memory-limit)",
+        "tried to use more than {} MiB of memory and was stopped",
         .0 >> 20
     )]
     OutOfMemory(usize),

@@ -416,7 +416,7 @@ impl GitView<'_> {
             return Err(denied(format!(
                 "step `{}` ({}) may not reach {scheme}://{host}:{port} with git: `{host}` \
                  resolves to {ip}, a loopback, link-local, private or metadata address; grant \
-                 it by name to allow it: `--allow net:{scheme}://{ip}:{port}`",
+                 it by name to allow it: `net:{scheme}://{ip}:{port}`",
                 self.ctx.info.name, self.ctx.info.plugin
             )));
         }
