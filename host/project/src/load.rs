@@ -394,74 +394,67 @@ fn section(
                 ));
             }
         };
-        let mut keys = entry.keys();
-        let name = keys.next().unwrap().clone();
-        let line = lines.step_line(&name);
-        if entry.len() > 1 {
-            let extra: Vec<&str> = entry.keys().skip(1).map(String::as_str).collect();
-            return Err(shape(
-                path,
-                line,
-                format!(
-                    "{position} (`{name}`): Step has unexpected additional keys: {} (a step is a mapping with exactly one key, the step's name; indent its inputs under it)",
-                    extra.join(", ")
-                ),
-            ));
-        }
-        let inputs = match &entry[&name] {
-            Value::Object(o) => o.clone(),
-            Value::Null => {
-                return Err(shape(
-                    path,
-                    line,
-                    format!(
-                        "{position} (`{name}`): the step has no inputs; write `{name}: {{}}` if it needs none"
-                    ),
-                ));
-            }
-            other => {
-                return Err(shape(
-                    path,
-                    line,
-                    format!(
-                        "{position} (`{name}`): the step's inputs must be a mapping, got {}",
-                        type_name(other)
-                    ),
-                ));
-            }
-        };
-        let mut inputs = inputs;
-        let id = match inputs.remove("id") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s),
-            Some(other) => Some(plain(&other)),
-        };
-        let requires = match inputs.remove("requires") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::String(s)) => vec![s],
-            Some(Value::Array(items)) => items.iter().map(plain).collect(),
-            Some(other) => {
-                return Err(shape(
-                    path,
-                    line,
-                    format!(
-                        "{position} (`{name}`): `requires` must be a string or a list of strings, got {}",
-                        type_name(&other)
-                    ),
-                ));
-            }
-        };
-        steps.push(StepEntry {
-            position,
-            line,
-            name,
-            inputs,
-            id,
-            requires,
-            raw: Value::Object(entry),
-        });
+        steps.push(step(path, entry, position, lines)?);
     }
     Ok(Section::Steps(steps))
+}
+
+/// One step of a section: `<name>: {inputs}` with `id` and `requires` taken out.
+fn step(
+    path: &Path,
+    entry: Map<String, Value>,
+    position: String,
+    lines: &mut LineFinder,
+) -> Result<StepEntry, ProjectError> {
+    let name = entry.keys().next().expect("a non-empty mapping").clone();
+    let line = lines.step_line(&name);
+    let fail = |what: String| shape(path, line, format!("{position} (`{name}`): {what}"));
+    if entry.len() > 1 {
+        let extra: Vec<&str> = entry.keys().skip(1).map(String::as_str).collect();
+        return Err(fail(format!(
+            "Step has unexpected additional keys: {} (a step is a mapping with exactly one key, the step's name; indent its inputs under it)",
+            extra.join(", ")
+        )));
+    }
+    let mut inputs = match &entry[&name] {
+        Value::Object(o) => o.clone(),
+        Value::Null => {
+            return Err(fail(format!(
+                "the step has no inputs; write `{name}: {{}}` if it needs none"
+            )));
+        }
+        other => {
+            return Err(fail(format!(
+                "the step's inputs must be a mapping, got {}",
+                type_name(other)
+            )));
+        }
+    };
+    let id = match inputs.remove("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(other) => Some(plain(&other)),
+    };
+    let requires = match inputs.remove("requires") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s],
+        Some(Value::Array(items)) => items.iter().map(plain).collect(),
+        Some(other) => {
+            return Err(fail(format!(
+                "`requires` must be a string or a list of strings, got {}",
+                type_name(&other)
+            )));
+        }
+    };
+    Ok(StepEntry {
+        position,
+        line,
+        name,
+        inputs,
+        id,
+        requires,
+        raw: Value::Object(entry),
+    })
 }
 
 /// YAML text → JSON value, with anchors, aliases and merge keys expanded.

@@ -35,6 +35,8 @@ impl Entry {
     }
 }
 
+type Chars<'a> = std::iter::Peekable<std::str::Chars<'a>>;
+
 /// Parse a config file's text.
 pub(crate) fn parse(text: &str) -> Result<Vec<Entry>, String> {
     let mut out = Vec::new();
@@ -57,79 +59,12 @@ pub(crate) fn parse(text: &str) -> Result<Vec<Entry>, String> {
                     }
                 }
             }
-            '[' => {
-                let mut name = String::new();
-                let mut sub = None;
-                loop {
-                    match chars.next() {
-                        Some(']') => break,
-                        Some(c) if c.is_ascii_alphanumeric() || c == '-' || c == '.' => {
-                            name.push(c.to_ascii_lowercase())
-                        }
-                        Some(' ') | Some('\t') if sub.is_none() => {
-                            while chars.peek().is_some_and(|c| *c == ' ' || *c == '\t') {
-                                chars.next();
-                            }
-                            if chars.next() != Some('"') {
-                                return Err(format!("line {line}: bad section header"));
-                            }
-                            let mut s = String::new();
-                            loop {
-                                match chars.next() {
-                                    Some('"') => break,
-                                    Some('\\') => match chars.next() {
-                                        Some(c) if c != '\n' => s.push(c),
-                                        _ => return Err(format!("line {line}: bad subsection")),
-                                    },
-                                    Some('\n') | None => {
-                                        return Err(format!("line {line}: bad subsection"));
-                                    }
-                                    Some(c) => s.push(c),
-                                }
-                            }
-                            sub = Some(s);
-                            if chars.next() != Some(']') {
-                                return Err(format!("line {line}: bad section header"));
-                            }
-                            break;
-                        }
-                        _ => return Err(format!("line {line}: bad section header")),
-                    }
-                }
-                // `[section.sub]`: the deprecated spelling, subsection lower-cased.
-                if sub.is_none()
-                    && let Some((s, rest)) = name.split_once('.')
-                {
-                    sub = Some(rest.to_string());
-                    name = s.to_string();
-                }
-                if name.is_empty() || name.contains('.') {
-                    return Err(format!("line {line}: bad section name"));
-                }
-                section = Some((name, sub));
-            }
+            '[' => section = Some(section_header(&mut chars, line)?),
             c if c.is_ascii_alphabetic() => {
                 let Some((sec, sub)) = section.clone() else {
                     return Err(format!("line {line}: key outside a section"));
                 };
-                let mut key = c.to_ascii_lowercase().to_string();
-                while chars
-                    .peek()
-                    .is_some_and(|c| c.is_ascii_alphanumeric() || *c == '-')
-                {
-                    key.push(chars.next().unwrap().to_ascii_lowercase());
-                }
-                while chars.peek().is_some_and(|c| *c == ' ' || *c == '\t') {
-                    chars.next();
-                }
-                let value = match chars.peek() {
-                    None | Some('\n') | Some('\r') | Some('#') | Some(';') => None,
-                    Some('=') => {
-                        chars.next();
-                        Some(value(&mut chars, &mut line)?)
-                    }
-                    _ => return Err(format!("line {line}: bad key `{key}`")),
-                };
+                let (key, value) = key_value(c, &mut chars, &mut line)?;
                 out.push(Entry {
                     section: sec,
                     sub,
@@ -141,6 +76,84 @@ pub(crate) fn parse(text: &str) -> Result<Vec<Entry>, String> {
         }
     }
     Ok(out)
+}
+
+/// `[section]`, `[section "sub"]` or the deprecated `[section.sub]` (after its `[`).
+fn section_header(chars: &mut Chars<'_>, line: usize) -> Result<(String, Option<String>), String> {
+    let bad = || format!("line {line}: bad section header");
+    let mut name = String::new();
+    let mut sub = None;
+    loop {
+        match chars.next() {
+            Some(']') => break,
+            Some(c) if c.is_ascii_alphanumeric() || c == '-' || c == '.' => {
+                name.push(c.to_ascii_lowercase())
+            }
+            Some(' ') | Some('\t') if sub.is_none() => {
+                while chars.peek().is_some_and(|c| *c == ' ' || *c == '\t') {
+                    chars.next();
+                }
+                if chars.next() != Some('"') {
+                    return Err(bad());
+                }
+                sub = Some(subsection(chars, line)?);
+                if chars.next() != Some(']') {
+                    return Err(bad());
+                }
+                break;
+            }
+            _ => return Err(bad()),
+        }
+    }
+    // `[section.sub]`: the deprecated spelling, subsection lower-cased.
+    if sub.is_none()
+        && let Some((s, rest)) = name.split_once('.')
+    {
+        sub = Some(rest.to_string());
+        name = s.to_string();
+    }
+    if name.is_empty() || name.contains('.') {
+        return Err(format!("line {line}: bad section name"));
+    }
+    Ok((name, sub))
+}
+
+/// A quoted subsection name (after its opening quote).
+fn subsection(chars: &mut Chars<'_>, line: usize) -> Result<String, String> {
+    let mut s = String::new();
+    loop {
+        match chars.next() {
+            Some('"') => return Ok(s),
+            Some('\\') => match chars.next() {
+                Some(c) if c != '\n' => s.push(c),
+                _ => return Err(format!("line {line}: bad subsection")),
+            },
+            Some('\n') | None => return Err(format!("line {line}: bad subsection")),
+            Some(c) => s.push(c),
+        }
+    }
+}
+
+/// `key [= value]` starting with `first`.
+fn key_value(
+    first: char,
+    chars: &mut Chars<'_>,
+    line: &mut usize,
+) -> Result<(String, Option<String>), String> {
+    let mut key = first.to_ascii_lowercase().to_string();
+    while let Some(c) = chars.next_if(|c| c.is_ascii_alphanumeric() || *c == '-') {
+        key.push(c.to_ascii_lowercase());
+    }
+    while chars.next_if(|c| *c == ' ' || *c == '\t').is_some() {}
+    let value = match chars.peek() {
+        None | Some('\n') | Some('\r') | Some('#') | Some(';') => None,
+        Some('=') => {
+            chars.next();
+            Some(value(chars, line)?)
+        }
+        _ => return Err(format!("line {line}: bad key `{key}`")),
+    };
+    Ok((key, value))
 }
 
 /// A value up to the end of its line: quotes, escapes, continuation lines, comments.

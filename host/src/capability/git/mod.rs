@@ -328,42 +328,7 @@ impl GitView<'_> {
                 ));
                 return self.local(url, &path);
             }
-            let (s, host, port) =
-                split_origin(url).ok_or_else(|| invalid(format!("`{url}` is not a valid URL")))?;
-            let origin = match port {
-                Some(p) => format!("{s}://{host}:{p}"),
-                None => format!("{s}://{host}"),
-            };
-            self.allow_net(&origin)?;
-            let mut remote = Remote::default();
-            let port = port.unwrap_or(0);
-            let addrs = self.allow_address(&s, &host, port).await?;
-            if matches!(s.as_str(), "http" | "https") {
-                let default = hoist_policy::default_port(&s);
-                remote.http_origin = Some(match Some(port) {
-                    p if p != default => format!("{s}://{host}:{port}"),
-                    _ => format!("{s}://{host}"),
-                });
-                // Connect to the addresses just checked (DNS rebinding).
-                let list: Vec<String> = addrs
-                    .iter()
-                    .map(|a| match a {
-                        IpAddr::V4(v4) => v4.to_string(),
-                        IpAddr::V6(v6) => format!("[{v6}]"),
-                    })
-                    .collect();
-                if !list.is_empty() && host.parse::<IpAddr>().is_err() {
-                    remote.config.push((
-                        "http.curloptResolve".into(),
-                        format!(
-                            "{}:{port}:{}",
-                            host.trim_matches(['[', ']']),
-                            list.join(",")
-                        ),
-                    ));
-                }
-            }
-            return Ok(remote);
+            return self.network_remote(url).await;
         }
         // scp-like `user@host:path` is ssh; anything else is a local path.
         if let Some((before, _)) = url.split_once(':')
@@ -380,6 +345,47 @@ impl GitView<'_> {
             return Ok(Remote::default());
         }
         self.local(url, Path::new(url))
+    }
+
+    /// A `scheme://host[:port]/...` remote: the `net` grant, the address rule, and for
+    /// http(s) the origin credentials are scoped to and the addresses git must connect
+    /// to (the ones just checked: DNS rebinding).
+    async fn network_remote(&mut self, url: &str) -> Result<Remote, GitError> {
+        let (s, host, port) =
+            split_origin(url).ok_or_else(|| invalid(format!("`{url}` is not a valid URL")))?;
+        let origin = match port {
+            Some(p) => format!("{s}://{host}:{p}"),
+            None => format!("{s}://{host}"),
+        };
+        self.allow_net(&origin)?;
+        let mut remote = Remote::default();
+        let port = port.unwrap_or(0);
+        let addrs = self.allow_address(&s, &host, port).await?;
+        if matches!(s.as_str(), "http" | "https") {
+            let default = hoist_policy::default_port(&s);
+            remote.http_origin = Some(match Some(port) {
+                p if p != default => format!("{s}://{host}:{port}"),
+                _ => format!("{s}://{host}"),
+            });
+            let list: Vec<String> = addrs
+                .iter()
+                .map(|a| match a {
+                    IpAddr::V4(v4) => v4.to_string(),
+                    IpAddr::V6(v6) => format!("[{v6}]"),
+                })
+                .collect();
+            if !list.is_empty() && host.parse::<IpAddr>().is_err() {
+                remote.config.push((
+                    "http.curloptResolve".into(),
+                    format!(
+                        "{}:{port}:{}",
+                        host.trim_matches(['[', ']']),
+                        list.join(",")
+                    ),
+                ));
+            }
+        }
+        Ok(remote)
     }
 
     fn allow_net(&self, origin: &str) -> Result<(), GitError> {
