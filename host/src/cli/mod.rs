@@ -60,7 +60,7 @@ enum Command {
 
 impl Cli {
     fn runtime_config(&self) -> RuntimeConfig {
-        let mut config = RuntimeConfig::default();
+        let mut config = RuntimeConfig::from_env();
         // One command runs its steps one after another: a small pool starts fast.
         if std::env::var_os("HOIST_MAX_INSTANCES").is_none() {
             config.max_instances = CLI_INSTANCES;

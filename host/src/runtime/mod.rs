@@ -49,10 +49,25 @@ pub struct RuntimeConfig {
 }
 
 impl Default for RuntimeConfig {
-    /// The disk cache at its default place; the allocator from `HOIST_ALLOCATOR`
-    /// (`pooling` or `on-demand`), else pooling, which measured faster on every figure
-    /// of the runtime benchmark (README, "Benchmarks").
+    /// No disk cache, the pooling allocator (faster on every figure of the runtime
+    /// benchmark, README "Benchmarks") with [`MAX_INSTANCES`] slots, nothing protected:
+    /// what an embedder gets without reading the process environment. The `hoist`
+    /// program uses [`RuntimeConfig::from_env`].
     fn default() -> Self {
+        Self {
+            cache: ComponentCache::disabled(),
+            allocator: Allocator::Pooling,
+            max_instances: MAX_INSTANCES,
+            protected: Vec::new(),
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// The configuration the environment asks for: the disk cache at its place
+    /// ([`hoist_policy::paths::cache`]), `HOIST_ALLOCATOR` (`pooling` | `on-demand`),
+    /// `HOIST_MAX_INSTANCES`, and Hoist's home protected.
+    pub fn from_env() -> Self {
         let cache = ComponentCache::default_dir()
             .map(ComponentCache::at)
             .unwrap_or_else(ComponentCache::disabled);
@@ -64,12 +79,11 @@ impl Default for RuntimeConfig {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(MAX_INSTANCES);
-        let protected = vec![hoist_policy::paths::home()];
         Self {
             cache,
             allocator,
             max_instances,
-            protected,
+            protected: vec![hoist_policy::paths::home()],
         }
     }
 }
