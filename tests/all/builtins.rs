@@ -16,7 +16,7 @@ async fn builtin(
     log: Arc<Recorder>,
 ) -> Result<(Value, std::path::PathBuf), StepRunError> {
     let rt = support::runtime();
-    let plugin = rt.builtin(name).await.unwrap();
+    let plugin = hoist::plan::load_builtin(&rt, name).await.unwrap();
     let req = StepRequest::new(name, cwd).inputs(inputs).log(log);
     rt.run(&plugin, req).await.map(|o| (o.outputs, o.cwd))
 }
@@ -260,7 +260,9 @@ async fn c46_shell_mode_and_failures() {
 async fn secrets_never_reach_logs_or_errors() {
     let (_t, dir) = support::tempdir();
     let rt = support::runtime();
-    let plugin = rt.builtin("run_shell_script").await.unwrap();
+    let plugin = hoist::plan::load_builtin(&rt, "run_shell_script")
+        .await
+        .unwrap();
     let log = support::recorder();
     let secret = "hunter2-SUPER-SECRET";
     let mut req = StepRequest::new("leaky", &dir)

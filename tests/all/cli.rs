@@ -235,7 +235,7 @@ fn a_scaffolded_plugin_builds_and_runs() {
         .args(["plugin", "new", "greeter"]));
     assert_eq!(code, 0, "{err}");
     // Share a target dir across runs so only the first build compiles the SDK.
-    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/scaffold");
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/scaffold");
     let status = std::process::Command::new(env!("CARGO"))
         .args(["build", "--release", "--quiet"])
         .current_dir(dir.join("greeter"))

@@ -13,7 +13,7 @@ const UNSET: &str = "<UNSET>";
 
 pub fn fixture_dir(kind: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures")
+        .join("../../tests/fixtures")
         .join(kind)
 }
 

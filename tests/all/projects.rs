@@ -299,7 +299,7 @@ fn plan_shows_steps_without_running_and_refuses_what_cannot_run() {
 /// `BLESS=1` rewrites that file. Required when `HOIST_REQUIRE_CORPUS` is set (CI).
 #[test]
 fn every_corpus_file_plans_or_is_refused_as_recorded() {
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/prefect-yaml");
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus/prefect-yaml");
     let expected_file = crate::fixtures::fixture_dir("corpus.expected");
     let mut files: Vec<_> = std::fs::read_dir(&corpus)
         .into_iter()

@@ -259,7 +259,9 @@ async fn a_panic_is_reported_with_its_message() {
 async fn invalid_inputs_name_the_field() {
     let (_t, dir) = support::tempdir();
     let rt = support::runtime();
-    let plugin = rt.builtin("set_working_directory").await.unwrap();
+    let plugin = hoist::plan::load_builtin(&rt, "set_working_directory")
+        .await
+        .unwrap();
     let req = StepRequest::new("cd", &dir).inputs(json!({"directory": ["not", "a", "string"]}));
     let err = rt.run(&plugin, req).await.unwrap_err();
     assert!(matches!(err.kind, ErrorKind::InvalidInput(_)), "{err:?}");

@@ -9,15 +9,12 @@ use std::sync::{Arc, Mutex};
 use hoist::capability::log::{LogRecord, LogSink};
 use hoist::runtime::{ComponentCache, Runtime, RuntimeConfig};
 
-// Generated: one constant per test plugin, some used only by other branches' tests.
-#[allow(dead_code)]
-pub mod plugins {
-    include!(concat!(env!("OUT_DIR"), "/test_plugins.rs"));
-}
+/// The test components' paths (built by `hoist-builtins`' build script).
+pub use hoist::builtin::test_plugins as plugins;
 
 /// A cache directory shared by the tests of one target dir (compiles once per run).
 pub fn test_cache() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-cache");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-cache");
     std::fs::create_dir_all(&dir).unwrap();
     let mut perms = std::fs::metadata(&dir).unwrap().permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o700);

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::runtime::limits::EPOCH_TICK;
+use crate::limits::EPOCH_TICK;
 
 /// How instance memories, tables and stacks are allocated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //! (a value `XCtx` built by `prepare` from the step's [`setup::StepSetup`]), implements
 //! the generated `Host` trait on it or on a narrow borrowed view, links itself with its
 //! own `add_to_linker`, and checks the step's grants itself: there is no other path from
-//! a guest to the resource. `runtime::state` composes them; nothing here imports it.
+//! a guest to the resource. [`crate::state`] composes them; nothing here imports it.
 
 pub mod context;
 pub mod git;

@@ -1,12 +1,38 @@
-//! The step runtime: one engine and linker per process, one `InstancePre` per component,
-//! a fresh `Store` per step run.
+//! Hoist's step runtime (crate `hoist-runtime`): where a plugin is compiled and where
+//! each capability is enforced.
+//!
+//! - [`bindings`]: the host side of the `hoist:step` WIT world (generated, one place);
+//! - [`capability`]: one room per host interface a step can import (log, context, git,
+//!   net, process) plus the guest's stdio; each owns its state, linker entry and checks;
+//! - [`engine`], [`cache`] (compiled components on disk, MAC'd), [`limits`], [`policy`]
+//!   (grants, from `hoist-policy`), [`state`] (a step's store data, composed of the rooms);
+//! - [`Runtime`]: one engine and linker per process, one `InstancePre` per component,
+//!   a fresh `Store` per step run.
 //!
 //! Data flow of [`Runtime::run`]: grants checked against the plugin's declared
 //! capabilities → WASI context built (preopens, env, stdio) → store with memory limiter
 //! and epoch yield → instantiate + `run(inputs)` under a wall-clock timeout → outputs, or
 //! a [`StepRunError`] naming the step.
+//!
+//! It knows nothing of prefect.yaml projects, templates or the store: `hoist-runner`
+//! drives it, `hoist-builtins` supplies the embedded components.
+//!
+//! ```no_run
+//! # async fn demo(bytes: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
+//! use hoist_runtime::{Runtime, RuntimeConfig, StepRequest};
+//! let runtime = Runtime::new(RuntimeConfig::default())?;
+//! let plugin = runtime.load(bytes, "my_step.wasm", false).await?;
+//! let request = StepRequest::new("my_step", std::env::current_dir()?)
+//!     .inputs(serde_json::json!({ "name": "world" }));
+//! let outcome = runtime.run(&plugin, request).await?;
+//! println!("{}", outcome.outputs);
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
 
+pub mod bindings;
 pub mod cache;
+pub mod capability;
 pub mod engine;
 pub mod error;
 pub mod limits;
@@ -305,16 +331,16 @@ impl Runtime {
         &self.cache
     }
 
-    /// Load a built-in step by short name.
-    pub async fn builtin(&self, name: &str) -> Result<Arc<Plugin>, StepRunError> {
-        let (bytes, digest) = crate::builtin::find(name).ok_or_else(|| StepRunError {
-            step: name.into(),
-            plugin: name.into(),
-            kind: ErrorKind::Load(format!(
-                "there is no built-in step `{name}` (built-in: {})",
-                crate::builtin::names().collect::<Vec<_>>().join(", ")
-            )),
-        })?;
+    /// Load a built-in step: component bytes embedded in the program, with the sha256
+    /// the build computed (so nothing is hashed at start). A built-in is trusted as the
+    /// host is (it may set its working directory anywhere it can write): pass only
+    /// components you ship, e.g. `hoist-builtins`' (`hoist_runner::plan::load_builtin`).
+    pub async fn load_builtin(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        digest: &str,
+    ) -> Result<Arc<Plugin>, StepRunError> {
         self.load_digested(bytes, digest.to_string(), name, true)
             .await
     }

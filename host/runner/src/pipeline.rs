@@ -25,13 +25,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-use crate::capability::log::{LogSink, Redactor};
 use crate::plan::{self as resolve, Target};
-use crate::project::{self, Action, Deployment, Project, StepEntry};
 use crate::runner::{self, Events, Reporter, RunError, Runner, location, redact_value};
-use crate::runtime::{Capability, Grants, Limits, Runtime};
-use crate::template::{self, Options, Resolved, Values};
 use crate::templater::{LocalStore, Templater};
+use hoist_policy::secrets::Redactor;
+use hoist_project::template::{self, Options, Resolved, Values};
+use hoist_project::{self as project, Action, Deployment, Project, StepEntry};
+use hoist_runtime::capability::log::LogSink;
+use hoist_runtime::{Capability, Grants, Limits, Runtime};
 
 /// Why a project could not be opened or did not run to the end.
 #[derive(Debug, thiserror::Error)]

@@ -6,6 +6,9 @@
 //! for yet are refused as "not available yet", never skipped.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hoist_runtime::{ErrorKind, Plugin, Runtime, StepRunError};
 
 /// Prefect names and the built-in plugin that implements them.
 pub const BUILTIN_NAMES: &[(&str, &str)] = &[
@@ -193,7 +196,7 @@ pub fn resolve(name: &str, project_dir: &Path, installed: &Path) -> Result<Targe
     if let Some((_, b)) = BUILTIN_NAMES.iter().find(|(n, _)| *n == name) {
         return Ok(Target::Builtin(b));
     }
-    if let Some(b) = crate::builtin::names().find(|b| *b == name) {
+    if let Some(b) = hoist_builtins::names().find(|b| *b == name) {
         return Ok(Target::Builtin(b));
     }
     if let Some((_, step)) = NOT_YET.iter().find(|(n, _)| *n == name) {
@@ -220,6 +223,31 @@ pub fn resolve(name: &str, project_dir: &Path, installed: &Path) -> Result<Targe
     })
 }
 
+/// Load the plugin a name resolved to: a built-in from `hoist-builtins`, or a component
+/// file (a project's plugin file or an installed plugin).
+pub async fn load(runtime: &Runtime, target: &Target) -> Result<Arc<Plugin>, StepRunError> {
+    match target {
+        Target::Builtin(name) => load_builtin(runtime, name).await,
+        Target::File(p) | Target::Installed(p) => runtime.load_file(p).await,
+    }
+}
+
+/// Load the built-in step `name` (its short name, e.g. `git_clone`) from the components
+/// `hoist-builtins` embeds.
+pub async fn load_builtin(runtime: &Runtime, name: &str) -> Result<Arc<Plugin>, StepRunError> {
+    let Some((bytes, digest)) = hoist_builtins::find(name) else {
+        return Err(StepRunError {
+            step: name.into(),
+            plugin: name.into(),
+            kind: ErrorKind::Load(format!(
+                "there is no built-in step `{name}` (built-in: {})",
+                hoist_builtins::names().collect::<Vec<_>>().join(", ")
+            )),
+        });
+    };
+    runtime.load_builtin(name, bytes, digest).await
+}
+
 /// Names of the plugins installed in `dir` (`<name>.wasm`), sorted.
 pub fn installed_names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
@@ -244,7 +272,7 @@ pub fn closest(name: &str, installed: &[String]) -> Vec<String> {
         .chain(NOT_YET)
         .map(|(n, _)| *n)
         .collect();
-    for n in crate::builtin::names() {
+    for n in hoist_builtins::names() {
         names.push(n);
     }
     for n in installed {

@@ -12,16 +12,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hoist::runtime::{
+use hoist_runtime::{
     Allocator, Capability, ComponentCache, Grants, Runtime, RuntimeConfig, StepRequest,
 };
 use serde_json::json;
 use wasmtime::component::Component;
 
-#[allow(dead_code)] // the bench uses some of the test components
-mod plugins {
-    include!(concat!(env!("OUT_DIR"), "/test_plugins.rs"));
-}
+use hoist_builtins::test_plugins as plugins;
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -129,7 +126,7 @@ impl Faults {
 
 fn unsafe_free_load(engine: &wasmtime::Engine, cache: &Path) -> Component {
     let bytes = std::fs::read(plugins::TRIVIAL).unwrap();
-    let digest = hoist::runtime::cache::digest(&bytes);
+    let digest = hoist_runtime::cache::digest(&bytes);
     ComponentCache::at(cache)
         .load(engine, &digest, &bytes)
         .unwrap()
@@ -175,7 +172,7 @@ fn load_vs_compile(cache: &Path) -> (Duration, Duration) {
     let rt = runtime(Allocator::OnDemand, cache);
     let engine = rt.engine();
     let bytes = std::fs::read(plugins::PROBE).unwrap();
-    let digest = hoist::runtime::cache::digest(&bytes);
+    let digest = hoist_runtime::cache::digest(&bytes);
     let cache = ComponentCache::at(cache);
     cache.load(engine, &digest, &bytes).unwrap();
     let mut load = Vec::new();
@@ -183,7 +180,7 @@ fn load_vs_compile(cache: &Path) -> (Duration, Duration) {
         let t = Instant::now();
         let (_c, how) = cache.load(engine, &digest, &bytes).unwrap();
         load.push(t.elapsed());
-        assert_eq!(how, hoist::runtime::Loaded::Cached);
+        assert_eq!(how, hoist_runtime::Loaded::Cached);
     }
     let mut compile = Vec::new();
     for _ in 0..5 {

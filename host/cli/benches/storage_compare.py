@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Pulling a 200 MB folder from a local S3 server: Hoist's pull_from_s3 vs native clients.
 
-Usage: python3 host/benches/storage_compare.py [--runs N] [--mb MB] [--hoist PATH]
+Usage: python3 host/cli/benches/storage_compare.py [--runs N] [--mb MB] [--hoist PATH]
 
 Starts `s3s-fs` (an S3-compatible server that checks SigV4 signatures; on PATH or
 $HOIST_S3S_FS, see .ci/run for the install line) on 127.0.0.1 with a folder of 20 files

@@ -16,7 +16,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 use crate::bindings::Level;
 use crate::capability::log::{Source, StepLog};
 use crate::capability::setup::StepSetup;
-use crate::runtime::limits::GUEST_STDERR_TAIL;
+use crate::limits::GUEST_STDERR_TAIL;
 
 /// The guest's stdout and stderr of one step, both to its log.
 pub struct StdioCtx {

@@ -75,7 +75,7 @@ fn scaffold(name: &str, dir: &Path) -> anyhow::Result<()> {
 
 /// `hoist-sdk` by path to this repository's `sdk/` while the SDK is unpublished.
 fn sdk_dependency() -> String {
-    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk");
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk");
     match std::fs::canonicalize(&sdk) {
         Ok(p) => format!("{{ path = {:?} }}", p.display().to_string()),
         Err(_) => "\"0.1\"".to_string(),

@@ -12,11 +12,11 @@ use std::sync::Mutex;
 
 use serde_json::{Map, Value};
 
-use crate::capability::log::Redactor;
-use crate::project::StepEntry;
-use crate::store::{Store, StoreError};
-use crate::template::{self, Blocks, Env, FoundBlocks, TemplateError, Values};
+use hoist_policy::secrets::Redactor;
 use hoist_policy::secrets::{keyed_secrets, secret_env_name};
+use hoist_project::StepEntry;
+use hoist_project::template::{self, Blocks, Env, FoundBlocks, TemplateError, Values};
+use hoist_store::{Store, StoreError};
 
 /// The default store (`HOIST_DATABASE_URL`, else `$HOIST_HOME/hoist.db`), opened the
 /// first time a template names a block or a variable: projects without any never

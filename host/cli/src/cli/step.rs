@@ -118,12 +118,8 @@ async fn run_one(runtime: &Runtime, args: &RunArgs) -> anyhow::Result<()> {
 /// plugin.
 async fn resolve(runtime: &Runtime, step: &str) -> anyhow::Result<Arc<Plugin>> {
     let here = std::env::current_dir().unwrap_or_default();
-    Ok(match crate::plan::resolve(step, &here, &installed_dir())? {
-        crate::plan::Target::Builtin(name) => runtime.builtin(name).await?,
-        crate::plan::Target::File(p) | crate::plan::Target::Installed(p) => {
-            runtime.load_file(&p).await?
-        }
-    })
+    let target = crate::plan::resolve(step, &here, &installed_dir())?;
+    Ok(crate::plan::load(runtime, &target).await?)
 }
 
 /// Where installed plugins live: `$HOIST_HOME/plugins` (default `~/.hoist/plugins`).
@@ -148,7 +144,7 @@ async fn list(runtime: &Runtime) -> anyhow::Result<()> {
         rows.push((
             name.to_string(),
             "built-in".into(),
-            runtime.builtin(name).await?,
+            crate::plan::load_builtin(runtime, name).await?,
         ));
     }
     for (name, path) in installed_plugins() {

@@ -1,9 +1,9 @@
-//! Host bindings for the `hoist:step` world. The only `bindgen!` in the crate.
+//! Host bindings for the `hoist:step` world. The only `bindgen!` of the host.
 #![allow(missing_docs)]
 
 wasmtime::component::bindgen!({
     world: "step",
-    path: "../wit",
+    path: "../../wit",
     imports: {
         // Running a process waits on I/O: it must not block the executor.
         "hoist:step/process.run": async,

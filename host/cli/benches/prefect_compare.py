@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Hoist vs Prefect's own step runner on the same pull section, in one run.
 
-Usage: python3 host/benches/prefect_compare.py [--runs N] [--hoist PATH]
+Usage: python3 host/cli/benches/prefect_compare.py [--runs N] [--hoist PATH]
 
 Creates (once) a venv under target/prefect-venv with Prefect 3.8 from PyPI (fastapi<0.155:
 newer FastAPI breaks Prefect 3.8's temporary server; PREFECT_API_URL points at a closed

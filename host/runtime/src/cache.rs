@@ -191,10 +191,10 @@ fn file_name(engine: &Engine, digest: &str) -> String {
 /// number of functions (counted with the parser wasmtime itself uses, nested modules
 /// included) are within [`MAX_COMPONENT_BYTES`] and [`MAX_FUNCTIONS`].
 ///
-/// [`MAX_COMPONENT_BYTES`]: crate::runtime::limits::MAX_COMPONENT_BYTES
-/// [`MAX_FUNCTIONS`]: crate::runtime::limits::MAX_FUNCTIONS
+/// [`MAX_COMPONENT_BYTES`]: crate::limits::MAX_COMPONENT_BYTES
+/// [`MAX_FUNCTIONS`]: crate::limits::MAX_FUNCTIONS
 pub fn compile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Component> {
-    use crate::runtime::limits::{MAX_COMPONENT_BYTES, MAX_FUNCTIONS};
+    use crate::limits::{MAX_COMPONENT_BYTES, MAX_FUNCTIONS};
     if bytes.len() > MAX_COMPONENT_BYTES {
         return Err(wasmtime::Error::msg(format!(
             "it is {} MiB; Hoist compiles components of at most {} MiB",

@@ -16,16 +16,16 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::capability::log::{LogSink, sanitize};
 use crate::plan::{self, Target};
-use crate::project::{Action, Deployment, StepEntry};
-use crate::runtime::{Grants, Limits, Plugin, Runtime, StepRequest, StepRunError};
-use crate::store::{Store, StoreError};
-use crate::template::Values;
 use crate::templater::{LocalStore, Templater};
 pub use hoist_policy::secrets::{
     keyed_secrets, redact_value, secret_env_name, secret_input_key, secret_strings,
 };
+use hoist_project::template::Values;
+use hoist_project::{Action, Deployment, StepEntry};
+use hoist_runtime::capability::log::{LogSink, sanitize};
+use hoist_runtime::{Grants, Limits, Plugin, Runtime, StepRequest, StepRunError};
+use hoist_store::{Store, StoreError};
 
 /// Progress of a section, for people (text) or machines (JSON lines).
 pub trait Reporter: Send + Sync {
@@ -54,7 +54,7 @@ pub struct StepReport {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct StepFailure {
-    /// `template`, or the runtime's [`ErrorKind::code`](crate::runtime::ErrorKind::code)
+    /// `template`, or the runtime's [`ErrorKind::code`](hoist_runtime::ErrorKind::code)
     /// (`not-granted`, `denied`, `timeout`, `failed`...).
     pub kind: &'static str,
     /// What happened.
@@ -121,7 +121,7 @@ pub struct Runner<V = LocalStore> {
     /// Grants for plugins that are not built in (all of them; from the command line).
     pub grants: Grants,
     /// Grants by step name, from the project file's `hoist.grants`.
-    pub project_grants: std::collections::BTreeMap<String, Vec<crate::runtime::Capability>>,
+    pub project_grants: std::collections::BTreeMap<String, Vec<hoist_runtime::Capability>>,
     /// Limits per step.
     pub limits: Limits,
     /// Step logs.
@@ -204,7 +204,7 @@ impl<V: Values> Runner<V> {
             reporter,
             events: None,
             templater,
-            run_id: crate::runtime::new_run_id(),
+            run_id: hoist_runtime::new_run_id(),
             project_dir,
             prepared: Default::default(),
         }
@@ -249,11 +249,7 @@ impl<V: Values> Runner<V> {
                     continue;
                 }
             };
-            let loaded = match &target {
-                Target::Builtin(name) => self.runtime.builtin(name).await,
-                Target::File(p) | Target::Installed(p) => self.runtime.load_file(p).await,
-            };
-            match loaded {
+            match plan::load(&self.runtime, &target).await {
                 Ok(plugin) => {
                     self.prepared
                         .lock()
@@ -375,7 +371,7 @@ impl<V: Values> Runner<V> {
         plugin: &Plugin,
         outputs: &Map<String, Value>,
         cwd: &Path,
-    ) -> Result<crate::runtime::StepOutcome, StepFailure> {
+    ) -> Result<hoist_runtime::StepOutcome, StepFailure> {
         let inputs = self
             .template(step, outputs)
             .await

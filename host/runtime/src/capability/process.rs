@@ -27,7 +27,7 @@ use crate::bindings::{Failure, Level, StepError};
 use crate::capability::context::resolve_dir;
 use crate::capability::log::{Source, StepLog};
 use crate::capability::setup::{Root, StepInfo, StepSetup};
-use crate::runtime::limits::MAX_CAPTURED_OUTPUT;
+use crate::limits::MAX_CAPTURED_OUTPUT;
 
 /// The state of `hoist:step/process`: who may run what, and where output is logged.
 pub struct ProcessCtx {

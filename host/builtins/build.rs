@@ -15,7 +15,8 @@ use sha2::Digest as _;
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
-    let root = manifest_dir.parent().unwrap().to_path_buf();
+    // host/builtins → the workspace root.
+    let root = manifest_dir.ancestors().nth(2).unwrap().to_path_buf();
     for watched in ["wit", "sdk", "plugins", "tests/plugins"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
