@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use hoist::runtime::{
-    Capability, ComponentCache, ErrorKind, Grants, Loaded, Runtime, RuntimeConfig, StepRequest,
-    StepRunError,
+    Capability, ComponentCache, ErrorKind, Grants, HostEnv, Loaded, Runtime, RuntimeConfig,
+    StepRequest, StepRunError,
 };
 use serde_json::{Value, json};
 
@@ -222,6 +222,7 @@ async fn cache_entries_without_our_mac_are_never_loaded() {
     let key = dir.join("key");
     let config = || RuntimeConfig {
         cache: ComponentCache::at(&cache_dir).with_key_file(&key),
+        env: HostEnv::from_process(),
         ..RuntimeConfig::default()
     };
     let trivial = std::fs::read(plugins::TRIVIAL).unwrap();
@@ -261,6 +262,7 @@ async fn cache_entries_without_our_mac_are_never_loaded() {
     let other_key = dir.join("other-key");
     let other = RuntimeConfig {
         cache: ComponentCache::at(&cache_dir).with_key_file(&other_key),
+        env: HostEnv::from_process(),
         ..RuntimeConfig::default()
     };
     assert_eq!(
@@ -574,6 +576,7 @@ async fn compile_and_output_sizes_are_bounded() {
     // No disk cache: what is refused here is compiling.
     let rt = Runtime::new(RuntimeConfig {
         cache: ComponentCache::disabled(),
+        env: HostEnv::from_process(),
         ..RuntimeConfig::default()
     })
     .unwrap();

@@ -10,6 +10,7 @@ use hoist::plan::Target;
 use hoist::project::{self, Action, StepEntry};
 use hoist::runner::{self, Reporter, Runner, StepReport};
 use hoist::store::Store;
+use hoist::templater::{LocalStore, Templater};
 use serde_json::{Map, Value, json};
 
 use crate::fixtures::walk;
@@ -96,13 +97,14 @@ fn runner_fixtures() {
             {
                 store.set_variable(k, v).await.unwrap();
             }
+            let templater = Templater::new(Default::default(), LocalStore::with(store));
             let mut runner = Runner::new(
                 runtime.clone(),
                 file.clone(),
                 Arc::new(NullSink),
                 Arc::new(Quiet),
-            )
-            .with_store(store);
+                templater,
+            );
             runner.env = [("PATH".to_string(), std::env::var("PATH").unwrap())].into();
             for (k, v) in c
                 .get("env")

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hoist::runtime::{
-    Capability, ComponentCache, ErrorKind, Grants, Limits, Loaded, Runtime, RuntimeConfig,
+    Capability, ComponentCache, ErrorKind, Grants, HostEnv, Limits, Loaded, Runtime, RuntimeConfig,
     StepRequest,
 };
 use serde_json::{Value, json};
@@ -279,6 +279,7 @@ async fn the_second_runtime_loads_from_the_cache_without_compiling() {
     let bytes = std::fs::read(plugins::TRIVIAL).unwrap();
     let config = RuntimeConfig {
         cache: ComponentCache::at(&cache),
+        env: HostEnv::from_process(),
         ..RuntimeConfig::default()
     };
     let first = Runtime::new(config.clone())
@@ -300,6 +301,7 @@ async fn the_second_runtime_loads_from_the_cache_without_compiling() {
     std::fs::set_permissions(&cache, perms).unwrap();
     let config = RuntimeConfig {
         cache: ComponentCache::at(&cache),
+        env: HostEnv::from_process(),
         ..RuntimeConfig::default()
     };
     let third = Runtime::new(config)

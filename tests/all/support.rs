@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
 use hoist::capability::log::{LogRecord, LogSink};
-use hoist::runtime::{ComponentCache, Runtime, RuntimeConfig};
+use hoist::runtime::{ComponentCache, HostEnv, Runtime, RuntimeConfig};
 
 /// The test components' paths (built by `hoist-builtins`' build script).
 pub use hoist::builtin::test_plugins as plugins;
@@ -25,6 +25,7 @@ pub fn test_cache() -> PathBuf {
 pub fn runtime() -> Runtime {
     Runtime::new(RuntimeConfig {
         cache: ComponentCache::at(test_cache()),
+        env: HostEnv::from_process(),
         ..RuntimeConfig::default()
     })
     .unwrap()

@@ -12,6 +12,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod env;
 pub mod paths;
 pub mod secrets;
 pub mod text;
@@ -19,6 +20,8 @@ pub mod text;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+
+pub use env::HostEnv;
 
 /// One capability, as declared by a step and granted by a user.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -264,13 +267,15 @@ impl Grants {
         self.allows(&Capability::Env(name.to_string()))
     }
 
-    /// The host environment the step (and the processes it runs) may see.
-    pub fn visible_env(&self) -> Vec<(String, String)> {
+    /// The variables of the host environment `env` the step (and the processes it runs)
+    /// may see.
+    pub fn visible_env(&self, env: &HostEnv) -> Vec<(String, String)> {
         if !self.0.iter().any(|c| matches!(c, Capability::Env(_))) {
             return Vec::new();
         }
-        std::env::vars()
+        env.iter()
             .filter(|(k, _)| self.allows_env(k))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
     }
 
@@ -287,6 +292,25 @@ impl Grants {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn visible_env_selects_from_the_given_environment_only() {
+        let env: HostEnv = [("AWS_REGION", "eu"), ("AWS_KEY", "k"), ("HOME", "/root")]
+            .into_iter()
+            .collect();
+        let grants = Grants::new(vec![Capability::Env("AWS_*".into())]);
+        let mut seen = grants.visible_env(&env);
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                ("AWS_KEY".into(), "k".into()),
+                ("AWS_REGION".into(), "eu".into())
+            ]
+        );
+        assert!(Grants::none().visible_env(&env).is_empty());
+        assert!(grants.visible_env(&HostEnv::empty()).is_empty());
+    }
 
     #[test]
     fn parses_and_prints_every_kind() {

@@ -11,10 +11,10 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use hoist::pipeline::{self, Loaded};
-//! use hoist::templater::Templater;
+//! use hoist_runner::pipeline::{self, Loaded};
+//! use hoist_runner::templater::Templater;
 //! let loaded = Loaded::open("prefect.yaml".as_ref(), None)?;
-//! let plan = pipeline::plan(&loaded, None, &Templater::local()).await;
+//! let plan = pipeline::plan(&loaded, None, &Templater::from_process()).await;
 //! println!("{} step(s) cannot run", plan.problems().len());
 //! # Ok(()) }
 //! ```
@@ -246,7 +246,7 @@ pub async fn run<V: Values>(
 }
 
 fn runner_for<V: Values>(loaded: &Loaded, req: PipelineRequest<V>) -> Runner<V> {
-    let mut runner = Runner::with_templater(
+    let mut runner = Runner::new(
         req.runtime,
         loaded.file.clone(),
         req.log,

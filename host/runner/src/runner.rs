@@ -160,28 +160,10 @@ impl<V> std::ops::DerefMut for Runner<V> {
     }
 }
 
-impl Runner {
-    /// A runner for the project in `project_file`, templating against the process
-    /// environment and the default local store.
-    pub fn new(
-        runtime: Arc<Runtime>,
-        project_file: PathBuf,
-        log: Arc<dyn LogSink>,
-        reporter: Arc<dyn Reporter>,
-    ) -> Self {
-        Runner::with_templater(runtime, project_file, log, reporter, Templater::local())
-    }
-
-    /// Use this store instead of the default one.
-    pub fn with_store(mut self, store: Store) -> Self {
-        self.templater.set_values(LocalStore::with(store));
-        self
-    }
-}
-
 impl<V: Values> Runner<V> {
-    /// A runner for the project in `project_file` that templates with `templater`.
-    pub fn with_templater(
+    /// A runner for the project in `project_file` that templates with `templater` (the
+    /// environment templates see and the blocks and variables come from it).
+    pub fn new(
         runtime: Arc<Runtime>,
         project_file: PathBuf,
         log: Arc<dyn LogSink>,

@@ -68,8 +68,9 @@ pub struct Templater<V = LocalStore> {
 }
 
 impl Templater<LocalStore> {
-    /// A templater over the process environment and the default local store.
-    pub fn local() -> Self {
+    /// A templater over this process's environment and the default local store (what the
+    /// `hoist` program uses; a library caller passes its own to [`Templater::new`]).
+    pub fn from_process() -> Self {
         Self::new(std::env::vars().collect(), LocalStore::default())
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hoist_runtime::{
-    Allocator, Capability, ComponentCache, Grants, Runtime, RuntimeConfig, StepRequest,
+    Allocator, Capability, ComponentCache, Grants, HostEnv, Runtime, RuntimeConfig, StepRequest,
 };
 use serde_json::json;
 use wasmtime::component::Component;
@@ -45,6 +45,7 @@ fn runtime(allocator: Allocator, cache: &Path) -> Runtime {
         allocator,
         max_instances: 1024,
         protected: Vec::new(),
+        env: HostEnv::from_process(),
     })
     .unwrap();
     assert_eq!(rt.allocator(), allocator, "allocator fell back");

@@ -54,6 +54,7 @@ use crate::capability::log::{LogSink, NullSink, Redactor, StepLog};
 pub use cache::{ComponentCache, Loaded};
 pub use engine::Allocator;
 pub use error::{ErrorKind, StepRunError};
+pub use hoist_policy::HostEnv;
 use limits::{DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, MAX_INSTANCES};
 pub use policy::{Capability, Grants};
 use state::{StepInfo, StepSetup, StepState};
@@ -72,12 +73,17 @@ pub struct RuntimeConfig {
     /// Hoist's own directories (its home; the cache's is added): no plugin is given a
     /// directory that is, holds or lies inside one of them.
     pub protected: Vec<PathBuf>,
+    /// The host environment steps run in: what `env:` grants select from, the `PATH`
+    /// granted programs (and git) are found on, proxy settings for `wasi:http`. (TLS
+    /// roots from `SSL_CERT_FILE`/`SSL_CERT_DIR` are read from the process once.)
+    pub env: HostEnv,
 }
 
 impl Default for RuntimeConfig {
     /// No disk cache, the pooling allocator (faster on every figure of the runtime
-    /// benchmark, README "Benchmarks") with [`MAX_INSTANCES`] slots, nothing protected:
-    /// what an embedder gets without reading the process environment. The `hoist`
+    /// benchmark, README "Benchmarks") with [`MAX_INSTANCES`] slots, nothing protected,
+    /// an empty host environment (no `PATH`: no program is found): what an embedder gets
+    /// without reading the process environment. The `hoist`
     /// program uses [`RuntimeConfig::from_env`].
     fn default() -> Self {
         Self {
@@ -85,6 +91,7 @@ impl Default for RuntimeConfig {
             allocator: Allocator::Pooling,
             max_instances: MAX_INSTANCES,
             protected: Vec::new(),
+            env: HostEnv::empty(),
         }
     }
 }
@@ -92,7 +99,8 @@ impl Default for RuntimeConfig {
 impl RuntimeConfig {
     /// The configuration the environment asks for: the disk cache at its place
     /// ([`hoist_policy::paths::cache`]), `HOIST_ALLOCATOR` (`pooling` | `on-demand`),
-    /// `HOIST_MAX_INSTANCES`, and Hoist's home protected.
+    /// `HOIST_MAX_INSTANCES`, Hoist's home protected, and this process's environment as
+    /// the steps' host environment.
     pub fn from_env() -> Self {
         let cache = ComponentCache::default_dir()
             .map(ComponentCache::at)
@@ -110,6 +118,7 @@ impl RuntimeConfig {
             allocator,
             max_instances,
             protected: vec![hoist_policy::paths::home()],
+            env: HostEnv::from_process(),
         }
     }
 }
@@ -288,6 +297,8 @@ pub struct Runtime {
     protected: Vec<PathBuf>,
     /// Working directories already resolved: path → canonical path (see `resolve_dir`).
     resolved: Mutex<HashMap<PathBuf, PathBuf>>,
+    /// The host environment steps run in.
+    env: HostEnv,
 }
 
 impl Runtime {
@@ -313,6 +324,7 @@ impl Runtime {
             slots: Semaphore::new(max_instances as usize),
             protected,
             resolved: Mutex::new(HashMap::new()),
+            env: config.env,
         })
     }
 
@@ -590,6 +602,7 @@ impl Runtime {
                 Redactor::new(req.secrets.iter().cloned()),
             ),
             memory: req.limits.memory,
+            env: self.env.clone(),
         };
         let state = StepState::new(&setup).map_err(|m| err(ErrorKind::Setup(m)))?;
         let inputs = serde_json::to_string(&req.inputs).expect("JSON values always serialise");

@@ -84,7 +84,7 @@ fn wasi_ctx(setup: &StepSetup, stdio: &StdioCtx) -> Result<WasiCtx, String> {
     // instantiate + call of a trivial step (README, benchmark 1).
     wasi.allow_blocking_current_thread(true);
     stdio.attach(&mut wasi);
-    let env = setup.grants.visible_env();
+    let env = setup.grants.visible_env(&setup.env);
     if !env.is_empty() {
         wasi.envs(&env);
     }

@@ -105,7 +105,7 @@ pub(crate) async fn run(cli: &super::Cli, command: Action, args: &RunArgs) -> an
     let request = PipelineRequest {
         command,
         runtime,
-        templater: Templater::local(),
+        templater: Templater::from_process(),
         grants: Grants::new(args.allow.iter().cloned()),
         limits: Limits {
             memory: args.memory_limit,
@@ -296,7 +296,12 @@ pub(crate) async fn plan(cli: &super::Cli, args: &PlanArgs) -> anyhow::Result<()
     let loaded = open(&args.project)?;
     // Templating only: the store is opened if a step refers to blocks or variables;
     // nothing is loaded or run, so no wasmtime runtime.
-    let plan = pipeline::plan(&loaded, args.section.map(Action::from), &Templater::local()).await;
+    let plan = pipeline::plan(
+        &loaded,
+        args.section.map(Action::from),
+        &Templater::from_process(),
+    )
+    .await;
     print_plan(&plan)?;
     let problems = plan.problems();
     if !problems.is_empty() {

@@ -102,6 +102,38 @@ fn masked(b: &Block) -> Value {
     }
 }
 
+/// A block's data from `--value` (`-`: stdin), `--data` (a JSON object) or `--field`s.
+fn block_data(value: Option<&str>, data: Option<&str>, field: &[String]) -> anyhow::Result<Value> {
+    let mut m = Map::new();
+    if let Some(v) = value {
+        let v = if v == "-" {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("reading the value from stdin")?;
+            s.trim_end_matches(['\n', '\r']).to_string()
+        } else {
+            v.to_string()
+        };
+        m.insert("value".into(), Value::String(v));
+    } else if let Some(d) = data {
+        return match serde_json::from_str::<Value>(d).context("--data is not valid JSON")? {
+            v @ Value::Object(_) => Ok(v),
+            _ => bail!("--data must be a JSON object"),
+        };
+    } else if !field.is_empty() {
+        for f in field {
+            let (k, v) = f
+                .split_once('=')
+                .with_context(|| format!("--field `{f}` is not KEY=VALUE"))?;
+            m.insert(k.to_string(), parse_value(k, v)?);
+        }
+    } else {
+        bail!("give the block's data with --value, --data or --field");
+    }
+    Ok(Value::Object(m))
+}
+
 pub(crate) async fn block(cmd: &BlockCommand) -> anyhow::Result<()> {
     let store = Store::open_default().await?;
     let mut out = std::io::stdout().lock();
@@ -114,36 +146,7 @@ pub(crate) async fn block(cmd: &BlockCommand) -> anyhow::Result<()> {
             field,
             secret,
         } => {
-            let data = if let Some(v) = value {
-                let v = if v == "-" {
-                    let mut s = String::new();
-                    std::io::stdin()
-                        .read_to_string(&mut s)
-                        .context("reading the value from stdin")?;
-                    s.trim_end_matches(['\n', '\r']).to_string()
-                } else {
-                    v.clone()
-                };
-                let mut m = Map::new();
-                m.insert("value".into(), Value::String(v));
-                Value::Object(m)
-            } else if let Some(d) = data {
-                match serde_json::from_str::<Value>(d).context("--data is not valid JSON")? {
-                    v @ Value::Object(_) => v,
-                    _ => bail!("--data must be a JSON object"),
-                }
-            } else if !field.is_empty() {
-                let mut m = Map::new();
-                for f in field {
-                    let (k, v) = f
-                        .split_once('=')
-                        .with_context(|| format!("--field `{f}` is not KEY=VALUE"))?;
-                    m.insert(k.to_string(), parse_value(k, v)?);
-                }
-                Value::Object(m)
-            } else {
-                bail!("give the block's data with --value, --data or --field");
-            };
+            let data = block_data(value.as_deref(), data.as_deref(), field)?;
             let id = store.set_block(slug, name, &data, *secret).await?;
             eprintln!("block {slug}/{name} saved (id {id})");
         }

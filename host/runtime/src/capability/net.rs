@@ -16,7 +16,7 @@
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use hoist_policy::{Capability, Grants, default_port, split_origin};
+use hoist_policy::{Capability, Grants, HostEnv, default_port, split_origin};
 use http_body_util::BodyExt;
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime_wasi_http::{
@@ -48,6 +48,7 @@ impl NetCtx {
                 info: setup.info.clone(),
                 denials: Default::default(),
                 in_flight: Default::default(),
+                env: setup.env.clone(),
             },
         }
     }
@@ -88,6 +89,8 @@ struct NetHooks {
     denials: Arc<Mutex<Vec<String>>>,
     /// Requests of this step in flight (connecting or streaming a body).
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// The host environment (proxy settings).
+    env: HostEnv,
 }
 
 /// Requests one step may have in flight. The storage steps keep 8; each holds a socket
@@ -203,6 +206,7 @@ struct Policy {
     log: StepLog,
     denials: Arc<Mutex<Vec<String>>>,
     info: Arc<StepInfo>,
+    env: HostEnv,
 }
 
 /// Where a request may go: its origin's parts and the addresses checked.
@@ -242,7 +246,7 @@ impl Policy {
         // which resolves it (behind a proxy, DNS often knows internal names only).
         let addrs: Vec<IpAddr> = match tokio::net::lookup_host((host.as_str(), port)).await {
             Ok(a) => a.map(|s| s.ip()).collect(),
-            Err(_) if proxy::proxied(&scheme, &host) => Vec::new(),
+            Err(_) if proxy::proxied(&self.env, &scheme, &host) => Vec::new(),
             Err(_) => return Err(Error::DestinationNotFound),
         };
         if let Some(ip) = addrs.iter().find(|a| special(**a))
@@ -275,6 +279,7 @@ impl WasiHttpHooks for NetHooks {
             log: self.log.clone(),
             denials: self.denials.clone(),
             info: self.info.clone(),
+            env: self.env.clone(),
         };
         let counted = self
             .in_flight
@@ -302,6 +307,7 @@ impl WasiHttpHooks for NetHooks {
                 port: dest.port,
                 host: &dest.host,
                 tls: dest.scheme == "https",
+                env: &policy.env,
             };
             let (res, io) = connect::send(request, options, target).await?;
             // The connection's task holds the count until it ends.

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 
-use hoist_policy::{Capability, Grants};
+use hoist_policy::{Capability, Grants, HostEnv};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use wasmtime::component::{HasData, Linker};
 
@@ -35,6 +35,7 @@ pub struct ProcessCtx {
     grants: Arc<Grants>,
     roots: Arc<[Root]>,
     log: StepLog,
+    env: HostEnv,
 }
 
 impl ProcessCtx {
@@ -45,6 +46,7 @@ impl ProcessCtx {
             grants: setup.grants.clone(),
             roots: setup.roots.clone(),
             log: setup.log.clone(),
+            env: setup.env.clone(),
         }
     }
 
@@ -88,7 +90,7 @@ impl Host for ProcessView<'_> {
             Some(dir) => resolve_dir(self.cwd, dir)?,
             None => self.cwd.to_path_buf(),
         };
-        let host_path = std::env::var_os("PATH");
+        let host_path = self.ctx.env.get("PATH").map(std::ffi::OsString::from);
         let plugin = !self.ctx.info.builtin;
         if plugin {
             self.check_plugin_command(&cmd)?;
@@ -118,7 +120,7 @@ impl Host for ProcessView<'_> {
             .args(&cmd.args)
             .current_dir(&cwd)
             .env_clear()
-            .envs(self.ctx.grants.visible_env())
+            .envs(self.ctx.grants.visible_env(&self.ctx.env))
             .envs(
                 cmd.env
                     .iter()

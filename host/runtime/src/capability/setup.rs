@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use hoist_policy::{Capability, Grants};
+use hoist_policy::{Capability, Grants, HostEnv};
 
 use crate::capability::log::{NullSink, Redactor, StepLog};
 
@@ -63,6 +63,9 @@ pub struct StepSetup {
     pub log: StepLog,
     /// Linear memory cap in bytes.
     pub memory: usize,
+    /// The host environment (the runtime's configuration): what `env:` grants select
+    /// from, the `PATH` programs are found on, proxy settings.
+    pub env: HostEnv,
 }
 
 impl StepSetup {
@@ -83,6 +86,7 @@ impl StepSetup {
             roots: Arc::new([]),
             log: StepLog::new("describe", Arc::new(NullSink), Redactor::default()),
             memory,
+            env: HostEnv::empty(),
         }
     }
 }

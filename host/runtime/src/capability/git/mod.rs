@@ -36,7 +36,7 @@ use std::net::IpAddr;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use hoist_policy::{Capability, Grants, split_origin};
+use hoist_policy::{Capability, Grants, HostEnv, split_origin};
 use wasmtime::component::{HasData, Linker};
 
 use crate::bindings::StepError;
@@ -57,6 +57,7 @@ pub struct GitCtx {
     user_grants: Arc<Grants>,
     roots: Arc<[Root]>,
     log: StepLog,
+    env: HostEnv,
 }
 
 impl GitCtx {
@@ -68,6 +69,7 @@ impl GitCtx {
             user_grants: setup.user_grants.clone(),
             roots: setup.roots.clone(),
             log: setup.log.clone(),
+            env: setup.env.clone(),
         }
     }
 
@@ -532,13 +534,13 @@ impl GitView<'_> {
             Some(r) => r.work.clone(),
             None => self.store()?,
         };
-        let path_var = std::env::var_os("PATH");
+        let path_var = self.ctx.env.get("PATH").map(OsString::from);
         let git = find_program("git", &dir, path_var.as_deref()).ok_or_else(|| {
             refused(StepError::NotFound(
                 "`git` is not installed on this machine (not found on PATH)".into(),
             ))
         })?;
-        let mut cmd = hardened_git(git, &dir, &args, repo);
+        let mut cmd = hardened_git(git, &dir, &args, repo, &self.ctx.env);
         if remotes.is_empty() {
             // Without a checked remote, a partial clone must not fetch on its own.
             cmd.env("GIT_NO_LAZY_FETCH", "1");
@@ -780,6 +782,7 @@ fn hardened_git(
     dir: &Path,
     args: &[OsString],
     repo: Option<&Repo>,
+    env: &HostEnv,
 ) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(git);
     cmd.arg0("git").args(args).current_dir(dir).env_clear();
@@ -799,7 +802,7 @@ fn hardened_git(
         "NO_PROXY",
         "no_proxy",
     ] {
-        if let Some(v) = std::env::var_os(keep) {
+        if let Some(v) = env.get(keep) {
             cmd.env(keep, v);
         }
     }

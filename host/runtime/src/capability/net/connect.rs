@@ -14,6 +14,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
+use hoist_policy::HostEnv;
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -40,6 +41,8 @@ pub struct Target<'a> {
     pub host: &'a str,
     /// Whether to speak TLS.
     pub tls: bool,
+    /// The host environment (proxy settings).
+    pub env: &'a HostEnv,
 }
 
 /// The client TLS configuration: webpki roots + `SSL_CERT_FILE` + `SSL_CERT_DIR`.
@@ -111,7 +114,7 @@ pub async fn send(
     let between_bytes = opt(|o| o.between_bytes_timeout).max(Duration::from_nanos(1));
 
     let scheme = if target.tls { "https" } else { "http" };
-    let proxy = proxy::for_request(scheme, target.host);
+    let proxy = proxy::for_request(target.env, scheme, target.host);
     let stream = connect(&target, proxy.as_ref(), connect_timeout).await?;
     let (mut sender, conn) = tokio::time::timeout(
         connect_timeout,

@@ -6,6 +6,7 @@
 //! environment), never the plugin's: a plugin's `net` grants and the address checks
 //! still apply to the request, and the proxy resolves names the machine cannot.
 
+use hoist_policy::HostEnv;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wasmtime_wasi_http::Error;
@@ -19,28 +20,24 @@ pub struct Proxy {
 }
 
 /// Whether a request to `host` over `scheme` goes through a proxy.
-pub fn proxied(scheme: &str, host: &str) -> bool {
-    for_request(scheme, host).is_some()
+pub fn proxied(env: &HostEnv, scheme: &str, host: &str) -> bool {
+    for_request(env, scheme, host).is_some()
 }
 
 /// The proxy for a request to `host` over `scheme`, if the environment names one and
 /// `NO_PROXY` does not exempt the host.
-pub fn for_request(scheme: &str, host: &str) -> Option<Proxy> {
-    let var = |names: &[&str]| {
-        names
-            .iter()
-            .find_map(|n| std::env::var(n).ok().filter(|v| !v.trim().is_empty()))
-    };
+pub fn for_request(env: &HostEnv, scheme: &str, host: &str) -> Option<Proxy> {
+    let var = |names: &[&str]| env.first_set(names);
     let url = if scheme == "https" {
         var(&["HTTPS_PROXY", "https_proxy"])
     } else {
         // curl ignores upper-case HTTP_PROXY only in CGI settings; Hoist is not one.
         var(&["http_proxy", "HTTP_PROXY"])
     }?;
-    if var(&["NO_PROXY", "no_proxy"]).is_some_and(|list| exempt(&list, host)) {
+    if var(&["NO_PROXY", "no_proxy"]).is_some_and(|list| exempt(list, host)) {
         return None;
     }
-    parse(&url)
+    parse(url)
 }
 
 /// Whether a `NO_PROXY` list exempts `host`: `*`, the name itself, or a domain it is in
