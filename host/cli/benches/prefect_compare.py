@@ -18,7 +18,7 @@ repository against `git clone --depth 1` alone (no Prefect).
 import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 VENV = ROOT / "target" / "prefect-venv"
 
 PREFECT_SCRIPT = r'''
@@ -71,6 +71,7 @@ def main():
         sys.exit(f"{hoist} not found: build it with `cargo build --release`")
     py = ensure_venv()
     work = Path(tempfile.mkdtemp(prefix="hoist-vs-prefect-"))
+    state = Path(tempfile.mkdtemp(prefix="hoist-vs-prefect-state-"))
     (work / "flows").mkdir()
     (work / "prefect.yaml").write_text(
         "pull:\n"
@@ -80,7 +81,8 @@ def main():
     script = work / "prefect_pull.py"
     script.write_text(PREFECT_SCRIPT)
     env = dict(os.environ, PREFECT_API_URL="http://127.0.0.1:9/api", PREFECT_HOME=str(work / ".prefect"),
-               HOIST_HOME=str(work / ".hoist"), HOIST_CACHE_DIR=str(work / ".hoist-cache"))
+               # Hoist's own directories must lie outside every directory a step is given.
+               HOIST_HOME=str(state / "home"), HOIST_CACHE_DIR=str(state / "cache"))
     echo = shutil.which("echo")
     # Warm up both (Hoist compiles its components into the cache on first use).
     timed([str(py), str(script), str(work / "prefect.yaml")], cwd=work, env=env)
@@ -144,6 +146,7 @@ def main():
         raw.append(dt)
     print(f"git_clone of a local 5,000-file repository: `hoist step run git_clone` {m(hs):.1f} ms vs `git clone --depth 1` {m(raw):.1f} ms: {m(hs) / m(raw):.2f}× (target ≤ 1.15×)")
     shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(state, ignore_errors=True)
 
 if __name__ == "__main__":
     main()

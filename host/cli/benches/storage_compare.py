@@ -15,7 +15,7 @@ Prints medians, throughput and the ratio hoist/curl (target: within 1.5×).
 import argparse, os, shutil, statistics, subprocess, sys, tempfile, time, socket
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 AK, SK = "BENCHKEY", "bench-secret-key-0001"
 
 def free_port():
