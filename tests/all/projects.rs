@@ -651,10 +651,41 @@ fn c54_default_and_explicitly_empty_pull() {
 fn plugin_files_in_projects_need_grants() {
     let (_t, dir) = support::tempdir();
     std::fs::copy(support::plugins::PROBE, dir.join("probe.wasm")).unwrap();
-    let steps = "pull:\n  - ./probe.wasm: {action: spawn, program: \"true\"}\n";
-    let (code, _, err) = support::run_project(&dir, steps, &["pull"]);
+    let canary = dir.join("first-step-ran");
+    let steps = format!(
+        "pull:\n  - prefect.deployments.steps.run_shell_script: {{script: \"touch {}\"}}\n  - ./probe.wasm: {{action: spawn, program: \"true\"}}\n",
+        canary.display()
+    );
+    // Refused before the first step runs, with both remedies, and `plan` says the same.
+    let (code, _, err) = support::run_project(&dir, &steps, &["pull"]);
     assert_eq!(code, 1);
-    assert!(err.contains("Encountered error while running ./probe.wasm: needs capability `process:true`, which was not granted; grant it with `--allow process:true`"), "{err}");
+    let refusal = "prefect.yaml:3: pull[1]: `./probe.wasm` (probe) needs capability `process:true`, which was not granted; grant it with `--allow process:true` (a project grants it to this step with `hoist: {grants: {\"./probe.wasm\": [\"process:true\"]}}` in its file)";
+    assert_eq!(err.trim_end(), format!("error: {refusal}"));
+    assert!(!canary.exists(), "a step ran before the refusal");
+    let (code, out, err) = support::run_project(&dir, &steps, &["plan", "pull"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("runs:   plugin file ./probe.wasm — CANNOT RUN: `./probe.wasm` (probe) needs capability `process:true`, which was not granted; grant it with `--allow process:true`"),
+        "{out}"
+    );
+    assert_eq!(
+        err.trim_end(),
+        format!("error: 1 step cannot run:\n{refusal}")
+    );
+    // `plan --allow` plans as `pull --allow` runs.
+    let all = [
+        "plan",
+        "pull",
+        "--allow",
+        "process:true",
+        "--allow",
+        "process:sleep",
+        "--allow",
+        "env:HOIST_PROBE",
+    ];
+    let (code, out, err) = support::run_project(&dir, &steps, &all);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains("CANNOT RUN"), "{out}");
 
     let granted = format!(
         "hoist:\n  grants:\n    ./probe.wasm: [process:true, process:sleep, env:HOIST_PROBE]\n{steps}"
@@ -675,6 +706,31 @@ fn plugin_files_in_projects_need_grants() {
         ),
         "{err}"
     );
+}
+
+/// `hoist.grants` keys name a plugin file however its path is written; `plan` shows each
+/// step's grants and the ones its plugin never uses; a key that names no step is warned
+/// about, with the step it was probably meant for.
+#[test]
+fn grant_keys_are_paths_and_unused_grants_are_reported() {
+    let (_t, dir) = support::tempdir();
+    std::fs::copy(support::plugins::PROBE, dir.join("probe.wasm")).unwrap();
+    let project = "hoist:\n  grants:\n    probe.wasm: [process:true, process:sleep]\n    ././probe.wasm: [env:HOIST_PROBE, env:NOT_DECLARED]\n    ./prob.wasm: [process:true]\npull:\n  - ./probe.wasm: {action: spawn, program: \"true\"}\n";
+    let warning = "warning: prefect.yaml: `hoist.grants` names `./prob.wasm`, which is no step of this project; its grants are not used (did you mean `./probe.wasm`?)";
+
+    let (code, out, err) = support::run_project(&dir, project, &["plan", "pull"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(err.trim_end(), warning);
+    assert!(
+        out.contains("      grants: process:true, process:sleep, env:HOIST_PROBE, env:NOT_DECLARED (not declared by the plugin, so never used: env:NOT_DECLARED)\n"),
+        "{out}"
+    );
+    assert!(out.contains("runs:   plugin file ./probe.wasm\n"), "{out}");
+
+    let (code, out, err) = support::run_project(&dir, project, &["pull"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.starts_with(warning), "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["exit_code"], 0);
 }
 
 /// The 2.x layout: `prefect.yaml` with the sections, `deployment.yaml` with the
@@ -714,7 +770,10 @@ fn json_output_carries_the_kind_of_a_step_failure() {
     let (_t, dir) = support::tempdir();
     std::fs::copy(support::plugins::PROBE, dir.join("probe.wasm")).unwrap();
     let cases = [
-        ("pull:\n  - ./probe.wasm: {action: spin}\n", "not-granted"),
+        (
+            "hoist: {grants: {./probe.wasm: [process:true, process:sleep, env:HOIST_PROBE]}}\npull:\n  - ./probe.wasm: {action: panic, message: boom}\n",
+            "panicked",
+        ),
         (
             "pull:\n  - prefect.deployments.steps.run_shell_script: {script: \"{{ prefect.blocks.secret.nope }}\"}\n",
             "template",

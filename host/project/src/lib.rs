@@ -141,12 +141,56 @@ pub struct Project {
     pub pull: Section,
     /// `deployments` (from `deployment.yaml` in the 2.x layout).
     pub deployments: Vec<Deployment>,
-    /// Capabilities granted to plugins by step name, from the Hoist-only top-level key
-    /// `hoist: {grants: {<step name>: [<capability>, ...]}}` (Prefect ignores it).
+    /// Capabilities granted to plugins by step name ([`grant_key`]), from the Hoist-only
+    /// top-level key `hoist: {grants: {<step name>: [<capability>, ...]}}` (Prefect
+    /// ignores it). Look a step up with [`Project::grants_for`].
     pub grants: std::collections::BTreeMap<String, Vec<hoist_policy::Capability>>,
 }
 
+/// The key a step's grants are filed under in `hoist.grants`: the step's name, with a
+/// plugin path written one way (`plugins/greet.wasm`, `./plugins/./greet.wasm` and
+/// `./plugins/greet.wasm` are one file, `./plugins/greet.wasm`).
+pub fn grant_key(name: &str) -> String {
+    if !(name.ends_with(".wasm") || name.contains('/')) {
+        return name.to_string();
+    }
+    let parts: Vec<&str> = name
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    let root = if name.starts_with('/') { "/" } else { "./" };
+    format!("{root}{}", parts.join("/"))
+}
+
 impl Project {
+    /// The capabilities `hoist.grants` gives the step named `step` (its key compared as
+    /// [`grant_key`] writes it).
+    pub fn grants_for(&self, step: &str) -> &[hoist_policy::Capability] {
+        self.grants
+            .get(&grant_key(step))
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
+    /// The keys of `hoist.grants` that name no step of the project (top-level sections
+    /// or any deployment's): a typo, or a step since renamed.
+    pub fn unused_grants(&self) -> Vec<&str> {
+        let sections = [&self.build, &self.push, &self.pull].into_iter().chain(
+            self.deployments
+                .iter()
+                .flat_map(|d| [&d.build, &d.push, &d.pull]),
+        );
+        let used: std::collections::BTreeSet<String> = sections
+            .flat_map(Section::steps)
+            .map(|s| grant_key(&s.name))
+            .collect();
+        self.grants
+            .keys()
+            .filter(|k| !used.contains(*k))
+            .map(String::as_str)
+            .collect()
+    }
+
     /// The top-level section.
     pub fn section(&self, action: Action) -> &Section {
         match action {

@@ -192,7 +192,9 @@ fn grants(
                 shape(path, line, format!("`hoist.grants.{step}`: {e}"))
             })?);
         }
-        out.insert(step, parsed);
+        out.entry(crate::grant_key(&step))
+            .or_insert_with(Vec::new)
+            .extend(parsed);
     }
     Ok(out)
 }

@@ -334,6 +334,12 @@ pub struct PlannedStep {
     pub inputs: Value,
     /// Why templating will fail, if it will.
     pub will_fail: Option<String>,
+    /// Why its plugin will be refused before any step runs (it cannot be loaded, or it
+    /// declares a capability that is not granted), once [`check_plugins`] has looked.
+    pub refused: Option<String>,
+    /// Capabilities the project file grants it that its plugin does not declare (so
+    /// never used), once [`check_plugins`] has looked.
+    pub undeclared: Vec<Capability>,
 }
 
 impl Plan {
@@ -344,11 +350,61 @@ impl Plan {
             if let Err(e) = &step.target {
                 out.push(format!("{}: {e}", step.location));
             }
+            if let Some(e) = &step.refused {
+                out.push(format!("{}: {e}", step.location));
+            }
             if let Some(e) = &step.will_fail {
                 out.push(format!("{}: {e}", step.location));
             }
         }
         out
+    }
+
+    /// Whether a step runs a plugin that is not built in (a plugin file or an installed
+    /// plugin): only those can be refused for want of a grant.
+    pub fn has_plugins(&self) -> bool {
+        self.sections
+            .iter()
+            .flat_map(|s| &s.steps)
+            .any(|s| matches!(s.target, Ok(Target::File(_) | Target::Installed(_))))
+    }
+}
+
+/// Load the plugin of every planned step that is not built in and note on the step why
+/// it will be refused before anything runs: it cannot be loaded, or it declares a
+/// capability that `grants` and the project file's grants for the step do not give
+/// (built-in steps are granted what they declare). The checks [`Runner::prepare`] makes
+/// before a section runs; they need a runtime, so [`plan`] leaves them to callers that
+/// have one.
+pub async fn check_plugins(plan: &mut Plan, runtime: &Runtime, grants: &Grants) {
+    for step in plan.sections.iter_mut().flat_map(|s| &mut s.steps) {
+        let Ok(target @ (Target::File(_) | Target::Installed(_))) = &step.target else {
+            continue;
+        };
+        let mut granted = grants.clone();
+        for c in &step.grants {
+            granted.add(c.clone());
+        }
+        let plugin = match resolve::load(runtime, target).await {
+            Ok(p) => p,
+            Err(e) => {
+                step.refused = Some(e.to_string());
+                continue;
+            }
+        };
+        step.refused = plugin
+            .ungranted(&granted)
+            .map(|cap| runner::not_granted(&step.name, &plugin, &cap));
+        let declared = &plugin.description.capabilities;
+        step.undeclared = step
+            .grants
+            .iter()
+            .filter(|g| {
+                let one = Grants::new([(*g).clone()]);
+                !declared.iter().any(|d| one.allows(d))
+            })
+            .cloned()
+            .collect();
     }
 }
 
@@ -422,14 +478,11 @@ async fn plan_step<V: Values>(
         id: step.id.clone(),
         requires: step.requires.clone(),
         target,
-        grants: loaded
-            .project
-            .grants
-            .get(&step.name)
-            .cloned()
-            .unwrap_or_default(),
+        grants: loaded.project.grants_for(&step.name).to_vec(),
         inputs: redact_value(&shown, &templater.redactor()),
         will_fail,
+        refused: None,
+        undeclared: Vec::new(),
     }
 }
 

@@ -206,7 +206,7 @@ pub fn resolve(name: &str, project_dir: &Path, installed: &Path) -> Result<Targe
         });
     }
     if name.ends_with(".wasm") || name.contains('/') {
-        let path = project_dir.join(name);
+        let path = clean_join(project_dir, name);
         return if path.is_file() {
             Ok(Target::File(path))
         } else {
@@ -221,6 +221,22 @@ pub fn resolve(name: &str, project_dir: &Path, installed: &Path) -> Result<Targe
         name: name.into(),
         closest: closest(name, &installed_names(installed)),
     })
+}
+
+/// `dir/name` without `.` components (`./` + `./greet.wasm` is `./greet.wasm`, not
+/// `././greet.wasm`); a relative result keeps one leading `./` to show it is a path.
+fn clean_join(dir: &Path, name: &str) -> PathBuf {
+    use std::path::Component;
+    let joined: PathBuf = dir
+        .join(name)
+        .components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect();
+    if joined.is_relative() {
+        Path::new(".").join(joined)
+    } else {
+        joined
+    }
 }
 
 /// Load the plugin a name resolved to: a built-in from `hoist-builtins`, or a component
@@ -321,6 +337,15 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plugin_paths_are_shown_clean() {
+        let p = |dir: &str, name: &str| clean_join(Path::new(dir), name).display().to_string();
+        assert_eq!(p(".", "./plugins/greet.wasm"), "./plugins/greet.wasm");
+        assert_eq!(p("", "greet.wasm"), "./greet.wasm");
+        assert_eq!(p("/proj/./x", "./a/./b.wasm"), "/proj/x/a/b.wasm");
+        assert_eq!(p("/proj", "../b.wasm"), "/proj/../b.wasm");
+    }
 
     #[test]
     fn prefect_names_map_to_builtins_or_say_not_yet() {

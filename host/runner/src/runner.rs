@@ -24,7 +24,7 @@ pub use hoist_policy::secrets::{
 use hoist_project::template::Values;
 use hoist_project::{Action, Deployment, StepEntry};
 use hoist_runtime::capability::log::{LogSink, sanitize};
-use hoist_runtime::{Grants, Limits, Plugin, Runtime, StepRequest, StepRunError};
+use hoist_runtime::{Capability, Grants, Limits, Plugin, Runtime, StepRequest, StepRunError};
 use hoist_store::{Store, StoreError};
 
 /// Progress of a section, for people (text) or machines (JSON lines).
@@ -120,7 +120,8 @@ pub struct Runner<V = LocalStore> {
     pub installed_dir: PathBuf,
     /// Grants for plugins that are not built in (all of them; from the command line).
     pub grants: Grants,
-    /// Grants by step name, from the project file's `hoist.grants`.
+    /// Grants by step name ([`hoist_project::grant_key`]), from the project file's
+    /// `hoist.grants`.
     pub project_grants: std::collections::BTreeMap<String, Vec<hoist_runtime::Capability>>,
     /// Limits per step.
     pub limits: Limits,
@@ -145,6 +146,17 @@ pub fn location(file: &Path, step: &StepEntry) -> String {
         Some(l) => format!("{}:{l}: {}", file.display(), step.position),
         None => format!("{}: {}", file.display(), step.position),
     }
+}
+
+/// Why `step`'s plugin cannot run: it declares `cap`, which `grants` (the caller's and
+/// the project file's for this step) do not give. Says where a project grants it; a
+/// command line adds its own flag.
+pub fn not_granted(step: &str, plugin: &Plugin, cap: &Capability) -> String {
+    format!(
+        "`{step}` ({}) needs capability `{cap}`, which was not granted (a project grants it \
+         to this step with `hoist: {{grants: {{\"{step}\": [\"{cap}\"]}}}}` in its file)",
+        plugin.description.name
+    )
 }
 
 impl<V> std::ops::Deref for Runner<V> {
@@ -195,14 +207,19 @@ impl<V: Values> Runner<V> {
     /// The grants of a step's plugin: the command line's plus the project file's for it.
     fn grants_for(&self, step: &StepEntry) -> Grants {
         let mut g = self.grants.clone();
-        for c in self.project_grants.get(&step.name).into_iter().flatten() {
+        for c in self
+            .project_grants
+            .get(&hoist_project::grant_key(&step.name))
+            .into_iter()
+            .flatten()
+        {
             g.add(c.clone());
         }
         g
     }
 
-    /// Resolve every step to a plugin and load it. Fails, naming every bad step, before
-    /// anything runs.
+    /// Resolve every step to a plugin, load it and check that it is granted what it
+    /// declares. Fails, naming every bad step, before anything runs.
     pub async fn prepare(
         &self,
         steps: &[StepEntry],
@@ -233,6 +250,13 @@ impl<V: Values> Runner<V> {
             };
             match plan::load(&self.runtime, &target).await {
                 Ok(plugin) => {
+                    if let Some(cap) = plugin.ungranted(&self.grants_for(step)) {
+                        problems.push(StepProblem {
+                            location: loc,
+                            problem: not_granted(&step.name, &plugin, &cap),
+                        });
+                        continue;
+                    }
                     self.prepared
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())

@@ -153,6 +153,23 @@ pub struct Plugin {
     pub origin: String,
 }
 
+impl Plugin {
+    /// The first capability this plugin declares that `grants` does not give (compared
+    /// canonical, as [`Runtime::run`] does); `None` for a built-in step, which is
+    /// granted what it declares. Lets a caller refuse a run before any step starts.
+    pub fn ungranted(&self, grants: &Grants) -> Option<Capability> {
+        if self.builtin {
+            return None;
+        }
+        let user = Grants::new(grants.iter().map(policy::canonical));
+        self.description
+            .capabilities
+            .iter()
+            .map(policy::canonical)
+            .find(|c| !user.allows(c))
+    }
+}
+
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Plugin")
@@ -663,14 +680,12 @@ fn check_grants(plugin: &Plugin, req: &StepRequest) -> Result<(Grants, Arc<Grant
         .iter()
         .map(policy::canonical)
         .collect();
-    let user = Grants::new(req.grants.iter().map(policy::canonical));
-    if !plugin.builtin
-        && let Some(missing) = declared.iter().find(|c| !user.allows(c))
-    {
+    if let Some(missing) = plugin.ungranted(&req.grants) {
         return Err(ErrorKind::NotGranted {
             capability: missing.to_string(),
         });
     }
+    let user = Grants::new(req.grants.iter().map(policy::canonical));
     Ok((user, Arc::new(Grants::new(declared))))
 }
 

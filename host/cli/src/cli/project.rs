@@ -63,6 +63,10 @@ pub(crate) struct PlanArgs {
     section: Option<SectionArg>,
     #[command(flatten)]
     project: ProjectArgs,
+    /// Plan as if this capability were granted to installed and file plugins, as
+    /// `--allow` does for build/push/pull (repeatable).
+    #[arg(short, long = "allow", value_name = "CAPABILITY")]
+    allow: Vec<Capability>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -82,8 +86,40 @@ impl From<SectionArg> for Action {
     }
 }
 
+/// Load the project, warning (on stderr) about `hoist.grants` keys that name no step.
 fn open(args: &ProjectArgs) -> Result<Loaded, PipelineError> {
-    Loaded::open(&args.file, args.deployment.as_deref())
+    let loaded = Loaded::open(&args.file, args.deployment.as_deref())?;
+    let project = &loaded.project;
+    let unused = project.unused_grants();
+    if !unused.is_empty() {
+        let names: Vec<String> = [&project.build, &project.push, &project.pull]
+            .into_iter()
+            .chain(
+                project
+                    .deployments
+                    .iter()
+                    .flat_map(|d| [&d.build, &d.push, &d.pull]),
+            )
+            .flat_map(|s| s.steps())
+            .map(|s| crate::project::grant_key(&s.name))
+            .collect();
+        for key in unused {
+            let near = names
+                .iter()
+                .map(|n| (crate::plan::edit_distance(key, n), n))
+                .min()
+                .filter(|(d, _)| *d <= (key.len() / 3).max(2));
+            let hint = match near {
+                Some((_, n)) => format!(" (did you mean `{n}`?)"),
+                None => String::new(),
+            };
+            eprintln!(
+                "warning: {}: `hoist.grants` names `{key}`, which is no step of this project; its grants are not used{hint}",
+                loaded.file.display()
+            );
+        }
+    }
+    Ok(loaded)
 }
 
 pub(crate) async fn run(cli: &super::Cli, command: Action, args: &RunArgs) -> anyhow::Result<()> {
@@ -292,16 +328,21 @@ impl Reporter for JsonReporter {
 }
 
 pub(crate) async fn plan(cli: &super::Cli, args: &PlanArgs) -> anyhow::Result<()> {
-    let _ = cli;
     let loaded = open(&args.project)?;
-    // Templating only: the store is opened if a step refers to blocks or variables;
-    // nothing is loaded or run, so no wasmtime runtime.
-    let plan = pipeline::plan(
+    // Templating needs no runtime (the store is opened if a step refers to blocks or
+    // variables). Plugins that are not built in are loaded and described, to refuse
+    // here what build/push/pull would refuse before their first step.
+    let mut plan = pipeline::plan(
         &loaded,
         args.section.map(Action::from),
         &Templater::from_process(),
     )
     .await;
+    if plan.has_plugins() {
+        let runtime = Runtime::new(cli.runtime_config())?;
+        let grants = Grants::new(args.allow.iter().cloned());
+        pipeline::check_plugins(&mut plan, &runtime, &grants).await;
+    }
     print_plan(&plan)?;
     let problems = plan.problems();
     if !problems.is_empty() {
@@ -350,9 +391,10 @@ fn print_plan(plan: &Plan) -> std::io::Result<()> {
 }
 
 fn print_planned_step(out: &mut impl Write, step: &PlannedStep) -> std::io::Result<()> {
-    let runs = match &step.target {
-        Ok(t) => t.describe(),
-        Err(e) => format!("CANNOT RUN: {e}"),
+    let runs = match (&step.target, &step.refused) {
+        (Ok(t), None) => t.describe(),
+        (Ok(t), Some(e)) => format!("{} — CANNOT RUN: {}", t.describe(), super::hints(e)),
+        (Err(e), _) => format!("CANNOT RUN: {e}"),
     };
     let line = step
         .line
@@ -369,6 +411,23 @@ fn print_planned_step(out: &mut impl Write, step: &PlannedStep) -> std::io::Resu
             "      requires: {} (not installed by Hoist: steps are plugins)",
             step.requires.join(", ")
         )?;
+    }
+    if !step.grants.is_empty() {
+        let list = |caps: &[Capability]| {
+            caps.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let unused = if step.undeclared.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (not declared by the plugin, so never used: {})",
+                list(&step.undeclared)
+            )
+        };
+        writeln!(out, "      grants: {}{unused}", list(&step.grants))?;
     }
     if let Some(e) = &step.will_fail {
         writeln!(out, "      will fail: {e}")?;
