@@ -729,6 +729,48 @@ pub mod __private {
         }
     }
 
+    /// serde's message about the inputs, in the words of the project file the user wrote:
+    /// no position in the JSON the host made of it, `expected a string, got a list`
+    /// rather than `invalid type: sequence, expected a string`, fields called inputs.
+    pub fn input_error(path: &str, message: &str) -> String {
+        // serde_json ends its messages with " at line L column C" (of our JSON).
+        let message = match message.rfind(" at line ") {
+            Some(i)
+                if message[i + 9..]
+                    .split(" column ")
+                    .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) =>
+            {
+                &message[..i]
+            }
+            _ => message,
+        };
+        let what = |got: &str| match got {
+            "sequence" => "a list".to_string(),
+            "map" => "a mapping".to_string(),
+            "unit value" | "null" => "null".to_string(),
+            other => other.to_string(),
+        };
+        let message = if let Some(rest) = message.strip_prefix("invalid type: ")
+            && let Some((got, want)) = rest.split_once(", expected ")
+        {
+            format!("expected {want}, got {}", what(got))
+        } else if let Some(rest) = message.strip_prefix("missing field ") {
+            format!("missing input {rest}")
+        } else if let Some(rest) = message.strip_prefix("unknown field ") {
+            match rest.split_once(", expected ") {
+                Some((name, known)) => format!("unknown input {name} (it takes {known})"),
+                None => format!("unknown input {rest}"),
+            }
+        } else {
+            message.to_string()
+        };
+        if path == "." {
+            message
+        } else {
+            format!("input `{path}`: {message}")
+        }
+    }
+
     pub fn run<I, O, F>(f: F, inputs: String) -> Result<String, wit::StepError>
     where
         I: DeserializeOwned,
@@ -740,12 +782,7 @@ pub mod __private {
         let de = &mut serde_json::Deserializer::from_str(&inputs);
         let inputs: I = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            let inner = e.into_inner();
-            if path == "." {
-                wit::StepError::InvalidInput(inner.to_string())
-            } else {
-                wit::StepError::InvalidInput(format!("input `{path}`: {inner}"))
-            }
+            wit::StepError::InvalidInput(input_error(&path, &e.into_inner().to_string()))
         })?;
         let outputs = f(inputs).map_err(|e| e.0)?;
         serde_json::to_string(&outputs).map_err(|e| {
@@ -789,4 +826,44 @@ macro_rules! step {
 
         $crate::bindings::__export_step_world!(__HoistStep with_types_in $crate::bindings);
     };
+}
+
+#[cfg(test)]
+mod input_error_tests {
+    use super::__private::input_error;
+
+    #[test]
+    fn input_errors_speak_of_the_project_file() {
+        assert_eq!(
+            input_error(
+                "script",
+                "invalid type: sequence, expected a string at line 1 column 10"
+            ),
+            "input `script`: expected a string, got a list"
+        );
+        assert_eq!(
+            input_error(
+                "env.N",
+                "invalid type: integer `3`, expected a string at line 1 column 28"
+            ),
+            "input `env.N`: expected a string, got integer `3`"
+        );
+        assert_eq!(
+            input_error(".", "missing field `directory` at line 1 column 2"),
+            "missing input `directory`"
+        );
+        assert_eq!(
+            input_error(
+                ".",
+                "unknown field `nmae`, expected `name` at line 1 column 7"
+            ),
+            "unknown input `nmae` (it takes `name`)"
+        );
+        assert_eq!(
+            input_error("credentials", "missing field `token`"),
+            "input `credentials`: missing input `token`"
+        );
+        // A message that merely mentions a line is left whole.
+        assert_eq!(input_error(".", "bad at line five"), "bad at line five");
+    }
 }

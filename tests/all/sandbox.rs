@@ -267,7 +267,7 @@ async fn invalid_inputs_name_the_field() {
     assert!(matches!(err.kind, ErrorKind::InvalidInput(_)), "{err:?}");
     assert!(
         err.to_string()
-            .contains("has invalid input: input `directory`: invalid type: sequence"),
+            .contains("has invalid input: input `directory`: expected a string, got a list"),
         "{err}"
     );
 }

@@ -350,7 +350,7 @@ fn an_unresolved_lone_placeholder_is_explained_when_its_key_is_missed() {
         &["pull"],
     );
     assert_ne!(code, 0);
-    assert!(err.contains("missing field `bucket`"), "{err}");
+    assert!(err.contains("missing input `bucket`"), "{err}");
     assert!(
         err.contains("`bucket: {{ push_code.bucket }}` did not resolve, so the key was left out"),
         "{err}"
