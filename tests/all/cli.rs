@@ -283,3 +283,55 @@ fn demo_runs_the_embedded_example_project() {
         "{out}"
     );
 }
+
+/// Usage mistakes: a malformed KEY=VALUE is a usage error (exit 2, as the README says),
+/// a misspelt step name gets a suggestion, and a missing project file is explained
+/// without telling a user who passed `--file` to pass `--file`.
+#[test]
+fn usage_mistakes_are_explained() {
+    let (_t, dir) = support::tempdir();
+    let (code, _, err) = run(hoist(&dir).current_dir(&dir).args([
+        "step",
+        "run",
+        "run_shell_script",
+        "-i",
+        "noequals",
+    ]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.starts_with("error: invalid value 'noequals' for '--input <KEY=VALUE>': expected KEY=VALUE (no `=` in it)\n"),
+        "{err}"
+    );
+    let (code, _, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .args(["block", "set", "x", "y", "--field", "=v"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("the KEY before `=` is empty"), "{err}");
+
+    let (code, _, err) = run(hoist(&dir).current_dir(&dir).args([
+        "step",
+        "run",
+        "prefect.deployments.steps.git_clon",
+    ]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("did you mean `prefect.deployments.steps.git_clone`"),
+        "{err}"
+    );
+
+    let here = dir.display();
+    let (code, _, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .args(["plan", "-f", "missing.yaml"]));
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.trim_end(),
+        format!("error: missing.yaml: no such project file (looked in {here})")
+    );
+    let (code, _, err) = run(hoist(&dir).current_dir(&dir).args(["plan"]));
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.trim_end(),
+        format!("error: prefect.yaml: no such project file (looked in {here}); pass --file PATH")
+    );
+}

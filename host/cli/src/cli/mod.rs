@@ -165,7 +165,8 @@ pub(crate) fn hints(message: &str) -> String {
         "grant it by name to allow it: `",
         "grant it by name to allow it: `--allow ",
     );
-    if message.contains(": no such project file (looked in ") {
+    // Only where the default file was looked for: after `--file X`, the flag is known.
+    if message.starts_with("prefect.yaml: no such project file (looked in ") {
         out.push_str("; pass --file PATH");
     } else if message.contains("did not finish within") {
         out.push_str(" (raise the limit with --timeout)");

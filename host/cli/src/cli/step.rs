@@ -34,7 +34,7 @@ pub(crate) struct RunArgs {
     step: String,
     /// An input as KEY=VALUE; VALUE is read as YAML, so `true`, `3`, `null`, `[a, b]`
     /// and `{k: v}` keep their types, as they would in prefect.yaml. Repeatable.
-    #[arg(short, long = "input", value_name = "KEY=VALUE")]
+    #[arg(short, long = "input", value_name = "KEY=VALUE", value_parser = key_value)]
     inputs: Vec<String>,
     /// All inputs as one JSON object; --input values are applied on top.
     #[arg(long, value_name = "JSON")]
@@ -177,6 +177,15 @@ async fn list(runtime: &Runtime) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// A `KEY=VALUE` argument, checked by clap so a malformed one is a usage error (exit 2).
+pub(crate) fn key_value(arg: &str) -> Result<String, String> {
+    match arg.split_once('=') {
+        Some((key, _)) if !key.is_empty() => Ok(arg.to_string()),
+        Some(_) => Err("the KEY before `=` is empty".into()),
+        None => Err("expected KEY=VALUE (no `=` in it)".into()),
+    }
 }
 
 fn parse_inputs(json: Option<&str>, pairs: &[String]) -> anyhow::Result<Value> {

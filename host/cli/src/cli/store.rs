@@ -40,7 +40,7 @@ pub(crate) enum BlockCommand {
         #[arg(long, value_name = "JSON", conflicts_with = "field")]
         data: Option<String>,
         /// One field as KEY=VALUE (repeatable).
-        #[arg(long, value_name = "KEY=VALUE")]
+        #[arg(long, value_name = "KEY=VALUE", value_parser = super::step::key_value)]
         field: Vec<String>,
         /// Treat every value of this block as a secret (always so for type `secret`).
         #[arg(long)]
