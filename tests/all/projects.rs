@@ -733,6 +733,39 @@ fn grant_keys_are_paths_and_unused_grants_are_reported() {
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["exit_code"], 0);
 }
 
+/// Placeholders that resolve to nothing keep Prefect's behaviour (empty) but are warned
+/// about, in `plan` and in the run's log, with the step id that was probably meant.
+#[test]
+fn template_misses_are_warned_about() {
+    let (_t, dir) = support::tempdir();
+    let project = "pull:\n  - prefect.deployments.steps.run_shell_script:\n      id: first\n      script: echo one\n  - prefect.deployments.steps.run_shell_script:\n      script: \"echo [{{ frist.stdout }}] [{{ $HOIST_UNSET_X }}] [{{ first.stdout }}]\"\n";
+    let id = "`{{ frist.stdout }}`: no step output `frist` (did you mean `first`?), so it resolves to nothing (as in Prefect)";
+    let env = "`{{ $HOIST_UNSET_X }}`: environment variable `HOIST_UNSET_X` is not set, so it resolves to nothing (as in Prefect)";
+    let (code, out, err) = support::run_project(&dir, project, &["plan", "pull"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("      warning: {id}\n      warning: {env}\n")),
+        "{out}"
+    );
+    assert_eq!(out.matches("warning:").count(), 2, "{out}");
+
+    let (code, out, err) = support::run_project(&dir, project, &["pull"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["stdout"],
+        "[] [] [one]"
+    );
+    assert!(
+        err.contains(&format!("  run_shell_script | warning: {id}\n")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("  run_shell_script | warning: {env}\n")),
+        "{err}"
+    );
+    assert_eq!(err.matches("warning:").count(), 2, "{err}");
+}
+
 /// The 2.x layout: `prefect.yaml` with the sections, `deployment.yaml` with the
 /// deployments (a list, or one mapping), per-deployment sections honoured.
 #[test]

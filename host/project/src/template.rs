@@ -798,6 +798,75 @@ pub struct Context {
     pub variables: BTreeMap<String, Value>,
 }
 
+/// A placeholder that will resolve to nothing. Prefect then leaves the text empty (or
+/// drops a key whose whole value it was), and so does Hoist, but the user is told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Miss {
+    /// `{{ $NAME }}` with `NAME` not set.
+    Env {
+        /// The placeholder as written.
+        placeholder: String,
+        /// The variable's name.
+        name: String,
+    },
+    /// `{{ id.key }}` or `{{ key }}` that no step output gives.
+    Output {
+        /// The placeholder as written.
+        placeholder: String,
+        /// Its first part: the step id (or top-level output key) it names.
+        head: String,
+    },
+}
+
+/// The placeholders of `inputs` (the text the user wrote) that will resolve to nothing,
+/// each once. With `outputs` (a run: the outputs so far) every step-output placeholder
+/// is looked up; without (a plan, before anything ran) only dotted ones can be checked:
+/// their first part must be one of `earlier_ids`. Blocks and variables are not checked
+/// here (a missing block is an error of its own).
+pub fn misses(
+    inputs: &Value,
+    outputs: Option<&Value>,
+    earlier_ids: &[String],
+    env: &Env,
+) -> Vec<Miss> {
+    fn strings<'v>(v: &'v Value, out: &mut Vec<&'v str>) {
+        match v {
+            Value::String(s) => out.push(s),
+            Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
+            Value::Object(m) => m.values().for_each(|x| strings(x, out)),
+            _ => {}
+        }
+    }
+    let mut texts = Vec::new();
+    strings(inputs, &mut texts);
+    let mut found: Vec<Miss> = Vec::new();
+    for p in texts.into_iter().flat_map(placeholders) {
+        let head = p.name.split(['.', '[']).next().unwrap_or(p.name);
+        let miss = match p.kind {
+            Kind::Env if !env.contains_key(&p.name[1..]) => Miss::Env {
+                placeholder: p.full.to_string(),
+                name: p.name[1..].to_string(),
+            },
+            Kind::Standard
+                if match outputs {
+                    Some(o) => lookup(o, p.name).is_none(),
+                    None => head != p.name && !earlier_ids.iter().any(|id| id == head),
+                } =>
+            {
+                Miss::Output {
+                    placeholder: p.full.to_string(),
+                    head: head.to_string(),
+                }
+            }
+            _ => continue,
+        };
+        if !found.contains(&miss) {
+            found.push(miss);
+        }
+    }
+    found
+}
+
 /// Resolve one step's inputs in the order of §3.9 (see [`resolve_step`]).
 pub fn resolve_step_inputs(inputs: &Value, cx: &Context) -> Result<Value, TemplateError> {
     resolve_step(inputs, &cx.outputs, &cx.env, &cx.blocks, &cx.variables)
@@ -867,6 +936,38 @@ pub fn step_sources(inputs: &Value, env: &Env) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn misses_are_the_placeholders_that_resolve_to_nothing() {
+        let env: Env = [("HOME".to_string(), "/root".to_string())].into();
+        let inputs = serde_json::json!({
+            "a": "{{ frist.stdout }} {{ first.stdout }} {{ $HOME }} {{ $NOPE }}",
+            "b": ["{{ stdout }}", "{{ frist.stdout }}", "{{ prefect.variables.x }}"],
+        });
+        let miss = |head: &str, p: &str| Miss::Output {
+            placeholder: p.into(),
+            head: head.into(),
+        };
+        let nope = Miss::Env {
+            placeholder: "{{ $NOPE }}".into(),
+            name: "NOPE".into(),
+        };
+        // A plan: only dotted names, checked against earlier ids.
+        assert_eq!(
+            misses(&inputs, None, &["first".into()], &env),
+            [miss("frist", "{{ frist.stdout }}"), nope.clone()]
+        );
+        // A run: every output placeholder looked up.
+        let outputs = serde_json::json!({"first": {"stdout": "x"}});
+        assert_eq!(
+            misses(&inputs, Some(&outputs), &[], &env),
+            [
+                miss("frist", "{{ frist.stdout }}"),
+                nope,
+                miss("stdout", "{{ stdout }}")
+            ]
+        );
+    }
     use serde_json::json;
 
     #[test]

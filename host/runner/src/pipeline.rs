@@ -340,6 +340,9 @@ pub struct PlannedStep {
     /// Capabilities the project file grants it that its plugin does not declare (so
     /// never used), once [`check_plugins`] has looked.
     pub undeclared: Vec<Capability>,
+    /// Placeholders that will resolve to nothing (a step id that no earlier step has, an
+    /// unset environment variable): they become empty, as in Prefect.
+    pub warnings: Vec<String>,
 }
 
 impl Plan {
@@ -427,12 +430,25 @@ pub async fn plan<V: Values>(
         None => vec![Action::Build, Action::Push, Action::Pull],
     };
     let mut sections = Vec::new();
+    // Step ids seen so far (outputs flow from build to push; a plan cannot know more).
+    let mut ids: Vec<String> = Vec::new();
     for action in actions {
         let mut steps = Vec::new();
         for step in loaded.steps(action) {
             let target =
                 resolve::resolve(&step.name, &project_dir, &installed).map_err(|e| e.to_string());
-            steps.push(plan_step(loaded, step, target, templater).await);
+            let mut planned = plan_step(loaded, step, target, templater).await;
+            planned.warnings = template::misses(
+                &Value::Object(step.inputs.clone()),
+                None,
+                &ids,
+                &templater.env,
+            )
+            .iter()
+            .map(|m| runner::describe_miss(m, &ids))
+            .collect();
+            steps.push(planned);
+            ids.extend(step.id.clone());
         }
         sections.push(PlanSection { action, steps });
     }
@@ -483,6 +499,7 @@ async fn plan_step<V: Values>(
         will_fail,
         refused: None,
         undeclared: Vec::new(),
+        warnings: Vec::new(),
     }
 }
 

@@ -21,9 +21,10 @@ use crate::templater::{LocalStore, Templater};
 pub use hoist_policy::secrets::{
     keyed_secrets, redact_value, secret_env_name, secret_input_key, secret_strings,
 };
-use hoist_project::template::Values;
+use hoist_project::template::{Miss, Values};
 use hoist_project::{Action, Deployment, StepEntry};
-use hoist_runtime::capability::log::{LogSink, sanitize};
+use hoist_runtime::bindings::Level;
+use hoist_runtime::capability::log::{LogSink, Source, StepLog, sanitize};
 use hoist_runtime::{Capability, Grants, Limits, Plugin, Runtime, StepRequest, StepRunError};
 use hoist_store::{Store, StoreError};
 
@@ -145,6 +146,28 @@ pub fn location(file: &Path, step: &StepEntry) -> String {
     match step.line {
         Some(l) => format!("{}:{l}: {}", file.display(), step.position),
         None => format!("{}: {}", file.display(), step.position),
+    }
+}
+
+/// A placeholder that resolves to nothing, for people: which, why, the closest of
+/// `candidates` (step ids or output keys) if one is close, and what happens.
+pub fn describe_miss(miss: &Miss, candidates: &[String]) -> String {
+    match miss {
+        Miss::Env { placeholder, name } => format!(
+            "`{placeholder}`: environment variable `{name}` is not set, so it resolves to nothing (as in Prefect)"
+        ),
+        Miss::Output { placeholder, head } => {
+            let near = candidates
+                .iter()
+                .map(|c| (plan::edit_distance(head, c), c))
+                .filter(|(d, _)| *d > 0 && *d <= (head.len() / 3).max(2))
+                .min()
+                .map(|(_, c)| format!(" (did you mean `{c}`?)"))
+                .unwrap_or_default();
+            format!(
+                "`{placeholder}`: no step output `{head}`{near}, so it resolves to nothing (as in Prefect)"
+            )
+        }
     }
 }
 
@@ -370,6 +393,26 @@ impl<V: Values> Runner<V> {
         }
     }
 
+    /// Tell the step's log about placeholders that will resolve to nothing (they become
+    /// empty, as in Prefect, but a misspelt id or an unset variable should be seen).
+    fn warn_misses(&self, step: &StepEntry, outputs: &Map<String, Value>) {
+        let outputs = Value::Object(outputs.clone());
+        let keys: Vec<String> = outputs
+            .as_object()
+            .into_iter()
+            .flat_map(|m| m.keys().cloned())
+            .collect();
+        let raw = Value::Object(step.inputs.clone());
+        let misses = hoist_project::template::misses(&raw, Some(&outputs), &[], &self.env);
+        if misses.is_empty() {
+            return;
+        }
+        let log = StepLog::new(step.short_name(), self.log.clone(), self.redactor());
+        for miss in misses {
+            log.emit(Level::Warn, Source::Step, &describe_miss(&miss, &keys), &[]);
+        }
+    }
+
     /// Template one step's inputs (§3.9) and run it.
     async fn run_step(
         &self,
@@ -378,6 +421,7 @@ impl<V: Values> Runner<V> {
         outputs: &Map<String, Value>,
         cwd: &Path,
     ) -> Result<hoist_runtime::StepOutcome, StepFailure> {
+        self.warn_misses(step, outputs);
         let inputs = self
             .template(step, outputs)
             .await

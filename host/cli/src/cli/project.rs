@@ -432,6 +432,9 @@ fn print_planned_step(out: &mut impl Write, step: &PlannedStep) -> std::io::Resu
     if let Some(e) = &step.will_fail {
         writeln!(out, "      will fail: {e}")?;
     }
+    for w in &step.warnings {
+        writeln!(out, "      warning: {w}")?;
+    }
     writeln!(
         out,
         "      inputs: {}",
