@@ -1,5 +1,8 @@
 //! End to end: the real `hoist` binary, as a user runs it.
 
+use serde_json::Value;
+
+use crate::fixtures::walk;
 use crate::support::{self, hoist, plugins, run};
 
 #[test]
@@ -334,4 +337,59 @@ fn usage_mistakes_are_explained() {
         err.trim_end(),
         format!("error: prefect.yaml: no such project file (looked in {here}); pass --file PATH")
     );
+}
+
+/// The CLI as a user meets it, as fixtures (`tests/fixtures/cli/`): a project (optional),
+/// files to copy in (`plugins`: test components by name), the arguments, and the exact
+/// exit code, stdout and stderr. `<T>` is the project directory, `<HOME>` Hoist's home,
+/// `<DIGEST>` any sha256 (built-in digests change with the plugins' code).
+#[test]
+fn cli_fixtures() {
+    walk("cli", |c| {
+        let (_t, dir) = support::tempdir();
+        if let Some(text) = c.get("project").and_then(Value::as_str) {
+            support::write_project(&dir, text);
+        }
+        for (file, plugin) in c
+            .get("plugins")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            let from = match plugin.as_str().unwrap() {
+                "probe" => plugins::PROBE,
+                "trivial" => plugins::TRIVIAL,
+                other => panic!("no test plugin `{other}`"),
+            };
+            std::fs::copy(from, dir.join(file)).unwrap();
+        }
+        let args: Vec<&str> = c["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let (code, out, err) = run(hoist(&dir).current_dir(&dir).args(&args));
+        let home = support::home_of(&dir).display().to_string();
+        let t = dir.display().to_string();
+        let clean = |s: &str| digests(&s.replace(&home, "<HOME>").replace(&t, "<T>"));
+        Ok(serde_json::json!({"code": code, "stdout": clean(&out), "stderr": clean(&err)}))
+    });
+}
+
+/// `s` with every run of 64 hex digits replaced by `<DIGEST>`.
+fn digests(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut run = String::new();
+    for ch in s.chars() {
+        if ch.is_ascii_hexdigit() && !ch.is_ascii_uppercase() {
+            run.push(ch);
+            continue;
+        }
+        out.push_str(if run.len() == 64 { "<DIGEST>" } else { &run });
+        run.clear();
+        out.push(ch);
+    }
+    out.push_str(if run.len() == 64 { "<DIGEST>" } else { &run });
+    out
 }

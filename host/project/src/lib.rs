@@ -91,8 +91,14 @@ pub struct StepEntry {
 }
 
 impl StepEntry {
-    /// The last dotted segment of the name (`git_clone`), as Prefect prints it.
+    /// The last dotted segment of the name (`git_clone`), as Prefect prints it; for a
+    /// plugin file, its file name without `.wasm` (`./plugins/greet.wasm` → `greet`).
     pub fn short_name(&self) -> &str {
+        if self.name.ends_with(".wasm") || self.name.contains('/') {
+            let file = self.name.rsplit('/').next().unwrap_or(&self.name);
+            let stem = file.strip_suffix(".wasm").unwrap_or(file);
+            return if stem.is_empty() { &self.name } else { stem };
+        }
         self.name.rsplit(['.', ':']).next().unwrap_or(&self.name)
     }
 }
@@ -248,5 +254,32 @@ impl Project {
                 _ => top.steps(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_names_as_prefect_prints_them_and_plugin_files_by_their_stem() {
+        let short = |name: &str| {
+            StepEntry {
+                position: "pull[0]".into(),
+                line: None,
+                name: name.into(),
+                inputs: Map::new(),
+                id: None,
+                requires: Vec::new(),
+                raw: Value::Null,
+            }
+            .short_name()
+            .to_string()
+        };
+        assert_eq!(short("prefect.deployments.steps.git_clone"), "git_clone");
+        assert_eq!(short("./plugins/greet.wasm"), "greet");
+        assert_eq!(short("greet.wasm"), "greet");
+        assert_eq!(short("acme/sync"), "sync");
+        assert_eq!(short("run_shell_script"), "run_shell_script");
     }
 }

@@ -1,6 +1,7 @@
 //! The `hoist` command line. Errors become `error: ...` on stderr and exit code 1;
 //! usage errors exit with 2 (clap).
 
+mod describe;
 mod plugin;
 mod project;
 mod step;

@@ -67,6 +67,10 @@ pub(crate) struct PlanArgs {
     /// `--allow` does for build/push/pull (repeatable).
     #[arg(short, long = "allow", value_name = "CAPABILITY")]
     allow: Vec<Capability>,
+    /// How to print the plan: `text` for people, `json` (one document on stdout) for
+    /// programs; the exit status is the same.
+    #[arg(long, value_enum, default_value_t = super::step::Format::Text)]
+    output: super::step::Format,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -343,7 +347,12 @@ pub(crate) async fn plan(cli: &super::Cli, args: &PlanArgs) -> anyhow::Result<()
         let grants = Grants::new(args.allow.iter().cloned());
         pipeline::check_plugins(&mut plan, &runtime, &grants).await;
     }
-    print_plan(&plan)?;
+    if args.output == super::step::Format::Json {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", super::json_text(&plan_json(&plan), true))?;
+    } else {
+        print_plan(&plan)?;
+    }
     let problems = plan.problems();
     if !problems.is_empty() {
         bail!(
@@ -356,6 +365,46 @@ pub(crate) async fn plan(cli: &super::Cli, args: &PlanArgs) -> anyhow::Result<()
     Ok(())
 }
 
+/// The plan as one JSON document: per section, per step what `print_plan` shows, and
+/// every problem (the exit status is 1 when there is one).
+fn plan_json(plan: &Plan) -> serde_json::Value {
+    let list = |caps: &[Capability]| caps.iter().map(ToString::to_string).collect::<Vec<_>>();
+    let sections: Vec<serde_json::Value> = plan
+        .sections
+        .iter()
+        .map(|section| {
+            let steps: Vec<serde_json::Value> = section
+                .steps
+                .iter()
+                .map(|s| {
+                    json!({
+                        "position": s.position,
+                        "name": s.name,
+                        "line": s.line,
+                        "id": s.id,
+                        "requires": s.requires,
+                        "runs": s.target.as_ref().ok().map(|t| t.describe()),
+                        "cannot_run": s.target.as_ref().err().or(s.refused.as_ref()),
+                        "will_fail": s.will_fail,
+                        "warnings": s.warnings,
+                        "grants": list(&s.grants),
+                        "undeclared_grants": list(&s.undeclared),
+                        "inputs": s.inputs,
+                    })
+                })
+                .collect();
+            json!({"section": section.action.to_string(), "steps": steps})
+        })
+        .collect();
+    json!({
+        "file": plan.file.display().to_string(),
+        "deployment": plan.deployment,
+        "sections": sections,
+        "deployments_with_steps": plan.deployments_with_steps,
+        "problems": plan.problems(),
+    })
+}
+
 fn print_plan(plan: &Plan) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     let whose = plan
@@ -365,17 +414,12 @@ fn print_plan(plan: &Plan) -> std::io::Result<()> {
         .unwrap_or_default();
     writeln!(out, "{}{whose}", plan.file.display())?;
     for section in &plan.sections {
-        writeln!(
-            out,
-            "\n{}: {}",
-            section.action,
-            if section.steps.is_empty() {
-                "no steps"
-            } else {
-                ""
-            }
-            .trim_end()
-        )?;
+        let empty = if section.steps.is_empty() {
+            " no steps"
+        } else {
+            ""
+        };
+        writeln!(out, "\n{}:{empty}", section.action)?;
         for step in &section.steps {
             print_planned_step(&mut out, step)?;
         }

@@ -24,7 +24,38 @@ pub(crate) enum StepCommand {
     /// Example: hoist step run run_shell_script --input 'script=echo hi'
     Run(RunArgs),
     /// List built-in and installed steps with their summaries and capabilities.
-    Ls,
+    Ls(ListArgs),
+    /// Show one step: version, where it comes from, digest, capabilities and its inputs
+    /// (type, default, whether required, description) from its input schema.
+    ///
+    /// Example: hoist step describe git_clone
+    Describe(DescribeArgs),
+}
+
+/// How a listing is printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Format {
+    /// For people.
+    Text,
+    /// One JSON document on stdout, for programs.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ListArgs {
+    /// How to print the list.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub(crate) output: Format,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DescribeArgs {
+    /// A step name as `hoist step run` takes it (built-in, Prefect's name, installed
+    /// plugin, or a .wasm path).
+    step: String,
+    /// How to print the description.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    output: Format,
 }
 
 #[derive(Debug, Args)]
@@ -65,7 +96,11 @@ pub(crate) async fn run(cli: &super::Cli, cmd: &StepCommand) -> anyhow::Result<(
     let runtime = Runtime::new(cli.runtime_config()).map_err(|e| anyhow::anyhow!("{e:#}"))?;
     match cmd {
         StepCommand::Run(args) => run_one(&runtime, args).await,
-        StepCommand::Ls => list(&runtime).await,
+        StepCommand::Ls(args) => list(&runtime, args.output).await,
+        StepCommand::Describe(args) => {
+            let (kind, plugin) = resolve_kind(&runtime, &args.step).await?;
+            super::describe::print(&args.step, kind, &plugin, args.output)
+        }
     }
 }
 
@@ -117,9 +152,22 @@ async fn run_one(runtime: &Runtime, args: &RunArgs) -> anyhow::Result<()> {
 /// a built-in name, a plugin file (relative to the working directory) or an installed
 /// plugin.
 async fn resolve(runtime: &Runtime, step: &str) -> anyhow::Result<Arc<Plugin>> {
+    Ok(resolve_kind(runtime, step).await?.1)
+}
+
+/// [`resolve`], with what kind of step it is (`built-in`, `plugin file`, `installed`).
+async fn resolve_kind(
+    runtime: &Runtime,
+    step: &str,
+) -> anyhow::Result<(&'static str, Arc<Plugin>)> {
     let here = std::env::current_dir().unwrap_or_default();
     let target = crate::plan::resolve(step, &here, &installed_dir())?;
-    Ok(crate::plan::load(runtime, &target).await?)
+    let kind = match target {
+        crate::plan::Target::Builtin(_) => "built-in",
+        crate::plan::Target::File(_) => "plugin file",
+        crate::plan::Target::Installed(_) => "installed",
+    };
+    Ok((kind, crate::plan::load(runtime, &target).await?))
 }
 
 /// Where installed plugins live: `$HOIST_HOME/plugins` (default `~/.hoist/plugins`).
@@ -138,7 +186,7 @@ fn installed_plugins() -> Vec<(String, PathBuf)> {
         .collect()
 }
 
-async fn list(runtime: &Runtime) -> anyhow::Result<()> {
+async fn list(runtime: &Runtime, format: Format) -> anyhow::Result<()> {
     let mut rows: Vec<(String, String, Arc<Plugin>)> = Vec::new();
     for name in crate::builtin::names() {
         rows.push((
@@ -152,6 +200,18 @@ async fn list(runtime: &Runtime) -> anyhow::Result<()> {
             Ok(p) => rows.push((name, "installed".into(), p)),
             Err(e) => eprintln!("warning: skipping {}: {e}", path.display()),
         }
+    }
+    if format == Format::Json {
+        let list: Vec<Value> = rows
+            .iter()
+            .map(|(name, kind, p)| super::describe::json(name, kind, p))
+            .collect();
+        writeln!(
+            std::io::stdout().lock(),
+            "{}",
+            super::json_text(&Value::Array(list), true)
+        )?;
+        return Ok(());
     }
     let mut out = std::io::stdout().lock();
     for (name, kind, p) in rows {
