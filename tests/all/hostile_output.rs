@@ -91,9 +91,26 @@ fn logs_prints_outputs_and_errors_cannot_drive_the_terminal() {
         assert_eq!(outputs["out"], format!("out {FORGED} \u{9b} \u{202e}"));
     }
 
-    // A step's error quotes the plugin (an unknown action, echoed by serde).
+    // Written literally, an unknown action is refused by the host before anything runs,
+    // checked against the plugin's schema (the plugin's names, made printable).
     project(&dir, json!([step(json!([{ "do": FORGED }]))]));
     let (code, out, err) = run(hoist(&home).current_dir(&dir).arg("pull"));
+    assert_eq!(code, 1, "{err}");
+    assert_clean("refusal", &format!("{out}{err}"));
+    assert!(
+        err.contains("input `actions[0].do`: expected one of"),
+        "{err}"
+    );
+    // Through a placeholder it reaches the step, whose error quotes it (serde's unknown
+    // variant).
+    project(
+        &dir,
+        json!([step(json!([{ "do": "{{ $HOIST_FORGED }}" }]))]),
+    );
+    let (code, out, err) = run(hoist(&home)
+        .env("HOIST_FORGED", FORGED)
+        .current_dir(&dir)
+        .arg("pull"));
     assert_eq!(code, 1, "{err}");
     assert_clean("error", &format!("{out}{err}"));
     assert!(
@@ -101,6 +118,7 @@ fn logs_prints_outputs_and_errors_cannot_drive_the_terminal() {
         "{err}"
     );
     let (code, out, err) = run(hoist(&home)
+        .env("HOIST_FORGED", FORGED)
         .current_dir(&dir)
         .args(["pull", "--output", "json"]));
     assert_eq!(code, 1, "{err}");

@@ -6,6 +6,7 @@
 //! - [`templater`]: a step's inputs templated against a `template::Values` provider
 //!   (the local store by default), secrets collected; no runtime;
 //! - [`runner`]: a section run Prefect's way (`run_steps`): template, run, merge outputs;
+//! - [`schema`]: a step's literal inputs checked against its plugin's input schema;
 //! - [`pipeline`]: a project's build/push/pull and `plan` as library calls with a typed
 //!   outcome — what the CLI calls and what a worker will call.
 #![deny(missing_docs)]
@@ -13,4 +14,5 @@
 pub mod pipeline;
 pub mod plan;
 pub mod runner;
+pub mod schema;
 pub mod templater;

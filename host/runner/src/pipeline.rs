@@ -332,13 +332,14 @@ pub struct PlannedStep {
     /// Its inputs with the environment, blocks and variables substituted (placeholders
     /// to step outputs kept), secrets masked.
     pub inputs: Value,
-    /// Why templating will fail, if it will.
+    /// Why the step will fail when it runs, if that is known: templating (a block that
+    /// is missing), or a literal input its plugin's schema refuses ([`check_steps`]).
     pub will_fail: Option<String>,
     /// Why its plugin will be refused before any step runs (it cannot be loaded, or it
-    /// declares a capability that is not granted), once [`check_plugins`] has looked.
+    /// declares a capability that is not granted), once [`check_steps`] has looked.
     pub refused: Option<String>,
     /// Capabilities the project file grants it that its plugin does not declare (so
-    /// never used), once [`check_plugins`] has looked.
+    /// never used), once [`check_steps`] has looked.
     pub undeclared: Vec<Capability>,
     /// Placeholders that will resolve to nothing (a step id that no earlier step has, an
     /// unset environment variable): they become empty, as in Prefect.
@@ -363,25 +364,25 @@ impl Plan {
         out
     }
 
-    /// Whether a step runs a plugin that is not built in (a plugin file or an installed
-    /// plugin): only those can be refused for want of a grant.
+    /// Whether some step resolved to a plugin ([`check_steps`] has something to load).
     pub fn has_plugins(&self) -> bool {
         self.sections
             .iter()
             .flat_map(|s| &s.steps)
-            .any(|s| matches!(s.target, Ok(Target::File(_) | Target::Installed(_))))
+            .any(|s| s.target.is_ok())
     }
 }
 
-/// Load the plugin of every planned step that is not built in and note on the step why
-/// it will be refused before anything runs: it cannot be loaded, or it declares a
-/// capability that `grants` and the project file's grants for the step do not give
-/// (built-in steps are granted what they declare). The checks [`Runner::prepare`] makes
-/// before a section runs; they need a runtime, so [`plan`] leaves them to callers that
-/// have one.
-pub async fn check_plugins(plan: &mut Plan, runtime: &Runtime, grants: &Grants) {
+/// Load the plugin of every planned step and note on the step what will stop it:
+/// its plugin cannot be loaded, or declares a capability that `grants` and the project
+/// file's grants for the step do not give (built-in steps are granted what they
+/// declare) — the checks [`Runner::prepare`] makes before a section runs (`refused`) —
+/// or a literal input does not fit the plugin's input schema (`will_fail`; values that
+/// still hold a placeholder are checked when the step runs). These need a runtime, so
+/// [`plan`] leaves them to callers that have one.
+pub async fn check_steps(plan: &mut Plan, runtime: &Runtime, grants: &Grants) {
     for step in plan.sections.iter_mut().flat_map(|s| &mut s.steps) {
-        let Ok(target @ (Target::File(_) | Target::Installed(_))) = &step.target else {
+        let Ok(target) = &step.target else {
             continue;
         };
         let mut granted = grants.clone();
@@ -395,6 +396,12 @@ pub async fn check_plugins(plan: &mut Plan, runtime: &Runtime, grants: &Grants) 
                 continue;
             }
         };
+        if step.will_fail.is_none() {
+            step.will_fail = crate::schema::check(&step.inputs, &plugin.description.input_schema);
+        }
+        if matches!(target, Target::Builtin(_)) {
+            continue;
+        }
         step.refused = plugin
             .ungranted(&granted)
             .map(|cap| runner::not_granted(&step.name, &plugin, &cap));

@@ -241,8 +241,9 @@ impl<V: Values> Runner<V> {
         g
     }
 
-    /// Resolve every step to a plugin, load it and check that it is granted what it
-    /// declares. Fails, naming every bad step, before anything runs.
+    /// Resolve every step to a plugin, load it, check that it is granted what it
+    /// declares and that its literal inputs fit its input schema. Fails, naming every
+    /// bad step, before anything runs.
     pub async fn prepare(
         &self,
         steps: &[StepEntry],
@@ -277,6 +278,18 @@ impl<V: Values> Runner<V> {
                         problems.push(StepProblem {
                             location: loc,
                             problem: not_granted(&step.name, &plugin, &cap),
+                        });
+                        continue;
+                    }
+                    // Inputs written as literals can be checked now; the rest when the
+                    // step's turn comes.
+                    let literal = Value::Object(step.inputs.clone());
+                    if let Some(problem) =
+                        crate::schema::check(&literal, &plugin.description.input_schema)
+                    {
+                        problems.push(StepProblem {
+                            location: loc,
+                            problem,
                         });
                         continue;
                     }

@@ -76,6 +76,17 @@ pub(crate) fn print(name: &str, kind: &str, p: &Plugin, format: Format) -> anyho
     Ok(())
 }
 
+/// `s` cut to 200 characters.
+fn shorten(s: String) -> String {
+    match s.char_indices().nth(200) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s,
+    }
+}
+
+/// How deep a type is spelled out, and how many alternatives are listed.
+const MAX_NESTING: usize = 6;
+
 /// One input of a step, read from its JSON Schema.
 #[derive(Debug, PartialEq)]
 struct Input {
@@ -101,7 +112,7 @@ fn inputs(schema: &Value) -> Vec<Input> {
         .iter()
         .map(|(name, p)| Input {
             name: name.clone(),
-            ty: type_of(p, schema),
+            ty: shorten(type_of(p, schema, 0)),
             required: required.contains(&name.as_str()),
             default: p.get("default").map(|d| d.to_string()),
             doc: p["description"]
@@ -112,7 +123,13 @@ fn inputs(schema: &Value) -> Vec<Input> {
 }
 
 /// A property's type in words: `string`, `string or null`, `list of string`, `mapping`.
-fn type_of(p: &Value, root: &Value) -> String {
+/// The schema is the plugin's: nesting (and `$ref` cycles) is followed [`MAX_NESTING`]
+/// deep, then shown as `…`.
+fn type_of(p: &Value, root: &Value, depth: usize) -> String {
+    if depth >= MAX_NESTING {
+        return "…".into();
+    }
+    let deeper = |q: &Value| type_of(q, root, depth + 1);
     if let Some(r) = p["$ref"].as_str() {
         // `#/$defs/Name` (schemars): the definition's own type.
         let def = r
@@ -120,13 +137,13 @@ fn type_of(p: &Value, root: &Value) -> String {
             .next()
             .and_then(|n| root["$defs"].get(n).or_else(|| root["definitions"].get(n)));
         return match def {
-            Some(d) if d != p => type_of(d, root),
+            Some(d) => deeper(d),
             _ => "object".into(),
         };
     }
     for key in ["anyOf", "oneOf"] {
         if let Some(options) = p[key].as_array() {
-            let names: Vec<String> = options.iter().map(|o| type_of(o, root)).collect();
+            let names: Vec<String> = options.iter().take(MAX_NESTING).map(deeper).collect();
             return names.join(" or ");
         }
     }
@@ -136,7 +153,7 @@ fn type_of(p: &Value, root: &Value) -> String {
     }
     let one = |t: &str| match t {
         "array" => match p.get("items") {
-            Some(items) => format!("list of {}", type_of(items, root)),
+            Some(items) => format!("list of {}", deeper(items)),
             None => "list".into(),
         },
         "object" => "mapping".into(),
@@ -199,5 +216,11 @@ mod tests {
             ]
         );
         assert!(inputs(&json!({"type": "object"})).is_empty());
+        // A plugin's schema that refers to itself is spelled out a few levels deep.
+        let cycle = json!({
+            "properties": {"x": {"$ref": "#/$defs/A"}},
+            "$defs": {"A": {"anyOf": [{"$ref": "#/$defs/B"}, {"type": "null"}]}, "B": {"$ref": "#/$defs/A"}},
+        });
+        assert!(inputs(&cycle)[0].ty.contains('…'));
     }
 }
