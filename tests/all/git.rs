@@ -134,6 +134,68 @@ fn clones_local_repositories_with_every_option() {
     assert!(!err.contains("retrying"), "{err}");
 }
 
+/// A clone that cannot succeed (no such repository, no such commit) fails at once with
+/// git's own `fatal:` line, and leaves no partial directory; only network failures are
+/// retried.
+#[test]
+fn permanent_clone_failures_are_not_retried_and_leave_nothing() {
+    let (_t, root) = support::tempdir();
+    let dir = root.join("work");
+    std::fs::create_dir(&dir).unwrap();
+    let (repo, _, _) = make_repo(&root, "src");
+    let url = format!("file://{}", repo.display());
+    let missing = format!("{url}-missing");
+    let (code, _, err) = pull(&dir, json!({"repository": missing}));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is not a git repository"), "{err}");
+    assert!(!err.contains("attempt 1 of 3"), "retried:\n{err}");
+    let (code, _, err) = pull(
+        &dir,
+        json!({"repository": url, "commit_sha": "0123456789abcdef0123456789abcdef01234567"}),
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(!err.contains("attempt 1 of 3"), "retried:\n{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("fatal: ") || last.contains("error: "),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != "prefect.yaml")
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// A network failure (nothing listening) is retried, three attempts in all.
+#[test]
+fn network_failures_are_retried() {
+    let (_t, root) = support::tempdir();
+    let dir = root.join("work");
+    std::fs::create_dir(&dir).unwrap();
+    let port = support::free_port();
+    let url = format!("https://127.0.0.1:{port}/r.git");
+    support::write_project(
+        &dir,
+        serde_json::to_string(
+            &json!({"pull": [{"prefect.deployments.steps.git_clone": {"repository": url}}]}),
+        )
+        .unwrap(),
+    );
+    let home = root.join("hoist-home");
+    let (code, _, err) = run(hoist(&home)
+        .current_dir(&dir)
+        .args(["pull", "--allow"])
+        .arg(format!("net:https://127.0.0.1:{port}")));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("attempt 1 of 3") && err.contains("attempt 2 of 3"),
+        "{err}"
+    );
+    assert!(err.contains("fatal: unable to access"), "{err}");
+}
+
 #[test]
 fn submodules_are_cloned_when_asked() {
     let (_t, root) = support::tempdir();
@@ -333,19 +395,17 @@ fn a_token_protected_https_server_needs_the_token_and_never_sees_it_leak() {
             .arg(format!("net:https://127.0.0.1:{}", server.server.1)))
     };
 
-    // Without the token: refused by the server, a hint, three attempts.
+    // Without the token: refused by the server, git's line and a hint, no retry (a new
+    // attempt cannot fix credentials).
     let (code, _, err) = run_pull(json!({"repository": url}));
     assert_eq!(code, 1);
     assert!(
         err.contains(&format!(
-            "Failed to clone repository '{url}' with exit code 128."
+            "Failed to clone repository '{url}' with exit code 128. fatal: Authentication failed for '{url}/'"
         )),
         "{err}"
     );
-    assert!(
-        err.contains("attempt 1 of 3") && err.contains("attempt 2 of 3"),
-        "{err}"
-    );
+    assert!(!err.contains("attempt 1 of 3"), "{err}");
 
     // With it (from a secret block): cloned; the token is nowhere.
     let (code, out, err) = run_pull(

@@ -254,11 +254,49 @@ const HINTS: &[(&str, &str)] = &[
     ),
 ];
 
+/// git's decisive line: the first `fatal:` (else `error:`) line of its stderr.
+fn decisive(stderr: &str) -> Option<&str> {
+    let lines = || stderr.lines().map(str::trim);
+    lines()
+        .find(|l| l.starts_with("fatal:"))
+        .or_else(|| lines().find(|l| l.starts_with("error:")))
+}
+
+/// Failures a new attempt cannot fix: the repository, revision or credentials are
+/// wrong, not the network.
+const PERMANENT: &[&str] = &[
+    "not found",
+    "does not appear to be a git repository",
+    "does not exist",
+    "authentication failed",
+    "could not read username",
+    "could not read password",
+    "invalid username or password",
+    "permission denied",
+    "couldn't find remote ref",
+    "did not match any",
+    "not a valid object name",
+    "not our ref",
+    "unadvertised object",
+    "reference is not a tree",
+    "destination path",
+    "unknown revision",
+];
+
+/// Whether git's failure may pass on a new attempt (a network or server hiccup).
+fn transient(stderr: &str) -> bool {
+    let lower = stderr.to_lowercase();
+    !PERMANENT.iter().any(|p| lower.contains(p))
+}
+
 fn clone_failure(url: &str, f: git::GitFailure) -> StepError {
     let code = f.exit_code.unwrap_or(-1);
     let lower = f.stderr.to_lowercase();
     let detail = match HINTS.iter().find(|(needle, _)| lower.contains(needle)) {
-        Some((_, hint)) => format!(" {hint}"),
+        Some((_, hint)) => match decisive(&f.stderr) {
+            Some(line) => format!(" {line} {hint}"),
+            None => format!(" {hint}"),
+        },
         None => {
             let lines: Vec<&str> = f
                 .stderr
@@ -290,7 +328,8 @@ enum Attempt {
 fn from_git(url: &str) -> impl Fn(GitError) -> Attempt + '_ {
     move |e| match e {
         GitError::Refused(e) => Attempt::Fatal(e.into()),
-        GitError::Failed(f) => Attempt::Retry(clone_failure(url, f)),
+        GitError::Failed(f) if transient(&f.stderr) => Attempt::Retry(clone_failure(url, f)),
+        GitError::Failed(f) => Attempt::Fatal(clone_failure(url, f)),
     }
 }
 
@@ -435,6 +474,13 @@ fn run(inputs: Inputs) -> Result<Outputs> {
         inputs: &inputs,
         creds,
     };
+    // A clone that fails leaves nothing behind where there was nothing before.
+    let existed = dest.exists();
+    let clean = || {
+        if !existed && dest.exists() {
+            let _ = std::fs::remove_dir_all(&dest);
+        }
+    };
     let mut attempt = 0;
     loop {
         let result = if dest.join(".git").exists() {
@@ -442,6 +488,9 @@ fn run(inputs: Inputs) -> Result<Outputs> {
         } else {
             plan.fresh()
         };
+        if result.is_err() {
+            clean();
+        }
         match result {
             Ok(()) => break,
             Err(Attempt::Fatal(e)) => return Err(e),
@@ -478,6 +527,31 @@ hoist_sdk::step! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_network_failures_are_retried_and_the_fatal_line_is_kept() {
+        let missing = "Cloning into 'r'...\nfatal: repository 'https://h/r.git/' not found\n";
+        assert!(!transient(missing));
+        assert_eq!(
+            decisive(missing),
+            Some("fatal: repository 'https://h/r.git/' not found")
+        );
+        assert!(!transient("fatal: reference is not a tree: 1234abcd"));
+        assert!(!transient(
+            "error: pathspec 'x' did not match any file(s) known to git"
+        ));
+        assert!(!transient(
+            "fatal: Authentication failed for 'https://h/r.git/'"
+        ));
+        assert!(transient(
+            "fatal: unable to access 'https://h/': Could not resolve host: h"
+        ));
+        assert!(transient(
+            "error: RPC failed; curl 56 Recv failure\nfatal: early EOF"
+        ));
+        assert_eq!(decisive("warning: x\nerror: y\n"), Some("error: y"));
+        assert_eq!(decisive("nothing decisive"), None);
+    }
     use serde_json::json;
 
     #[test]

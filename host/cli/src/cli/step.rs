@@ -71,8 +71,9 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "JSON")]
     inputs_json: Option<String>,
     /// Grant a capability to a plugin: process:<program>, env:<NAME>, set-cwd,
-    /// read:<dir>, write:<dir> (`*` for any program or variable). Built-in steps are
-    /// granted what they declare. Repeatable.
+    /// read:<dir>, write:<dir>, net:<scheme://host:port> (`*` for any program or
+    /// variable; `net:https://*.example.com`). Built-in steps are granted what they
+    /// declare. Repeatable.
     #[arg(short, long = "allow", value_name = "CAPABILITY")]
     allow: Vec<Capability>,
     /// The working directory the step sees (read-write) [default: current directory].

@@ -64,14 +64,20 @@ pub(crate) async fn variable(cmd: &VariableCommand) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match cmd {
         VariableCommand::Set { name, value } => {
-            store.set_variable(name, &parse_value(name, value)?).await?;
+            let value = parse_value(name, value)?;
+            store.set_variable(name, &value).await?;
+            eprintln!("variable {name} = {value} saved");
         }
         VariableCommand::Get { name } => match store.variable(name).await? {
             Some(v) => writeln!(out, "{v}")?,
             None => bail!("no variable named `{name}` in {}", store.url()),
         },
         VariableCommand::Ls => {
-            for (name, value) in store.list_variables().await? {
+            let all = store.list_variables().await?;
+            if all.is_empty() {
+                eprintln!("no variables yet (set one with `hoist variable set NAME VALUE`)");
+            }
+            for (name, value) in all {
                 writeln!(out, "{name} = {value}")?;
             }
         }
@@ -166,7 +172,11 @@ pub(crate) async fn block(cmd: &BlockCommand) -> anyhow::Result<()> {
             None => bail!("no block `{name}` of type `{slug}` in {}", store.url()),
         },
         BlockCommand::Ls => {
-            for b in store.list_blocks().await? {
+            let all = store.list_blocks().await?;
+            if all.is_empty() {
+                eprintln!("no blocks yet (create one with `hoist block set TYPE NAME ...`)");
+            }
+            for b in all {
                 let secret = if b.secret { " (secret)" } else { "" };
                 writeln!(
                     out,

@@ -569,7 +569,10 @@ impl GitView<'_> {
             cmd.env(format!("GIT_CONFIG_KEY_{i}"), k)
                 .env(format!("GIT_CONFIG_VALUE_{i}"), v);
         }
-        let (code, out, err) = run_child(cmd, &self.ctx.log, true)
+        // What git says while it works goes to the step's log; a query's answer (a
+        // revision from `rev-parse`) is the host's, not the user's.
+        let stream = args.first().is_none_or(|a| a != "rev-parse");
+        let (code, out, err) = run_child(cmd, &self.ctx.log, stream)
             .await
             .map_err(|e| failed(format!("cannot run git: {e}")))?;
         let redactor = self.ctx.log.redactor();
