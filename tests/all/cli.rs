@@ -340,9 +340,10 @@ fn usage_mistakes_are_explained() {
 }
 
 /// The CLI as a user meets it, as fixtures (`tests/fixtures/cli/`): a project (optional),
-/// files to copy in (`plugins`: test components by name), the arguments, and the exact
+/// files to copy in (`plugins`: test components by name), `env`, the arguments, and the exact
 /// exit code, stdout and stderr. `<T>` is the project directory, `<HOME>` Hoist's home,
-/// `<DIGEST>` any sha256 (built-in digests change with the plugins' code).
+/// `<DIGEST>` any sha256 (built-in digests change with the plugins' code), `<DURATION>`
+/// a step's time.
 #[test]
 fn cli_fixtures() {
     walk("cli", |c| {
@@ -369,12 +370,36 @@ fn cli_fixtures() {
             .iter()
             .map(|a| a.as_str().unwrap())
             .collect();
-        let (code, out, err) = run(hoist(&dir).current_dir(&dir).args(&args));
+        let mut cmd = hoist(&dir);
+        for (k, v) in c
+            .get("env")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            cmd.env(k, v.as_str().unwrap());
+        }
+        let (code, out, err) = run(cmd.current_dir(&dir).args(&args));
         let home = support::home_of(&dir).display().to_string();
         let t = dir.display().to_string();
-        let clean = |s: &str| digests(&s.replace(&home, "<HOME>").replace(&t, "<T>"));
+        let clean = |s: &str| durations(&digests(&s.replace(&home, "<HOME>").replace(&t, "<T>")));
         Ok(serde_json::json!({"code": code, "stdout": clean(&out), "stderr": clean(&err)}))
     });
+}
+
+/// `s` with the time after `finished in` / `failed after` replaced by `<DURATION>`.
+fn durations(s: &str) -> String {
+    s.split_inclusive('\n')
+        .map(|line| {
+            for mark in [" finished in ", " failed after "] {
+                if let Some(i) = line.find(mark) {
+                    let end = if line.ends_with('\n') { "\n" } else { "" };
+                    return format!("{}{mark}<DURATION>{end}", &line[..i]);
+                }
+            }
+            line.to_string()
+        })
+        .collect()
 }
 
 /// `s` with every run of 64 hex digits replaced by `<DIGEST>`.
@@ -392,4 +417,26 @@ fn digests(s: &str) -> String {
     }
     out.push_str(if run.len() == 64 { "<DIGEST>" } else { &run });
     out
+}
+
+/// `hoist completions SHELL` prints a script the shell accepts, naming the commands.
+#[test]
+fn completions_are_valid_shell() {
+    let (_t, dir) = support::tempdir();
+    let (code, out, err) = run(hoist(&dir).args(["completions", "bash"]));
+    assert_eq!(code, 0, "{err}");
+    for word in ["describe", "plan", "variable", "--allow"] {
+        assert!(out.contains(word), "{word} missing");
+    }
+    let script = dir.join("hoist.bash");
+    std::fs::write(&script, &out).unwrap();
+    let (code, _, err) = run(std::process::Command::new("bash").arg("-n").arg(&script));
+    assert_eq!(code, 0, "bash rejects it: {err}");
+    let (code, out, _) = run(hoist(&dir).args(["completions", "zsh"]));
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("#compdef hoist"),
+        "{}",
+        &out[..out.len().min(80)]
+    );
 }

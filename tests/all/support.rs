@@ -77,7 +77,11 @@ pub fn home_of(dir: &Path) -> PathBuf {
 pub fn hoist(dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_hoist"));
     c.env("HOIST_CACHE_DIR", test_cache())
-        .env("HOIST_HOME", home_of(dir));
+        .env("HOIST_HOME", home_of(dir))
+        // Progress marks depend on the locale: the tests expect UTF-8's.
+        .env_remove("LC_ALL")
+        .env_remove("LC_CTYPE")
+        .env("LANG", "C.UTF-8");
     c
 }
 

@@ -57,6 +57,13 @@ enum Command {
     Demo,
     /// Print the versions that matter: hoist, the WIT API, wasmtime, the cache.
     Version,
+    /// Print a shell completion script: e.g. `hoist completions bash >
+    /// ~/.local/share/bash-completion/completions/hoist`, or for zsh a file `_hoist` in
+    /// a directory of your `$fpath`.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
 }
 
 impl Cli {
@@ -81,6 +88,50 @@ const CLI_INSTANCES: u32 = 4;
 
 /// The WIT package version this host implements.
 pub const WIT_API: &str = "hoist:step@0.1.0";
+/// A duration in milliseconds, rounded to the microsecond (for JSON output).
+pub(crate) fn millis(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+/// The marks progress lines start with.
+pub(crate) struct Marks {
+    pub(crate) start: &'static str,
+    pub(crate) done: &'static str,
+    pub(crate) failed: &'static str,
+}
+
+/// `▶ ✓ ✗` where the locale is UTF-8, `> + x` elsewhere (a terminal in the C locale
+/// would show mojibake).
+pub(crate) fn marks() -> &'static Marks {
+    const UNICODE: Marks = Marks {
+        start: "▶",
+        done: "✓",
+        failed: "✗",
+    };
+    const ASCII: Marks = Marks {
+        start: ">",
+        done: "+",
+        failed: "x",
+    };
+    static CHOSEN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let utf8 = *CHOSEN
+        .get_or_init(|| utf8_locale(["LC_ALL", "LC_CTYPE", "LANG"].map(|n| std::env::var(n).ok())));
+    if utf8 { &UNICODE } else { &ASCII }
+}
+
+/// Whether the locale the variables name (`LC_ALL`, then `LC_CTYPE`, then `LANG`: the
+/// first one set and not empty wins, as in POSIX) uses UTF-8. Unset: assume UTF-8
+/// (terminals today; a C-locale user sets `LANG=C`).
+fn utf8_locale(vars: [Option<String>; 3]) -> bool {
+    match vars.into_iter().flatten().find(|v| !v.is_empty()) {
+        None => true,
+        Some(v) => {
+            let v = v.to_ascii_lowercase();
+            v.contains("utf-8") || v.contains("utf8")
+        }
+    }
+}
+
 /// The wasmtime version this host is built with.
 pub const WASMTIME_VERSION: &str = "48.0.8";
 
@@ -113,6 +164,12 @@ pub fn main() -> i32 {
             Command::Demo => project::demo(&cli).await,
             Command::Version => {
                 version(&cli);
+                Ok(())
+            }
+            Command::Completions { shell } => {
+                use clap::CommandFactory as _;
+                let mut out = std::io::stdout().lock();
+                clap_complete::generate(*shell, &mut Cli::command(), "hoist", &mut out);
                 Ok(())
             }
         }
@@ -243,6 +300,21 @@ mod tests {
     #[test]
     fn verify_cli() {
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ascii_marks_outside_utf8_locales() {
+        use super::utf8_locale;
+        let s = |v: &str| Some(v.to_string());
+        assert!(utf8_locale([None, None, None]));
+        assert!(utf8_locale([None, None, s("en_US.UTF-8")]));
+        assert!(utf8_locale([s("C.utf8"), s("C"), None]));
+        assert!(!utf8_locale([s("C"), s("en_US.UTF-8"), None]));
+        assert!(!utf8_locale([s(""), None, s("POSIX")]));
+        assert_eq!(
+            super::millis(std::time::Duration::from_nanos(710_421)),
+            0.71
+        );
     }
 
     #[test]

@@ -189,7 +189,7 @@ fn print_outcome(
                 "event": "done",
                 "outputs": shown,
                 "working_directory": cwd.display().to_string(),
-                "duration_ms": outcome.elapsed.as_secs_f64() * 1000.0,
+                "duration_ms": super::millis(outcome.elapsed),
             });
             if let Some(spec) = &outcome.deployment {
                 done["deployment"] = spec.clone();
@@ -270,7 +270,8 @@ impl Reporter for TextReporter {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let line = step.line.map(|l| format!(", line {l}")).unwrap_or_default();
         eprintln!(
-            "▶ [{}/{total}] {} ({}{line}; {})",
+            "{} [{}/{total}] {} ({}{line}; {})",
+            super::marks().start,
             index + 1,
             step.name,
             step.position,
@@ -282,12 +283,14 @@ impl Reporter for TextReporter {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         match &report.result {
             Ok(_) => eprintln!(
-                "✓ {} finished in {}",
+                "{} {} finished in {}",
+                super::marks().done,
                 step.short_name(),
                 fmt_duration(report.elapsed)
             ),
             Err(_) => eprintln!(
-                "✗ {} failed after {}",
+                "{} {} failed after {}",
+                super::marks().failed,
                 step.short_name(),
                 fmt_duration(report.elapsed)
             ),
@@ -313,7 +316,7 @@ impl Reporter for JsonReporter {
             "line": step.line,
             "name": step.name,
             "id": step.id,
-            "duration_ms": report.elapsed.as_secs_f64() * 1000.0,
+            "duration_ms": super::millis(report.elapsed),
         });
         match &report.result {
             Ok(outputs) => {

@@ -134,7 +134,7 @@ async fn run_one(runtime: &Runtime, args: &RunArgs) -> anyhow::Result<()> {
     // directory is read-only to plugins under `hoist build|push|pull`).
     req.project_root = None;
     if !args.quiet {
-        eprintln!("▶ {name} ({})", plugin.origin);
+        eprintln!("{} {name} ({})", super::marks().start, plugin.origin);
     }
     // The error quotes the plugin: one printable line, no forged line after it.
     let outcome = runtime
@@ -142,7 +142,11 @@ async fn run_one(runtime: &Runtime, args: &RunArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("{}", sanitize(&e.to_string())))?;
     if !args.quiet {
-        eprintln!("✓ {name} finished in {}", fmt_duration(outcome.elapsed));
+        eprintln!(
+            "{} {name} finished in {}",
+            super::marks().done,
+            fmt_duration(outcome.elapsed)
+        );
     }
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", super::json_text(&outcome.outputs, true))?;
