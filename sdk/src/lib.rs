@@ -70,7 +70,9 @@ pub enum Capability {
     ReadDir(String),
     /// Read and write a host directory outside the working directory.
     WriteDir(String),
-    /// Outgoing network to `scheme://host:port` (reserved for a later WIT version).
+    /// Outgoing network (`wasi:http`, and git remotes) to `scheme://host:port`; `*`
+    /// wildcards a host's labels or the port (`https://*.amazonaws.com`). Addresses of
+    /// the machine or of private networks also need the user's grant by name.
     Net(String),
 }
 
@@ -146,12 +148,25 @@ impl std::fmt::Display for StepError {
 
 impl std::error::Error for StepError {}
 
+/// Said of a path a step could not find or open: in the sandbox, everything outside the
+/// step's directories looks missing.
+pub const OUTSIDE_HINT: &str = "a step sees only its working directory and the directories it declares and is granted (`read:<dir>`, `write:<dir>`): anything else looks missing";
+
 impl From<std::io::Error> for StepError {
+    /// `NotFound` and `PermissionDenied` say why a path may be out of reach (WASI's
+    /// `os error 44` / `63` mean nothing to a user).
     fn from(e: std::io::Error) -> Self {
+        let text = e.to_string();
+        let text = match text.find(" (os error ") {
+            Some(i) => &text[..i],
+            None => &text,
+        };
         match e.kind() {
-            std::io::ErrorKind::NotFound => Self::not_found(e.to_string()),
-            std::io::ErrorKind::PermissionDenied => Self::denied(e.to_string()),
-            _ => Self::failed(e.to_string()),
+            std::io::ErrorKind::NotFound => Self::not_found(format!("{text} ({OUTSIDE_HINT})")),
+            std::io::ErrorKind::PermissionDenied => {
+                Self::denied(format!("{text} ({OUTSIDE_HINT})"))
+            }
+            _ => Self::failed(text.to_string()),
         }
     }
 }
@@ -173,15 +188,19 @@ pub mod log {
     }
 
     /// Log at info level, `format!`-style.
+    #[doc(hidden)]
     #[macro_export]
     macro_rules! __log_info { ($($t:tt)*) => { $crate::log::emit($crate::log::Level::Info, &format!($($t)*), &[]) } }
     /// Log at warn level, `format!`-style.
+    #[doc(hidden)]
     #[macro_export]
     macro_rules! __log_warn { ($($t:tt)*) => { $crate::log::emit($crate::log::Level::Warn, &format!($($t)*), &[]) } }
     /// Log at error level, `format!`-style.
+    #[doc(hidden)]
     #[macro_export]
     macro_rules! __log_error { ($($t:tt)*) => { $crate::log::emit($crate::log::Level::Error, &format!($($t)*), &[]) } }
     /// Log at debug level, `format!`-style.
+    #[doc(hidden)]
     #[macro_export]
     macro_rules! __log_debug { ($($t:tt)*) => { $crate::log::emit($crate::log::Level::Debug, &format!($($t)*), &[]) } }
 
@@ -863,6 +882,11 @@ mod input_error_tests {
             input_error("credentials", "missing field `token`"),
             "input `credentials`: missing input `token`"
         );
+        // A missing path says where a step can look, not WASI's errno.
+        let e: crate::StepError = std::io::Error::from_raw_os_error(2).into(); // ENOENT natively, 44 on WASI
+        let text = format!("{:?}", e.0);
+        assert!(!text.contains("os error"), "{text}");
+        assert!(text.contains(crate::OUTSIDE_HINT), "{text}");
         // A message that merely mentions a line is left whole.
         assert_eq!(input_error(".", "bad at line five"), "bad at line five");
     }

@@ -769,3 +769,31 @@ fn relative(from: &Path, to: &Path) -> String {
     }
     out.display().to_string()
 }
+
+/// A path outside the step's directories looks missing, and the SDK says why instead of
+/// WASI's errno (`os error 44`).
+#[tokio::test]
+async fn a_path_outside_the_sandbox_is_explained_not_an_errno() {
+    let rt = support::runtime();
+    let (_t, dir) = support::tempdir();
+    let (_o, outside) = support::tempdir();
+    let c = canary(&outside);
+    let out = attack(
+        &rt,
+        plugins::HOSTILE,
+        &dir,
+        Grants::none(),
+        json!([{"do": "read", "path": c.display().to_string()}]),
+    )
+    .await
+    .unwrap();
+    let err = refused(&out, 0);
+    assert!(!err.contains("os error"), "{err}");
+    assert!(err.contains(hoist_sdk_hint()), "{err}");
+    untouched(&c);
+}
+
+/// The SDK's explanation (`hoist_sdk::OUTSIDE_HINT`), as the plugin's error quotes it.
+fn hoist_sdk_hint() -> &'static str {
+    "a step sees only its working directory and the directories it declares and is granted"
+}

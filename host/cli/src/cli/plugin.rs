@@ -91,6 +91,9 @@ edition = "2024"
 crate-type = ["cdylib"]
 
 [dependencies]
+# hoist-sdk is not on crates.io yet: this points at the Hoist checkout `hoist` was
+# built from. To build elsewhere, use a git dependency on your Hoist repository
+# (hoist-sdk = { git = "...", tag = "..." }) or a path to your copy of its `sdk/`.
 hoist-sdk = {sdk}
 serde = { version = "1", features = ["derive"] }
 
