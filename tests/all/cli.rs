@@ -285,6 +285,12 @@ fn demo_runs_the_embedded_example_project() {
         out.contains("\"stdout\": \"hello from /") && out.contains("/flows\\nhello.py\""),
         "{out}"
     );
+    // It ends with the sandbox refusing an ungranted plugin, and the fix.
+    assert!(
+        err.contains("  refused: step `run_shell_script` (run_shell_script) needs capability `process:*`, which was not granted; grant it with `--allow process:*`\n"),
+        "{err}"
+    );
+    assert!(err.contains("why `stdout` appears twice"), "{err}");
 }
 
 /// Usage mistakes: a malformed KEY=VALUE is a usage error (exit 2, as the README says),

@@ -240,13 +240,43 @@ pub(crate) async fn demo(cli: &super::Cli) -> anyhow::Result<()> {
         memory_limit: crate::runtime::limits::DEFAULT_MEMORY_LIMIT,
     };
     let result = async {
+        eprintln!(
+            "Each section prints its outputs as JSON on stdout: what later steps can use, by\n\
+             step id (`{{{{ version.stdout }}}}`) and at the top level (`{{{{ stdout }}}}`), which is\n\
+             why `stdout` appears twice.\n"
+        );
         run(cli, Action::Build, &args("prefect.yaml")).await?;
-        run(cli, Action::Pull, &args("prefect.yaml")).await
+        run(cli, Action::Pull, &args("prefect.yaml")).await?;
+        demo_refusal(cli, &dir).await
     }
     .await;
     let _ = std::env::set_current_dir(std::env::temp_dir());
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// The sandbox at work: the built-in `run_shell_script` loaded as an untrusted plugin
+/// (as one you install would be) runs nothing until it is granted what it declares.
+async fn demo_refusal(cli: &super::Cli, dir: &std::path::Path) -> anyhow::Result<()> {
+    eprintln!(
+        "\nBuilt-in steps are trusted with what they declare, as Prefect trusts its own.\n\
+         A plugin is not: here is run_shell_script loaded as if you had installed it:"
+    );
+    let runtime = Runtime::new(cli.runtime_config()).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let (bytes, _) = crate::builtin::find("run_shell_script")
+        .ok_or_else(|| anyhow::anyhow!("run_shell_script is not built in"))?;
+    let plugin = runtime.load(bytes, "run_shell_script.wasm", false).await?;
+    let req = crate::runtime::StepRequest::new("run_shell_script", dir)
+        .inputs(json!({"script": "cat /etc/hostname"}));
+    match runtime.run(&plugin, req).await {
+        Err(e) => eprintln!("  refused: {}", super::hints(&e.to_string())),
+        Ok(_) => anyhow::bail!("the demo's ungranted plugin ran: the sandbox did not hold"),
+    }
+    eprintln!(
+        "\nNext: `hoist step ls` and `hoist step describe NAME` (the built-in steps),\n\
+         `hoist plan` in a project with a prefect.yaml, `hoist plugin new NAME` (your own step)."
+    );
+    Ok(())
 }
 
 /// Text progress on stderr.
