@@ -18,14 +18,19 @@ use crate::runtime::{ComponentCache, RuntimeConfig};
 #[derive(Debug, Parser)]
 #[command(name = "hoist", version, propagate_version = true)]
 pub struct Cli {
-    /// Where compiled components are cached [default: $HOIST_CACHE_DIR, else ~/.cache/hoist/components].
-    #[arg(long, global = true, value_name = "DIR")]
-    cache_dir: Option<PathBuf>,
-    /// Compile components in memory only; read and write no cache.
-    #[arg(long, global = true)]
-    no_cache: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The compiled-component cache, for the commands that load steps.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub(crate) struct CacheArgs {
+    /// Where compiled components are cached [default: $HOIST_CACHE_DIR, else ~/.cache/hoist/components].
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Compile components in memory only; read and write no cache.
+    #[arg(long)]
+    no_cache: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,9 +59,9 @@ enum Command {
     Block(store::BlockCommand),
     /// Run an example project embedded in the binary (build, then pull) in a temporary
     /// directory: a first look at what Hoist does, with nothing to set up.
-    Demo,
+    Demo(CacheArgs),
     /// Print the versions that matter: hoist, the WIT API, wasmtime, the cache.
-    Version,
+    Version(CacheArgs),
     /// Print a shell completion script: e.g. `hoist completions bash >
     /// ~/.local/share/bash-completion/completions/hoist`, or for zsh a file `_hoist` in
     /// a directory of your `$fpath`.
@@ -66,8 +71,9 @@ enum Command {
     },
 }
 
-impl Cli {
-    fn runtime_config(&self) -> RuntimeConfig {
+impl CacheArgs {
+    /// The runtime's configuration: the environment's, this cache, a small pool.
+    pub(crate) fn runtime_config(&self) -> RuntimeConfig {
         let mut config = RuntimeConfig::from_env();
         // One command runs its steps one after another: a small pool starts fast.
         if std::env::var_os("HOIST_MAX_INSTANCES").is_none() {
@@ -153,17 +159,17 @@ pub fn main() -> i32 {
     };
     let result = rt.block_on(async {
         match &cli.command {
-            Command::Step(cmd) => step::run(&cli, cmd).await,
+            Command::Step(cmd) => step::run(cmd).await,
             Command::Plugin(cmd) => plugin::run(cmd),
-            Command::Build(args) => project::run(&cli, crate::project::Action::Build, args).await,
-            Command::Push(args) => project::run(&cli, crate::project::Action::Push, args).await,
-            Command::Pull(args) => project::run(&cli, crate::project::Action::Pull, args).await,
-            Command::Plan(args) => project::plan(&cli, args).await,
+            Command::Build(args) => project::run(crate::project::Action::Build, args).await,
+            Command::Push(args) => project::run(crate::project::Action::Push, args).await,
+            Command::Pull(args) => project::run(crate::project::Action::Pull, args).await,
+            Command::Plan(args) => project::plan(args).await,
             Command::Variable(cmd) => store::variable(cmd).await,
             Command::Block(cmd) => store::block(cmd).await,
-            Command::Demo => project::demo(&cli).await,
-            Command::Version => {
-                version(&cli);
+            Command::Demo(cache) => project::demo(cache).await,
+            Command::Version(cache) => {
+                version(cache);
                 Ok(())
             }
             Command::Completions { shell } => {
@@ -269,8 +275,8 @@ pub(crate) fn json_text(v: &serde_json::Value, pretty: bool) -> String {
     out
 }
 
-fn version(cli: &Cli) {
-    let config = cli.runtime_config();
+fn version(cache: &CacheArgs) {
+    let config = cache.runtime_config();
     println!("hoist {}", env!("CARGO_PKG_VERSION"));
     println!("wit api {WIT_API}");
     println!("wasmtime {WASMTIME_VERSION}");

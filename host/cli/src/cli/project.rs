@@ -48,6 +48,8 @@ pub(crate) struct RunArgs {
     /// Grant a capability to the plugins that are not built in (see `hoist step run --help`).
     #[arg(short, long = "allow", value_name = "CAPABILITY")]
     allow: Vec<Capability>,
+    #[command(flatten)]
+    cache: super::CacheArgs,
     /// Stop any one step after this long (e.g. 30s, 5m, 1h).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1h")]
     timeout: Duration,
@@ -71,6 +73,8 @@ pub(crate) struct PlanArgs {
     /// programs; the exit status is the same.
     #[arg(long, value_enum, default_value_t = super::step::Format::Text)]
     output: super::step::Format,
+    #[command(flatten)]
+    cache: super::CacheArgs,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -126,10 +130,10 @@ fn open(args: &ProjectArgs) -> Result<Loaded, PipelineError> {
     Ok(loaded)
 }
 
-pub(crate) async fn run(cli: &super::Cli, command: Action, args: &RunArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(command: Action, args: &RunArgs) -> anyhow::Result<()> {
     let loaded = open(&args.project)?;
     let runtime =
-        Arc::new(Runtime::new(cli.runtime_config()).map_err(|e| anyhow::anyhow!("{e:#}"))?);
+        Arc::new(Runtime::new(args.cache.runtime_config()).map_err(|e| anyhow::anyhow!("{e:#}"))?);
     let reporter: Arc<dyn Reporter> = match args.output {
         OutputFormat::Text => Arc::new(TextReporter::default()),
         OutputFormat::Json => Arc::new(JsonReporter::default()),
@@ -220,7 +224,7 @@ pull:
         ls
 "#;
 
-pub(crate) async fn demo(cli: &super::Cli) -> anyhow::Result<()> {
+pub(crate) async fn demo(cache: &super::CacheArgs) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("hoist-demo-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("flows"))
         .with_context(|| format!("cannot create {}", dir.display()))?;
@@ -238,6 +242,7 @@ pub(crate) async fn demo(cli: &super::Cli) -> anyhow::Result<()> {
         allow: Vec::new(),
         timeout: Duration::from_secs(60),
         memory_limit: crate::runtime::limits::DEFAULT_MEMORY_LIMIT,
+        cache: cache.clone(),
     };
     let result = async {
         eprintln!(
@@ -245,9 +250,9 @@ pub(crate) async fn demo(cli: &super::Cli) -> anyhow::Result<()> {
              step id (`{{{{ version.stdout }}}}`) and at the top level (`{{{{ stdout }}}}`), which is\n\
              why `stdout` appears twice.\n"
         );
-        run(cli, Action::Build, &args("prefect.yaml")).await?;
-        run(cli, Action::Pull, &args("prefect.yaml")).await?;
-        demo_refusal(cli, &dir).await
+        run(Action::Build, &args("prefect.yaml")).await?;
+        run(Action::Pull, &args("prefect.yaml")).await?;
+        demo_refusal(cache, &dir).await
     }
     .await;
     let _ = std::env::set_current_dir(std::env::temp_dir());
@@ -257,12 +262,12 @@ pub(crate) async fn demo(cli: &super::Cli) -> anyhow::Result<()> {
 
 /// The sandbox at work: the built-in `run_shell_script` loaded as an untrusted plugin
 /// (as one you install would be) runs nothing until it is granted what it declares.
-async fn demo_refusal(cli: &super::Cli, dir: &std::path::Path) -> anyhow::Result<()> {
+async fn demo_refusal(cache: &super::CacheArgs, dir: &std::path::Path) -> anyhow::Result<()> {
     eprintln!(
         "\nBuilt-in steps are trusted with what they declare, as Prefect trusts its own.\n\
          A plugin is not: here is run_shell_script loaded as if you had installed it:"
     );
-    let runtime = Runtime::new(cli.runtime_config()).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let runtime = Runtime::new(cache.runtime_config()).map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let (bytes, _) = crate::builtin::find("run_shell_script")
         .ok_or_else(|| anyhow::anyhow!("run_shell_script is not built in"))?;
     let plugin = runtime.load(bytes, "run_shell_script.wasm", false).await?;
@@ -364,7 +369,7 @@ impl Reporter for JsonReporter {
     }
 }
 
-pub(crate) async fn plan(cli: &super::Cli, args: &PlanArgs) -> anyhow::Result<()> {
+pub(crate) async fn plan(args: &PlanArgs) -> anyhow::Result<()> {
     let loaded = open(&args.project)?;
     // Templating needs no runtime (the store is opened if a step refers to blocks or
     // variables). The plugins are then loaded and described (from the cache: ~0.2 ms
@@ -377,7 +382,7 @@ pub(crate) async fn plan(cli: &super::Cli, args: &PlanArgs) -> anyhow::Result<()
     )
     .await;
     if plan.has_plugins() {
-        let runtime = Runtime::new(cli.runtime_config())?;
+        let runtime = Runtime::new(args.cache.runtime_config())?;
         let grants = Grants::new(args.allow.iter().cloned());
         pipeline::check_steps(&mut plan, &runtime, &grants).await;
     }

@@ -46,6 +46,8 @@ pub(crate) struct ListArgs {
     /// How to print the list.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub(crate) output: Format,
+    #[command(flatten)]
+    cache: super::CacheArgs,
 }
 
 #[derive(Debug, Args)]
@@ -56,6 +58,8 @@ pub(crate) struct DescribeArgs {
     /// How to print the description.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     output: Format,
+    #[command(flatten)]
+    cache: super::CacheArgs,
 }
 
 #[derive(Debug, Args)]
@@ -91,10 +95,17 @@ pub(crate) struct RunArgs {
     /// Print nothing but the outputs (no progress, no logs).
     #[arg(short, long)]
     quiet: bool,
+    #[command(flatten)]
+    cache: super::CacheArgs,
 }
 
-pub(crate) async fn run(cli: &super::Cli, cmd: &StepCommand) -> anyhow::Result<()> {
-    let runtime = Runtime::new(cli.runtime_config()).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+pub(crate) async fn run(cmd: &StepCommand) -> anyhow::Result<()> {
+    let cache = match cmd {
+        StepCommand::Run(a) => &a.cache,
+        StepCommand::Ls(a) => &a.cache,
+        StepCommand::Describe(a) => &a.cache,
+    };
+    let runtime = Runtime::new(cache.runtime_config()).map_err(|e| anyhow::anyhow!("{e:#}"))?;
     match cmd {
         StepCommand::Run(args) => run_one(&runtime, args).await,
         StepCommand::Ls(args) => list(&runtime, args.output).await,
