@@ -446,3 +446,43 @@ fn completions_are_valid_shell() {
         &out[..out.len().min(80)]
     );
 }
+
+/// On a terminal (a pseudo-terminal from util-linux `script`), a step quiet for a few
+/// seconds gets a line saying it is still running, cleared before the next line; on a
+/// pipe nothing of the sort is printed.
+#[test]
+fn a_quiet_step_shows_that_it_is_running_on_a_terminal_only() {
+    let (_t, dir) = support::tempdir();
+    let hoist_bin = env!("CARGO_BIN_EXE_hoist");
+    let command = format!("{hoist_bin} step run run_shell_script -i 'script=sleep 4'");
+    let mut tty = std::process::Command::new("script");
+    tty.args(["-qec", &command, "/dev/null"])
+        .current_dir(&dir)
+        .env("HOIST_HOME", support::home_of(&dir))
+        .env("HOIST_CACHE_DIR", support::test_cache())
+        .env("LANG", "C.UTF-8")
+        .env_remove("LC_ALL");
+    let (code, out, err) = run(&mut tty);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("\r  … run_shell_script is running (3 s, no output for 3 s)\u{1b}[K"),
+        "{out:?}"
+    );
+    assert!(
+        out.contains("\r\u{1b}[K✓ run_shell_script finished in"),
+        "{out:?}"
+    );
+
+    let (code, _, err) = run(hoist(&dir).current_dir(&dir).args([
+        "step",
+        "run",
+        "run_shell_script",
+        "-i",
+        "script=sleep 4",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !err.contains("is running") && !err.contains('\r'),
+        "{err:?}"
+    );
+}

@@ -6,6 +6,7 @@ mod plugin;
 mod project;
 mod step;
 mod store;
+mod ticker;
 
 use std::path::PathBuf;
 
@@ -185,6 +186,7 @@ pub fn main() -> i32 {
         Err(e) => {
             // Causes can quote a plugin: every line printable (the runner already made a
             // step's cause one line; messages of several lines are ours).
+            ticker::stop();
             let text = hints(&format!("{e:#}"));
             let lines: Vec<_> = text.split('\n').map(sanitize).collect();
             eprintln!("error: {}", lines.join("\n"));

@@ -312,10 +312,12 @@ impl Reporter for TextReporter {
             step.position,
             target.describe()
         );
+        super::ticker::start(step.short_name());
     }
 
     fn finished(&self, step: &StepEntry, _index: usize, report: &StepReport) {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        super::ticker::stop();
         match &report.result {
             Ok(_) => eprintln!(
                 "{} {} finished in {}",

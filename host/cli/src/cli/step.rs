@@ -146,12 +146,14 @@ async fn run_one(runtime: &Runtime, args: &RunArgs) -> anyhow::Result<()> {
     req.project_root = None;
     if !args.quiet {
         eprintln!("{} {name} ({})", super::marks().start, plugin.origin);
+        super::ticker::start(&name);
     }
     // The error quotes the plugin: one printable line, no forged line after it.
     let outcome = runtime
         .run(&plugin, req)
         .await
         .map_err(|e| anyhow::anyhow!("{}", sanitize(&e.to_string())))?;
+    super::ticker::stop();
     if !args.quiet {
         eprintln!(
             "{} {name} finished in {}",
@@ -380,6 +382,7 @@ impl LogSink for TerminalSink {
         for (k, v) in r.fields {
             line.push_str(&format!(" {k}={v}"));
         }
+        super::ticker::output();
         eprintln!("{line}");
     }
 }
