@@ -149,6 +149,13 @@ pub fn location(file: &Path, step: &StepEntry) -> String {
     }
 }
 
+/// What the step's input schema says of the inputs written as literals (the rest are
+/// checked by the step when its turn comes).
+fn literal_problem(step: &StepEntry, plugin: &Plugin) -> Option<String> {
+    let literal = Value::Object(step.inputs.clone());
+    crate::schema::check(&literal, &plugin.description.input_schema)
+}
+
 /// A placeholder that resolves to nothing, for people: which, why, the closest of
 /// `candidates` (step ids or output keys) if one is close, and what happens.
 pub fn describe_miss(miss: &Miss, candidates: &[String]) -> String {
@@ -258,6 +265,14 @@ impl<V: Values> Runner<V> {
                 .get(&step.name)
                 .cloned();
             if let Some(done) = known {
+                // The plugin is known; this step's own literal inputs are not.
+                if let Some(problem) = literal_problem(step, &done.1) {
+                    problems.push(StepProblem {
+                        location: location(&self.project_file, step),
+                        problem,
+                    });
+                    continue;
+                }
                 ready.push(done);
                 continue;
             }
@@ -281,12 +296,7 @@ impl<V: Values> Runner<V> {
                         });
                         continue;
                     }
-                    // Inputs written as literals can be checked now; the rest when the
-                    // step's turn comes.
-                    let literal = Value::Object(step.inputs.clone());
-                    if let Some(problem) =
-                        crate::schema::check(&literal, &plugin.description.input_schema)
-                    {
+                    if let Some(problem) = literal_problem(step, &plugin) {
                         problems.push(StepProblem {
                             location: loc,
                             problem,
