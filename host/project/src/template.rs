@@ -824,8 +824,8 @@ pub enum Miss {
 /// their first part must be one of `earlier_ids`. Blocks and variables are not checked
 /// here (a missing block is an error of its own).
 pub fn misses(
-    inputs: &Value,
-    outputs: Option<&Value>,
+    inputs: &Map<String, Value>,
+    outputs: Option<&Map<String, Value>>,
     earlier_ids: &[String],
     env: &Env,
 ) -> Vec<Miss> {
@@ -838,7 +838,7 @@ pub fn misses(
         }
     }
     let mut texts = Vec::new();
-    strings(inputs, &mut texts);
+    inputs.values().for_each(|v| strings(v, &mut texts));
     let mut found: Vec<Miss> = Vec::new();
     for p in texts.into_iter().flat_map(placeholders) {
         let head = p.name.split(['.', '[']).next().unwrap_or(p.name);
@@ -849,7 +849,7 @@ pub fn misses(
             },
             Kind::Standard
                 if match outputs {
-                    Some(o) => lookup(o, p.name).is_none(),
+                    Some(o) => !in_outputs(o, p.name, head),
                     None => head != p.name && !earlier_ids.iter().any(|id| id == head),
                 } =>
             {
@@ -865,6 +865,19 @@ pub fn misses(
         }
     }
     found
+}
+
+/// Whether `name` (whose first part is `head`) finds a value among `outputs`, as
+/// [`lookup`] would in the outputs as one mapping (without building that mapping).
+fn in_outputs(outputs: &Map<String, Value>, name: &str, head: &str) -> bool {
+    let Some(v) = outputs.get(head) else {
+        return false;
+    };
+    let rest = name[head.len()..].replace('[', ".").replace(']', "");
+    match rest.trim_start_matches('.') {
+        "" => true,
+        rest => lookup(v, rest).is_some(),
+    }
 }
 
 /// Resolve one step's inputs in the order of §3.9 (see [`resolve_step`]).
@@ -954,13 +967,13 @@ mod tests {
         };
         // A plan: only dotted names, checked against earlier ids.
         assert_eq!(
-            misses(&inputs, None, &["first".into()], &env),
+            misses(inputs.as_object().unwrap(), None, &["first".into()], &env),
             [miss("frist", "{{ frist.stdout }}"), nope.clone()]
         );
         // A run: every output placeholder looked up.
         let outputs = serde_json::json!({"first": {"stdout": "x"}});
         assert_eq!(
-            misses(&inputs, Some(&outputs), &[], &env),
+            misses(inputs.as_object().unwrap(), outputs.as_object(), &[], &env),
             [
                 miss("frist", "{{ frist.stdout }}"),
                 nope,

@@ -445,15 +445,10 @@ pub async fn plan<V: Values>(
             let target =
                 resolve::resolve(&step.name, &project_dir, &installed).map_err(|e| e.to_string());
             let mut planned = plan_step(loaded, step, target, templater).await;
-            planned.warnings = template::misses(
-                &Value::Object(step.inputs.clone()),
-                None,
-                &ids,
-                &templater.env,
-            )
-            .iter()
-            .map(|m| runner::describe_miss(m, &ids))
-            .collect();
+            planned.warnings = template::misses(&step.inputs, None, &ids, &templater.env)
+                .iter()
+                .map(|m| runner::describe_miss(m, &ids))
+                .collect();
             steps.push(planned);
             ids.extend(step.id.clone());
         }

@@ -419,18 +419,12 @@ impl<V: Values> Runner<V> {
     /// Tell the step's log about placeholders that will resolve to nothing (they become
     /// empty, as in Prefect, but a misspelt id or an unset variable should be seen).
     fn warn_misses(&self, step: &StepEntry, outputs: &Map<String, Value>) {
-        let outputs = Value::Object(outputs.clone());
-        let keys: Vec<String> = outputs
-            .as_object()
-            .into_iter()
-            .flat_map(|m| m.keys().cloned())
-            .collect();
-        let raw = Value::Object(step.inputs.clone());
-        let misses = hoist_project::template::misses(&raw, Some(&outputs), &[], &self.env);
+        let misses = hoist_project::template::misses(&step.inputs, Some(outputs), &[], &self.env);
         if misses.is_empty() {
             return;
         }
         let log = StepLog::new(step.short_name(), self.log.clone(), self.redactor());
+        let keys: Vec<String> = outputs.keys().cloned().collect();
         for miss in misses {
             log.emit(Level::Warn, Source::Step, &describe_miss(&miss, &keys), &[]);
         }

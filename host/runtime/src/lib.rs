@@ -158,16 +158,31 @@ impl Plugin {
     /// canonical, as [`Runtime::run`] does); `None` for a built-in step, which is
     /// granted what it declares. Lets a caller refuse a run before any step starts.
     pub fn ungranted(&self, grants: &Grants) -> Option<Capability> {
-        if self.builtin {
-            return None;
-        }
         let user = Grants::new(grants.iter().map(policy::canonical));
+        first_missing(self, &self.declared(), &user).cloned()
+    }
+
+    /// Its declared capabilities, directories as they are on disk.
+    fn declared(&self) -> Vec<Capability> {
         self.description
             .capabilities
             .iter()
             .map(policy::canonical)
-            .find(|c| !user.allows(c))
+            .collect()
     }
+}
+
+/// The first of `declared` (canonical) that `user` (canonical) does not give; none for a
+/// built-in step.
+fn first_missing<'a>(
+    plugin: &Plugin,
+    declared: &'a [Capability],
+    user: &Grants,
+) -> Option<&'a Capability> {
+    if plugin.builtin {
+        return None;
+    }
+    declared.iter().find(|c| !user.allows(c))
 }
 
 impl std::fmt::Debug for Plugin {
@@ -674,18 +689,14 @@ impl Drop for Forget<'_> {
 fn check_grants(plugin: &Plugin, req: &StepRequest) -> Result<(Grants, Arc<Grants>), ErrorKind> {
     // Directory capabilities are compared and preopened as the directories they are
     // on disk: a symlink planted inside a granted directory cannot widen a grant.
-    let declared: Vec<Capability> = plugin
-        .description
-        .capabilities
-        .iter()
-        .map(policy::canonical)
-        .collect();
-    if let Some(missing) = plugin.ungranted(&req.grants) {
+    // Each canonicalised once: this is on every step's path.
+    let declared = plugin.declared();
+    let user = Grants::new(req.grants.iter().map(policy::canonical));
+    if let Some(missing) = first_missing(plugin, &declared, &user) {
         return Err(ErrorKind::NotGranted {
             capability: missing.to_string(),
         });
     }
-    let user = Grants::new(req.grants.iter().map(policy::canonical));
     Ok((user, Arc::new(Grants::new(declared))))
 }
 
