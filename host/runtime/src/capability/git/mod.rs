@@ -530,6 +530,19 @@ impl GitView<'_> {
         remotes: &[&Remote],
         creds: Option<&Credentials>,
     ) -> Result<String, GitError> {
+        self.run_git(repo, args, remotes, creds, true).await
+    }
+
+    /// [`Self::git`]; `stream`: whether what git prints goes to the step's log (not for
+    /// a query, whose answer is the host's, not the user's).
+    async fn run_git(
+        &mut self,
+        repo: Option<&Repo>,
+        args: Vec<OsString>,
+        remotes: &[&Remote],
+        creds: Option<&Credentials>,
+        stream: bool,
+    ) -> Result<String, GitError> {
         let dir = match repo {
             Some(r) => r.work.clone(),
             None => self.store()?,
@@ -569,9 +582,6 @@ impl GitView<'_> {
             cmd.env(format!("GIT_CONFIG_KEY_{i}"), k)
                 .env(format!("GIT_CONFIG_VALUE_{i}"), v);
         }
-        // What git says while it works goes to the step's log; a query's answer (a
-        // revision from `rev-parse`) is the host's, not the user's.
-        let stream = args.first().is_none_or(|a| a != "rev-parse");
         let (code, out, err) = run_child(cmd, &self.ctx.log, stream)
             .await
             .map_err(|e| failed(format!("cannot run git: {e}")))?;
@@ -989,21 +999,14 @@ impl Host for GitView<'_> {
         let repo = self.open_repo(&repo, false)?;
         plain_value("revision", &rev)?;
         let spec = format!("{rev}^{{commit}}");
-        match self
-            .git(
-                Some(&repo),
-                args([
-                    "rev-parse",
-                    "--verify",
-                    "--quiet",
-                    "--end-of-options",
-                    &spec,
-                ]),
-                &[],
-                None,
-            )
-            .await
-        {
+        let query = args([
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            "--end-of-options",
+            &spec,
+        ]);
+        match self.run_git(Some(&repo), query, &[], None, false).await {
             Ok(out) => Ok(Some(out.trim().to_string())),
             Err(GitError::Failed(_)) => Ok(None),
             Err(e) => Err(e),
