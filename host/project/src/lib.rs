@@ -94,7 +94,7 @@ impl StepEntry {
     /// The last dotted segment of the name (`git_clone`), as Prefect prints it; for a
     /// plugin file, its file name without `.wasm` (`./plugins/greet.wasm` → `greet`).
     pub fn short_name(&self) -> &str {
-        if self.name.ends_with(".wasm") || self.name.contains('/') {
+        if is_plugin_path(&self.name) {
             let file = self.name.rsplit('/').next().unwrap_or(&self.name);
             let stem = file.strip_suffix(".wasm").unwrap_or(file);
             return if stem.is_empty() { &self.name } else { stem };
@@ -157,15 +157,32 @@ pub struct Project {
 /// plugin path written one way (`plugins/greet.wasm`, `./plugins/./greet.wasm` and
 /// `./plugins/greet.wasm` are one file, `./plugins/greet.wasm`).
 pub fn grant_key(name: &str) -> String {
-    if !(name.ends_with(".wasm") || name.contains('/')) {
+    if !is_plugin_path(name) {
         return name.to_string();
     }
-    let parts: Vec<&str> = name
-        .split('/')
-        .filter(|p| !p.is_empty() && *p != ".")
+    plugin_path(std::path::Path::new(name))
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Whether a step's name is a plugin file (`*.wasm`, or a path) rather than a name.
+pub fn is_plugin_path(name: &str) -> bool {
+    name.ends_with(".wasm") || name.contains('/')
+}
+
+/// A plugin file's path written one way: no `.` components or repeated `/`, a relative
+/// one with a single leading `./` (`..` is kept: nothing on disk is asked).
+pub fn plugin_path(path: &std::path::Path) -> std::path::PathBuf {
+    use std::path::{Component, Path, PathBuf};
+    let clean: PathBuf = path
+        .components()
+        .filter(|c| !matches!(c, Component::CurDir))
         .collect();
-    let root = if name.starts_with('/') { "/" } else { "./" };
-    format!("{root}{}", parts.join("/"))
+    if clean.is_relative() {
+        Path::new(".").join(clean)
+    } else {
+        clean
+    }
 }
 
 impl Project {
@@ -178,18 +195,23 @@ impl Project {
             .unwrap_or_default()
     }
 
+    /// Every step of the project: the top-level sections', then each deployment's.
+    pub fn all_steps(&self) -> impl Iterator<Item = &StepEntry> {
+        [&self.build, &self.push, &self.pull]
+            .into_iter()
+            .chain(
+                self.deployments
+                    .iter()
+                    .flat_map(|d| [&d.build, &d.push, &d.pull]),
+            )
+            .flat_map(Section::steps)
+    }
+
     /// The keys of `hoist.grants` that name no step of the project (top-level sections
     /// or any deployment's): a typo, or a step since renamed.
     pub fn unused_grants(&self) -> Vec<&str> {
-        let sections = [&self.build, &self.push, &self.pull].into_iter().chain(
-            self.deployments
-                .iter()
-                .flat_map(|d| [&d.build, &d.push, &d.pull]),
-        );
-        let used: std::collections::BTreeSet<String> = sections
-            .flat_map(Section::steps)
-            .map(|s| grant_key(&s.name))
-            .collect();
+        let used: std::collections::BTreeSet<String> =
+            self.all_steps().map(|s| grant_key(&s.name)).collect();
         self.grants
             .keys()
             .filter(|k| !used.contains(*k))

@@ -385,10 +385,7 @@ pub async fn check_steps(plan: &mut Plan, runtime: &Runtime, grants: &Grants) {
         let Ok(target) = &step.target else {
             continue;
         };
-        let mut granted = grants.clone();
-        for c in &step.grants {
-            granted.add(c.clone());
-        }
+        let granted = runner::step_grants(grants, &step.grants);
         let plugin = match resolve::load(runtime, target).await {
             Ok(p) => p,
             Err(e) => {

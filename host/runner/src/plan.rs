@@ -205,7 +205,7 @@ pub fn resolve(name: &str, project_dir: &Path, installed: &Path) -> Result<Targe
             step,
         });
     }
-    if name.ends_with(".wasm") || name.contains('/') {
+    if hoist_project::is_plugin_path(name) {
         let path = clean_join(project_dir, name);
         return if path.is_file() {
             Ok(Target::File(path))
@@ -226,17 +226,7 @@ pub fn resolve(name: &str, project_dir: &Path, installed: &Path) -> Result<Targe
 /// `dir/name` without `.` components (`./` + `./greet.wasm` is `./greet.wasm`, not
 /// `././greet.wasm`); a relative result keeps one leading `./` to show it is a path.
 fn clean_join(dir: &Path, name: &str) -> PathBuf {
-    use std::path::Component;
-    let joined: PathBuf = dir
-        .join(name)
-        .components()
-        .filter(|c| !matches!(c, Component::CurDir))
-        .collect();
-    if joined.is_relative() {
-        Path::new(".").join(joined)
-    } else {
-        joined
-    }
+    hoist_project::plugin_path(&dir.join(name))
 }
 
 /// Load the plugin a name resolved to: a built-in from `hoist-builtins`, or a component
@@ -277,6 +267,17 @@ pub fn installed_names(dir: &Path) -> Vec<String> {
         .unwrap_or_default();
     v.sort();
     v
+}
+
+/// The one of `candidates` closest to `name`, if it is close (a typo, not another name):
+/// for "did you mean" after a step id or a grant key.
+pub fn nearest<'a>(name: &str, candidates: &'a [String]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (edit_distance(name, c), c.as_str()))
+        .filter(|(d, _)| *d > 0 && *d <= (name.len() / 3).max(2))
+        .min()
+        .map(|(_, c)| c)
 }
 
 /// Up to two known names (Prefect's, built-in, installed) closest to `name` (by edit

@@ -149,6 +149,16 @@ pub fn location(file: &Path, step: &StepEntry) -> String {
     }
 }
 
+/// A step's grants: `base` (the command line's, for every plugin) and the project
+/// file's for this step.
+pub fn step_grants(base: &Grants, project: &[Capability]) -> Grants {
+    let mut g = base.clone();
+    for c in project {
+        g.add(c.clone());
+    }
+    g
+}
+
 /// What the step's input schema says of the inputs written as literals (the rest are
 /// checked by the step when its turn comes).
 fn literal_problem(step: &StepEntry, plugin: &Plugin) -> Option<String> {
@@ -164,12 +174,8 @@ pub fn describe_miss(miss: &Miss, candidates: &[String]) -> String {
             "`{placeholder}`: environment variable `{name}` is not set, so it resolves to nothing (as in Prefect)"
         ),
         Miss::Output { placeholder, head } => {
-            let near = candidates
-                .iter()
-                .map(|c| (plan::edit_distance(head, c), c))
-                .filter(|(d, _)| *d > 0 && *d <= (head.len() / 3).max(2))
-                .min()
-                .map(|(_, c)| format!(" (did you mean `{c}`?)"))
+            let near = plan::nearest(head, candidates)
+                .map(|c| format!(" (did you mean `{c}`?)"))
                 .unwrap_or_default();
             format!(
                 "`{placeholder}`: no step output `{head}`{near}, so it resolves to nothing (as in Prefect)"
@@ -236,16 +242,10 @@ impl<V: Values> Runner<V> {
 
     /// The grants of a step's plugin: the command line's plus the project file's for it.
     fn grants_for(&self, step: &StepEntry) -> Grants {
-        let mut g = self.grants.clone();
-        for c in self
+        let project = self
             .project_grants
-            .get(&hoist_project::grant_key(&step.name))
-            .into_iter()
-            .flatten()
-        {
-            g.add(c.clone());
-        }
-        g
+            .get(&hoist_project::grant_key(&step.name));
+        step_grants(&self.grants, project.map(Vec::as_slice).unwrap_or_default())
     }
 
     /// Resolve every step to a plugin, load it, check that it is granted what it

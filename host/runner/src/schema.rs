@@ -213,7 +213,7 @@ fn placeholder(v: &Value) -> bool {
 }
 
 /// `schema`, or the definition its `$ref` names (`#/$defs/X`, `#/definitions/X`).
-fn deref<'a>(schema: &'a Value, root: &'a Value) -> &'a Value {
+pub fn deref<'a>(schema: &'a Value, root: &'a Value) -> &'a Value {
     let Some(r) = schema["$ref"].as_str() else {
         return schema;
     };

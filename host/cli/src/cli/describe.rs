@@ -130,15 +130,11 @@ fn type_of(p: &Value, root: &Value, depth: usize) -> String {
         return "…".into();
     }
     let deeper = |q: &Value| type_of(q, root, depth + 1);
-    if let Some(r) = p["$ref"].as_str() {
+    if p.get("$ref").is_some() {
         // `#/$defs/Name` (schemars): the definition's own type.
-        let def = r
-            .rsplit('/')
-            .next()
-            .and_then(|n| root["$defs"].get(n).or_else(|| root["definitions"].get(n)));
-        return match def {
-            Some(d) => deeper(d),
-            _ => "object".into(),
+        return match hoist_runner::schema::deref(p, root) {
+            Value::Null => "object".into(),
+            d => deeper(d),
         };
     }
     for key in ["anyOf", "oneOf"] {

@@ -100,25 +100,13 @@ fn open(args: &ProjectArgs) -> Result<Loaded, PipelineError> {
     let project = &loaded.project;
     let unused = project.unused_grants();
     if !unused.is_empty() {
-        let names: Vec<String> = [&project.build, &project.push, &project.pull]
-            .into_iter()
-            .chain(
-                project
-                    .deployments
-                    .iter()
-                    .flat_map(|d| [&d.build, &d.push, &d.pull]),
-            )
-            .flat_map(|s| s.steps())
+        let names: Vec<String> = project
+            .all_steps()
             .map(|s| crate::project::grant_key(&s.name))
             .collect();
         for key in unused {
-            let near = names
-                .iter()
-                .map(|n| (crate::plan::edit_distance(key, n), n))
-                .min()
-                .filter(|(d, _)| *d <= (key.len() / 3).max(2));
-            let hint = match near {
-                Some((_, n)) => format!(" (did you mean `{n}`?)"),
+            let hint = match crate::plan::nearest(key, &names) {
+                Some(n) => format!(" (did you mean `{n}`?)"),
                 None => String::new(),
             };
             eprintln!(
