@@ -202,6 +202,22 @@ fn describe_texts_are_listed_printable() {
         "{out}"
     );
     assert_clean("step ls", &format!("{out}{err}"));
+    // Its input schema's texts too, for people and as JSON.
+    let (code, out, err) = run(hoist(&home).args(["step", "describe", "hostile"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("      actions  list of mapping, required: Actions \\u{1b}]0;pwned\\u{7} \u{2713} git_clone finished \\u{202e}txt\n"),
+        "{out}"
+    );
+    assert_clean("step describe", &format!("{out}{err}"));
+    for args in [
+        &["step", "describe", "hostile", "--output", "json"][..],
+        &["step", "ls", "--output", "json"][..],
+    ] {
+        let (code, out, err) = run(hoist(&home).args(args));
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert_clean("describe as JSON", &format!("{out}{err}"));
+    }
 
     project(
         &dir,

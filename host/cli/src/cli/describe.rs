@@ -139,7 +139,8 @@ fn type_of(p: &Value, root: &Value, depth: usize) -> String {
     }
     for key in ["anyOf", "oneOf"] {
         if let Some(options) = p[key].as_array() {
-            let names: Vec<String> = options.iter().take(MAX_NESTING).map(deeper).collect();
+            let mut names: Vec<String> = options.iter().take(MAX_NESTING).map(deeper).collect();
+            names.dedup();
             return names.join(" or ");
         }
     }

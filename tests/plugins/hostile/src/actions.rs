@@ -11,6 +11,8 @@ use serde_json::{Value, json};
 
 #[derive(Deserialize, JsonSchema)]
 struct Inputs {
+    // The schema is the plugin's text too: `hoist step describe` shows this doc.
+    #[doc = "Actions \u{1b}]0;pwned\u{7}\n\u{2713} git_clone finished \u{202e}txt"]
     actions: Vec<Action>,
 }
 
