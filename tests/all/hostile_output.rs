@@ -303,3 +303,32 @@ fn outputs_are_never_templated_again() {
         "nothing was resolved to mask:\n{all}"
     );
 }
+
+/// An output key is the plugin's text too: offered as "did you mean" in a template-miss
+/// warning, it reaches the log printable, one line, under the step's prefix.
+#[test]
+fn output_keys_in_template_warnings_are_printable() {
+    let (_t, dir) = support::tempdir();
+    // One edit from the user's typo, so it is offered.
+    let key = "firs\u{1b}".to_string();
+    let typo = "firsx";
+    project(
+        &dir,
+        json!([
+            step(json!([{"do": "output", "value": {key.clone(): "v"}}])),
+            {"prefect.deployments.steps.run_shell_script": {"script": format!("echo [{{{{ {typo}.stdout }}}}]")}},
+        ]),
+    );
+    let (code, out, err) = run(hoist(&dir).current_dir(&dir).arg("pull"));
+    assert_eq!(code, 0, "{err}");
+    assert_clean("template warning", &format!("{out}{err}"));
+    let warning = err
+        .lines()
+        .find(|l| l.contains("warning: `{{ firsx.stdout }}`"))
+        .unwrap_or_else(|| panic!("no warning in\n{err}"));
+    assert!(warning.starts_with("  run_shell_script | "), "{warning}");
+    assert!(
+        warning.contains("(did you mean `firs\\u{1b}`?)"),
+        "{warning}"
+    );
+}
