@@ -797,3 +797,45 @@ async fn a_path_outside_the_sandbox_is_explained_not_an_errno() {
 fn hoist_sdk_hint() -> &'static str {
     "a step sees only its working directory and the directories it declares and is granted"
 }
+
+/// The same, where Hoist's session leader lives outside its pid namespace (a container
+/// started without an init of its own, as CI runs): `getsid` answers 0 there, and the
+/// sweep must still run and still kill what the step left behind. Needs `unshare`
+/// (root); required under `.ci/run`.
+#[test]
+fn no_process_outlives_its_step_in_a_pid_namespace() {
+    let probe = std::process::Command::new("unshare")
+        .args(["-pf", "--mount-proc", "true"])
+        .output();
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        assert!(
+            std::env::var_os("HOIST_CI").is_none(),
+            "`unshare -pf --mount-proc` is required under .ci/run: {probe:?}"
+        );
+        eprintln!("skipped: `unshare -pf --mount-proc` is not permitted here");
+        return;
+    }
+    let (_t, dir) = support::tempdir();
+    let inputs = r#"{"actions": [{"do": "spawn", "program": "sh", "args": ["-c", "sleep 60 & echo $! > bg.pid"]}]}"#;
+    let base = hoist(&dir);
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.current_dir(&dir)
+        .envs(base.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .args(["-pf", "--mount-proc", "sh", "-c"])
+        // Inside the namespace: run the step, then look for its background child.
+        .arg(r#""$@"; code=$?; sleep 0.2; if kill -0 "$(cat bg.pid)" 2>/dev/null; then echo ALIVE; else echo GONE; fi; exit $code"#)
+        .arg("sh")
+        .arg(base.get_program())
+        .args(["step", "run", plugins::HOSTILE_GRANTED])
+        .args(["--inputs-json", inputs]);
+    for g in GRANTED {
+        cmd.args(["--allow", g]);
+    }
+    let (code, out, err) = run(&mut cmd);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        out.trim_end().ends_with("GONE"),
+        "the background child outlived the step: {out}"
+    );
+}

@@ -156,9 +156,11 @@ pub fn sweep() {
         return;
     }
     let me = rustix::process::getpid().as_raw_nonzero().get();
-    let my_session = rustix::process::getsid(None)
-        .map(|p| p.as_raw_nonzero().get())
-        .unwrap_or(0);
+    // Read from `/proc`, not `getsid(2)`: in a container whose session leader lives
+    // outside the pid namespace the session id is 0, which `rustix::Pid` cannot hold.
+    let Some(my_session) = stat(me).map(|p| p.session) else {
+        return;
+    };
     // Killing an orphan re-parents its children to us: a few rounds finish the tree.
     for _ in 0..8 {
         let (made, live): (HashSet<i32>, HashSet<i32>) = {
