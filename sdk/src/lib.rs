@@ -74,6 +74,11 @@ pub enum Capability {
     /// wildcards a host's labels or the port (`https://*.amazonaws.com`). Addresses of
     /// the machine or of private networks also need the user's grant by name.
     Net(String),
+    /// Build, tag and inspect images on the host's Docker engine (`docker:build`).
+    DockerBuild,
+    /// Push images to repositories matching a pattern (`docker:push:<registry/repo>`,
+    /// `*` any run of characters).
+    DockerPush(String),
 }
 
 impl From<Capability> for wit::Capability {
@@ -85,6 +90,8 @@ impl From<Capability> for wit::Capability {
             Capability::ReadDir(d) => wit::Capability::ReadDir(d),
             Capability::WriteDir(d) => wit::Capability::WriteDir(d),
             Capability::Net(n) => wit::Capability::Net(n),
+            Capability::DockerBuild => wit::Capability::DockerBuild,
+            Capability::DockerPush(p) => wit::Capability::DockerPush(p),
         }
     }
 }
@@ -315,6 +322,122 @@ pub mod process {
                 stdout: out.stdout,
                 stderr: out.stderr,
             })
+        }
+    }
+}
+
+/// Container images through the host's Docker engine (see the `docker` interface in
+/// `wit/step.wit`): building needs `docker:build`, pushing a `docker:push:<pattern>`
+/// grant covering the repository.
+pub mod docker {
+    pub use crate::bindings::hoist::step::docker::{
+        BuildOptions, Image, RegistryCredentials, build, inspect, push, tag,
+    };
+
+    /// An image name as Prefect's docker steps resolve it (spec §4.8): whitespace is
+    /// refused; `registry/ns/repo`, `registry:port/repo` and `ns/repo` keep their
+    /// namespace; a bare `repo` takes `default_namespace`
+    /// (`PREFECT_DEFAULT_DOCKER_BUILD_NAMESPACE`) when one is set.
+    pub fn prefect_image_name(
+        image_name: &str,
+        default_namespace: Option<&str>,
+    ) -> crate::Result<String> {
+        if image_name.is_empty() || image_name.chars().any(char::is_whitespace) {
+            return Err(crate::StepError::invalid_input(format!(
+                "Invalid Docker image name: {image_name:?} (input `image_name`)"
+            )));
+        }
+        let parts: Vec<&str> = image_name.splitn(3, '/').collect();
+        let (namespace, repository) = match parts.as_slice() {
+            [first, _, _] | [first, _] if parts.len() == 3 || first.contains(['.', ':']) => {
+                let (ns, repo) = image_name.rsplit_once('/').unwrap_or(("", image_name));
+                (Some(ns.to_string()), repo)
+            }
+            [ns, repo] => (Some(ns.to_string()), *repo),
+            _ => (
+                default_namespace
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_string),
+                image_name,
+            ),
+        };
+        Ok(match namespace {
+            Some(ns) => format!("{ns}/{repository}"),
+            None => repository.to_string(),
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::prefect_image_name as name;
+
+        #[test]
+        fn namespaces_as_prefect_resolves_them() {
+            assert_eq!(name("app", None).unwrap(), "app");
+            assert_eq!(name("app", Some("ghcr.io/me")).unwrap(), "ghcr.io/me/app");
+            assert_eq!(name("me/app", Some("x")).unwrap(), "me/app");
+            assert_eq!(name("127.0.0.1:5000/app", Some("x")).unwrap(), "127.0.0.1:5000/app");
+            assert_eq!(name("reg.io/team/sub/app", None).unwrap(), "reg.io/team/sub/app");
+            assert!(name("my app", None).unwrap_err().message().starts_with("Invalid Docker image name"));
+        }
+    }
+}
+
+/// Wall-clock time in UTC, as a civil date (WASI gives the step the host's clock).
+pub mod time {
+    /// A UTC instant broken into its calendar parts.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Utc {
+        /// Year (proleptic Gregorian).
+        pub year: i64,
+        /// Month, 1–12.
+        pub month: u32,
+        /// Day of the month, 1–31.
+        pub day: u32,
+        /// Hour, 0–23.
+        pub hour: u32,
+        /// Minute, 0–59.
+        pub minute: u32,
+        /// Second, 0–59.
+        pub second: u32,
+        /// Microseconds, 0–999999.
+        pub micros: u32,
+    }
+
+    /// `t` in UTC (Howard Hinnant's civil-from-days algorithm).
+    pub fn utc(t: std::time::SystemTime) -> Utc {
+        let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let secs = d.as_secs();
+        let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+        Utc {
+            year: yoe + era * 400 + i64::from(month <= 2),
+            month,
+            day,
+            hour: (rem / 3600) as u32,
+            minute: (rem % 3600 / 60) as u32,
+            second: (rem % 60) as u32,
+            micros: d.subsec_micros(),
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn civil_dates() {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_661_968_892_000_123);
+            let u = super::utc(t);
+            assert_eq!(
+                (u.year, u.month, u.day, u.hour, u.minute, u.second, u.micros),
+                (2022, 8, 31, 18, 1, 32, 123)
+            );
         }
     }
 }

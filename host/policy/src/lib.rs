@@ -36,8 +36,13 @@ pub enum Capability {
     ReadDir(PathBuf),
     /// Read and write a directory outside the working directory (`write:<path>`).
     WriteDir(PathBuf),
-    /// Outgoing network (`net:<scheme://host:port>`); reserved.
+    /// Outgoing network (`net:<scheme://host:port>`).
     Net(String),
+    /// Build, tag and inspect images on the host's Docker engine (`docker:build`).
+    DockerBuild,
+    /// Push images to repositories matching a pattern (`docker:push:<registry/repo>`,
+    /// `*` any run of characters); see [`docker_repository`].
+    DockerPush(String),
 }
 
 /// A directory capability whose path is not absolute and plain.
@@ -75,7 +80,8 @@ pub fn plain_dir(path: &str) -> Result<PathBuf, &'static str> {
 #[derive(Debug, thiserror::Error)]
 #[error(
     "`{0}` is not a capability; write one of process:<program>, env:<NAME>, set-cwd, \
-     read:<dir>, write:<dir>, net:<scheme://host:port> (`*` allowed for program, `*` or PREFIX* for NAME)"
+     read:<dir>, write:<dir>, net:<scheme://host:port>, docker:build, docker:push:<registry/repository> \
+     (`*` allowed for program, `*` or PREFIX* for NAME)"
 )]
 pub struct BadCapability(pub String);
 
@@ -97,6 +103,15 @@ impl FromStr for Capability {
         let bad = || CapabilityError::Unknown(BadCapability(s.to_string()));
         if s == "set-cwd" {
             return Ok(Capability::SetCwd);
+        }
+        if s == "docker:build" {
+            return Ok(Capability::DockerBuild);
+        }
+        if let Some(pattern) = s.strip_prefix("docker:push:") {
+            if pattern.is_empty() || pattern.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(bad());
+            }
+            return Ok(Capability::DockerPush(pattern.into()));
         }
         let (kind, value) = s.split_once(':').ok_or_else(bad)?;
         if value.is_empty() {
@@ -128,6 +143,8 @@ impl fmt::Display for Capability {
             Capability::ReadDir(d) => write!(f, "read:{}", d.display()),
             Capability::WriteDir(d) => write!(f, "write:{}", d.display()),
             Capability::Net(n) => write!(f, "net:{n}"),
+            Capability::DockerBuild => f.write_str("docker:build"),
+            Capability::DockerPush(p) => write!(f, "docker:push:{p}"),
         }
     }
 }
@@ -144,7 +161,8 @@ impl Capability {
                 None => g == w,
             },
             (Net(g), Net(w)) => net_covers(g, w),
-            (SetCwd, SetCwd) => true,
+            (SetCwd, SetCwd) | (DockerBuild, DockerBuild) => true,
+            (DockerPush(g), DockerPush(w)) => docker_push_covers(g, w),
             (ReadDir(g) | WriteDir(g), ReadDir(w)) | (WriteDir(g), WriteDir(w)) => w.starts_with(g),
             _ => false,
         }
@@ -203,6 +221,79 @@ fn net_covers(pattern: &str, wanted: &str) -> bool {
 fn pattern_has_no_port(pattern: &str) -> bool {
     let rest = pattern.split_once("://").map(|(_, r)| r).unwrap_or(pattern);
     !rest.split('/').next().unwrap_or("").contains(':')
+}
+
+/// A Docker image reference's repository as Docker normalises it, without tag or
+/// digest: `registry/path` (`app:1` is `docker.io/library/app`, `me/app` is
+/// `docker.io/me/app`, `127.0.0.1:5000/team/app:1` is `127.0.0.1:5000/team/app`).
+/// The first component is a registry when it holds a `.` or a `:` or is `localhost`.
+/// `None` for what is not a reference: empty, upper case, spaces or control characters.
+pub fn docker_repository(reference: &str) -> Option<String> {
+    let name = reference.split('@').next()?;
+    // A tag is a `:` after the last `/`.
+    let name = match name.rsplit_once('/') {
+        Some((head, last)) => match last.split_once(':') {
+            Some((repo, _tag)) => format!("{head}/{repo}"),
+            None => name.to_string(),
+        },
+        None => name.split(':').next()?.to_string(),
+    };
+    if name.is_empty()
+        || name.starts_with('/')
+        || name.ends_with('/')
+        || name.contains("//")
+        || name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c.is_ascii_uppercase())
+    {
+        return None;
+    }
+    let (first, rest) = match name.split_once('/') {
+        Some((f, r)) => (f, Some(r)),
+        None => (name.as_str(), None),
+    };
+    Some(match rest {
+        Some(rest) if first.contains(['.', ':']) || first == "localhost" => {
+            format!("{}/{rest}", first.to_ascii_lowercase())
+        }
+        Some(_) => format!("docker.io/{name}"),
+        None => format!("docker.io/library/{name}"),
+    })
+}
+
+/// Whether a `docker:push:` pattern covers a repository (normalised, see
+/// [`docker_repository`]). The pattern is normalised the same way; `*` matches any run
+/// of characters, `/` included.
+fn docker_push_covers(pattern: &str, wanted: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    let (Some(p), Some(w)) = (docker_repository(pattern), docker_repository(wanted)) else {
+        return false;
+    };
+    glob(p.as_bytes(), w.as_bytes())
+}
+
+/// `*`-only glob over bytes (any run, `/` included).
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    let (mut pi, mut si, mut star, mut mark) = (0, 0, None, 0);
+    while si < s.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            mark = si;
+            pi += 1;
+        } else if pi < p.len() && p[pi] == s[si] {
+            pi += 1;
+            si += 1;
+        } else if let Some(st) = star {
+            pi = st + 1;
+            mark += 1;
+            si = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
 }
 
 /// `path` with symlinks resolved and made absolute; as given if it does not exist (it
@@ -322,11 +413,14 @@ mod tests {
             "read:/data",
             "write:/out",
             "net:https://*.github.com:443",
+            "docker:build",
+            "docker:push:127.0.0.1:5000/*",
+            "docker:push:*",
         ] {
             let c: Capability = s.parse().unwrap();
             assert_eq!(c.to_string(), s);
         }
-        for bad in ["git", "process:", "fs:/x", ""] {
+        for bad in ["git", "process:", "fs:/x", "", "docker:", "docker:push:", "docker:run"] {
             assert!(bad.parse::<Capability>().is_err(), "{bad}");
         }
     }
@@ -362,6 +456,35 @@ mod tests {
         assert!(!g("https://*.example.com").allows(&want("https://example.com.evil.org:443")));
         assert!(g("http://127.0.0.1:*").allows(&want("http://127.0.0.1:8123")));
         assert!(g("*://gitlab.com").allows(&want("ssh://gitlab.com:22")));
+    }
+
+    #[test]
+    fn docker_references_and_push_patterns() {
+        let repo = |r: &str| docker_repository(r);
+        assert_eq!(repo("app").as_deref(), Some("docker.io/library/app"));
+        assert_eq!(repo("app:1.0").as_deref(), Some("docker.io/library/app"));
+        assert_eq!(repo("me/app:1").as_deref(), Some("docker.io/me/app"));
+        assert_eq!(
+            repo("127.0.0.1:5000/team/app:1").as_deref(),
+            Some("127.0.0.1:5000/team/app")
+        );
+        assert_eq!(repo("localhost/app@sha256:ab").as_deref(), Some("localhost/app"));
+        assert_eq!(repo("ghcr.io/org/app").as_deref(), Some("ghcr.io/org/app"));
+        for bad in ["", "/app", "app/", "a//b", "App", "a b", "a\nb"] {
+            assert_eq!(repo(bad), None, "{bad:?}");
+        }
+        let g = |p: &str| Grants::new([format!("docker:push:{p}").parse::<Capability>().unwrap()]);
+        let push = |r: &str| Capability::DockerPush(r.into());
+        assert!(g("127.0.0.1:5000/*").allows(&push("127.0.0.1:5000/team/app:1")));
+        assert!(!g("127.0.0.1:5000/*").allows(&push("127.0.0.1:5001/team/app")));
+        assert!(!g("127.0.0.1:5000/*").allows(&push("127.0.0.1:5000.evil.org/app")));
+        assert!(g("me/*").allows(&push("docker.io/me/app")));
+        assert!(g("me/*").allows(&push("me/app:2")));
+        assert!(!g("me/*").allows(&push("mel/app")));
+        assert!(!g("me/app").allows(&push("me/app2")));
+        assert!(g("*").allows(&push("anything.example/x")));
+        assert!(!Grants::new([Capability::DockerBuild]).allows(&push("me/app")));
+        assert!(!g("*").allows(&Capability::DockerBuild));
     }
 
     #[test]

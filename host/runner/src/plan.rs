@@ -76,6 +76,14 @@ pub const BUILTIN_NAMES: &[(&str, &str)] = &[
         "prefect_aws.projects.steps.pull_project_from_s3",
         "pull_from_s3",
     ),
+    (
+        "prefect_docker.deployments.steps.build_docker_image",
+        "build_docker_image",
+    ),
+    (
+        "prefect_docker.deployments.steps.push_docker_image",
+        "push_docker_image",
+    ),
 ];
 
 /// Prefect names Hoist recognises but cannot run yet, with the step they belong to.
@@ -87,14 +95,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
     (
         "prefect.deployments.steps.pull.pull_with_block",
         "pull_with_block",
-    ),
-    (
-        "prefect_docker.deployments.steps.build_docker_image",
-        "build_docker_image",
-    ),
-    (
-        "prefect_docker.deployments.steps.push_docker_image",
-        "push_docker_image",
     ),
     (
         "prefect_docker.projects.steps.build_docker_image",

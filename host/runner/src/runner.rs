@@ -138,7 +138,35 @@ pub struct Runner<V = LocalStore> {
     /// Plugins already resolved and loaded, by step name: the CLI prepares every
     /// section before running any, and `run` must not load them again.
     prepared: std::sync::Mutex<std::collections::HashMap<String, (Target, Arc<Plugin>)>>,
+    /// Outputs of memoised calls ([`MEMOISED`]), by plugin digest and inputs.
+    memo: std::sync::Mutex<std::collections::HashMap<String, Value>>,
     run_id: String,
+}
+
+/// Built-in steps whose identical calls run once per runner, as Prefect memoises its
+/// docker steps per process (spec §4.8); `ignore_cache: true` runs them again.
+pub const MEMOISED: &[&str] = &["build_docker_image", "push_docker_image"];
+
+/// The memo key of a call: the plugin and its inputs without `ignore_cache`, as
+/// key-sorted JSON. `None` when the step is not memoised or `ignore_cache` is set
+/// (the call runs, and its outputs replace what was remembered).
+fn memo_key(plugin: &Plugin, inputs: &Value) -> (Option<String>, bool) {
+    let Some(inputs) = inputs.as_object() else {
+        return (None, false);
+    };
+    if !plugin.builtin || !MEMOISED.contains(&plugin.description.name.as_str()) {
+        return (None, false);
+    }
+    let mut sorted: std::collections::BTreeMap<&String, &Value> = inputs.iter().collect();
+    let ignore = sorted
+        .remove(&"ignore_cache".to_string())
+        .is_some_and(|v| v.as_bool() == Some(true));
+    let key = format!(
+        "{}\n{}",
+        plugin.digest,
+        serde_json::to_string(&sorted).unwrap_or_default()
+    );
+    (Some(key), ignore)
 }
 
 /// `file:line: position` for a step.
@@ -237,6 +265,7 @@ impl<V: Values> Runner<V> {
             run_id: hoist_runtime::new_run_id(),
             project_dir,
             prepared: Default::default(),
+            memo: Default::default(),
         }
     }
 
@@ -454,6 +483,24 @@ impl<V: Values> Runner<V> {
             .filter(|(k, _)| inputs.get(k.as_str()).is_none())
             .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
             .collect();
+        let (memo, ignore_cache) = memo_key(plugin, &inputs);
+        if let Some(key) = &memo
+            && !ignore_cache
+            && let Some(outputs) = self.memo.lock().unwrap_or_else(|p| p.into_inner()).get(key)
+        {
+            let log = StepLog::new(step.short_name(), self.log.clone(), self.redactor());
+            log.emit(
+                Level::Info,
+                Source::Step,
+                "an identical call already ran in this process: its outputs are reused (set `ignore_cache: true` to run it again)",
+                &[],
+            );
+            return Ok(hoist_runtime::StepOutcome {
+                outputs: outputs.clone(),
+                cwd: cwd.to_path_buf(),
+                elapsed: std::time::Duration::ZERO,
+            });
+        }
         let mut req = StepRequest::new(step.short_name(), cwd)
             .inputs(inputs)
             .grants(self.grants_for(step))
@@ -463,7 +510,8 @@ impl<V: Values> Runner<V> {
         req.run_id = self.run_id.clone();
         req.project_root = Some(self.project_dir.clone());
         req.secrets = self.secrets();
-        self.runtime
+        let outcome = self
+            .runtime
             .run(plugin, req)
             .await
             .map_err(|e: StepRunError| {
@@ -478,7 +526,14 @@ impl<V: Values> Runner<V> {
                     }
                 }
                 StepFailure { kind, message }
-            })
+            })?;
+        if let Some(key) = memo {
+            self.memo
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key, outcome.outputs.clone());
+        }
+        Ok(outcome)
     }
 }
 

@@ -8,6 +8,7 @@ wasmtime::component::bindgen!({
         // Running a process waits on I/O: it must not block the executor.
         "hoist:step/process.run": async,
         "hoist:step/git": async,
+        "hoist:step/docker": async,
     },
     exports: { default: async },
 });

@@ -17,6 +17,8 @@ pub fn from_wit(c: WitCapability) -> Result<Capability, BadDir> {
         WitCapability::ReadDir(d) => Capability::ReadDir(dir("read", d)?),
         WitCapability::WriteDir(d) => Capability::WriteDir(dir("write", d)?),
         WitCapability::Net(n) => Capability::Net(n),
+        WitCapability::DockerBuild => Capability::DockerBuild,
+        WitCapability::DockerPush(p) => Capability::DockerPush(p),
     })
 }
 

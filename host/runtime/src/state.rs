@@ -11,6 +11,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::hoist::step::types;
 use crate::capability::context::{self, ContextCtx};
+use crate::capability::docker::{self, DockerCtx};
 use crate::capability::git::{self, GitCtx};
 use crate::capability::log::{self, LogCtx};
 use crate::capability::net::{self, NetCtx};
@@ -27,6 +28,7 @@ pub struct StepState {
     log: LogCtx,
     process: ProcessCtx,
     git: GitCtx,
+    docker: DockerCtx,
     pub(crate) net: NetCtx,
     pub(crate) stdio: StdioCtx,
 }
@@ -48,6 +50,7 @@ impl StepState {
             log: LogCtx::prepare(setup),
             process: ProcessCtx::prepare(setup),
             git: GitCtx::prepare(setup),
+            docker: DockerCtx::prepare(setup),
             net: NetCtx::prepare(setup),
             stdio,
         })
@@ -62,6 +65,7 @@ impl StepState {
         context::add_to_linker(linker, |s| &mut s.context)?;
         process::add_to_linker(linker, |s| s.process.view(s.context.cwd()))?;
         git::add_to_linker(linker, |s| s.git.view(s.context.cwd()))?;
+        docker::add_to_linker(linker, |s| s.docker.view(s.context.cwd()))?;
         Ok(())
     }
 

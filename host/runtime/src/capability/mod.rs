@@ -5,6 +5,7 @@
 //! a guest to the resource. [`crate::state`] composes them; nothing here imports it.
 
 pub mod context;
+pub mod docker;
 pub mod git;
 pub mod log;
 pub mod net;
