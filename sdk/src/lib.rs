@@ -376,9 +376,20 @@ pub mod docker {
             assert_eq!(name("app", None).unwrap(), "app");
             assert_eq!(name("app", Some("ghcr.io/me")).unwrap(), "ghcr.io/me/app");
             assert_eq!(name("me/app", Some("x")).unwrap(), "me/app");
-            assert_eq!(name("127.0.0.1:5000/app", Some("x")).unwrap(), "127.0.0.1:5000/app");
-            assert_eq!(name("reg.io/team/sub/app", None).unwrap(), "reg.io/team/sub/app");
-            assert!(name("my app", None).unwrap_err().message().starts_with("Invalid Docker image name"));
+            assert_eq!(
+                name("127.0.0.1:5000/app", Some("x")).unwrap(),
+                "127.0.0.1:5000/app"
+            );
+            assert_eq!(
+                name("reg.io/team/sub/app", None).unwrap(),
+                "reg.io/team/sub/app"
+            );
+            assert!(
+                name("my app", None)
+                    .unwrap_err()
+                    .message()
+                    .starts_with("Invalid Docker image name")
+            );
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod builtins;
 mod cli;
+mod docker;
 mod fixtures;
 mod git;
 mod hostile;

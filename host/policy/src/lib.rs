@@ -420,7 +420,15 @@ mod tests {
             let c: Capability = s.parse().unwrap();
             assert_eq!(c.to_string(), s);
         }
-        for bad in ["git", "process:", "fs:/x", "", "docker:", "docker:push:", "docker:run"] {
+        for bad in [
+            "git",
+            "process:",
+            "fs:/x",
+            "",
+            "docker:",
+            "docker:push:",
+            "docker:run",
+        ] {
             assert!(bad.parse::<Capability>().is_err(), "{bad}");
         }
     }
@@ -468,7 +476,10 @@ mod tests {
             repo("127.0.0.1:5000/team/app:1").as_deref(),
             Some("127.0.0.1:5000/team/app")
         );
-        assert_eq!(repo("localhost/app@sha256:ab").as_deref(), Some("localhost/app"));
+        assert_eq!(
+            repo("localhost/app@sha256:ab").as_deref(),
+            Some("localhost/app")
+        );
         assert_eq!(repo("ghcr.io/org/app").as_deref(), Some("ghcr.io/org/app"));
         for bad in ["", "/app", "app/", "a//b", "App", "a b", "a\nb"] {
             assert_eq!(repo(bad), None, "{bad:?}");

@@ -165,8 +165,9 @@ fn run(inputs: Inputs) -> Result<Outputs> {
             .filter(|b| !b.is_empty())
             .unwrap_or_else(|| format!("prefecthq/prefect:{PREFECT_VERSION}-python{PYTHON}"));
         let text = generated_dockerfile(&base, &cwd);
-        std::fs::write(&generated_path, &text)
-            .map_err(|e| StepError::failed(format!("cannot write {}: {e}", generated_path.display())))?;
+        std::fs::write(&generated_path, &text).map_err(|e| {
+            StepError::failed(format!("cannot write {}: {e}", generated_path.display()))
+        })?;
         _generated = Some(Generated(generated_path.clone()));
         if inputs.persist_dockerfile {
             let out = cwd.join(&inputs.dockerfile_output_path);
@@ -198,7 +199,12 @@ fn run(inputs: Inputs) -> Result<Outputs> {
         context: context_dir,
         dockerfile: Some(dockerfile),
         tags,
-        build_args: inputs.buildargs.clone().unwrap_or_default().into_iter().collect(),
+        build_args: inputs
+            .buildargs
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
         labels: labels.into_iter().collect(),
         target: inputs.target.clone(),
         platform: inputs.platform.clone(),
@@ -252,7 +258,10 @@ mod tests {
             "FROM base:1\nCOPY . /opt/prefect/proj/\nWORKDIR /opt/prefect/proj/\n"
         );
         std::fs::write(proj.join("requirements.txt"), "x\n").unwrap();
-        assert!(generated_dockerfile("base:1", &proj).contains("RUN uv pip install -r /opt/prefect/proj/requirements.txt"));
+        assert!(
+            generated_dockerfile("base:1", &proj)
+                .contains("RUN uv pip install -r /opt/prefect/proj/requirements.txt")
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -85,10 +85,7 @@ fn run(inputs: Inputs) -> Result<Outputs> {
         }),
     });
     let additional_tags = inputs.additional_tags.clone().unwrap_or_default();
-    let first = format!(
-        "{image_name}:{}",
-        inputs.tag.as_deref().unwrap_or("latest")
-    );
+    let first = format!("{image_name}:{}", inputs.tag.as_deref().unwrap_or("latest"));
     let digest = docker::push(&first, credentials.as_ref())?;
     log::info!("pushed {first} ({digest})");
     for t in &additional_tags {
@@ -97,10 +94,7 @@ fn run(inputs: Inputs) -> Result<Outputs> {
         log::info!("pushed {reference} ({d})");
     }
     Ok(Outputs {
-        image: format!(
-            "{image_name}:{}",
-            inputs.tag.as_deref().unwrap_or("None")
-        ),
+        image: format!("{image_name}:{}", inputs.tag.as_deref().unwrap_or("None")),
         image_name,
         tag: inputs.tag,
         additional_tags,

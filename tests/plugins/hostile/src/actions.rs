@@ -65,6 +65,24 @@ enum Action {
     HttpGet { url: String },
     /// Start this many requests, keep them all in flight, then wait for each.
     HttpFlood { url: String, n: usize },
+    DockerBuild {
+        context: String,
+        #[serde(default)]
+        dockerfile: Option<String>,
+        #[serde(default)]
+        tags: Vec<String>,
+        #[serde(default)]
+        pull: bool,
+    },
+    DockerTag { source: String, target: String },
+    DockerPush {
+        reference: String,
+        #[serde(default)]
+        username: Option<String>,
+        #[serde(default)]
+        password: Option<String>,
+    },
+    DockerInspect { reference: String },
 }
 
 fn git_result<T: serde::Serialize>(r: std::result::Result<T, git::GitError>) -> Result<Value> {
@@ -159,6 +177,41 @@ fn one(action: Action, output: &mut Option<Value>) -> Result<Value> {
         Action::BigOutput { bytes } => {
             *output = Some(json!({ "big": "x".repeat(bytes) }));
             Value::Null
+        }
+        Action::DockerBuild {
+            context,
+            dockerfile,
+            tags,
+            pull,
+        } => json!(hoist_sdk::docker::build(&hoist_sdk::docker::BuildOptions {
+            context,
+            dockerfile,
+            tags,
+            build_args: Vec::new(),
+            labels: Vec::new(),
+            target: None,
+            platform: None,
+            pull,
+            no_cache: false,
+        })?),
+        Action::DockerTag { source, target } => {
+            hoist_sdk::docker::tag(&source, &target)?;
+            json!(null)
+        }
+        Action::DockerPush {
+            reference,
+            username,
+            password,
+        } => {
+            let creds = username.map(|u| hoist_sdk::docker::RegistryCredentials {
+                username: u,
+                password: password.unwrap_or_default(),
+                server: None,
+            });
+            json!(hoist_sdk::docker::push(&reference, creds.as_ref())?)
+        }
+        Action::DockerInspect { reference } => {
+            json!(hoist_sdk::docker::inspect(&reference)?.map(|i| i.id))
         }
         Action::HttpGet { url } => {
             let r = hoist_sdk::http::get(&url)?;

@@ -167,7 +167,14 @@ pub fn stream(
 ) -> tokio::task::JoinHandle<std::io::Result<Sent>> {
     tokio::task::spawn_blocking(move || {
         let err_tx = tx.clone();
-        let result = write_tar(&dir, &keep, ChannelWriter { tx, buf: Vec::new() });
+        let result = write_tar(
+            &dir,
+            &keep,
+            ChannelWriter {
+                tx,
+                buf: Vec::new(),
+            },
+        );
         if let Err(e) = &result {
             let _ = err_tx.blocking_send(Err(std::io::Error::new(e.kind(), e.to_string())));
         }
@@ -226,7 +233,10 @@ fn walk(
                 tar.append_data(&mut h, format!("{path}/"), std::io::empty())?;
                 sent.entries += 1;
             }
-            if !excluded || ignore.has_exceptions() || keep.iter().any(|k| k.starts_with(&format!("{path}/"))) {
+            if !excluded
+                || ignore.has_exceptions()
+                || keep.iter().any(|k| k.starts_with(&format!("{path}/")))
+            {
                 walk(root, &path, ignore, keep, tar, sent)?;
             }
         } else if excluded {

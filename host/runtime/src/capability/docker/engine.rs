@@ -11,10 +11,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use hoist_policy::HostEnv;
 use http::{Method, Request, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full};
-use hoist_policy::HostEnv;
 use tokio::sync::mpsc;
 use wasmtime_wasi_http::io::TokioIo;
 
@@ -71,9 +71,7 @@ impl Body for ReqBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
-            ReqBody::Full(b) => Pin::new(b)
-                .poll_frame(cx)
-                .map_err(|never| match never {}),
+            ReqBody::Full(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
             ReqBody::Stream(rx) => rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data))),
         }
     }
@@ -127,7 +125,9 @@ impl Engine {
             .get("ApiVersion")
             .and_then(|a| a.as_str())
             .and_then(parse_version)
-            .ok_or_else(|| EngineError::Io(format!("{} did not say its API version", engine.host)))?;
+            .ok_or_else(|| {
+                EngineError::Io(format!("{} did not say its API version", engine.host))
+            })?;
         if server < MIN_API {
             return Err(EngineError::Unsupported(format!(
                 "the engine at {} speaks API {}.{}; Hoist needs {}.{} or newer",
@@ -150,10 +150,7 @@ impl Engine {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
             .map_err(|e| {
-                EngineError::Unreachable(format!(
-                    "no Docker engine answers at {} ({e})",
-                    self.host
-                ))
+                EngineError::Unreachable(format!("no Docker engine answers at {} ({e})", self.host))
             })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
@@ -226,7 +223,9 @@ impl Engine {
         let mut all_text = String::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| EngineError::Io(format!("{}: {e}", self.host)))?;
-            let Ok(data) = frame.into_data() else { continue };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
             pending.extend_from_slice(&data);
             while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=nl).collect();

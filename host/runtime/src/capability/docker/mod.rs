@@ -126,7 +126,9 @@ fn domain(c: &str) -> bool {
                 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !l.starts_with('-')
         });
-    host_ok && port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+    host_ok
+        && port
+            .is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn tag_ok(t: &str) -> bool {
@@ -134,7 +136,8 @@ fn tag_ok(t: &str) -> bool {
         && t.len() <= 128
         && t.as_bytes()[0] != b'.'
         && t.as_bytes()[0] != b'-'
-        && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
 /// A reference checked against Docker's grammar: `(name, tag)`; ids (`sha256:<hex>` or
@@ -177,7 +180,9 @@ fn reference(what: &str, r: &str) -> Result<(String, Option<String>), StepError>
         parts.iter().all(|c| name_component(c))
     };
     if !ok {
-        return Err(bad("each part is lower-case letters and digits, separated by `.`, `_` or `-`"));
+        return Err(bad(
+            "each part is lower-case letters and digits, separated by `.`, `_` or `-`",
+        ));
     }
     if let Some(t) = &tag
         && !tag_ok(t)
@@ -253,7 +258,10 @@ impl DockerView<'_> {
                 "build context `{dir}` does not exist (looked for {})",
                 joined.display()
             )),
-            _ => failure(format!("cannot use build context {}: {e}", joined.display()), None),
+            _ => failure(
+                format!("cannot use build context {}: {e}", joined.display()),
+                None,
+            ),
         })?;
         if !canon.is_dir() {
             return Err(StepError::InvalidInput(format!(
@@ -333,7 +341,8 @@ impl DockerView<'_> {
                             "base image `{image}` uses a variable, so it cannot be checked"
                         )));
                     }
-                    if image != &"scratch" && !stages.iter().any(|s| s.eq_ignore_ascii_case(image)) {
+                    if image != &"scratch" && !stages.iter().any(|s| s.eq_ignore_ascii_case(image))
+                    {
                         images.push(image.to_string());
                     }
                     if let (Some(as_), Some(name)) = (rest.next(), rest.next())
@@ -376,7 +385,11 @@ impl DockerView<'_> {
         for image in images {
             let (name, tag) = reference("base image", &image)?;
             let found = engine
-                .call(Method::GET, &format!("/images/{}/json", path_name(&full(&name, &tag))), None)
+                .call(
+                    Method::GET,
+                    &format!("/images/{}/json", path_name(&full(&name, &tag))),
+                    None,
+                )
                 .await;
             match found {
                 Ok(_) => {}
@@ -395,7 +408,9 @@ impl DockerView<'_> {
         for l in line.lines() {
             let l = l.trim_end();
             if !l.is_empty() {
-                self.ctx.log.emit(Level::Info, Source::ProcessStdout, l, &[]);
+                self.ctx
+                    .log
+                    .emit(Level::Info, Source::ProcessStdout, l, &[]);
             }
         }
     }
@@ -458,10 +473,16 @@ impl Host for DockerView<'_> {
             }
         }
         if !opts.build_args.is_empty() {
-            query.push(format!("buildargs={}", encode(&json_pairs(&opts.build_args).to_string())));
+            query.push(format!(
+                "buildargs={}",
+                encode(&json_pairs(&opts.build_args).to_string())
+            ));
         }
         if !opts.labels.is_empty() {
-            query.push(format!("labels={}", encode(&json_pairs(&opts.labels).to_string())));
+            query.push(format!(
+                "labels={}",
+                encode(&json_pairs(&opts.labels).to_string())
+            ));
         }
         if let Some(t) = &opts.target {
             plain("target", t)?;
@@ -480,10 +501,11 @@ impl Host for DockerView<'_> {
             }
         } else {
             if opts.pull {
-                return Err(StepError::Denied(self.ctx.info.denial(
-                    &Capability::Net("*".into()),
-                    "pull base images (`pull`)",
-                )));
+                return Err(StepError::Denied(
+                    self.ctx
+                        .info
+                        .denial(&Capability::Net("*".into()), "pull base images (`pull`)"),
+                ));
             }
             self.check_offline(&dockerfile_path).await?;
             query.push("networkmode=none".into());
@@ -525,7 +547,11 @@ impl Host for DockerView<'_> {
         if let Some(e) = error {
             return Err(failure(
                 format!("the image build failed: {}", redact(&e)),
-                Some(format!("{dockerfile} in {} is built by the engine at {}", context.display(), engine.host)),
+                Some(format!(
+                    "{dockerfile} in {} is built by the engine at {}",
+                    context.display(),
+                    engine.host
+                )),
             ));
         }
         result.map_err(|e| self.engine_error(e, "build the image"))?;
@@ -533,25 +559,43 @@ impl Host for DockerView<'_> {
             Ok(Ok(s)) => self.ctx.log.emit(
                 Level::Debug,
                 Source::Step,
-                &format!("sent a build context of {} entries, {} bytes", s.entries, s.bytes),
+                &format!(
+                    "sent a build context of {} entries, {} bytes",
+                    s.entries, s.bytes
+                ),
                 &[],
             ),
             Ok(Err(e)) => {
-                return Err(failure(format!("cannot send the build context {}: {e}", context.display()), None));
+                return Err(failure(
+                    format!("cannot send the build context {}: {e}", context.display()),
+                    None,
+                ));
             }
             Err(e) => return Err(failure(format!("cannot send the build context: {e}"), None)),
         }
-        let id = id.ok_or_else(|| failure("the engine did not return an image id for the build".into(), None))?;
+        let id = id.ok_or_else(|| {
+            failure(
+                "the engine did not return an image id for the build".into(),
+                None,
+            )
+        })?;
         if id.starts_with("sha256:") {
             return Ok(id);
         }
         // A short id ("Successfully built 1a2b..."): ask for the whole one.
         let (short, _) = reference("image id", &id).unwrap_or((id.clone(), None));
         let v = engine
-            .call(Method::GET, &format!("/images/{}/json", path_name(&short)), None)
+            .call(
+                Method::GET,
+                &format!("/images/{}/json", path_name(&short)),
+                None,
+            )
             .await
             .map_err(|e| self.engine_error(e, "look up the built image"))?;
-        Ok(v.get("Id").and_then(|i| i.as_str()).unwrap_or(&id).to_string())
+        Ok(v.get("Id")
+            .and_then(|i| i.as_str())
+            .unwrap_or(&id)
+            .to_string())
     }
 
     async fn tag(&mut self, source: String, target: String) -> Result<(), StepError> {
@@ -559,7 +603,9 @@ impl Host for DockerView<'_> {
         let (src_name, src_tag) = reference("image", &source)?;
         let (name, tag) = reference("tag", &target)?;
         if name.starts_with("sha256:") {
-            return Err(StepError::InvalidInput(format!("tag `{target}` is an image id")));
+            return Err(StepError::InvalidInput(format!(
+                "tag `{target}` is an image id"
+            )));
         }
         let engine = self.engine().await?;
         engine
@@ -609,17 +655,8 @@ impl Host for DockerView<'_> {
                 });
                 let header = base64_url(body.to_string().as_bytes());
                 redactor.add(&header);
-                let engine = self.engine().await?;
-                engine
-                    .call(Method::POST, "/auth", Some(body))
-                    .await
-                    .map_err(|e| {
-                        let why = self.ctx.log.redactor().redact(&e.to_string()).into_owned();
-                        failure(
-                            format!("login to registry {server} as `{}` failed: {why}", c.username),
-                            Some("check the user name and password (or token) given as `credentials`".into()),
-                        )
-                    })?;
+                // No separate `/auth` call: Podman's ignores the registry's `insecure`
+                // setting, and the push authenticates with the same credentials anyway.
                 header
             }
             None => base64_url(b"{}"),
@@ -646,8 +683,14 @@ impl Host for DockerView<'_> {
                     if let Some(s) = msg.get("status").and_then(|s| s.as_str()) {
                         // Progress bars repeat: one line per layer and state.
                         let id = msg.get("id").and_then(|s| s.as_str()).unwrap_or("");
-                        let line = if id.is_empty() { s.to_string() } else { format!("{id}: {s}") };
-                        if msg.get("progressDetail").is_none_or(|p| p.as_object().is_none_or(|o| o.is_empty()))
+                        let line = if id.is_empty() {
+                            s.to_string()
+                        } else {
+                            format!("{id}: {s}")
+                        };
+                        if msg
+                            .get("progressDetail")
+                            .is_none_or(|p| p.as_object().is_none_or(|o| o.is_empty()))
                             && line != last_status
                         {
                             self.log_line(&line);
@@ -667,8 +710,19 @@ impl Host for DockerView<'_> {
             .await;
         let redact = |s: &str| self.ctx.log.redactor().redact(s).into_owned();
         if let Some(e) = error {
+            let lower = e.to_ascii_lowercase();
+            let refused_credentials = ["unauthorized", "authentication required", "denied"]
+                .iter()
+                .any(|w| lower.contains(w));
+            let login = match (&credentials, refused_credentials) {
+                (Some(c), true) => format!(
+                    " (login to registry {registry} as `{}` refused)",
+                    c.username
+                ),
+                _ => String::new(),
+            };
             return Err(failure(
-                format!("pushing {name}:{tag} failed: {}", redact(&e)),
+                format!("pushing {name}:{tag} failed{login}: {}", redact(&e)),
                 (e.contains("denied") || e.contains("unauthorized") || e.contains("authentication"))
                     .then(|| "check the registry credentials and that the repository exists and accepts pushes".into()),
             ));
@@ -679,7 +733,11 @@ impl Host for DockerView<'_> {
         }
         // Some engines only report the digest on the image afterwards.
         let v = engine
-            .call(Method::GET, &format!("/images/{}/json", path_name(&format!("{name}:{tag}"))), None)
+            .call(
+                Method::GET,
+                &format!("/images/{}/json", path_name(&format!("{name}:{tag}"))),
+                None,
+            )
             .await
             .map_err(|e| self.engine_error(e, "look up the pushed image"))?;
         v.get("RepoDigests")
@@ -688,7 +746,12 @@ impl Host for DockerView<'_> {
             .flatten()
             .filter_map(|d| d.as_str())
             .find_map(|d| d.strip_prefix(&format!("{name}@")).map(str::to_string))
-            .ok_or_else(|| failure(format!("the engine did not report the digest of {name}:{tag}"), None))
+            .ok_or_else(|| {
+                failure(
+                    format!("the engine did not report the digest of {name}:{tag}"),
+                    None,
+                )
+            })
     }
 
     async fn inspect(&mut self, reference_: String) -> Result<Option<Image>, StepError> {
@@ -696,7 +759,11 @@ impl Host for DockerView<'_> {
         let (name, tag) = reference("image", &reference_)?;
         let engine = self.engine().await?;
         let v = match engine
-            .call(Method::GET, &format!("/images/{}/json", path_name(&full(&name, &tag))), None)
+            .call(
+                Method::GET,
+                &format!("/images/{}/json", path_name(&full(&name, &tag))),
+                None,
+            )
             .await
         {
             Ok(v) => v,
@@ -714,7 +781,11 @@ impl Host for DockerView<'_> {
                 .collect()
         };
         Ok(Some(Image {
-            id: v.get("Id").and_then(|s| s.as_str()).unwrap_or("").to_string(),
+            id: v
+                .get("Id")
+                .and_then(|s| s.as_str())
+                .unwrap_or("")
+                .to_string(),
             tags: strings("/RepoTags"),
             digests: strings("/RepoDigests"),
             labels: v
@@ -725,7 +796,11 @@ impl Host for DockerView<'_> {
                 .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
                 .collect(),
             size: v.get("Size").and_then(|s| s.as_u64()).unwrap_or(0),
-            created: v.get("Created").and_then(|s| s.as_str()).unwrap_or("").to_string(),
+            created: v
+                .get("Created")
+                .and_then(|s| s.as_str())
+                .unwrap_or("")
+                .to_string(),
         }))
     }
 }
@@ -735,7 +810,11 @@ fn base64_url(bytes: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -761,7 +840,10 @@ mod tests {
             ok("127.0.0.1:5000/team/app:v1"),
             ("127.0.0.1:5000/team/app".into(), Some("v1".into()))
         );
-        assert_eq!(ok("localhost/a_b__c-d.e"), ("localhost/a_b__c-d.e".into(), None));
+        assert_eq!(
+            ok("localhost/a_b__c-d.e"),
+            ("localhost/a_b__c-d.e".into(), None)
+        );
         let id = format!("sha256:{}", "a".repeat(64));
         assert_eq!(ok(&id), (id.clone(), None));
         for bad in [

@@ -1,0 +1,739 @@
+//! The docker capability and the built-in docker steps against a real engine and real
+//! registries on loopback: Podman's Docker-compatible API service (runc, vfs storage,
+//! everything under a temporary directory) and two Distribution registries, one open,
+//! one with htpasswd authentication. Started once per test binary by [`engine`], and
+//! stopped by a watchdog when the binary exits. The base image is built `FROM scratch`
+//! from Debian's static busybox: nothing is pulled from outside.
+//!
+//! Needs `podman`, `runc`, `docker-registry` and `busybox` (Debian's `busybox-static`);
+//! without them these tests say so and pass, unless `HOIST_REQUIRE_DOCKER` is set (as
+//! `.ci/run` sets it), when they fail.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use hoist::runtime::{Capability, Grants, HostEnv, Runtime, RuntimeConfig, StepRequest};
+use serde_json::{Value, json};
+
+use crate::support::{self, hoist, plugins, run};
+
+const USER: &str = "hoist";
+const PASSWORD: &str = "s3cret-registry-pass";
+
+/// The engine and registries every test here shares.
+pub struct Engine {
+    dir: PathBuf,
+    /// `unix://…/podman.sock`.
+    pub host: String,
+    /// `127.0.0.1:<port>` without authentication.
+    pub registry: String,
+    /// `127.0.0.1:<port>` with `USER`/`PASSWORD`.
+    pub auth_registry: String,
+    /// The base image, on the engine and in `registry`.
+    pub base: String,
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Run `program args` under a watchdog: killed (and `cleanup` run) once this test
+/// binary has exited.
+fn supervised(dir: &Path, name: &str, command: &str, cleanup: &str) {
+    let script = format!(
+        "{command} > {log} 2>&1 & child=$!; while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill $child; sleep 1; kill -9 $child 2>/dev/null; {cleanup}",
+        log = dir.join(format!("{name}.log")).display(),
+        me = std::process::id(),
+    );
+    Command::new("setsid")
+        .args(["sh", "-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+}
+
+fn wait_tcp(port: u16, what: &str) {
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("{what} did not start on 127.0.0.1:{port}");
+}
+
+impl Engine {
+    /// `podman …` on the engine's storage (for checks a test makes from outside).
+    pub fn podman(&self) -> Command {
+        let mut c = Command::new("podman");
+        c.env("CONTAINERS_STORAGE_CONF", self.dir.join("storage.conf"))
+            .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+            .env(
+                "CONTAINERS_REGISTRIES_CONF",
+                self.dir.join("registries.conf"),
+            );
+        c
+    }
+
+    /// Whether the engine holds an image.
+    pub fn has_image(&self, reference: &str) -> bool {
+        self.podman()
+            .args(["image", "exists", reference])
+            .status()
+            .unwrap()
+            .success()
+    }
+
+    /// The repositories a registry holds.
+    pub fn catalog(&self, registry: &str) -> String {
+        let out = Command::new("curl")
+            .args(["-s", "-u", &format!("{USER}:{PASSWORD}")])
+            .arg(format!("http://{registry}/v2/_catalog"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A runtime whose host environment points at this engine.
+    pub fn runtime(&self) -> Runtime {
+        let env: HostEnv = HostEnv::from_process()
+            .iter()
+            .filter(|(k, _)| *k != "DOCKER_HOST")
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .chain([("DOCKER_HOST".to_string(), self.host.clone())])
+            .collect();
+        Runtime::new(RuntimeConfig {
+            cache: hoist::runtime::ComponentCache::at(support::test_cache()),
+            env,
+            ..RuntimeConfig::default()
+        })
+        .unwrap()
+    }
+
+    fn start() -> Option<Engine> {
+        let missing: Vec<&str> = [
+            "podman",
+            "runc",
+            "docker-registry",
+            "busybox",
+            "curl",
+            "setsid",
+        ]
+        .into_iter()
+        .filter(|p| !have(p))
+        .collect();
+        if !missing.is_empty() {
+            assert!(
+                std::env::var_os("HOIST_REQUIRE_DOCKER").is_none(),
+                "HOIST_REQUIRE_DOCKER is set but {missing:?} are not installed \
+                 (apt-get install podman runc docker-registry busybox-static)"
+            );
+            eprintln!("skipped: no container engine here ({missing:?} missing)");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("hoist-docker-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("base")).unwrap();
+        let (p1, p2) = (support::free_port(), support::free_port());
+        let d = dir.display();
+        let write = |name: &str, text: String| std::fs::write(dir.join(name), text).unwrap();
+        write(
+            "storage.conf",
+            format!(
+                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{d}/storage\"\nrunroot = \"{d}/run\"\n"
+            ),
+        );
+        // runc (crun cannot run on cgroup-v1 hybrid hosts); rlimits a container without
+        // CAP_SYS_RESOURCE can set.
+        write(
+            "containers.conf",
+            "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\
+             [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n"
+                .into(),
+        );
+        write(
+            "registries.conf",
+            format!(
+                "unqualified-search-registries = []\n[[registry]]\nlocation = \"127.0.0.1:{p1}\"\ninsecure = true\n\
+                 [[registry]]\nlocation = \"127.0.0.1:{p2}\"\ninsecure = true\n"
+            ),
+        );
+        // bcrypt from Python's crypt module; Distribution reads the `$2a$` spelling.
+        let hash = Command::new("python3")
+            .args(["-W", "ignore", "-c"])
+            .arg(format!(
+                "import crypt; print(crypt.crypt('{PASSWORD}', crypt.mksalt(crypt.METHOD_BLOWFISH)).replace('$2b$', '$2a$', 1))"
+            ))
+            .output()
+            .unwrap();
+        assert!(hash.status.success(), "{hash:?}");
+        write(
+            "htpasswd",
+            format!("{USER}:{}", String::from_utf8_lossy(&hash.stdout).trim()),
+        );
+        for (name, port, auth) in [("registry", p1, ""), ("auth-registry", p2, "auth")] {
+            let auth = if auth.is_empty() {
+                String::new()
+            } else {
+                format!("auth:\n  htpasswd: {{realm: hoist-test, path: {d}/htpasswd}}\n")
+            };
+            write(
+                &format!("{name}.yml"),
+                format!(
+                    "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {d}/{name}-data}}\nhttp: {{addr: 127.0.0.1:{port}}}\n{auth}"
+                ),
+            );
+            supervised(
+                &dir,
+                name,
+                &format!("docker-registry serve {d}/{name}.yml"),
+                "",
+            );
+        }
+        let env = format!(
+            "CONTAINERS_STORAGE_CONF={d}/storage.conf CONTAINERS_CONF={d}/containers.conf CONTAINERS_REGISTRIES_CONF={d}/registries.conf"
+        );
+        supervised(
+            &dir,
+            "podman",
+            &format!("env {env} podman system service --time=0 unix://{d}/podman.sock"),
+            &format!("rm -rf {d}"),
+        );
+        wait_tcp(p1, "docker-registry");
+        wait_tcp(p2, "docker-registry (auth)");
+        let sock = dir.join("podman.sock");
+        for _ in 0..200 {
+            if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let engine = Engine {
+            host: format!("unix://{}", sock.display()),
+            registry: format!("127.0.0.1:{p1}"),
+            auth_registry: format!("127.0.0.1:{p2}"),
+            base: format!("127.0.0.1:{p1}/base/busybox:1"),
+            dir,
+        };
+        // The base image: static busybox, FROM scratch.
+        let busybox = String::from_utf8(
+            Command::new("sh")
+                .args(["-c", "command -v busybox"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        let base_dir = engine.dir.join("base");
+        std::fs::copy(busybox.trim(), base_dir.join("busybox")).unwrap();
+        std::fs::write(
+            base_dir.join("Containerfile"),
+            "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n",
+        )
+        .unwrap();
+        for args in [
+            vec![
+                "build",
+                "-q",
+                "-t",
+                &engine.base,
+                base_dir.to_str().unwrap(),
+            ],
+            vec!["push", "-q", &engine.base],
+        ] {
+            let out = engine.podman().args(&args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "podman {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Some(engine)
+    }
+}
+
+/// The shared engine, started on first use; `None` where none can run (see the module).
+pub fn engine() -> Option<&'static Engine> {
+    static ENGINE: OnceLock<Option<Engine>> = OnceLock::new();
+    ENGINE.get_or_init(Engine::start).as_ref()
+}
+
+/// A project directory with a Dockerfile `FROM` the base image.
+fn project(e: &Engine, dockerfile_rest: &str) -> (tempfile::TempDir, PathBuf) {
+    let (t, dir) = support::tempdir();
+    std::fs::create_dir_all(dir.join("flows")).unwrap();
+    std::fs::write(dir.join("flows/main.py"), "print('hello from the image')\n").unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        format!("FROM {}\n{dockerfile_rest}", e.base),
+    )
+    .unwrap();
+    (t, dir)
+}
+
+fn hoist_with(e: &Engine, dir: &Path) -> Command {
+    let mut c = hoist(dir);
+    c.current_dir(dir).env("DOCKER_HOST", &e.host);
+    c
+}
+
+/// C50–C52: a real project's build → push, pulled back by its digest and run; the
+/// context honours `.dockerignore`; an identical second build in the process is reused.
+#[test]
+fn build_push_then_pull_back_by_digest_and_run() {
+    let Some(e) = engine() else { return };
+    let (_t, dir) = project(
+        e,
+        "COPY . /app\nRUN echo built > /built.txt\nCMD [\"cat\", \"/app/flows/main.py\"]\n",
+    );
+    std::fs::write(dir.join(".dockerignore"), "secret.txt\n*.log\n").unwrap();
+    std::fs::write(dir.join("secret.txt"), "do not ship").unwrap();
+    std::fs::write(dir.join("debug.log"), "noise").unwrap();
+    let image = format!("{}/c50/app", e.registry);
+    support::write_project(
+        &dir,
+        format!(
+            r#"build:
+- prefect_docker.deployments.steps.build_docker_image:
+    id: build-image
+    image_name: {image}
+    tag: v1
+    additional_tags: [latest-test]
+    buildargs: {{A: b}}
+    labels: {{team: data}}
+- prefect_docker.deployments.steps.build_docker_image:
+    image_name: {image}
+    tag: v1
+    additional_tags: [latest-test]
+    buildargs: {{A: b}}
+    labels: {{team: data}}
+push:
+- prefect_docker.deployments.steps.push_docker_image:
+    id: push-image
+    image_name: "{{{{ build-image.image_name }}}}"
+    tag: "{{{{ build-image.tag }}}}"
+    additional_tags: "{{{{ build-image.additional_tags }}}}"
+deployments: [{{name: d}}]
+"#
+        ),
+    );
+    let (code, out, err) = run(hoist_with(e, &dir).arg("push"));
+    assert_eq!(code, 0, "{err}");
+    let outputs: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(outputs["build-image"]["image"], format!("{image}:v1"));
+    assert_eq!(
+        outputs["build-image"]["additional_tags"],
+        json!(["latest-test"])
+    );
+    let id = outputs["build-image"]["image_id"].as_str().unwrap();
+    assert!(id.starts_with("sha256:") && id.len() == 71, "{id}");
+    let digest = outputs["push-image"]["digest"].as_str().unwrap();
+    assert!(digest.starts_with("sha256:"), "{digest}");
+    // The build's output streamed into the step's log; the second build was reused.
+    assert!(err.contains("build_docker_image | "), "{err}");
+    assert!(err.contains("identical call already ran"), "{err}");
+    assert!(e.catalog(&e.registry).contains("c50/app"));
+
+    // Pull back by digest, from a clean engine state, and run it.
+    let by_digest = format!("{image}@{digest}");
+    let _ = e
+        .podman()
+        .args([
+            "rmi",
+            "-f",
+            &format!("{image}:v1"),
+            &format!("{image}:latest-test"),
+        ])
+        .output();
+    let pulled = e
+        .podman()
+        .args(["pull", "-q", &by_digest])
+        .output()
+        .unwrap();
+    assert!(
+        pulled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pulled.stderr)
+    );
+    let ran = e
+        .podman()
+        .args(["run", "--rm", "--network=none", &by_digest, "sh", "-c"])
+        .arg(
+            "cat /app/flows/main.py /built.txt; ls /app; cat /etc/os-release 2>/dev/null | head -1",
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&ran.stdout);
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    assert!(
+        stdout.contains("hello from the image") && stdout.contains("built"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("secret.txt") && !stdout.contains("debug.log"),
+        ".dockerignore ignored: {stdout}"
+    );
+    assert!(stdout.contains("Dockerfile"), "{stdout}");
+}
+
+/// `dockerfile: auto` writes a Dockerfile from the base image, keeps a copy when asked,
+/// and removes its own after the build, also when the build fails.
+#[test]
+fn dockerfile_auto_is_generated_and_always_removed() {
+    let Some(e) = engine() else { return };
+    let (_t, dir) = support::tempdir();
+    std::fs::write(dir.join("flow.py"), "print(1)\n").unwrap();
+    let yaml = |base: &str| {
+        format!(
+            "build:\n- prefect_docker.deployments.steps.build_docker_image:\n    image_name: {}/auto/app\n    tag: t1\n    dockerfile: auto\n    persist_dockerfile: true\n    base_image: {base}\n    pull: false\ndeployments: [{{name: d}}]\n",
+            e.registry
+        )
+    };
+    support::write_project(&dir, yaml(&e.base));
+    let (code, out, err) = run(hoist_with(e, &dir).arg("build"));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !dir.join("Dockerfile").exists(),
+        "the generated Dockerfile was left behind"
+    );
+    let kept = std::fs::read_to_string(dir.join("Dockerfile.generated")).unwrap();
+    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(
+        kept,
+        format!(
+            "FROM {}\nCOPY . /opt/prefect/{name}/\nWORKDIR /opt/prefect/{name}/\n",
+            e.base
+        )
+    );
+    assert!(
+        out.contains(&format!("{}/auto/app:t1", e.registry)),
+        "{out}"
+    );
+    let ran = e
+        .podman()
+        .args([
+            "run",
+            "--rm",
+            "--network=none",
+            &format!("{}/auto/app:t1", e.registry),
+            "cat",
+            "flow.py",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&ran.stdout), "print(1)\n");
+
+    // A base image that does not exist: the build fails, the Dockerfile still goes.
+    support::write_project(&dir, yaml(&format!("{}/no/such-base:1", e.registry)));
+    let (code, _, err) = run(hoist_with(e, &dir).arg("build"));
+    assert_ne!(code, 0);
+    assert!(err.contains("build_docker_image"), "{err}");
+    assert!(
+        !dir.join("Dockerfile").exists(),
+        "left behind after a failure"
+    );
+
+    // An existing Dockerfile is never overwritten.
+    std::fs::write(dir.join("Dockerfile"), "mine").unwrap();
+    support::write_project(&dir, yaml(&e.base));
+    let (code, _, err) = run(hoist_with(e, &dir).arg("build"));
+    assert_ne!(code, 0);
+    assert!(err.contains("Dockerfile already exists"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("Dockerfile")).unwrap(),
+        "mine"
+    );
+}
+
+/// A failing `RUN` gives the engine's error line, the file, the step; non-zero exit.
+#[test]
+fn a_failing_dockerfile_gives_the_engines_error() {
+    let Some(e) = engine() else { return };
+    let (_t, dir) = project(e, "RUN echo about to fail && exit 3\n");
+    support::write_project(
+        &dir,
+        format!(
+            "build:\n- prefect_docker.deployments.steps.build_docker_image:\n    image_name: {}/fails/app\n    tag: x\n    pull: false\ndeployments: [{{name: d}}]\n",
+            e.registry
+        ),
+    );
+    let (code, _, err) = run(hoist_with(e, &dir).arg("build"));
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("about to fail"),
+        "the build output is not in the log: {err}"
+    );
+    assert!(err.contains("the image build failed"), "{err}");
+    assert!(
+        err.contains("exit status 3") || err.contains("non-zero code: 3"),
+        "{err}"
+    );
+    assert!(err.contains("prefect.yaml:2"), "{err}");
+}
+
+/// Registry credentials: a wrong password is refused by the registry with a clear
+/// message that never holds the password; the right one (from a secret block's data
+/// written inline) pushes.
+#[test]
+fn registry_credentials_are_checked_and_never_shown() {
+    let Some(e) = engine() else { return };
+    let (_t, dir) = project(e, "CMD [\"true\"]\n");
+    let image = format!("{}/private/app", e.auth_registry);
+    let yaml = |password: &str| {
+        format!(
+            "build:\n- prefect_docker.deployments.steps.build_docker_image:\n    id: b\n    image_name: {image}\n    tag: p1\n    pull: false\npush:\n- prefect_docker.deployments.steps.push_docker_image:\n    image_name: '{{{{ b.image_name }}}}'\n    tag: '{{{{ b.tag }}}}'\n    credentials: {{username: {USER}, password: {password}, registry_url: 'http://{}/'}}\ndeployments: [{{name: d}}]\n",
+            e.auth_registry
+        )
+    };
+    let wrong = "wrong-password-4711";
+    support::write_project(&dir, yaml(wrong));
+    let (code, out, err) = run(hoist_with(e, &dir).arg("push"));
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("login to registry") && err.contains("refused"),
+        "{err}"
+    );
+    assert!(
+        !err.contains(wrong) && !out.contains(wrong),
+        "the password leaked: {err}"
+    );
+    assert!(!e.catalog(&e.auth_registry).contains("private/app"));
+
+    support::write_project(&dir, yaml(PASSWORD));
+    let (code, out, err) = run(hoist_with(e, &dir).arg("push"));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !err.contains(PASSWORD) && !out.contains(PASSWORD),
+        "the password leaked"
+    );
+    assert!(e.catalog(&e.auth_registry).contains("private/app"));
+}
+
+/// No engine: one line that says how to point `DOCKER_HOST` at one.
+#[test]
+fn no_engine_says_how_to_point_docker_host_at_one() {
+    let (_t, dir) = support::tempdir();
+    std::fs::write(dir.join("Dockerfile"), "FROM scratch\n").unwrap();
+    support::write_project(
+        &dir,
+        "build:\n- prefect_docker.deployments.steps.build_docker_image:\n    image_name: app\n    tag: x\ndeployments: [{name: d}]\n",
+    );
+    let (code, _, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .env("DOCKER_HOST", format!("unix://{}/no.sock", dir.display()))
+        .arg("build"));
+    assert_ne!(code, 0);
+    assert!(err.contains("no Docker engine answers at unix://"), "{err}");
+    assert!(err.contains("DOCKER_HOST=unix://"), "{err}");
+    let (code, _, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .env("DOCKER_HOST", "tcp://127.0.0.1:2375")
+        .arg("build"));
+    assert_ne!(code, 0);
+    assert!(err.contains("unix socket only"), "{err}");
+}
+
+// ---- A hostile plugin with the docker capability -------------------------------------
+
+async fn attack(rt: &Runtime, plugin: &str, cwd: &Path, grants: &[&str], actions: Value) -> Value {
+    let plugin = rt.load_file(Path::new(plugin)).await.unwrap();
+    let grants = Grants::new(grants.iter().map(|c| c.parse::<Capability>().unwrap()));
+    let req = StepRequest::new("attack", cwd)
+        .inputs(json!({ "actions": actions }))
+        .grants(grants);
+    rt.run(&plugin, req).await.map(|o| o.outputs).unwrap()
+}
+
+fn refused(out: &Value, i: usize) -> String {
+    match out["results"][i].get("err") {
+        Some(e) => e.as_str().unwrap().to_string(),
+        None => panic!("action {i} was not refused: {out}"),
+    }
+}
+
+const DOCKER_GRANTS: &[&str] = &["docker:build", "docker:push:127.0.0.1:*/granted/*"];
+
+/// A plugin granted nothing cannot build; one granted `docker:build` and pushes to
+/// `granted/` cannot push elsewhere (the fix is named, nothing reaches the registry),
+/// cannot build from a directory it was not given, cannot name a Dockerfile outside
+/// its context, cannot smuggle a path into the engine's URL.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_gets_only_the_docker_it_was_granted() {
+    let Some(e) = engine() else { return };
+    let rt = e.runtime();
+    let (_t, cwd) = project(e, "CMD [\"true\"]\n");
+    let (_o, outside) = support::tempdir();
+    std::fs::write(outside.join("Dockerfile"), format!("FROM {}\n", e.base)).unwrap();
+    std::os::unix::fs::symlink(outside.join("Dockerfile"), cwd.join("Linked")).unwrap();
+
+    // Granted nothing: the build is refused before the engine hears of it.
+    let tag = format!("{}/granted/ungranted:1", e.registry);
+    let out = attack(
+        &rt,
+        plugins::HOSTILE,
+        &cwd,
+        &[],
+        json!([{"do": "docker_build", "context": ".", "tags": [tag]}]),
+    )
+    .await;
+    let err = refused(&out, 0);
+    assert!(err.contains("docker:build"), "{err}");
+    assert!(!e.has_image(&tag));
+
+    let ok_tag = format!("{}/granted/app:1", e.registry);
+    let other = format!("{}/other/app:1", e.registry);
+    let out = attack(
+        &rt,
+        plugins::HOSTILE_DOCKER,
+        &cwd,
+        DOCKER_GRANTS,
+        json!([
+            {"do": "docker_build", "context": ".", "tags": [ok_tag]},
+            {"do": "docker_tag", "source": ok_tag, "target": other},
+            {"do": "docker_push", "reference": other},
+            {"do": "docker_push", "reference": ok_tag},
+            {"do": "docker_build", "context": outside.to_str().unwrap(), "tags": [format!("{}/granted/outside:1", e.registry)]},
+            {"do": "docker_build", "context": ".", "dockerfile": "Linked", "tags": [format!("{}/granted/linked:1", e.registry)]},
+            {"do": "docker_build", "context": ".", "dockerfile": "../x/Dockerfile"},
+            {"do": "docker_inspect", "reference": "../../containers/json"},
+            {"do": "docker_push", "reference": "127.0.0.1:1/granted/../../../containers/create"},
+            {"do": "docker_build", "context": ".", "pull": true},
+        ]),
+    )
+    .await;
+    assert!(out["results"][0].get("ok").is_some(), "{out}");
+    let push = refused(&out, 2);
+    assert!(
+        push.contains("other/app") && push.contains("docker:push"),
+        "{push}"
+    );
+    assert!(out["results"][3].get("ok").is_some(), "{out}");
+    let cat = e.catalog(&e.registry);
+    assert!(
+        cat.contains("granted/app") && !cat.contains("other/app"),
+        "{cat}"
+    );
+    assert!(refused(&out, 4).contains("must lie in a directory the step was given"));
+    assert!(!e.has_image(&format!("{}/granted/outside:1", e.registry)));
+    assert!(
+        refused(&out, 5).contains("inside the build context"),
+        "{out}"
+    );
+    assert!(!e.has_image(&format!("{}/granted/linked:1", e.registry)));
+    assert!(
+        refused(&out, 6).contains("inside the build context"),
+        "{out}"
+    );
+    assert!(refused(&out, 7).contains("not an image reference"), "{out}");
+    assert!(refused(&out, 8).contains("not an image reference"), "{out}");
+    assert!(refused(&out, 9).contains("net:*"), "{out}");
+}
+
+/// Without `net:*` a build is offline: `ADD <url>` is refused before the engine could
+/// fetch it (the listener sees no connection), a base image the engine would pull is
+/// refused, `RUN` has no network; a symlink in the context is sent as a link, so a
+/// host file it points at never reaches the image.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugins_build_is_offline_and_sends_links_as_links() {
+    let Some(e) = engine() else { return };
+    let rt = e.runtime();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (_o, outside) = support::tempdir();
+    let canary = outside.join("canary");
+    std::fs::write(&canary, "host-secret-canary").unwrap();
+
+    let (_t, cwd) = support::tempdir();
+    let files = [
+        (
+            "add",
+            format!("FROM {}\nADD http://127.0.0.1:{port}/x /x\n", e.base),
+        ),
+        (
+            "pull",
+            format!("FROM {}/granted/never-built:1\n", e.registry),
+        ),
+        ("var", format!("ARG B={}\nFROM $B\n", e.base)),
+        (
+            "run",
+            format!(
+                "FROM {}\nCOPY . /ctx\nRUN wget -q -T 2 -O /fetched http://1.1.1.1/ || echo offline > /net\nRUN cat /ctx/link > /leak 2>/dev/null || echo link > /leak\n",
+                e.base
+            ),
+        ),
+    ];
+    for (name, text) in &files {
+        std::fs::create_dir_all(cwd.join(name)).unwrap();
+        std::fs::write(cwd.join(name).join("Dockerfile"), text).unwrap();
+    }
+    std::os::unix::fs::symlink(&canary, cwd.join("run/link")).unwrap();
+    let tag = |n: &str| format!("{}/granted/{n}:1", e.registry);
+    let out = attack(
+        &rt,
+        plugins::HOSTILE_DOCKER,
+        &cwd,
+        DOCKER_GRANTS,
+        json!([
+            {"do": "docker_build", "context": "add", "tags": [tag("add")]},
+            {"do": "docker_build", "context": "pull", "tags": [tag("pull")]},
+            {"do": "docker_build", "context": "var", "tags": [tag("var")]},
+            {"do": "docker_build", "context": "run", "tags": [tag("run")]},
+        ]),
+    )
+    .await;
+    assert!(refused(&out, 0).contains("`ADD` from a URL"), "{out}");
+    assert!(
+        listener.accept().is_err(),
+        "the engine connected to the ADD url"
+    );
+    assert!(refused(&out, 1).contains("would pull it"), "{out}");
+    assert!(refused(&out, 2).contains("uses a variable"), "{out}");
+    assert!(out["results"][3].get("ok").is_some(), "{out}");
+    for n in ["add", "pull", "var"] {
+        assert!(!e.has_image(&tag(n)));
+    }
+    let ran = e
+        .podman()
+        .args([
+            "run",
+            "--rm",
+            "--network=none",
+            &tag("run"),
+            "sh",
+            "-c",
+            "cat /net /leak; readlink /ctx/link",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&ran.stdout);
+    assert!(
+        stdout.contains("offline"),
+        "RUN reached the network: {stdout}"
+    );
+    assert!(
+        !stdout.contains("host-secret-canary"),
+        "a host file reached the image: {stdout}"
+    );
+    assert!(
+        stdout.contains(canary.to_str().unwrap()),
+        "the link was not sent as a link: {stdout}"
+    );
+    let mut buf = String::new();
+    let _ = std::fs::File::open(&canary)
+        .unwrap()
+        .read_to_string(&mut buf);
+    assert_eq!(buf, "host-secret-canary");
+    let _ = std::io::stdout().flush();
+}
