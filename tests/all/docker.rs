@@ -50,13 +50,15 @@ fn supervised(dir: &Path, name: &str, command: &str, cleanup: &str) {
         log = dir.join(format!("{name}.log")).display(),
         me = std::process::id(),
     );
-    Command::new("setsid")
-        .args(["sh", "-c", &script])
+    // `setsid -f` forks the watchdog off and returns at once.
+    let started = Command::new("setsid")
+        .args(["-f", "sh", "-c", &script])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
-        .spawn()
+        .status()
         .unwrap();
+    assert!(started.success(), "starting {name}");
 }
 
 fn wait_tcp(port: u16, what: &str) {

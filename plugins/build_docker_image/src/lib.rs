@@ -37,8 +37,10 @@ struct Inputs {
     /// More tags for the same image.
     #[serde(default)]
     additional_tags: Option<Vec<String>>,
-    /// Build again even if an identical call already built in this process.
+    /// Build again even if an identical call already built in this process (read by
+    /// the host's runner, which memoises the call).
     #[serde(default)]
+    #[allow(dead_code)]
     ignore_cache: bool,
     /// With `dockerfile: auto`, keep the generated Dockerfile as `dockerfile_output_path`.
     #[serde(default)]

@@ -222,7 +222,7 @@ fn walk(
         };
         let full = root.join(&path);
         let meta = std::fs::symlink_metadata(&full)?;
-        let excluded = ignore.excluded(&path) && !keep.iter().any(|k| *k == path);
+        let excluded = ignore.excluded(&path) && !keep.contains(&path);
         let ft = meta.file_type();
         if ft.is_dir() {
             if !excluded {

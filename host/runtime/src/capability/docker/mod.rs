@@ -173,7 +173,7 @@ fn reference(what: &str, r: &str) -> Result<(String, Option<String>), StepError>
     }
     let parts: Vec<&str> = name.split('/').collect();
     let (first, rest) = parts.split_first().ok_or_else(|| bad("empty"))?;
-    let registry = rest.len() > 0 && (first.contains(['.', ':']) || *first == "localhost");
+    let registry = !rest.is_empty() && (first.contains(['.', ':']) || *first == "localhost");
     let ok = if registry {
         domain(first) && rest.iter().all(|c| name_component(c))
     } else {
