@@ -622,12 +622,14 @@ fn c54_default_and_explicitly_empty_pull() {
             _ => want,
         };
         if yaml.contains("build_docker_image") {
-            // The docker build step is not available yet: the plan says so, nothing runs.
+            // No engine here (tests/all/docker.rs has one): the build fails, saying so;
+            // the deployment's pull steps are still what `dockerfile: auto` implies.
             let (code, _, err) = run(hoist(&dir)
                 .current_dir(&dir)
+                .env("DOCKER_HOST", format!("unix://{}/none.sock", dir.display()))
                 .args(["push", "-d", "d", "-o", "json"]));
             assert_eq!(code, 1);
-            assert!(err.contains("build_docker_image"), "{err}");
+            assert!(err.contains("build_docker_image") && err.contains("no Docker engine"), "{err}");
             let p = project::load(&dir.join("prefect.yaml")).unwrap();
             let d = p.deployment("d").unwrap();
             let spec =
