@@ -739,3 +739,53 @@ async fn a_plugins_build_is_offline_and_sends_links_as_links() {
     assert_eq!(buf, "host-secret-canary");
     let _ = std::io::stdout().flush();
 }
+
+/// A Dockerfile is hostile input even to the built-in step (a plugin may have written it
+/// in the working directory): `RUN --mount` (host paths), `RUN --network=host` and
+/// `RUN --security` are refused before the engine sees the build, also when an
+/// `# escape=` directive hides the option on a continuation line.
+#[test]
+fn run_options_that_reach_the_host_are_refused_in_every_build() {
+    let Some(e) = engine() else { return };
+    let (_o, outside) = support::tempdir();
+    std::fs::write(outside.join("canary"), "host-secret-canary").unwrap();
+    let canary = outside.join("canary");
+    for (i, rest) in [
+        format!(
+            "RUN --mount=type=bind,source=/,target=/h cat /h{} > /leak\n",
+            canary.display()
+        ),
+        "RUN --network=host wget -q -O /x http://127.0.0.1:1/\n".to_string(),
+        "RUN --security=insecure true\n".to_string(),
+        format!(
+            "RUN `\n  --mount=type=bind,source=/,target=/h cat /h{} > /leak\n",
+            canary.display()
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let escape = if rest.contains('`') {
+            "# escape=`\n"
+        } else {
+            ""
+        };
+        let (_t, dir) = support::tempdir();
+        std::fs::write(
+            dir.join("Dockerfile"),
+            format!("{escape}FROM {}\n{rest}", e.base),
+        )
+        .unwrap();
+        let image = format!("{}/mount/app{i}", e.registry);
+        support::write_project(
+            &dir,
+            format!(
+                "build:\n- prefect_docker.deployments.steps.build_docker_image:\n    image_name: {image}\n    tag: x\n    pull: false\ndeployments: [{{name: d}}]\n"
+            ),
+        );
+        let (code, _, err) = run(hoist_with(e, &dir).arg("build"));
+        assert_ne!(code, 0, "{rest}: {err}");
+        assert!(err.contains("Hoist refuses `RUN --mount`"), "{err}");
+        assert!(!e.has_image(&format!("{image}:x")), "{rest}");
+    }
+}

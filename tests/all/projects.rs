@@ -629,7 +629,10 @@ fn c54_default_and_explicitly_empty_pull() {
                 .env("DOCKER_HOST", format!("unix://{}/none.sock", dir.display()))
                 .args(["push", "-d", "d", "-o", "json"]));
             assert_eq!(code, 1);
-            assert!(err.contains("build_docker_image") && err.contains("no Docker engine"), "{err}");
+            assert!(
+                err.contains("build_docker_image") && err.contains("no Docker engine"),
+                "{err}"
+            );
             let p = project::load(&dir.join("prefect.yaml")).unwrap();
             let d = p.deployment("d").unwrap();
             let spec =

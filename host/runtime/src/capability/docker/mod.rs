@@ -313,6 +313,26 @@ impl DockerView<'_> {
         Ok((rel, canon))
     }
 
+    /// What no build may hold, online or not ([`forbidden_run_option`]).
+    fn check_dockerfile(&self, dockerfile: &Path) -> Result<(), StepError> {
+        let text = std::fs::read_to_string(dockerfile)
+            .map_err(|e| failure(format!("cannot read {}: {e}", dockerfile.display()), None))?;
+        for instruction in instructions(&text) {
+            if let Some(option) = forbidden_run_option(&instruction) {
+                return Err(StepError::Denied(format!(
+                    "step `{}` ({}) may not build {}: `RUN {}` can reach host paths, the host's \
+                     network or disable the build's sandbox; Hoist refuses `RUN --mount`, \
+                     `--network` and `--security` in every build",
+                    self.ctx.info.name,
+                    self.ctx.info.plugin,
+                    dockerfile.display(),
+                    hoist_policy::text::sanitize(option)
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Offline builds: nothing in the Dockerfile may make the engine fetch from the
     /// network. `ADD <url>` is refused; every base image must already be there.
     async fn check_offline(&self, dockerfile: &Path) -> Result<(), StepError> {
@@ -416,16 +436,34 @@ impl DockerView<'_> {
     }
 }
 
-/// The instructions of a Dockerfile: comments dropped, `\` continuations joined.
+/// The instructions of a Dockerfile: comments dropped, continuations joined with the
+/// escape character its `# escape=` parser directive names (`\` by default), as the
+/// engine reads them.
 fn instructions(text: &str) -> Vec<String> {
+    let mut escape = '\\';
+    let mut directives = true;
     let mut out = Vec::new();
     let mut current = String::new();
     for line in text.lines() {
         let t = line.trim();
+        if directives {
+            // Parser directives: `# name=value` lines before anything else.
+            if let Some(d) = t.strip_prefix('#') {
+                if let Some((name, value)) = d.split_once('=')
+                    && name.trim().eq_ignore_ascii_case("escape")
+                {
+                    if let Some(c) = value.trim().chars().next() {
+                        escape = c;
+                    }
+                    continue;
+                }
+            }
+            directives = false;
+        }
         if current.is_empty() && (t.is_empty() || t.starts_with('#')) {
             continue;
         }
-        if let Some(head) = t.strip_suffix('\\') {
+        if let Some(head) = t.strip_suffix(escape) {
             current.push_str(head);
             current.push(' ');
         } else if !t.starts_with('#') {
@@ -437,6 +475,24 @@ fn instructions(text: &str) -> Vec<String> {
         out.push(current);
     }
     out
+}
+
+/// `RUN` options reach what a build must not: `--mount` binds host paths or secrets,
+/// `--network` picks the host's network, `--security` drops the sandbox. Refused in
+/// every build, whoever wrote the Dockerfile (a plugin may have written it for a
+/// built-in step to build).
+fn forbidden_run_option(instruction: &str) -> Option<&str> {
+    let mut words = instruction.split_whitespace();
+    if !words.next()?.eq_ignore_ascii_case("RUN") {
+        return None;
+    }
+    words.take_while(|w| w.starts_with("--")).find(|w| {
+        let w = w.to_ascii_lowercase();
+        w.starts_with("--mount")
+            || w.starts_with("--security")
+            || w == "--network"
+            || w.starts_with("--network=")
+    })
 }
 
 fn json_pairs(pairs: &[(String, String)]) -> serde_json::Value {
@@ -495,11 +551,18 @@ impl Host for DockerView<'_> {
         if opts.no_cache {
             query.push("nocache=1".into());
         }
+        self.check_dockerfile(&dockerfile_path)?;
         if self.online() {
             if opts.pull {
                 query.push("pull=1".into());
             }
         } else {
+            if opts.platform.is_some() {
+                return Err(StepError::Denied(self.ctx.info.denial(
+                    &Capability::Net("*".into()),
+                    "choose a `platform` (the engine may pull base images for it)",
+                )));
+            }
             if opts.pull {
                 return Err(StepError::Denied(
                     self.ctx
@@ -875,6 +938,27 @@ mod tests {
             instructions(text),
             ["FROM a AS b", "RUN x  y", "ADD https://x/y /z"]
         );
+        // The escape directive changes the continuation character, as the engine reads it.
+        let text = "# escape=`\nFROM a\nADD `\n  http://x/y /z\nRUN `\n--mount=type=bind,source=/,target=/h cat /h/etc/shadow\n";
+        let got = instructions(text);
+        assert_eq!(got[1], "ADD  http://x/y /z");
+        assert_eq!(
+            forbidden_run_option(&got[2]),
+            Some("--mount=type=bind,source=/,target=/h")
+        );
+        assert_eq!(
+            forbidden_run_option("RUN --network=host curl x"),
+            Some("--network=host")
+        );
+        assert_eq!(
+            forbidden_run_option("run --security=insecure x"),
+            Some("--security=insecure")
+        );
+        assert_eq!(
+            forbidden_run_option("RUN yarn install --network-timeout 1000"),
+            None
+        );
+        assert_eq!(forbidden_run_option("RUN echo --mount"), None);
     }
 
     #[test]
