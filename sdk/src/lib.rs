@@ -367,9 +367,51 @@ pub mod docker {
         })
     }
 
+    /// Prefect's default image tag: the UTC time in ISO 8601 with microseconds,
+    /// slugified (`2022-08-31t18-01-32-000123-00-00`).
+    pub fn prefect_default_tag() -> String {
+        let u = crate::time::utc(std::time::SystemTime::now());
+        slugify(&format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}+00:00",
+            u.year, u.month, u.day, u.hour, u.minute, u.second, u.micros
+        ))
+    }
+
+    /// Lower case; runs of anything but ASCII letters and digits become one `-`; trimmed.
+    pub fn slugify(s: &str) -> String {
+        let mut out = String::new();
+        for c in s.chars().flat_map(char::to_lowercase) {
+            if c.is_ascii_alphanumeric() {
+                out.push(c);
+            } else if !out.ends_with('-') {
+                out.push('-');
+            }
+        }
+        out.trim_matches('-').to_string()
+    }
+
+    /// A registry as blocks often hold it (`https://registry.example.com/`), as the
+    /// engine wants it (`registry.example.com`).
+    pub fn registry_host(url: &str) -> String {
+        url.trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string()
+    }
+
     #[cfg(test)]
     mod tests {
         use super::prefect_image_name as name;
+
+        #[test]
+        fn tags_are_slugified_iso_times() {
+            assert_eq!(
+                super::slugify("2022-08-31T18:01:32.000123+00:00"),
+                "2022-08-31t18-01-32-000123-00-00"
+            );
+            assert_eq!(super::prefect_default_tag().len(), 32);
+            assert_eq!(super::registry_host("https://r.io:5000/"), "r.io:5000");
+        }
 
         #[test]
         fn namespaces_as_prefect_resolves_them() {

@@ -789,3 +789,26 @@ fn run_options_that_reach_the_host_are_refused_in_every_build() {
         assert!(!e.has_image(&format!("{image}:x")), "{rest}");
     }
 }
+
+/// The prefect-docker 0.2.x step of Prefect 2.10's docker recipes: build, tag and push in
+/// one step; its `image_name` output includes the tag.
+#[test]
+fn the_2x_build_step_builds_and_pushes() {
+    let Some(e) = engine() else { return };
+    let (_t, dir) = project(e, "CMD [\"true\"]\n");
+    let image = format!("{}/legacy/app", e.registry);
+    support::write_project(
+        &dir,
+        format!(
+            "build:\n- prefect_docker.projects.steps.build_docker_image:\n    id: b\n    image_name: {image}\n    image_tag: v2\ndeployments: [{{name: d}}]\n"
+        ),
+    );
+    let (code, out, err) = run(hoist_with(e, &dir).arg("build"));
+    assert_eq!(code, 0, "{err}");
+    let outputs: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        outputs["b"],
+        json!({"image_name": format!("{image}:v2"), "image_tag": "v2"})
+    );
+    assert!(e.catalog(&e.registry).contains("legacy/app"));
+}

@@ -84,6 +84,14 @@ pub const BUILTIN_NAMES: &[(&str, &str)] = &[
         "prefect_docker.deployments.steps.push_docker_image",
         "push_docker_image",
     ),
+    (
+        "prefect_docker.projects.steps.build_docker_image",
+        "build_docker_image_legacy",
+    ),
+    (
+        "prefect_docker.projects.steps.push_docker_image",
+        "push_docker_image",
+    ),
 ];
 
 /// Prefect names Hoist recognises but cannot run yet, with the step they belong to.
@@ -95,14 +103,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
     (
         "prefect.deployments.steps.pull.pull_with_block",
         "pull_with_block",
-    ),
-    (
-        "prefect_docker.projects.steps.build_docker_image",
-        "build_docker_image",
-    ),
-    (
-        "prefect_docker.projects.steps.push_docker_image",
-        "push_docker_image",
     ),
     ("prefect_gcp.deployments.steps.push_to_gcs", "push_to_gcs"),
     (

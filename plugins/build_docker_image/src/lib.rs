@@ -95,29 +95,6 @@ struct Outputs {
     additional_tags: Vec<String>,
 }
 
-/// Prefect's default tag: `datetime.now(timezone.utc).isoformat()`, slugified.
-fn default_tag() -> String {
-    let u = hoist_sdk::time::utc(std::time::SystemTime::now());
-    let iso = format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}+00:00",
-        u.year, u.month, u.day, u.hour, u.minute, u.second, u.micros
-    );
-    slugify(&iso)
-}
-
-/// Lower case, runs of anything but letters and digits become one `-`, trimmed.
-fn slugify(s: &str) -> String {
-    let mut out = String::new();
-    for c in s.chars().flat_map(char::to_lowercase) {
-        if c.is_ascii_alphanumeric() {
-            out.push(c);
-        } else if !out.ends_with('-') {
-            out.push('-');
-        }
-    }
-    out.trim_matches('-').to_string()
-}
-
 /// The Dockerfile `auto` writes (Prefect's, with a configurable base image).
 fn generated_dockerfile(base: &str, cwd: &Path) -> String {
     let dir = cwd
@@ -186,7 +163,10 @@ fn run(inputs: Inputs) -> Result<Outputs> {
             )));
         }
     }
-    let tag = inputs.tag.clone().unwrap_or_else(default_tag);
+    let tag = inputs
+        .tag
+        .clone()
+        .unwrap_or_else(docker::prefect_default_tag);
     let additional_tags = inputs.additional_tags.clone().unwrap_or_default();
     let mut tags = vec![format!("{image_name}:{tag}")];
     tags.extend(additional_tags.iter().map(|t| format!("{image_name}:{t}")));
@@ -239,16 +219,6 @@ hoist_sdk::step! {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tags_are_slugified_iso_times() {
-        assert_eq!(
-            slugify("2022-08-31T18:01:32.000123+00:00"),
-            "2022-08-31t18-01-32-000123-00-00"
-        );
-        let t = default_tag();
-        assert_eq!(t.len(), "2022-08-31t18-01-32-000123-00-00".len(), "{t}");
-    }
 
     #[test]
     fn generated_dockerfile_copies_the_project() {

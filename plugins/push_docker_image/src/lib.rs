@@ -76,13 +76,11 @@ fn run(inputs: Inputs) -> Result<Outputs> {
     let credentials = inputs.credentials.as_ref().map(|c| RegistryCredentials {
         username: c.username.clone(),
         password: c.password.clone(),
-        server: c.registry_url.clone().filter(|u| !u.is_empty()).map(|u| {
-            // `https://registry.example.com/` is how blocks often hold it.
-            u.trim_start_matches("https://")
-                .trim_start_matches("http://")
-                .trim_end_matches('/')
-                .to_string()
-        }),
+        server: c
+            .registry_url
+            .as_deref()
+            .filter(|u| !u.is_empty())
+            .map(docker::registry_host),
     });
     let additional_tags = inputs.additional_tags.clone().unwrap_or_default();
     let first = format!("{image_name}:{}", inputs.tag.as_deref().unwrap_or("latest"));

@@ -448,15 +448,13 @@ fn instructions(text: &str) -> Vec<String> {
         let t = line.trim();
         if directives {
             // Parser directives: `# name=value` lines before anything else.
-            if let Some(d) = t.strip_prefix('#') {
-                if let Some((name, value)) = d.split_once('=')
-                    && name.trim().eq_ignore_ascii_case("escape")
-                {
-                    if let Some(c) = value.trim().chars().next() {
-                        escape = c;
-                    }
-                    continue;
+            if let Some((name, value)) = t.strip_prefix('#').and_then(|d| d.split_once('='))
+                && name.trim().eq_ignore_ascii_case("escape")
+            {
+                if let Some(c) = value.trim().chars().next() {
+                    escape = c;
                 }
+                continue;
             }
             directives = false;
         }
