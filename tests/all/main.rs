@@ -11,6 +11,7 @@ mod hostile_git;
 mod hostile_output;
 mod net;
 mod pipeline;
+mod prefect;
 mod projects;
 mod sandbox;
 mod storage;

@@ -122,7 +122,9 @@ def main():
 
         def docker_cmd(tag):
             ref = f"{registry}/bench/docker:{tag}"
-            return ["sh", "-c", f"docker build -q --no-cache -t {ref} . >/dev/null && docker push -q {ref} >/dev/null"]
+            # The same image Hoist builds: Prefect's steps label it with the Prefect version.
+            return ["sh", "-c", f"docker build -q --no-cache --label io.prefect.version=3.9.1 -t {ref} . >/dev/null"
+                                f" && docker push -q {ref} >/dev/null"]
 
         clients = {"hoist": hoist_cmd, "docker CLI": docker_cmd}
         if a.prefect_python:

@@ -25,6 +25,8 @@
 //! ```
 #![deny(missing_docs)]
 
+/// The Prefect server client: blocks and variables from `PREFECT_API_URL`.
+pub use hoist_prefect as prefect;
 /// prefect.yaml projects (crate `hoist-project`, no wasmtime).
 pub use hoist_project as project;
 /// The `{{ }}` template engine (in `hoist-project`).

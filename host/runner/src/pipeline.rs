@@ -27,7 +27,7 @@ use serde_json::{Map, Value};
 
 use crate::plan::{self as resolve, Target};
 use crate::runner::{self, Events, Reporter, RunError, Runner, location, redact_value};
-use crate::templater::{LocalStore, Templater};
+use crate::templater::{ProcessValues, Templater};
 use hoist_policy::secrets::Redactor;
 use hoist_project::template::{self, Options, Resolved, Values};
 use hoist_project::{self as project, Action, Deployment, Project, StepEntry};
@@ -129,7 +129,7 @@ impl Loaded {
 }
 
 /// What to run and how.
-pub struct PipelineRequest<V = LocalStore> {
+pub struct PipelineRequest<V = ProcessValues> {
     /// `build` (build), `push` (build then push), `pull` (pull).
     pub command: Action,
     /// The step runtime.

@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::plan::{self, Target};
-use crate::templater::{LocalStore, Templater};
+use crate::templater::{ProcessValues, Templater};
 pub use hoist_policy::secrets::{
     keyed_secrets, redact_value, secret_env_name, secret_input_key, secret_strings,
 };
@@ -112,7 +112,7 @@ pub struct SectionOutcome {
 
 /// Runs sections of one project; its templating half ([`Templater`]: `env`, secrets,
 /// blocks and variables from `V`) is reached through `Deref`.
-pub struct Runner<V = LocalStore> {
+pub struct Runner<V = ProcessValues> {
     /// The step runtime.
     pub runtime: Arc<Runtime>,
     /// The project file (for messages) and its directory (plugin paths, preopen).
