@@ -203,3 +203,215 @@ fn a_prefect_server_that_is_down_is_one_clear_line() {
     assert_ne!(code, 0);
     assert!(err.contains("is not an http(s) URL"), "{err}");
 }
+
+/// The fields of a stored deployment that depend on when and by whom it was made.
+fn comparable(mut d: serde_json::Value) -> serde_json::Value {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for k in [
+                    "id",
+                    "created",
+                    "updated",
+                    "created_by",
+                    "updated_by",
+                    "deployment_id",
+                    "anchor_date",
+                ] {
+                    m.remove(k);
+                }
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    // The global concurrency limit is named after the deployment's id.
+    if let Some(g) = d
+        .get_mut("global_concurrency_limit")
+        .and_then(|g| g.as_object_mut())
+    {
+        g.remove("name");
+    }
+    strip(&mut d);
+    d
+}
+
+const FLOW: &str = r#"from typing import Literal, Optional
+from prefect import flow
+
+
+@flow(log_prints=True)
+def hello(who: str, name: str = "world", count: int = 1, ratio: float = 0.5,
+          tags: list[str] = [], extra: Optional[dict] = None, mode: Literal["a", "b"] = "a",
+          flag: bool = False, anything=None, *, when: Optional[int] = None):
+    """Say hello.
+
+    Args:
+        who: who asks
+        name: who to greet
+        count (int): how many times
+            and more
+    """
+    print(f"hello {name}")
+
+
+@flow(name="Call API")
+def call_api(url: str = "http://example.com"):
+    print(url)
+"#;
+
+/// The oracle is Prefect: the same project deployed by `prefect deploy` and by
+/// `hoist deploy` against the same server is stored the same, field by field (ids,
+/// timestamps, authors aside): schedules of each kind, parameters of each type with
+/// docstring descriptions, a templated version, tags, concurrency, queue, job variables,
+/// two deployments of two flows. A second `hoist deploy` updates in place; an unknown
+/// work pool is one fix-it line.
+#[tokio::test(flavor = "multi_thread")]
+async fn hoist_deploy_stores_what_prefect_deploy_stores() {
+    let Some(s) = server() else { return };
+    let python = std::env::var("HOIST_TEST_PREFECT_PYTHON").unwrap();
+    let client = PrefectClient::new(&s.url, None, 5).unwrap();
+    let pool = format!("diff-pool-{}", std::process::id());
+    let (status, p) = client
+        .request(
+            Method::POST,
+            "/work_pools/",
+            Some(&json!({"name": pool, "type": "process"})),
+        )
+        .await
+        .unwrap();
+    assert!(status.is_success(), "{p}");
+    let (_t, dir) = support::tempdir();
+    std::fs::create_dir_all(dir.join("flows")).unwrap();
+    std::fs::write(dir.join("flows/hello.py"), FLOW).unwrap();
+    let yaml = format!(
+        r#"name: diff
+prefect-version: 3.9.1
+build:
+- prefect.deployments.steps.run_shell_script:
+    id: meta
+    script: echo 1.2.3
+pull:
+- prefect.deployments.steps.set_working_directory:
+    directory: {dir}
+deployments:
+- name: diff-dep
+  entrypoint: flows/hello.py:hello
+  version: "{{{{ meta.stdout }}}}"
+  tags: [t1, t2]
+  description: a described deployment
+  parameters: {{who: me, name: from-yaml}}
+  schedules:
+  - {{cron: "0 0 * * *", timezone: UTC, active: false}}
+  - {{interval: 3600}}
+  - {{rrule: "FREQ=DAILY;INTERVAL=2", timezone: Europe/Paris}}
+  concurrency_limit: {{limit: 2, collision_strategy: CANCEL_NEW}}
+  work_pool:
+    name: {pool}
+    work_queue_name: q1
+    job_variables: {{env: {{FOO: bar}}}}
+- name: api-dep
+  entrypoint: flows/hello.py:call_api
+  work_pool: {{name: {pool}}}
+"#,
+        dir = dir.display()
+    );
+    support::write_project(&dir, &yaml);
+    let get = |flow: &'static str, name: &'static str| {
+        let client = client.clone();
+        async move {
+            let (status, d) = client
+                .request(
+                    Method::GET,
+                    &format!("/deployments/name/{flow}/{name}"),
+                    None,
+                )
+                .await
+                .unwrap();
+            assert!(status.is_success(), "{flow}/{name}: {d}");
+            d
+        }
+    };
+    let out = Command::new(&python)
+        .args(["-m", "prefect", "--no-prompt", "deploy", "--all"])
+        .current_dir(&dir)
+        .env("PREFECT_API_URL", &s.url)
+        .env("PREFECT_HOME", dir.join(".prefect-home"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "prefect deploy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut by_prefect = Vec::new();
+    for (flow, name) in [("hello", "diff-dep"), ("Call API", "api-dep")] {
+        let flow: &'static str = flow;
+        let d = get(flow, name).await;
+        let id = d["id"].as_str().unwrap().to_string();
+        client
+            .request(Method::DELETE, &format!("/deployments/{id}"), None)
+            .await
+            .unwrap();
+        by_prefect.push(d);
+    }
+
+    let (code, out, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .env("PREFECT_API_URL", &s.url)
+        .args(["deploy", "--all"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("deployment `hello/diff-dep` created"), "{err}");
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for ((flow, name), prefect) in [("hello", "diff-dep"), ("Call API", "api-dep")]
+        .into_iter()
+        .zip(&by_prefect)
+    {
+        let hoisted = get(flow, name).await;
+        assert_eq!(
+            comparable(hoisted),
+            comparable(prefect.clone()),
+            "{flow}/{name}: hoist deploy (left) and prefect deploy (right) differ"
+        );
+    }
+
+    // Redeploy: the same deployment, updated in place, with the command line's overrides.
+    let first_id = summary["deployed"][0]["id"].as_str().unwrap().to_string();
+    let (code, _, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .env("PREFECT_API_URL", &s.url)
+        .args([
+            "deploy",
+            "-n",
+            "diff-dep",
+            "--tag",
+            "cli",
+            "--param",
+            "count=3",
+            "--version",
+            "9",
+        ]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("updated"), "{err}");
+    let d = get("hello", "diff-dep").await;
+    assert_eq!(d["id"], first_id.as_str());
+    assert_eq!(d["tags"], json!(["cli"]));
+    assert_eq!(
+        d["parameters"],
+        json!({"who": "me", "name": "from-yaml", "count": 3})
+    );
+    assert_eq!(d["version"], "9");
+
+    // An unknown work pool: one line that says how to fix it.
+    let (code, _, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .env("PREFECT_API_URL", &s.url)
+        .args(["deploy", "-n", "api-dep", "--pool", "no-such-pool"]));
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("work pool `no-such-pool` does not exist")
+            && err.contains("prefect work-pool create"),
+        "{err}"
+    );
+}

@@ -12,6 +12,9 @@
 //! appears in an error.
 #![deny(missing_docs)]
 
+pub mod deploy;
+pub mod flow;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -266,7 +269,7 @@ fn detail(v: &Value) -> String {
 }
 
 /// A path segment, percent-encoded.
-fn segment(s: &str) -> String {
+pub(crate) fn segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

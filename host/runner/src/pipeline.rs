@@ -161,6 +161,9 @@ pub struct PipelineOutcome {
     /// The deployment `prefect deploy` would register (secrets masked), for `build` and
     /// `push` with a deployment.
     pub deployment: Option<Value>,
+    /// The same, unmasked: what `hoist deploy` sends to the Prefect server (which
+    /// stores resolved values, as `prefect deploy` does). Never print it.
+    pub deployment_to_register: Option<Value>,
     /// Masks every secret resolved during the run.
     pub redactor: Redactor,
     /// From the first step to the end.
@@ -217,7 +220,7 @@ pub async fn run<V: Values>(
         outputs = outcome.outputs;
     }
     let redactor = runner.redactor();
-    let deployment = match (&loaded.deployment, &config) {
+    let spec = match (&loaded.deployment, &config) {
         (Some(d), Some(config)) => {
             let spec = project::spec::resolve(
                 &loaded.project,
@@ -232,14 +235,15 @@ pub async fn run<V: Values>(
                 label: format!("deployment `{}`", d.name.as_deref().unwrap_or("?")),
                 problem: e.to_string(),
             })?;
-            Some(redact_value(&spec, &redactor))
+            Some(spec)
         }
         _ => None,
     };
     Ok(PipelineOutcome {
         outputs,
         working_directory: cwd,
-        deployment,
+        deployment: spec.as_ref().map(|s| redact_value(s, &redactor)),
+        deployment_to_register: spec,
         redactor,
         elapsed: started.elapsed(),
     })

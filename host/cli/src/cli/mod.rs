@@ -1,6 +1,7 @@
 //! The `hoist` command line. Errors become `error: ...` on stderr and exit code 1;
 //! usage errors exit with 2 (clap).
 
+mod deploy;
 mod describe;
 mod plugin;
 mod project;
@@ -49,6 +50,12 @@ enum Command {
     /// Run the pull steps (what a worker does before a flow run) and print the final
     /// working directory.
     Pull(project::RunArgs),
+    /// Register deployments on the Prefect server PREFECT_API_URL names, as `prefect
+    /// deploy` does: each deployment's build and push steps run in the sandbox, its
+    /// declaration is templated with their outputs, the flow's parameters are read from
+    /// its source (never imported), then the flow and deployment are created or updated.
+    #[command(disable_version_flag = true)]
+    Deploy(Box<deploy::DeployArgs>),
     /// Show the steps a section would run, resolved as far as possible without running
     /// anything (secrets masked). Exits 1 if some step cannot run.
     Plan(project::PlanArgs),
@@ -166,6 +173,7 @@ pub fn main() -> i32 {
             Command::Push(args) => project::run(crate::project::Action::Push, args).await,
             Command::Pull(args) => project::run(crate::project::Action::Pull, args).await,
             Command::Plan(args) => project::plan(args).await,
+            Command::Deploy(args) => deploy::deploy(args).await,
             Command::Variable(cmd) => store::variable(cmd).await,
             Command::Block(cmd) => store::block(cmd).await,
             Command::Demo(cache) => project::demo(cache).await,

@@ -274,7 +274,7 @@ async fn demo_refusal(cache: &super::CacheArgs, dir: &std::path::Path) -> anyhow
 
 /// Text progress on stderr.
 #[derive(Default)]
-struct TextReporter {
+pub(crate) struct TextReporter {
     lock: Mutex<()>,
 }
 
@@ -325,7 +325,7 @@ impl Reporter for TextReporter {
 
 /// One JSON object per finished step on stdout.
 #[derive(Default)]
-struct JsonReporter {
+pub(crate) struct JsonReporter {
     lock: Mutex<()>,
 }
 
