@@ -403,6 +403,28 @@ deployments:
     );
     assert_eq!(d["version"], "9");
 
+    // By flow name, found by parsing (`@flow(name="Call API")`), never importing.
+    let (code, _, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .env("PREFECT_API_URL", &s.url)
+        .args(["deploy", "-n", "diff-dep", "-f", "Call API"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("deployment `Call API/diff-dep` created"),
+        "{err}"
+    );
+    let d = get("Call API", "diff-dep").await;
+    assert_eq!(d["entrypoint"], "flows/hello.py:call_api");
+    let (code, _, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .env("PREFECT_API_URL", &s.url)
+        .args(["deploy", "-n", "diff-dep", "-f", "nope"]));
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("Flow 'nope' cannot be found") && err.contains("Call API"),
+        "{err}"
+    );
+
     // An unknown work pool: one line that says how to fix it.
     let (code, _, err) = run(hoist(&dir)
         .current_dir(&dir)

@@ -69,6 +69,86 @@ print(json.dumps({"params": params, "docstring": doc, "flow": flow, "flows": flo
                   "file_hash": hashlib.md5(raw).hexdigest()}))
 "#;
 
+/// Lists the flows of every `*.py` under a directory (spec `prefect-deployments.md`
+/// §2.3: `def` and `async def` at any depth decorated `@flow`, `@flow(...)`,
+/// `@prefect.flow`, `@prefect.flow(...)`; `name=` honoured when it is a string literal;
+/// files that do not parse skipped; `site-packages` excluded).
+const DISCOVER: &str = r#"
+import ast, json, os, sys
+root = sys.argv[1]
+found = []
+for dirpath, dirnames, filenames in os.walk(root):
+    dirnames[:] = sorted(d for d in dirnames if d not in ("site-packages", ".git", "__pycache__"))
+    for f in sorted(filenames):
+        if not f.endswith(".py"):
+            continue
+        path = os.path.join(dirpath, f)
+        try:
+            tree = ast.parse(open(path, "rb").read(), filename=path)
+        except Exception:
+            continue
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for d in node.decorator_list:
+                target = d.func if isinstance(d, ast.Call) else d
+                if isinstance(target, ast.Name) and target.id == "flow":
+                    pass
+                elif isinstance(target, ast.Attribute) and target.attr == "flow" and isinstance(target.value, ast.Name) and target.value.id == "prefect":
+                    pass
+                else:
+                    continue
+                name = node.name
+                if isinstance(d, ast.Call):
+                    for kw in d.keywords:
+                        if kw.arg == "name" and isinstance(kw.value, ast.Constant) and isinstance(kw.value.value, str):
+                            name = kw.value.value
+                found.append({"flow_name": name, "function_name": node.name,
+                              "filepath": os.path.relpath(path, root)})
+                break
+found.sort(key=lambda r: (r["filepath"], r["function_name"]))
+print(json.dumps(found))
+"#;
+
+/// The `path:function` entrypoint of the flow named `name` under `root`, found by
+/// parsing (never importing) every Python file. A name matches the decorator's literal
+/// `name=`, the function's name, or the flow name Prefect derives from it (`_` → `-`).
+pub fn find_flow(python: &str, root: &Path, name: &str) -> Result<String, String> {
+    let out = std::process::Command::new(python)
+        .args(["-I", "-c", DISCOVER])
+        .arg(root)
+        .output()
+        .map_err(|e| format!("cannot run `{python}` to find flows: {e} (set HOIST_PYTHON)"))?;
+    let flows: Vec<Value> = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("finding flows under {}: {e}", root.display()))?;
+    let hit = flows.iter().find(|f| {
+        let fname = f["function_name"].as_str().unwrap_or("");
+        f["flow_name"] == name || fname == name || fname.replace('_', "-") == name
+    });
+    match hit {
+        Some(f) => Ok(format!(
+            "{}:{}",
+            f["filepath"].as_str().unwrap_or(""),
+            f["function_name"].as_str().unwrap_or("")
+        )),
+        None => {
+            let names: Vec<&str> = flows
+                .iter()
+                .filter_map(|f| f["flow_name"].as_str())
+                .collect();
+            Err(format!(
+                "Flow '{name}' cannot be found under {} (its flows: {})",
+                root.display(),
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ))
+        }
+    }
+}
+
 /// A function's signature as the parser read it.
 #[derive(Debug)]
 pub struct Signature {

@@ -16,7 +16,7 @@ use super::step::{TerminalSink, parse_duration, parse_size};
 use crate::pipeline::{self, Loaded, PipelineRequest};
 use crate::prefect::PrefectClient;
 use crate::prefect::deploy::deployment_body;
-use crate::prefect::flow::{parameter_schema, read_signature};
+use crate::prefect::flow::{find_flow, parameter_schema, read_signature};
 use crate::project::Action;
 use crate::runner::Reporter;
 use crate::runtime::{Capability, Grants, Limits, Runtime};
@@ -66,6 +66,15 @@ pub(crate) struct DeployArgs {
     /// The schedule's time zone (with --cron, --interval or --rrule).
     #[arg(long, value_name = "TZ")]
     timezone: Option<String>,
+    /// Deploy the flow with this name (found by parsing the project's Python files,
+    /// never importing them) instead of an ENTRYPOINT.
+    #[arg(
+        short = 'f',
+        long = "flow",
+        value_name = "FLOW_NAME",
+        conflicts_with = "entrypoint"
+    )]
+    flow: Option<String>,
     /// The project file.
     #[arg(
         long = "prefect-file",
@@ -205,6 +214,10 @@ pub(crate) async fn deploy(args: &DeployArgs) -> anyhow::Result<()> {
         .filter(|p| !p.as_os_str().is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."));
+    let by_flow = match &args.flow {
+        Some(f) => Some(find_flow(&python, &project_dir, f).map_err(|e| anyhow::anyhow!("{e}"))?),
+        None => None,
+    };
     let runtime =
         Arc::new(Runtime::new(args.cache.runtime_config()).map_err(|e| anyhow::anyhow!("{e:#}"))?);
     let mut results = Vec::new();
@@ -234,6 +247,9 @@ pub(crate) async fn deploy(args: &DeployArgs) -> anyhow::Result<()> {
             .clone()
             .ok_or_else(|| anyhow::anyhow!("deployment `{name}`: nothing to register"))?;
         apply_overrides(&mut spec, args)?;
+        if let Some(e) = &by_flow {
+            spec["entrypoint"] = json!(e);
+        }
         let where_ = format!("{}: deployment `{name}`", args.file.display());
         let entrypoint = spec
             .get("entrypoint")
