@@ -437,3 +437,146 @@ deployments:
         "{err}"
     );
 }
+
+/// The Python with Prefect, where these tests have one.
+fn prefect_python() -> Option<String> {
+    let p = std::env::var("HOIST_TEST_PREFECT_PYTHON").ok().filter(|p| {
+        Command::new(p)
+            .args(["-c", "import prefect"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if p.is_none() {
+        assert!(
+            std::env::var_os("HOIST_REQUIRE_PREFECT").is_none(),
+            "HOIST_REQUIRE_PREFECT is set but HOIST_TEST_PREFECT_PYTHON is not a Python with prefect"
+        );
+    }
+    p
+}
+
+/// The oracle is `prefect init`: for every recipe and the same fields, in a directory
+/// with a git remote and one without, `hoist init` writes the same prefect.yaml (parsed),
+/// but where Prefect's recipe does not work (the `gcs` pull's folder, the azure steps'
+/// credentials: README). Existing files are never overwritten; unknown recipes, missing
+/// fields and inference as Prefect.
+#[test]
+fn hoist_init_writes_what_prefect_init_writes() {
+    let Some(python) = prefect_python() else {
+        return;
+    };
+    let (_h, home) = support::tempdir();
+    for remote in [true, false] {
+        for r in hoist::project::recipes::RECIPES {
+            let mut fields = Vec::new();
+            for (k, _) in r.required {
+                fields.push("--field".to_string());
+                fields.push(format!("{k}=value-of-{k}"));
+            }
+            let mut made = Vec::new();
+            // The same directory for both (the recipes write its absolute path).
+            let (_t, base) = support::tempdir();
+            let dir = base.join("proj");
+            std::fs::create_dir_all(&dir).unwrap();
+            if remote {
+                support::git(&dir, &["init", "-q", "-b", "trunk"]);
+                support::git(
+                    &dir,
+                    &[
+                        "remote",
+                        "add",
+                        "origin",
+                        "https://example.com/org/proj.git",
+                    ],
+                );
+            }
+            for who in ["prefect", "hoist"] {
+                for f in ["prefect.yaml", ".prefectignore"] {
+                    let _ = std::fs::remove_file(dir.join(f));
+                }
+                let out = if who == "prefect" {
+                    Command::new(&python)
+                        .args(["-m", "prefect", "--no-prompt", "init", "--recipe", r.name])
+                        .args(&fields)
+                        .current_dir(&dir)
+                        .env("PREFECT_HOME", &home)
+                        .output()
+                        .unwrap()
+                } else {
+                    hoist(&dir)
+                        .args(["init", "--recipe", r.name])
+                        .args(&fields)
+                        .current_dir(&dir)
+                        .output()
+                        .unwrap()
+                };
+                assert!(
+                    out.status.success(),
+                    "{who} init {}: {}",
+                    r.name,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let text = std::fs::read_to_string(dir.join("prefect.yaml")).unwrap();
+                let mut v: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
+                assert!(dir.join(".prefectignore").exists());
+                v["prefect-version"] = json!("<version>");
+                made.push((v, ()));
+            }
+            let (mut prefect, hoisted) = (made[0].0.clone(), made[1].0.clone());
+            // Where Hoist's recipe differs on purpose.
+            if r.name == "gcs" {
+                prefect["pull"][0]["prefect_gcp.deployments.steps.pull_from_gcs"]["folder"] =
+                    json!("{{ push_code.folder }}");
+            }
+            if r.name.ends_with("azure") {
+                let creds =
+                    json!("{{ prefect.blocks.azure-blob-storage-credentials.azure-credentials }}");
+                let n = prefect["push"].as_array().unwrap().len();
+                prefect["push"][n - 1]["prefect_azure.deployments.steps.push_to_azure_blob_storage"]
+                    ["credentials"] = creds.clone();
+                prefect["pull"][0]["prefect_azure.deployments.steps.pull_from_azure_blob_storage"]
+                    ["credentials"] = creds;
+            }
+            assert_eq!(
+                hoisted, prefect,
+                "recipe {} (git remote: {remote}): hoist (left), prefect (right)",
+                r.name
+            );
+        }
+    }
+
+    // Inference, never overwriting, errors.
+    let (_t, dir) = support::tempdir();
+    std::fs::write(dir.join("Dockerfile"), "FROM scratch\n").unwrap();
+    std::fs::write(dir.join("prefect.yaml"), "mine: true\n").unwrap();
+    let (code, out, err) = run(hoist(&dir).current_dir(&dir).args([
+        "init",
+        "--field",
+        "image_name=x",
+        "--field",
+        "tag=1",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("recipe: docker")
+            || out.contains("prefect.yaml")
+            || out.contains(".prefectignore"),
+        "{out}{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("prefect.yaml")).unwrap(),
+        "mine: true\n"
+    );
+    let (code, _, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .args(["init", "--recipe", "nope"]));
+    assert_ne!(code, 0);
+    assert!(err.contains("Unknown recipe 'nope'"), "{err}");
+    let (_t2, dir2) = support::tempdir();
+    let (code, _, err) = run(hoist(&dir2)
+        .current_dir(&dir2)
+        .args(["project", "init", "--recipe", "s3"]));
+    assert_ne!(code, 0);
+    assert!(err.contains("--field bucket="), "{err}");
+    assert!(!dir2.join("prefect.yaml").exists());
+}

@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod load;
+pub mod recipes;
 pub mod spec;
 pub mod template;
 

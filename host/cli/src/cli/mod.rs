@@ -3,6 +3,7 @@
 
 mod deploy;
 mod describe;
+mod init;
 mod plugin;
 mod project;
 mod step;
@@ -56,6 +57,13 @@ enum Command {
     /// its source (never imported), then the flow and deployment are created or updated.
     #[command(disable_version_flag = true)]
     Deploy(Box<deploy::DeployArgs>),
+    /// Start a prefect.yaml (and .prefectignore) from a recipe, as `prefect init` does:
+    /// local, git, docker, docker-git, s3, gcs, azure, docker-s3, docker-gcs, docker-azure.
+    /// Existing files are never overwritten.
+    Init(init::InitArgs),
+    /// `hoist project init` and `hoist project recipe ls` (Prefect 2.10's spellings).
+    #[command(subcommand)]
+    Project(init::ProjectCommand),
     /// Show the steps a section would run, resolved as far as possible without running
     /// anything (secrets masked). Exits 1 if some step cannot run.
     Plan(project::PlanArgs),
@@ -174,6 +182,8 @@ pub fn main() -> i32 {
             Command::Pull(args) => project::run(crate::project::Action::Pull, args).await,
             Command::Plan(args) => project::plan(args).await,
             Command::Deploy(args) => deploy::deploy(args).await,
+            Command::Init(args) => init::init(args),
+            Command::Project(cmd) => init::project(cmd),
             Command::Variable(cmd) => store::variable(cmd).await,
             Command::Block(cmd) => store::block(cmd).await,
             Command::Demo(cache) => project::demo(cache).await,
