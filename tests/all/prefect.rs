@@ -21,6 +21,12 @@ pub struct Server {
 }
 
 fn start() -> Option<Server> {
+    start_with(&[], None)
+}
+
+/// A server with more settings in its environment (`extra`), and, with `auth`, the basic
+/// auth string it requires (`PREFECT_SERVER_API_AUTH_STRING`).
+fn start_with(extra: &[(&str, &str)], auth: Option<&str>) -> Option<Server> {
     let python = std::env::var("HOIST_TEST_PREFECT_PYTHON").ok().filter(|p| {
         Command::new(p)
             .args(["-c", "import prefect"])
@@ -37,12 +43,18 @@ fn start() -> Option<Server> {
         );
         return None;
     };
-    let home = std::env::temp_dir().join(format!("hoist-prefect-{}", std::process::id()));
+    static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let home = std::env::temp_dir().join(format!("hoist-prefect-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&home);
     std::fs::create_dir_all(&home).unwrap();
     let port = support::free_port();
+    let mut settings: String = extra.iter().map(|(k, v)| format!("{k}='{v}' ")).collect();
+    if let Some(a) = auth {
+        settings.push_str(&format!("PREFECT_SERVER_API_AUTH_STRING='{a}' "));
+    }
     let script = format!(
-        "PREFECT_HOME={h} PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 PREFECT_SERVER_UI_ENABLED=false \
+        "{settings}PREFECT_HOME={h} PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 PREFECT_SERVER_UI_ENABLED=false \
          {python} -m prefect server start --host 127.0.0.1 --port {port} > {h}/server.log 2>&1 & child=$!; \
          while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill $child; sleep 2; kill -9 $child 2>/dev/null; rm -rf {h}",
         h = home.display(),
@@ -60,7 +72,14 @@ fn start() -> Option<Server> {
     // Allow a minute and a half: 10–25 s on two busy cores.
     for _ in 0..900 {
         let ok = Command::new("curl")
-            .args(["-fsS", "-o", "/dev/null", &format!("{url}/health")])
+            .args([
+                "-fsS",
+                "-o",
+                "/dev/null",
+                "-u",
+                auth.unwrap_or(":"),
+                &format!("{url}/health"),
+            ])
             .status()
             .is_ok_and(|s| s.success());
         if ok {
@@ -288,6 +307,14 @@ async fn hoist_deploy_stores_what_prefect_deploy_stores() {
     let yaml = format!(
         r#"name: diff
 prefect-version: 3.9.1
+definitions:
+  work_pools:
+    shared: &shared_pool
+      name: {pool}
+      work_queue_name: shared-q
+      job_variables: {{env: {{FROM: anchor}}}}
+  schedules:
+    nightly: &nightly {{cron: "30 2 * * *", timezone: America/New_York}}
 build:
 - prefect.deployments.steps.run_shell_script:
     id: meta
@@ -314,6 +341,17 @@ deployments:
 - name: api-dep
   entrypoint: flows/hello.py:call_api
   work_pool: {{name: {pool}}}
+- name: anchored
+  entrypoint: flows/hello.py:call_api
+  schedules: [*nightly]
+  work_pool: *shared_pool
+  build:
+  - prefect.deployments.steps.run_shell_script:
+      id: own
+      script: echo own-build
+  pull:
+  - prefect.deployments.steps.run_shell_script:
+      script: echo "{{{{ own.stdout }}}}"
 "#,
         dir = dir.display()
     );
@@ -346,7 +384,11 @@ deployments:
         String::from_utf8_lossy(&out.stderr)
     );
     let mut by_prefect = Vec::new();
-    for (flow, name) in [("hello", "diff-dep"), ("Call API", "api-dep")] {
+    for (flow, name) in [
+        ("hello", "diff-dep"),
+        ("Call API", "api-dep"),
+        ("Call API", "anchored"),
+    ] {
         let flow: &'static str = flow;
         let d = get(flow, name).await;
         let id = d["id"].as_str().unwrap().to_string();
@@ -364,9 +406,13 @@ deployments:
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("deployment `hello/diff-dep` created"), "{err}");
     let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
-    for ((flow, name), prefect) in [("hello", "diff-dep"), ("Call API", "api-dep")]
-        .into_iter()
-        .zip(&by_prefect)
+    for ((flow, name), prefect) in [
+        ("hello", "diff-dep"),
+        ("Call API", "api-dep"),
+        ("Call API", "anchored"),
+    ]
+    .into_iter()
+    .zip(&by_prefect)
     {
         let hoisted = get(flow, name).await;
         assert_eq!(
@@ -579,4 +625,96 @@ fn hoist_init_writes_what_prefect_init_writes() {
     assert_ne!(code, 0);
     assert!(err.contains("--field bucket="), "{err}");
     assert!(!dir2.join("prefect.yaml").exists());
+}
+
+/// A smaller set against a server on PostgreSQL that requires an auth string
+/// (`PREFECT_SERVER_API_AUTH_STRING`): a wrong one is one line naming the settings to
+/// check, never the string; the right one (`PREFECT_API_AUTH_STRING`) reads variables
+/// and deploys.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_prefect_server_on_postgresql_with_an_auth_string() {
+    if prefect_python().is_none() {
+        return;
+    }
+    let Some(pg) = crate::stores::Postgres::start() else {
+        return;
+    };
+    let db = pg.url.replace("postgres://", "postgresql+asyncpg://");
+    let auth = "admin:s3cret-auth-string";
+    let s = start_with(
+        &[("PREFECT_API_DATABASE_CONNECTION_URL", db.as_str())],
+        Some(auth),
+    )
+    .unwrap();
+    let client = PrefectClient::new(&s.url, None, 5)
+        .unwrap()
+        .with_auth_string(auth);
+    let (status, v) = client
+        .request(
+            Method::POST,
+            "/variables/",
+            Some(&json!({"name": "region", "value": "eu-pg"})),
+        )
+        .await
+        .unwrap();
+    assert!(status.is_success(), "{v}");
+    let (status, p) = client
+        .request(
+            Method::POST,
+            "/work_pools/",
+            Some(&json!({"name": "pg-pool", "type": "process"})),
+        )
+        .await
+        .unwrap();
+    assert!(status.is_success(), "{p}");
+
+    let (_t, dir) = support::tempdir();
+    std::fs::create_dir_all(dir.join("flows")).unwrap();
+    std::fs::write(
+        dir.join("flows/f.py"),
+        "from prefect import flow\n\n@flow\ndef f(x: int = 1):\n    pass\n",
+    )
+    .unwrap();
+    support::write_project(
+        &dir,
+        "pull:\n- prefect.deployments.steps.run_shell_script:\n    script: echo region={{ prefect.variables.region }}\n    stream_output: true\ndeployments:\n- name: pg-dep\n  entrypoint: flows/f.py:f\n  work_pool: {name: pg-pool}\n",
+    );
+    let wrong = "admin:not-the-string";
+    let (code, out, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .env("PREFECT_API_URL", &s.url)
+        .env("PREFECT_API_AUTH_STRING", wrong)
+        .arg("pull"));
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("refused the credentials") && err.contains("PREFECT_API_AUTH_STRING"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("not-the-string") && !out.contains("not-the-string"),
+        "{err}"
+    );
+
+    let (code, _, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .env("PREFECT_API_URL", &s.url)
+        .env("PREFECT_API_AUTH_STRING", auth)
+        .arg("pull"));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("region=eu-pg"), "{err}");
+    let (code, _, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .env("PREFECT_API_URL", &s.url)
+        .env("PREFECT_API_AUTH_STRING", auth)
+        .arg("deploy"));
+    assert_eq!(code, 0, "{err}");
+    let (status, d) = client
+        .request(Method::GET, "/deployments/name/f/pg-dep", None)
+        .await
+        .unwrap();
+    assert!(status.is_success(), "{d}");
+    assert_eq!(
+        d["parameter_openapi_schema"]["properties"]["x"]["type"],
+        "integer"
+    );
 }

@@ -1,5 +1,6 @@
-//! A client of a Prefect server's REST API (`PREFECT_API_URL`, `PREFECT_API_KEY` for
-//! Prefect Cloud as a bearer token): where a user's blocks and variables live when they
+//! A client of a Prefect server's REST API (`PREFECT_API_URL`; `PREFECT_API_KEY` for
+//! Prefect Cloud, sent as a bearer token; `PREFECT_API_AUTH_STRING` for a self-hosted
+//! server started with `PREFECT_SERVER_API_AUTH_STRING`, sent as basic auth): where a user's blocks and variables live when they
 //! run Prefect. [`PrefectClient`] implements the templates' [`Values`], so
 //! `{{ prefect.blocks.* }}` and `{{ prefect.variables.* }}` resolve from the server.
 //!
@@ -38,7 +39,10 @@ pub enum PrefectError {
         why: String,
     },
     /// The server refused the API key.
-    #[error("the Prefect server at {url} refused the request ({status}): check PREFECT_API_KEY")]
+    #[error(
+        "the Prefect server at {url} refused the credentials ({status}): check PREFECT_API_KEY \
+         (Prefect Cloud) or PREFECT_API_AUTH_STRING (a server with PREFECT_SERVER_API_AUTH_STRING)"
+    )]
     Unauthorized {
         /// The API URL.
         url: String,
@@ -68,15 +72,24 @@ pub struct PrefectClient {
     http: reqwest::Client,
     /// The API's base URL, without a trailing `/` (e.g. `http://127.0.0.1:4200/api`).
     pub url: String,
-    key: Option<String>,
+    auth: Option<Auth>,
     max_retries: u32,
+}
+
+/// How requests authenticate.
+#[derive(Clone)]
+enum Auth {
+    /// Prefect Cloud's API key.
+    Bearer(String),
+    /// A self-hosted server's `user:password`.
+    Basic(String),
 }
 
 impl std::fmt::Debug for PrefectClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PrefectClient")
             .field("url", &self.url)
-            .field("key", &self.key.as_ref().map(|_| "********"))
+            .field("auth", &self.auth.as_ref().map(|_| "********"))
             .finish()
     }
 }
@@ -91,11 +104,16 @@ impl PrefectClient {
             .get("PREFECT_CLIENT_MAX_RETRIES")
             .and_then(|r| r.parse().ok())
             .unwrap_or(5);
-        Some(Self::new(
+        let client = Self::new(
             url,
             env.get("PREFECT_API_KEY").filter(|k| !k.is_empty()),
             retries,
-        ))
+        );
+        let auth = env.get("PREFECT_API_AUTH_STRING").filter(|a| !a.is_empty());
+        Some(client.map(|c| match auth {
+            Some(a) if c.auth.is_none() => c.with_auth_string(a),
+            _ => c,
+        }))
     }
 
     /// A client of the API at `url`.
@@ -116,9 +134,15 @@ impl PrefectClient {
         Ok(Self {
             http,
             url,
-            key: key.map(str::to_string),
+            auth: key.map(|k| Auth::Bearer(k.to_string())),
             max_retries,
         })
+    }
+
+    /// Authenticate with a self-hosted server's `user:password` (basic auth).
+    pub fn with_auth_string(mut self, auth: &str) -> Self {
+        self.auth = Some(Auth::Basic(auth.to_string()));
+        self
     }
 
     /// Send a request (retrying what Prefect retries); the answer's status and JSON body.
@@ -134,8 +158,13 @@ impl PrefectClient {
             let mut req = self
                 .http
                 .request(method.clone(), format!("{}{path}", self.url));
-            if let Some(key) = &self.key {
-                req = req.bearer_auth(key);
+            match &self.auth {
+                Some(Auth::Bearer(key)) => req = req.bearer_auth(key),
+                Some(Auth::Basic(pair)) => {
+                    let (user, password) = pair.split_once(':').unwrap_or((pair, ""));
+                    req = req.basic_auth(user, Some(password));
+                }
+                None => {}
             }
             if let Some(b) = body {
                 req = req.json(b);
