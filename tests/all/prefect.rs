@@ -167,6 +167,21 @@ async fn blocks_and_variables_come_from_the_prefect_server() {
         "the local store was opened"
     );
 
+    // `step run` templates its inputs the same way, and masks the secret in its outputs.
+    let (code, out, err) = run(hoist(&dir).current_dir(&dir).env("PREFECT_API_URL", &s.url).args([
+        "step",
+        "run",
+        "run_shell_script",
+        "-i",
+        &format!("script=echo {{{{ prefect.variables.{var} }}}} {{{{ prefect.blocks.secret.{block} }}}}"),
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("hello-from-server ********"), "{out}");
+    assert!(
+        !out.contains(secret) && !err.contains(secret),
+        "the secret leaked: {out}\n{err}"
+    );
+
     // `plan` resolves them from the server too, masked.
     let (code, out, err) = run(hoist(&dir)
         .current_dir(&dir)

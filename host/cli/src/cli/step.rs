@@ -118,6 +118,26 @@ pub(crate) async fn run(cmd: &StepCommand) -> anyhow::Result<()> {
 
 async fn run_one(runtime: &Runtime, args: &RunArgs) -> anyhow::Result<()> {
     let inputs = parse_inputs(args.inputs_json.as_deref(), &args.inputs)?;
+    // Inputs are templated as a project step's are: `{{ $VAR }}`, and blocks and
+    // variables from the Prefect server (PREFECT_API_URL) or the local store, secrets
+    // masked in everything shown.
+    let templater = crate::templater::Templater::from_process();
+    let entry = crate::project::StepEntry {
+        position: "inputs".into(),
+        line: None,
+        name: args.step.clone(),
+        inputs: match &inputs {
+            serde_json::Value::Object(m) => m.clone(),
+            _ => serde_json::Map::new(),
+        },
+        id: args.id.clone(),
+        requires: Vec::new(),
+        raw: serde_json::Value::Null,
+    };
+    let inputs = templater
+        .template(&entry, &serde_json::Map::new())
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: input: {e}", args.step))?;
     let cwd = match &args.directory {
         Some(d) => d.clone(),
         None => std::env::current_dir().context("cannot read the current directory")?,
@@ -141,6 +161,7 @@ async fn run_one(runtime: &Runtime, args: &RunArgs) -> anyhow::Result<()> {
         })
         .log(sink);
     req.id = args.id.clone();
+    req.secrets = templater.secrets();
     // No project: the directory given is the plugin's to write (a project's own
     // directory is read-only to plugins under `hoist build|push|pull`).
     req.project_root = None;
@@ -161,8 +182,9 @@ async fn run_one(runtime: &Runtime, args: &RunArgs) -> anyhow::Result<()> {
             fmt_duration(outcome.elapsed)
         );
     }
+    let shown = crate::runner::redact_value(&outcome.outputs, &templater.redactor());
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", super::json_text(&outcome.outputs, true))?;
+    writeln!(out, "{}", super::json_text(&shown, true))?;
     Ok(())
 }
 
