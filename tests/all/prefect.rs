@@ -271,8 +271,30 @@ fn comparable(mut d: serde_json::Value) -> serde_json::Value {
     d
 }
 
-const FLOW: &str = r#"from typing import Literal, Optional
+const FLOW: &str = r#"import datetime
+from datetime import timedelta
+from enum import Enum
+from typing import Any, Literal, Optional
+
 from prefect import flow
+from pydantic import BaseModel
+
+
+class Color(Enum):
+    RED = "RED"
+    BLUE = "BLUE"
+
+
+class Foo(BaseModel):
+    bar: str
+    first_count: int = 3
+
+
+@flow
+def typed(a: list[str], b: dict[str, Any], d: tuple[int, float], o: Optional[bool] = None,
+          c: Color = Color.BLUE, m: Foo = Foo(bar="x"), t: datetime.timedelta = timedelta(seconds=5),
+          n: Optional[Foo] = None):
+    pass
 
 
 @flow(log_prints=True)
@@ -356,6 +378,9 @@ deployments:
 - name: api-dep
   entrypoint: flows/hello.py:call_api
   work_pool: {{name: {pool}}}
+- name: typed-dep
+  entrypoint: flows/hello.py:typed
+  work_pool: {{name: {pool}}}
 - name: anchored
   entrypoint: flows/hello.py:call_api
   schedules: [*nightly]
@@ -403,6 +428,7 @@ deployments:
         ("hello", "diff-dep"),
         ("Call API", "api-dep"),
         ("Call API", "anchored"),
+        ("typed", "typed-dep"),
     ] {
         let flow: &'static str = flow;
         let d = get(flow, name).await;
@@ -425,6 +451,7 @@ deployments:
         ("hello", "diff-dep"),
         ("Call API", "api-dep"),
         ("Call API", "anchored"),
+        ("typed", "typed-dep"),
     ]
     .into_iter()
     .zip(&by_prefect)
@@ -436,6 +463,20 @@ deployments:
             "{flow}/{name}: hoist deploy (left) and prefect deploy (right) differ"
         );
     }
+
+    // Not vacuous: the typed flow's schema holds what pydantic renders (models and enums
+    // of the file as definitions, their defaults serialised).
+    let typed = &by_prefect[3]["parameter_openapi_schema"];
+    assert_eq!(
+        typed["definitions"]["Foo"]["properties"]["first_count"]["title"],
+        "First Count"
+    );
+    assert_eq!(
+        typed["properties"]["m"]["default"],
+        json!({"bar": "x", "first_count": 3})
+    );
+    assert_eq!(typed["properties"]["c"]["default"], "BLUE");
+    assert_eq!(typed["properties"]["t"]["default"], "PT5S");
 
     // Redeploy: the same deployment, updated in place, with the command line's overrides.
     let first_id = summary["deployed"][0]["id"].as_str().unwrap().to_string();

@@ -48,7 +48,41 @@ def default(expr):
     try:
         return {"value": ast.literal_eval(expr)}
     except Exception:
-        return {"expr": ast.unparse(expr)}
+        pass
+    # `Color.BLUE`, `Foo(bar="x")`, `timedelta(seconds=5)`: rendered by the host.
+    if isinstance(expr, ast.Attribute) and isinstance(expr.value, ast.Name):
+        return {"attr": [expr.value.id, expr.attr]}
+    if isinstance(expr, ast.Call):
+        name = expr.func.attr if isinstance(expr.func, ast.Attribute) else getattr(expr.func, "id", None)
+        try:
+            kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in expr.keywords}
+            args = [ast.literal_eval(a) for a in expr.args]
+            return {"call": name, "args": args, "kwargs": kwargs}
+        except Exception:
+            pass
+    return {"expr": ast.unparse(expr)}
+# Models and enums defined in the file, which annotations may name.
+classes = {}
+for node in tree.body:
+    if not isinstance(node, ast.ClassDef):
+        continue
+    bases = [b.attr if isinstance(b, ast.Attribute) else getattr(b, "id", "") for b in node.bases]
+    if any(b in ("Enum", "IntEnum", "StrEnum") for b in bases):
+        members = []
+        for st in node.body:
+            if isinstance(st, ast.Assign) and len(st.targets) == 1 and isinstance(st.targets[0], ast.Name):
+                try:
+                    members.append([st.targets[0].id, ast.literal_eval(st.value)])
+                except Exception:
+                    pass
+        classes[node.name] = {"kind": "enum", "members": members}
+    elif any(b == "BaseModel" for b in bases):
+        fields = []
+        for st in node.body:
+            if isinstance(st, ast.AnnAssign) and isinstance(st.target, ast.Name):
+                fields.append({"name": st.target.id, "annotation": ast.unparse(st.annotation),
+                               "default": default(st.value)})
+        classes[node.name] = {"kind": "model", "fields": fields}
 def add(arg, kind, d=None):
     params.append({"name": arg.arg, "kind": kind,
                    "annotation": ast.unparse(arg.annotation) if arg.annotation is not None else None,
@@ -65,7 +99,7 @@ if a.kwarg:
     add(a.kwarg, "varkw")
 doc = ast.get_docstring(found)
 flow = next((f for f in flows if f["function"] == func), None)
-print(json.dumps({"params": params, "docstring": doc, "flow": flow, "flows": flows,
+print(json.dumps({"params": params, "docstring": doc, "flow": flow, "flows": flows, "classes": classes,
                   "file_hash": hashlib.md5(raw).hexdigest()}))
 "#;
 
@@ -160,6 +194,8 @@ pub struct Signature {
     pub flow_name: Option<String>,
     /// md5 of the file, hex: a flow's default version in Prefect.
     pub file_hash: String,
+    /// Models (`BaseModel`) and enums defined in the file, by name.
+    pub classes: Map<String, Value>,
 }
 
 /// Read `func` in `file` with `python` (`ast`, nothing imported).
@@ -205,6 +241,7 @@ pub fn read_signature(python: &str, file: &Path, func: &str) -> Result<Signature
         docstring: v["docstring"].as_str().map(str::to_string),
         flow_name: v["flow"]["name"].as_str().map(str::to_string),
         file_hash: v["file_hash"].as_str().unwrap_or("").to_string(),
+        classes: v["classes"].as_object().cloned().unwrap_or_default(),
     })
 }
 
@@ -217,13 +254,17 @@ pub fn parameter_schema(sig: &Signature) -> Value {
         .unwrap_or_default();
     let mut properties = Map::new();
     let mut required = Vec::new();
+    let mut defs = Defs {
+        classes: &sig.classes,
+        definitions: Map::new(),
+    };
     for (position, p) in sig.params.iter().enumerate() {
         let name = p["name"].as_str().unwrap_or("").to_string();
         if name == "self" || name == "cls" {
             continue;
         }
         let mut prop = match p["annotation"].as_str() {
-            Some(a) => annotation_schema(a),
+            Some(a) => annotation_schema(a, &mut defs),
             None => Map::new(),
         };
         prop.insert("title".into(), json!(name));
@@ -231,18 +272,15 @@ pub fn parameter_schema(sig: &Signature) -> Value {
         if let Some(d) = descriptions.iter().find(|(n, _)| *n == name) {
             prop.insert("description".into(), json!(d.1));
         }
-        match p["default"].get("value") {
-            Some(v) => {
-                prop.insert("default".into(), v.clone());
-            }
-            None if !p["default"].is_null() => {}
-            None => required.push(json!(name)),
+        if p["default"].is_null() {
+            required.push(json!(name));
+        } else if let Some(v) = defs.default(&p["default"]) {
+            prop.insert("default".into(), v);
         }
         properties.insert(name, Value::Object(sort(prop)));
     }
     // As Prefect dumps its `ParameterSchema` (`exclude_unset`): `required` only when some
-    // parameter has no default; `definitions` only for models, which Hoist renders as
-    // "any" (it would have to import them).
+    // parameter has no default, `definitions` only when a model or an enum is named.
     let mut schema = json!({
         "title": "Parameters",
         "type": "object",
@@ -251,7 +289,152 @@ pub fn parameter_schema(sig: &Signature) -> Value {
     if !required.is_empty() {
         schema["required"] = Value::Array(required);
     }
+    if !defs.definitions.is_empty() {
+        schema["definitions"] = Value::Object(defs.definitions);
+    }
     schema
+}
+
+/// The models and enums of the flow's file, and the definitions the schema refers to.
+struct Defs<'a> {
+    classes: &'a Map<String, Value>,
+    definitions: Map<String, Value>,
+}
+
+impl Defs<'_> {
+    /// `{"$ref": ...}` for a class of the file (its definition added), else `None`.
+    fn reference(&mut self, name: &str) -> Option<Value> {
+        let class = self.classes.get(name)?.clone();
+        if !self.definitions.contains_key(name) {
+            // Reserve the name first: a model that refers to itself stops here.
+            self.definitions.insert(name.into(), json!({}));
+            let def = match class["kind"].as_str() {
+                Some("enum") => {
+                    let values: Vec<Value> = class["members"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|m| m[1].clone())
+                        .collect();
+                    let mut d = json!({"enum": values, "title": name});
+                    if values.iter().all(Value::is_string) {
+                        d["type"] = json!("string");
+                    } else if values.iter().all(Value::is_i64) {
+                        d["type"] = json!("integer");
+                    }
+                    d
+                }
+                _ => {
+                    let mut props = Map::new();
+                    let mut required = Vec::new();
+                    for f in class["fields"].as_array().into_iter().flatten() {
+                        let fname = f["name"].as_str().unwrap_or("");
+                        let mut prop =
+                            annotation_schema(f["annotation"].as_str().unwrap_or(""), self);
+                        prop.insert("title".into(), json!(title_case(fname)));
+                        if f["default"].is_null() {
+                            required.push(json!(fname));
+                        } else if let Some(v) = self.default(&f["default"]) {
+                            prop.insert("default".into(), v);
+                        }
+                        props.insert(fname.into(), Value::Object(sort(prop)));
+                    }
+                    let mut d = json!({"properties": props, "title": name, "type": "object"});
+                    if !required.is_empty() {
+                        d["required"] = Value::Array(required);
+                    }
+                    d
+                }
+            };
+            self.definitions.insert(name.into(), def);
+        }
+        Some(json!({"$ref": format!("#/definitions/{name}")}))
+    }
+
+    /// A default as pydantic serialises it: literals as they are, an enum member as its
+    /// value, a model call as its fields, a `timedelta` as an ISO 8601 duration. `None`
+    /// for what cannot be known without running the code.
+    fn default(&self, d: &Value) -> Option<Value> {
+        if let Some(v) = d.get("value") {
+            return Some(v.clone());
+        }
+        if let Some([class, member]) = d["attr"].as_array().map(Vec::as_slice) {
+            let members = self.classes.get(class.as_str()?)?["members"].as_array()?;
+            return members
+                .iter()
+                .find(|m| m[0] == *member)
+                .map(|m| m[1].clone());
+        }
+        let call = d["call"].as_str()?;
+        let kwargs = d["kwargs"].as_object()?;
+        if call == "timedelta" {
+            let n = |k: &str| kwargs.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+            let total = n("weeks") * 604_800.0
+                + n("days") * 86_400.0
+                + n("hours") * 3600.0
+                + n("minutes") * 60.0
+                + n("seconds")
+                + n("milliseconds") / 1000.0;
+            return Some(json!(iso_duration(total)));
+        }
+        let class = self.classes.get(call)?;
+        if class["kind"] != "model" {
+            return None;
+        }
+        let mut out = Map::new();
+        for f in class["fields"].as_array()? {
+            let fname = f["name"].as_str()?;
+            let v = match kwargs.get(fname) {
+                Some(v) => v.clone(),
+                None => self.default(&f["default"])?,
+            };
+            out.insert(fname.into(), v);
+        }
+        Some(Value::Object(out))
+    }
+}
+
+/// pydantic's title of a field: `first_name` → `First Name`.
+fn title_case(name: &str) -> String {
+    name.split('_')
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// pydantic v2's ISO 8601 duration: `PT5S`, `PT1M30S`, `P1DT2H`, `PT0.5S`.
+fn iso_duration(seconds: f64) -> String {
+    let days = (seconds / 86_400.0).floor();
+    let mut rest = seconds - days * 86_400.0;
+    let hours = (rest / 3600.0).floor();
+    rest -= hours * 3600.0;
+    let minutes = (rest / 60.0).floor();
+    rest -= minutes * 60.0;
+    let mut out = String::from("P");
+    if days > 0.0 {
+        out.push_str(&format!("{days}D"));
+    }
+    let mut time = String::new();
+    if hours > 0.0 {
+        time.push_str(&format!("{hours}H"));
+    }
+    if minutes > 0.0 {
+        time.push_str(&format!("{minutes}M"));
+    }
+    if rest > 0.0 || (days == 0.0 && time.is_empty()) {
+        time.push_str(&format!("{rest}S"));
+    }
+    if !time.is_empty() {
+        out.push('T');
+        out.push_str(&time);
+    }
+    out
 }
 
 /// Keys in the order pydantic writes them does not matter to the server; sorted for
@@ -396,14 +579,14 @@ fn base(name: &str) -> &str {
 
 /// The JSON schema of an annotation (Prefect 3, pydantic v2): what Hoist cannot map
 /// without importing is "any".
-fn annotation_schema(a: &str) -> Map<String, Value> {
-    match parse_annotation(a).map(|a| schema_of(&a)) {
+fn annotation_schema(a: &str, defs: &mut Defs<'_>) -> Map<String, Value> {
+    match parse_annotation(a).map(|a| schema_of(&a, defs)) {
         Some(Value::Object(m)) => m,
         _ => Map::new(),
     }
 }
 
-fn schema_of(a: &Ann) -> Value {
+fn schema_of(a: &Ann, defs: &mut Defs<'_>) -> Value {
     match a {
         Ann::Lit(v) => v.clone(),
         Ann::Name(n) => match base(n) {
@@ -420,18 +603,20 @@ fn schema_of(a: &Ann) -> Value {
             "date" => json!({"type": "string", "format": "date"}),
             "timedelta" => json!({"type": "string", "format": "duration"}),
             "SecretStr" => json!({"type": "string", "format": "password", "writeOnly": true}),
-            _ => json!({}),
+            other => defs.reference(other).unwrap_or_else(|| json!({})),
         },
-        Ann::Union(parts) => any_of(parts.iter().map(schema_of).collect()),
+        Ann::Union(parts) => any_of(parts.iter().map(|p| schema_of(p, defs)).collect()),
         Ann::Sub(n, args) => match (base(n), args.as_slice()) {
-            ("Optional", [x]) => any_of(vec![schema_of(x), json!({"type": "null"})]),
-            ("Union", xs) => any_of(xs.iter().map(schema_of).collect()),
-            ("list" | "List" | "Sequence", [x]) => json!({"type": "array", "items": schema_of(x)}),
+            ("Optional", [x]) => any_of(vec![schema_of(x, defs), json!({"type": "null"})]),
+            ("Union", xs) => any_of(xs.iter().map(|x| schema_of(x, defs)).collect()),
+            ("list" | "List" | "Sequence", [x]) => {
+                json!({"type": "array", "items": schema_of(x, defs)})
+            }
             ("set" | "Set", [x]) => {
-                json!({"type": "array", "items": schema_of(x), "uniqueItems": true})
+                json!({"type": "array", "items": schema_of(x, defs), "uniqueItems": true})
             }
             ("dict" | "Dict" | "Mapping", [_, v]) => {
-                let v = schema_of(v);
+                let v = schema_of(v, defs);
                 let extra = if v.as_object().is_some_and(Map::is_empty) {
                     json!(true)
                 } else {
@@ -441,12 +626,12 @@ fn schema_of(a: &Ann) -> Value {
             }
             ("tuple" | "Tuple", xs) if !xs.is_empty() => json!({
                 "type": "array",
-                "prefixItems": xs.iter().map(schema_of).collect::<Vec<_>>(),
+                "prefixItems": xs.iter().map(|x| schema_of(x, defs)).collect::<Vec<_>>(),
                 "minItems": xs.len(),
                 "maxItems": xs.len(),
             }),
             ("Literal", xs) => {
-                let values: Vec<Value> = xs.iter().map(schema_of).collect();
+                let values: Vec<Value> = xs.iter().map(|x| schema_of(x, defs)).collect();
                 let ty = if values.iter().all(Value::is_string) {
                     Some("string")
                 } else if values.iter().all(Value::is_i64) {
@@ -468,7 +653,7 @@ fn schema_of(a: &Ann) -> Value {
                     m
                 }
             }
-            ("Annotated", [x, ..]) => schema_of(x),
+            ("Annotated", [x, ..]) => schema_of(x, defs),
             _ => json!({}),
         },
     }
@@ -495,6 +680,7 @@ mod tests {
             docstring: doc.map(str::to_string),
             flow_name: None,
             file_hash: String::new(),
+            classes: Map::new(),
         }
     }
 
