@@ -505,6 +505,24 @@ deployments:
     );
     assert_eq!(d["version"], "9");
 
+    // --params: one JSON mapping, merged over the file's parameters.
+    let (code, _, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .env("PREFECT_API_URL", &s.url)
+        .args([
+            "deploy",
+            "-n",
+            "diff-dep",
+            "--params",
+            r#"{"count": 5, "tags": ["x"]}"#,
+        ]));
+    assert_eq!(code, 0, "{err}");
+    let d = get("hello", "diff-dep").await;
+    assert_eq!(
+        d["parameters"],
+        json!({"who": "me", "name": "from-yaml", "count": 5, "tags": ["x"]})
+    );
+
     // By flow name, found by parsing (`@flow(name="Call API")`), never importing.
     let (code, _, err) = run(hoist(&dir)
         .current_dir(&dir)

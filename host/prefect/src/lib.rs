@@ -416,6 +416,52 @@ mod tests {
         assert_eq!(secret_strings(&secret), ["the-secret"]);
     }
 
+    /// A real HTTP server on loopback that answers 503 (with `Retry-After: 0`) `fails`
+    /// times, then 200; returns its address and a counter of the requests it served.
+    fn flaky_server(fails: usize) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (status, body) = if n < fails {
+                    (
+                        "503 Service Unavailable\r\nRetry-After: 0",
+                        r#"{"detail":"database locked"}"#,
+                    )
+                } else {
+                    ("200 OK", r#"{"name":"x","value":41}"#)
+                };
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(reply.as_bytes());
+            }
+        });
+        (format!("http://{addr}/api"), seen)
+    }
+
+    #[tokio::test]
+    async fn answers_prefect_retries_are_retried() {
+        let (url, seen) = flaky_server(2);
+        let c = PrefectClient::new(&url, None, 5).unwrap();
+        assert_eq!(c.variable("x").await.unwrap(), Some(json!(41)));
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
+
+        let (url, seen) = flaky_server(5);
+        let c = PrefectClient::new(&url, None, 1).unwrap();
+        let e = c.variable("x").await.unwrap_err().to_string();
+        assert!(e.contains("503") && e.contains("database locked"), "{e}");
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
     #[test]
     fn urls_and_backoff() {
         assert!(PrefectClient::new("ftp://x", None, 0).is_err());

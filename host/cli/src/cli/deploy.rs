@@ -51,6 +51,9 @@ pub(crate) struct DeployArgs {
     /// A default parameter, `key=value` (the value is read as JSON if it parses as JSON).
     #[arg(long = "param", value_name = "KEY=VALUE")]
     params: Vec<String>,
+    /// Default parameters as one JSON mapping (instead of --param).
+    #[arg(long = "params", value_name = "JSON", conflicts_with = "params")]
+    params_json: Option<String>,
     /// A job variable, `key=value` (JSON values as for --param).
     #[arg(short = 'v', long = "job-variable", value_name = "KEY=VALUE")]
     job_variables: Vec<String>,
@@ -145,6 +148,17 @@ fn apply_overrides(spec: &mut Value, args: &DeployArgs) -> anyhow::Result<()> {
     }
     if let Some(d) = &args.description {
         m.insert("description".into(), json!(d));
+    }
+    if let Some(j) = &args.params_json {
+        let given: Map<String, Value> = serde_json::from_str(j)
+            .map_err(|e| anyhow::anyhow!("--params must be a JSON mapping: {e}"))?;
+        let mut p: Map<String, Value> = m
+            .get("parameters")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        p.extend(given);
+        m.insert("parameters".into(), Value::Object(p));
     }
     if !args.params.is_empty() {
         let mut p: Map<String, Value> = m
