@@ -792,3 +792,79 @@ async fn a_prefect_server_on_postgresql_with_an_auth_string() {
         "integer"
     );
 }
+
+/// Requests to the Prefect server go through `HTTP_PROXY`/`HTTPS_PROXY` (a real
+/// tinyproxy on loopback, which logs what it forwards), except to hosts `NO_PROXY`
+/// names. Needs Debian's `tinyproxy` (`.ci/run` installs it).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_prefect_client_goes_through_the_proxy_unless_no_proxy() {
+    let Some(s) = server() else { return };
+    if Command::new("sh")
+        .args(["-c", "command -v tinyproxy"])
+        .output()
+        .is_ok_and(|o| !o.status.success())
+    {
+        assert!(
+            std::env::var_os("HOIST_REQUIRE_PREFECT").is_none(),
+            "tinyproxy is not installed"
+        );
+        return;
+    }
+    let client = PrefectClient::new(&s.url, None, 5).unwrap();
+    let var = format!("proxied_{}", std::process::id());
+    client
+        .request(
+            Method::POST,
+            "/variables/",
+            Some(&json!({"name": var, "value": "through-the-proxy"})),
+        )
+        .await
+        .unwrap();
+    let (_t, dir) = support::tempdir();
+    let port = support::free_port();
+    let log = dir.join("proxy.log");
+    std::fs::write(
+        dir.join("tp.conf"),
+        format!("Port {port}\nListen 127.0.0.1\nTimeout 60\nLogFile \"{}\"\nLogLevel Connect\nMaxClients 10\nAllow 127.0.0.1\n", log.display()),
+    )
+    .unwrap();
+    let mut cmd = Command::new("tinyproxy");
+    cmd.arg("-d").arg("-c").arg(dir.join("tp.conf"));
+    let _proxy = support::Server::start(cmd, port, "tinyproxy");
+    support::write_project(
+        &dir,
+        format!(
+            "pull:\n- prefect.deployments.steps.run_shell_script:\n    script: echo v={{{{ prefect.variables.{var} }}}}\n    stream_output: true\n"
+        ),
+    );
+    let proxy = format!("http://127.0.0.1:{port}");
+    let (code, _, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .env("PREFECT_API_URL", &s.url)
+        .env("HTTP_PROXY", &proxy)
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .arg("pull"));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("v=through-the-proxy"), "{err}");
+    let seen = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        seen.contains(&format!("/variables/name/{var}")),
+        "the proxy saw nothing: {seen}"
+    );
+
+    let before = seen.matches("/variables/name/").count();
+    let (code, _, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .env("PREFECT_API_URL", &s.url)
+        .env("HTTP_PROXY", &proxy)
+        .env("NO_PROXY", "127.0.0.1")
+        .arg("pull"));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("v=through-the-proxy"), "{err}");
+    let after = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .matches("/variables/name/")
+        .count();
+    assert_eq!(before, after, "NO_PROXY was not honoured");
+}
