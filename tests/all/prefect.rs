@@ -868,3 +868,117 @@ async fn the_prefect_client_goes_through_the_proxy_unless_no_proxy() {
         .count();
     assert_eq!(before, after, "NO_PROXY was not honoured");
 }
+
+/// `SSL_CERT_FILE` adds a private CA: a server whose certificate it signed is trusted,
+/// and without it the error says what to set. The server is a stand-in (a Python TLS
+/// server answering the one variable request), not Prefect: the test is about TLS.
+#[test]
+fn fake_prefect_api_over_tls_is_trusted_through_ssl_cert_file() {
+    let (_t, dir) = support::tempdir();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=hoist test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=keyCertSign",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "srv.key",
+        "-out",
+        "srv.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(dir.join("ext"), "subjectAltName=DNS:localhost\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "srv.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    ]);
+    let port = support::free_port();
+    std::fs::write(
+        dir.join("srv.py"),
+        format!(
+            r#"import http.server, ssl, json
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({{"name": "x", "value": "over-tls"}}).encode()
+        self.send_response(200); self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body))); self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+s = http.server.HTTPServer(("127.0.0.1", {port}), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain("srv.pem", "srv.key")
+s.socket = ctx.wrap_socket(s.socket, server_side=True)
+s.serve_forever()
+"#
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new("python3");
+    cmd.arg("srv.py").current_dir(&dir);
+    let _server = support::Server::start(cmd, port, "python3 TLS server");
+    support::write_project(
+        &dir,
+        "pull:\n- prefect.deployments.steps.run_shell_script:\n    script: echo v={{ prefect.variables.x }}\n    stream_output: true\n",
+    );
+    let url = format!("https://localhost:{port}/api");
+    let (code, _, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .env("PREFECT_API_URL", &url)
+        .env_remove("SSL_CERT_FILE")
+        .env("SSL_CERT_DIR", dir.join("no-such-dir"))
+        .arg("pull"));
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("does not trust") && err.contains("SSL_CERT_FILE"),
+        "{err}"
+    );
+    let (code, _, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .env("PREFECT_API_URL", &url)
+        .env("SSL_CERT_FILE", dir.join("ca.pem"))
+        .arg("pull"));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("v=over-tls"), "{err}");
+}

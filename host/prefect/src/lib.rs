@@ -38,6 +38,17 @@ pub enum PrefectError {
         /// What failed.
         why: String,
     },
+    /// The server's certificate is not trusted.
+    #[error(
+        "the Prefect server at {url} presented a certificate Hoist does not trust ({why}): add \
+         its CA with SSL_CERT_FILE (or SSL_CERT_DIR)"
+    )]
+    Untrusted {
+        /// The API URL.
+        url: String,
+        /// What TLS said.
+        why: String,
+    },
     /// The server refused the API key.
     #[error(
         "the Prefect server at {url} refused the credentials ({status}): check PREFECT_API_KEY \
@@ -181,9 +192,12 @@ impl PrefectClient {
                     continue;
                 }
                 Err(e) => {
-                    return Err(PrefectError::Unreachable {
-                        url: self.url.clone(),
-                        why: cause(&e),
+                    let why = cause(&e);
+                    let url = self.url.clone();
+                    return Err(if why.contains("certificate") {
+                        PrefectError::Untrusted { url, why }
+                    } else {
+                        PrefectError::Unreachable { url, why }
                     });
                 }
             };
