@@ -982,3 +982,147 @@ s.serve_forever()
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("v=over-tls"), "{err}");
 }
+
+/// `hoist worker start --run-once`: the pool is created when missing; a run created on
+/// the server is claimed, its deployment's pull steps run in the sandbox (their log
+/// shipped to the run's logs), the flow runs with the run's parameters in the
+/// directory the pull steps left, and the run ends COMPLETED; a run whose pull step
+/// fails ends CRASHED with the step's error, and its flow never starts.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_worker_runs_pull_steps_in_the_sandbox_then_the_flow() {
+    let Some(s) = server() else { return };
+    let python = std::env::var("HOIST_TEST_PREFECT_PYTHON").unwrap();
+    let client = PrefectClient::new(&s.url, None, 5).unwrap();
+    let pool = format!("hoist-pool-{}", std::process::id());
+    let (_t, dir) = support::tempdir();
+    let (_h, prefect_home) = support::tempdir();
+    std::fs::create_dir_all(dir.join("flows")).unwrap();
+    std::fs::write(
+        dir.join("flows/work.py"),
+        "import os\nfrom prefect import flow\n\n\n@flow(log_prints=True)\ndef work(name: str = \"x\"):\n    open(\"ran.txt\", \"w\").write(f\"{name} in {os.getcwd()}\")\n    print(f\"flow says {name}\")\n",
+    )
+    .unwrap();
+    support::write_project(
+        &dir,
+        format!(
+            r#"deployments:
+- name: ok
+  entrypoint: flows/work.py:work
+  work_pool: {{name: {pool}}}
+  pull:
+  - prefect.deployments.steps.set_working_directory:
+      directory: {d}
+  - prefect.deployments.steps.run_shell_script:
+      script: echo pulled-by-hoist
+      stream_output: true
+- name: broken
+  entrypoint: flows/work.py:work
+  work_pool: {{name: {pool}}}
+  pull:
+  - prefect.deployments.steps.run_shell_script:
+      script: sh -c 'echo about to fail; exit 3'
+"#,
+            d = dir.display()
+        ),
+    );
+    let worker = |extra: &[&str]| {
+        let mut c = hoist(&dir);
+        c.current_dir(&dir)
+            .env("PREFECT_API_URL", &s.url)
+            .env("PREFECT_HOME", &prefect_home)
+            .args([
+                "worker",
+                "start",
+                "-p",
+                &pool,
+                "--run-once",
+                "--python",
+                &python,
+            ])
+            .args(extra);
+        run(&mut c)
+    };
+    // The pool is created by the worker.
+    let (code, _, err) = worker(&[]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .env("PREFECT_API_URL", &s.url)
+        .args(["deploy", "--all"]));
+    assert_eq!(code, 0, "{err}");
+    let mut runs = Vec::new();
+    for name in ["ok", "broken"] {
+        let (_, d) = client
+            .request(Method::GET, &format!("/deployments/name/work/{name}"), None)
+            .await
+            .unwrap();
+        let id = d["id"].as_str().unwrap().to_string();
+        let (status, r) = client
+            .request(
+                Method::POST,
+                &format!("/deployments/{id}/create_flow_run"),
+                Some(&json!({"parameters": {"name": "from-run"}})),
+            )
+            .await
+            .unwrap();
+        assert!(status.is_success(), "{r}");
+        runs.push(r["id"].as_str().unwrap().to_string());
+    }
+    let (code, _, err) = worker(&[]);
+    assert_eq!(code, 0, "{err}");
+
+    let ok = client.flow_run(&runs[0]).await.unwrap();
+    assert_eq!(ok["state_type"], "COMPLETED", "{ok}\n{err}");
+    assert!(
+        ok["infrastructure_pid"]
+            .as_str()
+            .is_some_and(|p| !p.is_empty()),
+        "{ok}"
+    );
+    let ran = std::fs::read_to_string(dir.join("ran.txt")).unwrap();
+    assert_eq!(
+        ran,
+        format!(
+            "from-run in {}",
+            std::fs::canonicalize(&dir).unwrap().display()
+        )
+    );
+    let (_, logs) = client
+        .request(
+            Method::POST,
+            "/logs/filter",
+            Some(&json!({"logs": {"flow_run_id": {"any_": [runs[0]]}}})),
+        )
+        .await
+        .unwrap();
+    let text = logs.to_string();
+    assert!(
+        text.contains("Executing deployment step: set_working_directory"),
+        "{text}"
+    );
+    assert!(text.contains("pulled-by-hoist"), "{text}");
+    assert!(text.contains("flow says from-run"), "{text}");
+
+    let broken = client.flow_run(&runs[1]).await.unwrap();
+    assert_eq!(broken["state_type"], "CRASHED", "{broken}");
+    assert!(
+        broken["state"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("pull step failed"),
+        "{broken}"
+    );
+    let (_, logs) = client
+        .request(
+            Method::POST,
+            "/logs/filter",
+            Some(&json!({"logs": {"flow_run_id": {"any_": [runs[1]]}}})),
+        )
+        .await
+        .unwrap();
+    assert!(logs.to_string().contains("about to fail"), "{logs}");
+    assert!(
+        !logs.to_string().contains("flow says"),
+        "the flow started after a failed pull step"
+    );
+}

@@ -16,6 +16,7 @@ mod env;
 pub mod paths;
 pub mod secrets;
 pub mod text;
+pub mod time;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

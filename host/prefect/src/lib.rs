@@ -15,6 +15,7 @@
 
 pub mod deploy;
 pub mod flow;
+pub mod worker;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

@@ -9,6 +9,7 @@ mod project;
 mod step;
 mod store;
 mod ticker;
+mod worker;
 
 use std::path::PathBuf;
 
@@ -61,6 +62,10 @@ enum Command {
     /// local, git, docker, docker-git, s3, gcs, azure, docker-s3, docker-gcs, docker-azure.
     /// Existing files are never overwritten.
     Init(init::InitArgs),
+    /// Work a Prefect server's pool: claim flow runs, run their pull steps in the
+    /// sandbox, start the flows.
+    #[command(subcommand)]
+    Worker(worker::WorkerCommand),
     /// `hoist project init` and `hoist project recipe ls` (Prefect 2.10's spellings).
     #[command(subcommand)]
     Project(init::ProjectCommand),
@@ -183,6 +188,7 @@ pub fn main() -> i32 {
             Command::Plan(args) => project::plan(args).await,
             Command::Deploy(args) => deploy::deploy(args).await,
             Command::Init(args) => init::init(args),
+            Command::Worker(cmd) => worker::worker(cmd).await,
             Command::Project(cmd) => init::project(cmd),
             Command::Variable(cmd) => store::variable(cmd).await,
             Command::Block(cmd) => store::block(cmd).await,
