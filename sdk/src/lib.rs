@@ -367,6 +367,49 @@ pub mod docker {
         })
     }
 
+    /// A `docker-registry-credentials` block's data, as Prefect's docker steps take it
+    /// (`credentials:`): the password goes to the host's engine only.
+    #[derive(serde::Deserialize, crate::JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct PrefectCredentials {
+        /// The registry user.
+        pub username: String,
+        /// The password or token.
+        pub password: String,
+        /// The registry to log in to (default: the image's registry).
+        #[serde(default)]
+        pub registry_url: Option<String>,
+        /// Accepted for compatibility (the engine logs in on every push).
+        #[serde(default)]
+        pub reauth: Option<bool>,
+    }
+
+    impl PrefectCredentials {
+        /// As the `docker` interface takes them.
+        pub fn to_registry(&self) -> RegistryCredentials {
+            RegistryCredentials {
+                username: self.username.clone(),
+                password: self.password.clone(),
+                server: self
+                    .registry_url
+                    .as_deref()
+                    .filter(|u| !u.is_empty())
+                    .map(registry_host),
+            }
+        }
+    }
+
+    /// Prefect's `build_backend` input: `docker-py` (or none) is what Hoist does, through
+    /// the engine's API; anything else (`buildx`) is refused, naming the input.
+    pub fn check_build_backend(backend: Option<&str>) -> crate::Result<()> {
+        match backend {
+            None | Some("docker-py") => Ok(()),
+            Some(other) => Err(crate::StepError::invalid_input(format!(
+                "Invalid build_backend {other:?} (input `build_backend`): Hoist talks to the engine's API, as `docker-py` does; `buildx` is not supported"
+            ))),
+        }
+    }
+
     /// Prefect's default image tag: the UTC time in ISO 8601 with microseconds,
     /// slugified (`2022-08-31t18-01-32-000123-00-00`).
     pub fn prefect_default_tag() -> String {

@@ -42,24 +42,7 @@ fn have(program: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Run `program args` under a watchdog: killed (and `cleanup` run) once this test
-/// binary has exited.
-fn supervised(dir: &Path, name: &str, command: &str, cleanup: &str) {
-    let script = format!(
-        "{command} > {log} 2>&1 & child=$!; while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill $child; sleep 1; kill -9 $child 2>/dev/null; {cleanup}",
-        log = dir.join(format!("{name}.log")).display(),
-        me = std::process::id(),
-    );
-    // `setsid -f` forks the watchdog off and returns at once.
-    let started = Command::new("setsid")
-        .args(["-f", "sh", "-c", &script])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(started.success(), "starting {name}");
-}
+use crate::support::supervised;
 
 fn wait_tcp(port: u16, what: &str) {
     for _ in 0..200 {

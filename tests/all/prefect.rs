@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use hoist::prefect::{Method, PrefectClient};
 use serde_json::json;
 
-use crate::support::{self, hoist, run};
+use crate::support::{self, hoist, run, supervised};
 
 /// The shared server.
 pub struct Server {
@@ -53,21 +53,16 @@ fn start_with(extra: &[(&str, &str)], auth: Option<&str>) -> Option<Server> {
     if let Some(a) = auth {
         settings.push_str(&format!("PREFECT_SERVER_API_AUTH_STRING='{a}' "));
     }
-    let script = format!(
-        "{settings}PREFECT_HOME={h} PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 PREFECT_SERVER_UI_ENABLED=false \
-         {python} -m prefect server start --host 127.0.0.1 --port {port} > {h}/server.log 2>&1 & child=$!; \
-         while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill $child; sleep 2; kill -9 $child 2>/dev/null; rm -rf {h}",
-        h = home.display(),
-        me = std::process::id(),
+    supervised(
+        &home,
+        "server",
+        &format!(
+            "{settings}PREFECT_HOME={h} PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 \
+             PREFECT_SERVER_UI_ENABLED=false {python} -m prefect server start --host 127.0.0.1 --port {port}",
+            h = home.display()
+        ),
+        &format!("rm -rf {}", home.display()),
     );
-    let started = Command::new("setsid")
-        .args(["-f", "sh", "-c", &script])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(started.success());
     let url = format!("http://127.0.0.1:{port}/api");
     // Allow a minute and a half: 10–25 s on two busy cores.
     for _ in 0..900 {

@@ -216,3 +216,23 @@ pub fn bless() -> bool {
     }
     bless
 }
+
+/// Run the shell `command` (its output to `dir/<name>.log`) under a watchdog that kills
+/// it, then runs `cleanup`, once this test binary has exited: servers shared by a whole
+/// test run (a container engine, a Prefect server) never outlive it.
+pub fn supervised(dir: &Path, name: &str, command: &str, cleanup: &str) {
+    let script = format!(
+        "{command} > {log} 2>&1 & child=$!; while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill $child; sleep 2; kill -9 $child 2>/dev/null; {cleanup}",
+        log = dir.join(format!("{name}.log")).display(),
+        me = std::process::id(),
+    );
+    // `setsid -f` forks the watchdog off and returns at once.
+    let started = Command::new("setsid")
+        .args(["-f", "sh", "-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(started.success(), "starting {name}");
+}

@@ -12,6 +12,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod encoding;
 mod env;
 pub mod paths;
 pub mod secrets;

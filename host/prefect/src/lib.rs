@@ -313,17 +313,7 @@ fn detail(v: &Value) -> String {
 }
 
 /// A path segment, percent-encoded.
-pub(crate) fn segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+pub(crate) use hoist_policy::encoding::percent_encode as segment;
 
 /// The strings of a block document a redactor must mask: everything in a `secret`
 /// block, and what the block schema's `secret_fields` name (dotted paths, `*` for any

@@ -155,14 +155,7 @@ fn run(inputs: Inputs) -> Result<Outputs> {
         }
         dockerfile = "Dockerfile".into();
     }
-    match inputs.build_backend.as_deref() {
-        None | Some("docker-py") => {}
-        Some(other) => {
-            return Err(StepError::invalid_input(format!(
-                "Invalid build_backend {other:?}: Hoist builds through the engine's API, as `docker-py` does; `buildx` is not supported"
-            )));
-        }
-    }
+    docker::check_build_backend(inputs.build_backend.as_deref())?;
     let tag = inputs
         .tag
         .clone()

@@ -7,25 +7,9 @@
 //! `{"image_name": "<name>:<tag>", "image_tag": <tag>}`: the name includes the tag, as it
 //! did then.
 
-use hoist_sdk::docker::{self, BuildOptions, RegistryCredentials, prefect_image_name};
+use hoist_sdk::docker::{self, BuildOptions, PrefectCredentials, prefect_image_name};
 use hoist_sdk::{Capability, JsonSchema, Result, StepError, log, schemars};
 use serde::{Deserialize, Serialize};
-
-#[derive(Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct Credentials {
-    /// The registry user.
-    username: String,
-    /// The password or token.
-    password: String,
-    /// The registry to log in to (default: the image's registry).
-    #[serde(default)]
-    registry_url: Option<String>,
-    /// Accepted for compatibility (the engine logs in on every push).
-    #[serde(default)]
-    #[allow(dead_code)]
-    reauth: Option<bool>,
-}
 
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -46,7 +30,7 @@ struct Inputs {
     push: bool,
     /// Registry credentials: a `docker-registry-credentials` block's data.
     #[serde(default)]
-    credentials: Option<Credentials>,
+    credentials: Option<PrefectCredentials>,
 }
 
 fn default_dockerfile() -> String {
@@ -88,11 +72,10 @@ fn run(inputs: Inputs) -> Result<Outputs> {
     })?;
     log::info!("built {image} ({id})");
     if inputs.push {
-        let credentials = inputs.credentials.map(|c| RegistryCredentials {
-            username: c.username,
-            password: c.password,
-            server: c.registry_url.map(|u| docker::registry_host(&u)),
-        });
+        let credentials = inputs
+            .credentials
+            .as_ref()
+            .map(PrefectCredentials::to_registry);
         let digest = docker::push(&image, credentials.as_ref())?;
         log::info!("pushed {image} ({digest})");
     }

@@ -9,25 +9,9 @@
 //! (`ignore_cache` forces a push). A missing `tag` pushes `latest` (Prefect's docker-py
 //! pushes every tag of the repository; the output's `image` still reads `<name>:None`).
 
-use hoist_sdk::docker::{self, RegistryCredentials, prefect_image_name};
-use hoist_sdk::{Capability, JsonSchema, Result, StepError, log, schemars};
+use hoist_sdk::docker::{self, PrefectCredentials, prefect_image_name};
+use hoist_sdk::{Capability, JsonSchema, Result, log, schemars};
 use serde::{Deserialize, Serialize};
-
-#[derive(Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct Credentials {
-    /// The registry user.
-    username: String,
-    /// The password or token.
-    password: String,
-    /// The registry to log in to (default: the image's registry).
-    #[serde(default)]
-    registry_url: Option<String>,
-    /// Log in again even if logged in (the engine logs in on every push here).
-    #[serde(default)]
-    #[allow(dead_code)]
-    reauth: Option<bool>,
-}
 
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -39,7 +23,7 @@ struct Inputs {
     tag: Option<String>,
     /// Registry credentials: a `docker-registry-credentials` block's data.
     #[serde(default)]
-    credentials: Option<Credentials>,
+    credentials: Option<PrefectCredentials>,
     /// More tags of the same image to push.
     #[serde(default)]
     additional_tags: Option<Vec<String>>,
@@ -65,23 +49,11 @@ struct Outputs {
 fn run(inputs: Inputs) -> Result<Outputs> {
     let namespace = std::env::var("PREFECT_DEFAULT_DOCKER_BUILD_NAMESPACE").ok();
     let image_name = prefect_image_name(&inputs.image_name, namespace.as_deref())?;
-    match inputs.build_backend.as_deref() {
-        None | Some("docker-py") => {}
-        Some(other) => {
-            return Err(StepError::invalid_input(format!(
-                "Invalid build_backend {other:?}: Hoist pushes through the engine's API, as `docker-py` does; `buildx` is not supported"
-            )));
-        }
-    }
-    let credentials = inputs.credentials.as_ref().map(|c| RegistryCredentials {
-        username: c.username.clone(),
-        password: c.password.clone(),
-        server: c
-            .registry_url
-            .as_deref()
-            .filter(|u| !u.is_empty())
-            .map(docker::registry_host),
-    });
+    docker::check_build_backend(inputs.build_backend.as_deref())?;
+    let credentials = inputs
+        .credentials
+        .as_ref()
+        .map(PrefectCredentials::to_registry);
     let additional_tags = inputs.additional_tags.clone().unwrap_or_default();
     let first = format!("{image_name}:{}", inputs.tag.as_deref().unwrap_or("latest"));
     let digest = docker::push(&first, credentials.as_ref())?;

@@ -6,20 +6,19 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Args;
 use serde_json::{Map, Value, json};
 
-use super::project::{JsonReporter, OutputFormat, TextReporter};
-use super::step::{TerminalSink, parse_duration, parse_size};
+use super::project::{JsonReporter, OutputFormat, SandboxArgs, TextReporter};
+use super::step::TerminalSink;
 use crate::pipeline::{self, Loaded, PipelineRequest};
 use crate::prefect::PrefectClient;
 use crate::prefect::deploy::deployment_body;
 use crate::prefect::flow::{find_flow, parameter_schema, read_signature};
 use crate::project::Action;
 use crate::runner::Reporter;
-use crate::runtime::{Capability, Grants, Limits, Runtime};
+use crate::runtime::Grants;
 use crate::templater::Templater;
 
 #[derive(Debug, Args)]
@@ -88,17 +87,8 @@ pub(crate) struct DeployArgs {
     /// Progress format.
     #[arg(short, long, value_enum, default_value = "text")]
     output: OutputFormat,
-    /// Grant a capability to the plugins that are not built in.
-    #[arg(long = "allow", value_name = "CAPABILITY")]
-    allow: Vec<Capability>,
     #[command(flatten)]
-    cache: super::CacheArgs,
-    /// Stop any one step after this long.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1h")]
-    timeout: Duration,
-    /// Memory any one step may use.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256M")]
-    memory_limit: usize,
+    sandbox: SandboxArgs,
 }
 
 /// `key=value`, the value as JSON when it parses, else as a string.
@@ -232,8 +222,7 @@ pub(crate) async fn deploy(args: &DeployArgs) -> anyhow::Result<()> {
         Some(f) => Some(find_flow(&python, &project_dir, f).map_err(|e| anyhow::anyhow!("{e}"))?),
         None => None,
     };
-    let runtime =
-        Arc::new(Runtime::new(args.cache.runtime_config()).map_err(|e| anyhow::anyhow!("{e:#}"))?);
+    let runtime = args.sandbox.runtime()?;
     let mut results = Vec::new();
     for name in &names {
         let loaded = Loaded::open(&args.file, Some(name))?;
@@ -245,11 +234,8 @@ pub(crate) async fn deploy(args: &DeployArgs) -> anyhow::Result<()> {
             command: Action::Push,
             runtime: runtime.clone(),
             templater: Templater::from_process(),
-            grants: Grants::new(args.allow.iter().cloned()),
-            limits: Limits {
-                memory: args.memory_limit,
-                timeout: args.timeout,
-            },
+            grants: Grants::new(args.sandbox.allow.iter().cloned()),
+            limits: args.sandbox.limits(),
             log: Arc::new(TerminalSink::default()),
             reporter,
             events: None,

@@ -45,17 +45,41 @@ pub(crate) struct RunArgs {
     /// Progress format.
     #[arg(short, long, value_enum, default_value = "text")]
     output: OutputFormat,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+}
+
+/// What the commands that run steps share: grants, the component cache, limits.
+#[derive(Debug, Args)]
+pub(crate) struct SandboxArgs {
     /// Grant a capability to the plugins that are not built in (see `hoist step run --help`).
     #[arg(short, long = "allow", value_name = "CAPABILITY")]
-    allow: Vec<Capability>,
+    pub(crate) allow: Vec<Capability>,
     #[command(flatten)]
-    cache: super::CacheArgs,
+    pub(crate) cache: super::CacheArgs,
     /// Stop any one step after this long (e.g. 30s, 5m, 1h).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1h")]
-    timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Memory any one step may use (e.g. 64M, 1G).
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256M")]
-    memory_limit: usize,
+    pub(crate) memory_limit: usize,
+}
+
+impl SandboxArgs {
+    /// A runtime with this cache.
+    pub(crate) fn runtime(&self) -> anyhow::Result<Arc<Runtime>> {
+        Ok(Arc::new(
+            Runtime::new(self.cache.runtime_config()).map_err(|e| anyhow::anyhow!("{e:#}"))?,
+        ))
+    }
+
+    /// The per-step limits.
+    pub(crate) fn limits(&self) -> Limits {
+        Limits {
+            memory: self.memory_limit,
+            timeout: self.timeout,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -120,8 +144,7 @@ fn open(args: &ProjectArgs) -> Result<Loaded, PipelineError> {
 
 pub(crate) async fn run(command: Action, args: &RunArgs) -> anyhow::Result<()> {
     let loaded = open(&args.project)?;
-    let runtime =
-        Arc::new(Runtime::new(args.cache.runtime_config()).map_err(|e| anyhow::anyhow!("{e:#}"))?);
+    let runtime = args.sandbox.runtime()?;
     let reporter: Arc<dyn Reporter> = match args.output {
         OutputFormat::Text => Arc::new(TextReporter::default()),
         OutputFormat::Json => Arc::new(JsonReporter::default()),
@@ -138,11 +161,8 @@ pub(crate) async fn run(command: Action, args: &RunArgs) -> anyhow::Result<()> {
         command,
         runtime,
         templater: Templater::from_process(),
-        grants: Grants::new(args.allow.iter().cloned()),
-        limits: Limits {
-            memory: args.memory_limit,
-            timeout: args.timeout,
-        },
+        grants: Grants::new(args.sandbox.allow.iter().cloned()),
+        limits: args.sandbox.limits(),
         log: Arc::new(TerminalSink::default()),
         reporter,
         events,
@@ -227,10 +247,12 @@ pub(crate) async fn demo(cache: &super::CacheArgs) -> anyhow::Result<()> {
             deployment: None,
         },
         output: OutputFormat::Text,
-        allow: Vec::new(),
-        timeout: Duration::from_secs(60),
-        memory_limit: crate::runtime::limits::DEFAULT_MEMORY_LIMIT,
-        cache: cache.clone(),
+        sandbox: SandboxArgs {
+            allow: Vec::new(),
+            timeout: Duration::from_secs(60),
+            memory_limit: crate::runtime::limits::DEFAULT_MEMORY_LIMIT,
+            cache: cache.clone(),
+        },
     };
     let result = async {
         eprintln!(

@@ -11,7 +11,8 @@ use std::time::Duration;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
-use super::step::{TerminalSink, parse_duration, parse_size};
+use super::project::SandboxArgs;
+use super::step::TerminalSink;
 use crate::bindings::Level;
 use crate::capability::log::{LogRecord, LogSink};
 use crate::pipeline::{self, Loaded, PipelineRequest};
@@ -19,7 +20,7 @@ use crate::prefect::PrefectClient;
 use crate::prefect::worker::Claim;
 use crate::project::Action;
 use crate::runner::{Reporter, StepReport};
-use crate::runtime::{Capability, Grants, Limits, Runtime};
+use crate::runtime::{Capability, Grants, Runtime};
 use crate::templater::Templater;
 
 #[derive(Debug, Subcommand)]
@@ -64,17 +65,8 @@ pub(crate) struct WorkerArgs {
     /// default: the job variable `python`, else $HOIST_PYTHON, else python3.
     #[arg(long, value_name = "PATH")]
     python: Option<String>,
-    /// Grant a capability to installed plugins among the pull steps (repeatable).
-    #[arg(long = "allow", value_name = "CAPABILITY")]
-    allow: Vec<Capability>,
     #[command(flatten)]
-    cache: super::CacheArgs,
-    /// Stop any one pull step after this long.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1h")]
-    timeout: Duration,
-    /// Memory any one pull step may use.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256M")]
-    memory_limit: usize,
+    sandbox: SandboxArgs,
 }
 
 /// Prints step logs as `hoist pull` does and keeps them to ship to the run's logs.
@@ -153,8 +145,7 @@ pub(crate) async fn worker(cmd: &WorkerCommand) -> anyhow::Result<()> {
         PoolType::Hoist => "hoist",
     };
     client.ensure_pool(&args.pool, pool_type).await?;
-    let runtime =
-        Arc::new(Runtime::new(args.cache.runtime_config()).map_err(|e| anyhow::anyhow!("{e:#}"))?);
+    let runtime = args.sandbox.runtime()?;
     eprintln!(
         "worker `{name}` polling pool `{}` on {}",
         args.pool, client.url
@@ -285,7 +276,7 @@ async fn run_claimed(
         terminal: TerminalSink::default(),
         lines: Mutex::new(Vec::new()),
     });
-    let mut grants: Vec<Capability> = args.allow.clone();
+    let mut grants: Vec<Capability> = args.sandbox.allow.clone();
     for g in job
         .get("allow")
         .and_then(Value::as_array)
@@ -304,10 +295,7 @@ async fn run_claimed(
                 runtime: runtime.clone(),
                 templater: Templater::from_process(),
                 grants: Grants::new(grants),
-                limits: Limits {
-                    memory: args.memory_limit,
-                    timeout: args.timeout,
-                },
+                limits: args.sandbox.limits(),
                 log: sink.clone(),
                 reporter: Arc::new(ShippingReporter(sink.clone())),
                 events: None,

@@ -290,18 +290,7 @@ pub fn message_of(v: &serde_json::Value) -> String {
     }
 }
 
-/// Percent-encode a query value or path segment (everything but unreserved characters).
-pub fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+pub use hoist_policy::encoding::percent_encode as encode;
 
 /// An image name for a URL path: `/` and `:` kept (the engine routes
 /// `/images/{name}/push` with slashes in the name), anything else encoded.

@@ -24,6 +24,7 @@ mod engine;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use hoist_policy::encoding::base64_url;
 use hoist_policy::{Capability, Grants, HostEnv, docker_repository};
 use http::Method;
 use tokio::sync::{OnceCell, mpsc};
@@ -866,28 +867,6 @@ impl Host for DockerView<'_> {
     }
 }
 
-/// Base64 with the URL alphabet, as `X-Registry-Auth` wants it.
-fn base64_url(bytes: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -957,11 +936,5 @@ mod tests {
             None
         );
         assert_eq!(forbidden_run_option("RUN echo --mount"), None);
-    }
-
-    #[test]
-    fn registry_auth_is_base64url() {
-        assert_eq!(base64_url(b"{}"), "e30=");
-        assert_eq!(base64_url(&[0xfb, 0xff]), "-_8=");
     }
 }

@@ -36,6 +36,7 @@ use std::net::IpAddr;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
+use hoist_policy::encoding::base64;
 use hoist_policy::{Capability, Grants, HostEnv, split_origin};
 use wasmtime::component::{HasData, Linker};
 
@@ -156,27 +157,6 @@ fn plain_value(what: &str, v: &str) -> Result<(), GitError> {
         return Err(invalid(format!("{what} contains control characters")));
     }
     Ok(())
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// `path` against `base`, with `.`/`..` resolved lexically and the longest existing
@@ -1026,23 +1006,5 @@ impl Host for GitView<'_> {
             .rev()
             .find(|e| e.is("core", None, "sparsecheckout"))
             .is_some_and(|e| e.truthy()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn base64_matches_rfc4648() {
-        for (plain, enc) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("user:p@ss", "dXNlcjpwQHNz"),
-        ] {
-            assert_eq!(base64(plain.as_bytes()), enc);
-        }
     }
 }

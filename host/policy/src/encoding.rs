@@ -1,0 +1,73 @@
+//! Text encodings the host's clients need, written once: base64 (standard and URL-safe
+//! alphabets, padded) and percent-encoding of URL path segments and query values.
+
+fn base64_with(bytes: &[u8], table: &[u8; 64]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(table[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Base64, standard alphabet, padded (an HTTP `Basic` credential).
+pub fn base64(bytes: &[u8]) -> String {
+    base64_with(
+        bytes,
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
+    )
+}
+
+/// Base64, URL-safe alphabet, padded (Docker's `X-Registry-Auth`).
+pub fn base64_url(bytes: &[u8]) -> String {
+    base64_with(
+        bytes,
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_",
+    )
+}
+
+/// Percent-encode everything but RFC 3986's unreserved characters: a path segment or
+/// a query value that cannot break out of its place in a URL.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodings() {
+        for (plain, enc) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("user:tok", "dXNlcjp0b2s="),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), enc);
+        }
+        assert_eq!(base64_url(b"{}"), "e30=");
+        assert_eq!(base64_url(&[0xfb, 0xff]), "-_8=");
+        assert_eq!(percent_encode("a b/c?"), "a%20b%2Fc%3F");
+    }
+}
