@@ -9,7 +9,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use hoist::prefect::{Method, PrefectClient};
-use serde_json::json;
+use serde_json::{Value, json};
+use std::path::Path;
 
 use crate::support::{self, hoist, run, supervised};
 
@@ -1120,4 +1121,140 @@ async fn the_worker_runs_pull_steps_in_the_sandbox_then_the_flow() {
         !logs.to_string().contains("flow says"),
         "the flow started after a failed pull step"
     );
+}
+
+/// A worker runs its claimed runs concurrently (two flows RUNNING at once with
+/// `--limit 2`), and cancels a running one when asked: its process group is signalled,
+/// the process is gone, the run ends CANCELLED while the other completes.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_worker_runs_flows_concurrently_and_cancels_on_request() {
+    let Some(s) = server() else { return };
+    let python = std::env::var("HOIST_TEST_PREFECT_PYTHON").unwrap();
+    let client = PrefectClient::new(&s.url, None, 5).unwrap();
+    let pool = format!("hoist-cancel-{}", std::process::id());
+    let (_t, dir) = support::tempdir();
+    let (_h, prefect_home) = support::tempdir();
+    std::fs::create_dir_all(dir.join("flows")).unwrap();
+    std::fs::write(
+        dir.join("flows/slow.py"),
+        "import time\nfrom prefect import flow\n\n\n@flow\ndef slow(seconds: float = 60):\n    time.sleep(seconds)\n",
+    )
+    .unwrap();
+    support::write_project(
+        &dir,
+        format!(
+            "deployments:\n- name: slow-dep\n  entrypoint: flows/slow.py:slow\n  work_pool: {{name: {pool}}}\n  pull:\n  - prefect.deployments.steps.set_working_directory:\n      directory: {}\n",
+            dir.display()
+        ),
+    );
+    client
+        .request(
+            Method::POST,
+            "/work_pools/",
+            Some(&json!({"name": pool, "type": "process"})),
+        )
+        .await
+        .unwrap();
+    let (code, _, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .env("PREFECT_API_URL", &s.url)
+        .args(["deploy"]));
+    assert_eq!(code, 0, "{err}");
+    let (_, d) = client
+        .request(Method::GET, "/deployments/name/slow/slow-dep", None)
+        .await
+        .unwrap();
+    let dep = d["id"].as_str().unwrap().to_string();
+    let mut runs = Vec::new();
+    for seconds in [4.0, 120.0] {
+        let (_, r) = client
+            .request(
+                Method::POST,
+                &format!("/deployments/{dep}/create_flow_run"),
+                Some(&json!({"parameters": {"seconds": seconds}})),
+            )
+            .await
+            .unwrap();
+        runs.push(r["id"].as_str().unwrap().to_string());
+    }
+    let mut worker = hoist(&dir);
+    worker
+        .current_dir(&dir)
+        .env("PREFECT_API_URL", &s.url)
+        .env("PREFECT_HOME", &prefect_home)
+        .args([
+            "worker",
+            "start",
+            "-p",
+            &pool,
+            "--limit",
+            "2",
+            "--poll-interval",
+            "0.5",
+            "--python",
+            &python,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _worker = Kill(worker.spawn().unwrap());
+    let state = |id: String| {
+        let client = client.clone();
+        async move { client.flow_run(&id).await.unwrap() }
+    };
+    // Both RUNNING at the same time.
+    let mut both = false;
+    for _ in 0..600 {
+        let a = state(runs[0].clone()).await;
+        let b = state(runs[1].clone()).await;
+        if a["state_type"] == "RUNNING" && b["state_type"] == "RUNNING" {
+            both = true;
+            break;
+        }
+        if a["state_type"] == "COMPLETED" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(both, "the two runs never ran at once");
+    let b = state(runs[1].clone()).await;
+    let pid: i32 = b["infrastructure_pid"].as_str().unwrap().parse().unwrap();
+    client
+        .request(
+            Method::POST,
+            &format!("/flow_runs/{}/set_state", runs[1]),
+            Some(&json!({"state": {"type": "CANCELLING", "name": "Cancelling"}, "force": false})),
+        )
+        .await
+        .unwrap();
+    let mut final_b = Value::Null;
+    for _ in 0..300 {
+        final_b = state(runs[1].clone()).await;
+        if final_b["state_type"] == "CANCELLED" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(final_b["state_type"], "CANCELLED", "{final_b}");
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z")),
+        "the cancelled flow's process {pid} still runs"
+    );
+    let mut final_a = Value::Null;
+    for _ in 0..300 {
+        final_a = state(runs[0].clone()).await;
+        if final_a["state_type"] == "COMPLETED" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(final_a["state_type"], "COMPLETED", "{final_a}");
 }

@@ -195,6 +195,31 @@ impl PrefectClient {
         Ok(v["status"].as_str().unwrap_or("").to_string())
     }
 
+    /// Which of these runs were asked to cancel (`CANCELLING`, or `CANCELLED` named
+    /// `Cancelling`, §4.3's polling fallback).
+    pub async fn cancelling(&self, ids: &[String]) -> Result<Vec<String>, PrefectError> {
+        let mut out = Vec::new();
+        for state in [
+            json!({"type": {"any_": ["CANCELLING"]}}),
+            json!({"type": {"any_": ["CANCELLED"]}, "name": {"any_": ["Cancelling"]}}),
+        ] {
+            let (_, v) = self
+                .request(
+                    Method::POST,
+                    "/flow_runs/filter",
+                    Some(&json!({"flow_runs": {"id": {"any_": ids}, "state": state}})),
+                )
+                .await?;
+            out.extend(
+                v.as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|r| r["id"].as_str().map(str::to_string)),
+            );
+        }
+        Ok(out)
+    }
+
     /// A flow run.
     pub async fn flow_run(&self, run_id: &str) -> Result<Value, PrefectError> {
         Ok(self

@@ -50,7 +50,7 @@ pub(crate) struct RunArgs {
 }
 
 /// What the commands that run steps share: grants, the component cache, limits.
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub(crate) struct SandboxArgs {
     /// Grant a capability to the plugins that are not built in (see `hoist step run --help`).
     #[arg(short, long = "allow", value_name = "CAPABILITY")]

@@ -4,6 +4,7 @@
 //! prefect.engine` and `PREFECT__FLOW_ENTRYPOINT`, so the engine does not run the pull
 //! steps again (protocol: `prefect-worker-protocol.md` §2–§4).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,7 +39,7 @@ pub(crate) enum PoolType {
     Hoist,
 }
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub(crate) struct WorkerArgs {
     /// The work pool (created when missing).
     #[arg(short = 'p', long = "pool", value_name = "POOL")]
@@ -49,7 +50,7 @@ pub(crate) struct WorkerArgs {
     /// The type a missing pool is created with.
     #[arg(long = "type", value_enum, default_value = "process")]
     pool_type: PoolType,
-    /// Runs to start per poll at most.
+    /// Flow runs in flight at most (claimed runs run concurrently).
     #[arg(long, default_value_t = 8)]
     limit: usize,
     /// The worker's name (default: hoist-<host>-<pid>).
@@ -150,21 +151,95 @@ pub(crate) async fn worker(cmd: &WorkerCommand) -> anyhow::Result<()> {
         "worker `{name}` polling pool `{}` on {}",
         args.pool, client.url
     );
+    let args = Arc::new((**args).clone());
+    let inflight: InFlight = Arc::new(Mutex::new(HashMap::new()));
+    let mut tasks = tokio::task::JoinSet::new();
     loop {
         client.heartbeat(&args.pool, &name).await?;
-        let before = hoist_policy::time::rfc3339_in(Duration::from_secs(10));
-        let runs = client
-            .scheduled_runs(&args.pool, &args.queues, &before)
-            .await?;
-        for run in runs.iter().take(args.limit) {
-            if let Err(e) = handle(&client, &runtime, args, &name, run).await {
-                eprintln!("worker: {e:#}");
+        watch_cancellations(&client, &inflight).await;
+        let busy = inflight.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let free = args.limit.saturating_sub(busy);
+        if free > 0 {
+            let before = hoist_policy::time::rfc3339_in(Duration::from_secs(10));
+            let runs = client
+                .scheduled_runs(&args.pool, &args.queues, &before)
+                .await?;
+            for run in runs.into_iter().take(free) {
+                let run_id = run["id"].as_str().unwrap_or("").to_string();
+                inflight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(run_id.clone(), Flight::default());
+                let (client, runtime, args, name, inflight) = (
+                    client.clone(),
+                    runtime.clone(),
+                    args.clone(),
+                    name.clone(),
+                    inflight.clone(),
+                );
+                tasks.spawn(async move {
+                    if let Err(e) = handle(&client, &runtime, &args, &name, &run, &inflight).await {
+                        eprintln!("worker: run {run_id}: {e:#}");
+                    }
+                    inflight
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&run_id);
+                });
             }
         }
         if args.run_once {
+            while tasks.join_next().await.is_some() {}
             return Ok(());
         }
+        while tasks.try_join_next().is_some() {}
         tokio::time::sleep(Duration::from_secs_f64(args.poll_interval.max(0.1))).await;
+    }
+}
+
+/// A run this worker is working on: its flow process, once started, and whether a
+/// cancellation was acted on.
+#[derive(Debug, Default)]
+struct Flight {
+    pid: Option<u32>,
+    cancelled: bool,
+}
+
+type InFlight = Arc<Mutex<HashMap<String, Flight>>>;
+
+/// Runs of ours that were asked to cancel (`CANCELLING`): their flow's process group
+/// gets SIGTERM, then SIGKILL 30 s later if it is still there; the run's task then
+/// records CANCELLED (§4.4).
+async fn watch_cancellations(client: &PrefectClient, inflight: &InFlight) {
+    let ids: Vec<String> = inflight
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|(_, f)| f.pid.is_some() && !f.cancelled)
+        .map(|(id, _)| id.clone())
+        .collect();
+    if ids.is_empty() {
+        return;
+    }
+    let Ok(runs) = client.cancelling(&ids).await else {
+        return;
+    };
+    for id in runs {
+        let pid = {
+            let mut map = inflight.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(f) = map.get_mut(&id) else { continue };
+            f.cancelled = true;
+            f.pid
+        };
+        let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) else {
+            continue;
+        };
+        eprintln!("run {id}: cancelling (SIGTERM to its process group)");
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::TERM);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        });
     }
 }
 
@@ -175,6 +250,7 @@ async fn handle(
     args: &WorkerArgs,
     worker: &str,
     run: &Value,
+    inflight: &InFlight,
 ) -> anyhow::Result<()> {
     let run_id = run["id"].as_str().unwrap_or("").to_string();
     let Some(deployment_id) = run["deployment_id"].as_str() else {
@@ -221,8 +297,24 @@ async fn handle(
         run["name"].as_str().unwrap_or("")
     );
     let job = merged_job_variables(&deployment, run);
-    let outcome = run_claimed(client, runtime, args, &run_id, &deployment, &job).await;
-    if let Err(message) = outcome {
+    let outcome = run_claimed(client, runtime, args, &run_id, &deployment, &job, inflight).await;
+    let cancelled = inflight
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&run_id)
+        .is_some_and(|f| f.cancelled);
+    if cancelled {
+        client
+            .set_state(
+                &run_id,
+                "CANCELLED",
+                "Cancelled",
+                "Flow run was cancelled successfully.",
+                true,
+            )
+            .await?;
+        eprintln!("run {run_id}: cancelled");
+    } else if let Err(message) = outcome {
         client
             .set_state(&run_id, "CRASHED", "Crashed", &message, false)
             .await?;
@@ -253,6 +345,7 @@ async fn run_claimed(
     run_id: &str,
     deployment: &Value,
     job: &serde_json::Map<String, Value>,
+    inflight: &InFlight,
 ) -> Result<(), String> {
     let scratch = tempfile::Builder::new()
         .prefix("hoist-run-")
@@ -312,7 +405,7 @@ async fn run_claimed(
         eprintln!("warning: could not ship the pull steps' logs: {e}");
     }
     let final_dir = final_dir?;
-    start_flow(client, args, run_id, deployment, job, &final_dir).await
+    start_flow(client, args, run_id, deployment, job, &final_dir, inflight).await
 }
 
 /// `python -m prefect.engine` in the pull steps' final directory; CRASHED (the `Err`)
@@ -324,6 +417,7 @@ async fn start_flow(
     deployment: &Value,
     job: &serde_json::Map<String, Value>,
     dir: &Path,
+    inflight: &InFlight,
 ) -> Result<(), String> {
     let python = args
         .python
@@ -360,6 +454,8 @@ async fn start_flow(
     if let Ok(p) = std::env::var("PYTHONPATH") {
         pythonpath = format!("{pythonpath}:{p}");
     }
+    // Its own process group: a cancellation signals the flow and what it started.
+    cmd.process_group(0);
     cmd.current_dir(dir)
         .env("PREFECT_API_URL", &client.url)
         .env("PREFECT__FLOW_RUN_ID", run_id)
@@ -389,10 +485,17 @@ async fn start_flow(
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("Flow run could not start: {python}: {e}"))?;
-    if let Some(pid) = child.id()
-        && let Err(e) = client.set_pid(run_id, pid).await
-    {
-        eprintln!("warning: could not record the flow's process id: {e}");
+    if let Some(pid) = child.id() {
+        if let Some(f) = inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(run_id)
+        {
+            f.pid = Some(pid);
+        }
+        if let Err(e) = client.set_pid(run_id, pid).await {
+            eprintln!("warning: could not record the flow's process id: {e}");
+        }
     }
     let status = child
         .wait()
