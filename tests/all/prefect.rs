@@ -1017,6 +1017,12 @@ async fn the_worker_runs_pull_steps_in_the_sandbox_then_the_flow() {
   pull:
   - prefect.deployments.steps.run_shell_script:
       script: sh -c 'echo about to fail; exit 3'
+- name: limited
+  entrypoint: flows/work.py:work
+  work_pool: {{name: {pool}, job_variables: {{timeout: 1s}}}}
+  pull:
+  - prefect.deployments.steps.run_shell_script:
+      script: sleep 30
 "#,
             d = dir.display()
         ),
@@ -1047,7 +1053,7 @@ async fn the_worker_runs_pull_steps_in_the_sandbox_then_the_flow() {
         .args(["deploy", "--all"]));
     assert_eq!(code, 0, "{err}");
     let mut runs = Vec::new();
-    for name in ["ok", "broken"] {
+    for name in ["ok", "broken", "limited"] {
         let (_, d) = client
             .request(Method::GET, &format!("/deployments/name/work/{name}"), None)
             .await
@@ -1117,6 +1123,16 @@ async fn the_worker_runs_pull_steps_in_the_sandbox_then_the_flow() {
         .await
         .unwrap();
     assert!(logs.to_string().contains("about to fail"), "{logs}");
+    // The job variable `timeout` limits the pull steps.
+    let limited = client.flow_run(&runs[2]).await.unwrap();
+    assert_eq!(limited["state_type"], "CRASHED", "{limited}");
+    assert!(
+        limited["state"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("did not finish within"),
+        "{limited}"
+    );
     assert!(
         !logs.to_string().contains("flow says"),
         "the flow started after a failed pull step"

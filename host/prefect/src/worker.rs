@@ -20,6 +20,8 @@ pub fn base_job_template() -> Value {
             "working_dir": "{{ working_dir }}",
             "allow": "{{ allow }}",
             "python": "{{ python }}",
+            "timeout": "{{ timeout }}",
+            "memory_limit": "{{ memory_limit }}",
         },
         "variables": {
             "type": "object",
@@ -31,7 +33,9 @@ pub fn base_job_template() -> Value {
                 "stream_output": {"title": "Stream Output", "type": "boolean", "default": true, "description": "Copy the flow's output to the worker's."},
                 "working_dir": {"title": "Working Directory", "type": "string", "format": "path", "description": "Where the pull steps start (default: a new temporary directory per run)."},
                 "allow": {"title": "Hoist grants", "type": "array", "items": {"type": "string"}, "description": "Capabilities granted to the pull steps' installed plugins (e.g. net:https://*.github.com)."},
-                "python": {"title": "Python", "type": "string", "description": "The Python that runs the flow (a venv with prefect and the flow's dependencies)."}
+                "python": {"title": "Python", "type": "string", "description": "The Python that runs the flow (a venv with prefect and the flow's dependencies)."},
+                "timeout": {"title": "Step timeout", "type": "string", "description": "Stop any one pull step after this long (e.g. 30s, 5m, 1h)."},
+                "memory_limit": {"title": "Step memory limit", "type": "string", "description": "Memory any one pull step may use (e.g. 64M, 1G)."}
             }
         }
     })

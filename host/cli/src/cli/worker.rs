@@ -13,7 +13,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
 use super::project::SandboxArgs;
-use super::step::TerminalSink;
+use super::step::{TerminalSink, parse_duration, parse_size};
 use crate::bindings::Level;
 use crate::capability::log::{LogRecord, LogSink};
 use crate::pipeline::{self, Loaded, PipelineRequest};
@@ -59,8 +59,8 @@ pub(crate) struct WorkerArgs {
     /// Poll once, run what was claimed, and exit.
     #[arg(long)]
     run_once: bool,
-    /// Seconds between polls.
-    #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
+    /// Seconds between polls (a run created on the server starts within about this).
+    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
     poll_interval: f64,
     /// The Python that runs flows (a venv with prefect and the flows' dependencies);
     /// default: the job variable `python`, else $HOIST_PYTHON, else python3.
@@ -323,6 +323,29 @@ async fn handle(
     Ok(())
 }
 
+/// The pull steps' limits: the job variables `timeout` and `memory_limit` (as the
+/// command line spells them) over the worker's own.
+fn job_limits(
+    job: &serde_json::Map<String, Value>,
+    mut limits: crate::runtime::Limits,
+) -> Result<crate::runtime::Limits, String> {
+    if let Some(t) = job
+        .get("timeout")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+    {
+        limits.timeout = parse_duration(t).map_err(|e| format!("job variable `timeout`: {e}"))?;
+    }
+    if let Some(m) = job
+        .get("memory_limit")
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty())
+    {
+        limits.memory = parse_size(m).map_err(|e| format!("job variable `memory_limit`: {e}"))?;
+    }
+    Ok(limits)
+}
+
 /// The deployment's job variables under the run's own.
 fn merged_job_variables(deployment: &Value, run: &Value) -> serde_json::Map<String, Value> {
     let mut job = deployment["job_variables"]
@@ -388,7 +411,7 @@ async fn run_claimed(
                 runtime: runtime.clone(),
                 templater: Templater::from_process(),
                 grants: Grants::new(grants),
-                limits: args.sandbox.limits(),
+                limits: job_limits(job, args.sandbox.limits())?,
                 log: sink.clone(),
                 reporter: Arc::new(ShippingReporter(sink.clone())),
                 events: None,
