@@ -1123,6 +1123,49 @@ async fn the_worker_runs_pull_steps_in_the_sandbox_then_the_flow() {
         .await
         .unwrap();
     assert!(logs.to_string().contains("about to fail"), "{logs}");
+    // Pull-step events, as Prefect emits them: one per step, about the run, with the
+    // step's untemplated inputs (the server stores them asynchronously).
+    let mut names = Vec::new();
+    for _ in 0..100 {
+        let (_, page) = client
+            .request(
+                Method::POST,
+                "/events/filter",
+                Some(&json!({"filter": {"resource": {"id": [format!("prefect.flow-run.{}", runs[0])]}, "event": {"prefix": ["prefect.flow-run.pull-step"]}}, "limit": 50})),
+            )
+            .await
+            .unwrap();
+        names = page["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                (
+                    e["event"].as_str().unwrap_or("").to_string(),
+                    e["payload"]["step_name"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        if names.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            (
+                "prefect.flow-run.pull-step.executed".to_string(),
+                "run_shell_script".to_string()
+            ),
+            (
+                "prefect.flow-run.pull-step.executed".to_string(),
+                "set_working_directory".to_string()
+            ),
+        ]
+    );
+
     // The job variable `timeout` limits the pull steps.
     let limited = client.flow_run(&runs[2]).await.unwrap();
     assert_eq!(limited["state_type"], "CRASHED", "{limited}");

@@ -224,6 +224,31 @@ impl PrefectClient {
         Ok(out)
     }
 
+    /// Emit one event (`POST /events`), as Prefect's pull steps do: `event` about
+    /// `resource`, related to the deployment when given.
+    pub async fn emit_event(
+        &self,
+        event: &str,
+        resource: &str,
+        deployment: Option<&str>,
+        payload: &Value,
+    ) -> Result<(), PrefectError> {
+        let related: Vec<Value> = deployment
+            .map(|d| json!({"prefect.resource.id": format!("prefect.deployment.{d}"), "prefect.resource.role": "deployment"}))
+            .into_iter()
+            .collect();
+        let body = json!([{
+            "id": uuid4(),
+            "occurred": hoist_policy::time::now_rfc3339(),
+            "event": event,
+            "resource": {"prefect.resource.id": resource},
+            "related": related,
+            "payload": payload,
+        }]);
+        self.request(Method::POST, "/events", Some(&body)).await?;
+        Ok(())
+    }
+
     /// A flow run.
     pub async fn flow_run(&self, run_id: &str) -> Result<Value, PrefectError> {
         Ok(self

@@ -66,8 +66,22 @@ pub struct StepFailure {
 pub struct Events {
     /// `prefect.flow-run.<id>`.
     pub resource: String,
-    /// The store they are recorded in.
-    pub store: Store,
+    /// Where they are recorded.
+    pub target: EventTarget,
+}
+
+/// Hoist's own store (`hoist pull` with `PREFECT__FLOW_RUN_ID`), or the Prefect server
+/// the run belongs to (the worker), which shows them in the UI.
+pub enum EventTarget {
+    /// Recorded in the local store.
+    Store(Store),
+    /// Sent to `POST /events`, related to this deployment (`prefect.deployment.<id>`).
+    Prefect {
+        /// The server.
+        client: hoist_prefect::PrefectClient,
+        /// The deployment's id, when known.
+        deployment: Option<String>,
+    },
 }
 
 /// Why a section did not complete.
@@ -436,11 +450,18 @@ impl<V: Values> Runner<V> {
         } else {
             "prefect.flow-run.pull-step.failed"
         };
-        if let Err(e) = events
-            .store
-            .record_event(name, &events.resource, &payload)
-            .await
-        {
+        let recorded = match &events.target {
+            EventTarget::Store(store) => store
+                .record_event(name, &events.resource, &payload)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            EventTarget::Prefect { client, deployment } => client
+                .emit_event(name, &events.resource, deployment.as_deref(), &payload)
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(e) = recorded {
             eprintln!("warning: could not record event {name}: {e}");
         }
     }

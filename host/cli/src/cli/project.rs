@@ -153,7 +153,7 @@ pub(crate) async fn run(command: Action, args: &RunArgs) -> anyhow::Result<()> {
     let events = match std::env::var("PREFECT__FLOW_RUN_ID") {
         Ok(run_id) if command == Action::Pull && !run_id.is_empty() => Some(runner::Events {
             resource: format!("prefect.flow-run.{run_id}"),
-            store: crate::store::Store::open_default().await?,
+            target: runner::EventTarget::Store(crate::store::Store::open_default().await?),
         }),
         _ => None,
     };

@@ -414,7 +414,13 @@ async fn run_claimed(
                 limits: job_limits(job, args.sandbox.limits())?,
                 log: sink.clone(),
                 reporter: Arc::new(ShippingReporter(sink.clone())),
-                events: None,
+                events: Some(crate::runner::Events {
+                    resource: format!("prefect.flow-run.{run_id}"),
+                    target: crate::runner::EventTarget::Prefect {
+                        client: client.clone(),
+                        deployment: deployment["id"].as_str().map(str::to_string),
+                    },
+                }),
                 cwd: Some(workspace.clone()),
             };
             pipeline::run(&loaded, request)
