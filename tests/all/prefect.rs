@@ -995,7 +995,7 @@ async fn the_worker_runs_pull_steps_in_the_sandbox_then_the_flow() {
     std::fs::create_dir_all(dir.join("flows")).unwrap();
     std::fs::write(
         dir.join("flows/work.py"),
-        "import os\nfrom prefect import flow\n\n\n@flow(log_prints=True)\ndef work(name: str = \"x\"):\n    open(\"ran.txt\", \"w\").write(f\"{name} in {os.getcwd()}\")\n    print(f\"flow says {name}\")\n",
+        "import os\nfrom prefect import flow\n\n\n@flow(log_prints=True)\ndef work(name: str = \"x\"):\n    if name == \"boom\":\n        raise ValueError(\"kaboom\")\n    open(\"ran.txt\", \"w\").write(f\"{name} in {os.getcwd()}\")\n    print(f\"flow says {name}\")\n",
     )
     .unwrap();
     support::write_project(
@@ -1064,6 +1064,24 @@ async fn the_worker_runs_pull_steps_in_the_sandbox_then_the_flow() {
                 Method::POST,
                 &format!("/deployments/{id}/create_flow_run"),
                 Some(&json!({"parameters": {"name": "from-run"}})),
+            )
+            .await
+            .unwrap();
+        assert!(status.is_success(), "{r}");
+        runs.push(r["id"].as_str().unwrap().to_string());
+    }
+    // On the `ok` deployment: a flow that raises, and parameters the flow does not take.
+    let (_, d) = client
+        .request(Method::GET, "/deployments/name/work/ok", None)
+        .await
+        .unwrap();
+    let ok_id = d["id"].as_str().unwrap().to_string();
+    for params in [json!({"name": "boom"}), json!({"nope": 1})] {
+        let (status, r) = client
+            .request(
+                Method::POST,
+                &format!("/deployments/{ok_id}/create_flow_run"),
+                Some(&json!({"parameters": params})),
             )
             .await
             .unwrap();
@@ -1164,6 +1182,27 @@ async fn the_worker_runs_pull_steps_in_the_sandbox_then_the_flow() {
                 "set_working_directory".to_string()
             ),
         ]
+    );
+
+    // A flow that raises ends FAILED (the engine says so; the worker adds nothing); a run
+    // whose parameters the flow does not take never starts: CRASHED, with the exit status.
+    let raised = client.flow_run(&runs[3]).await.unwrap();
+    assert_eq!(raised["state_type"], "FAILED", "{raised}");
+    assert!(
+        raised["state"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("kaboom"),
+        "{raised}"
+    );
+    let bad = client.flow_run(&runs[4]).await.unwrap();
+    assert_eq!(bad["state_type"], "CRASHED", "{bad}");
+    assert!(
+        bad["state"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("non-zero status code 1"),
+        "{bad}"
     );
 
     // The job variable `timeout` limits the pull steps.
