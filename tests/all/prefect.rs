@@ -1356,3 +1356,120 @@ async fn the_worker_runs_flows_concurrently_and_cancels_on_request() {
     }
     assert_eq!(final_a["state_type"], "COMPLETED", "{final_a}");
 }
+
+/// A worker told to stop (SIGTERM) polls no more, gives its running flow the grace
+/// period, then cancels it cleanly: the run ends CANCELLED (never a spurious CRASHED),
+/// the flow's process is gone, the worker exits 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopping_worker_cancels_what_outlives_its_grace_period() {
+    let Some(s) = server() else { return };
+    let python = std::env::var("HOIST_TEST_PREFECT_PYTHON").unwrap();
+    let client = PrefectClient::new(&s.url, None, 5).unwrap();
+    let pool = format!("hoist-stop-{}", std::process::id());
+    let (_t, dir) = support::tempdir();
+    let (_h, prefect_home) = support::tempdir();
+    std::fs::create_dir_all(dir.join("flows")).unwrap();
+    std::fs::write(
+        dir.join("flows/slow.py"),
+        "import time\nfrom prefect import flow\n\n\n@flow\ndef lingers():\n    time.sleep(120)\n",
+    )
+    .unwrap();
+    support::write_project(
+        &dir,
+        format!(
+            "deployments:\n- name: lingering\n  entrypoint: flows/slow.py:lingers\n  work_pool: {{name: {pool}}}\n  pull:\n  - prefect.deployments.steps.set_working_directory:\n      directory: {}\n",
+            dir.display()
+        ),
+    );
+    client
+        .request(
+            Method::POST,
+            "/work_pools/",
+            Some(&json!({"name": pool, "type": "process"})),
+        )
+        .await
+        .unwrap();
+    let (code, _, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .env("PREFECT_API_URL", &s.url)
+        .args(["deploy"]));
+    assert_eq!(code, 0, "{err}");
+    let (_, d) = client
+        .request(Method::GET, "/deployments/name/lingers/lingering", None)
+        .await
+        .unwrap();
+    let dep = d["id"].as_str().unwrap().to_string();
+    let (_, r) = client
+        .request(
+            Method::POST,
+            &format!("/deployments/{dep}/create_flow_run"),
+            Some(&json!({})),
+        )
+        .await
+        .unwrap();
+    let run_id = r["id"].as_str().unwrap().to_string();
+    let worker = hoist(&dir)
+        .current_dir(&dir)
+        .env("PREFECT_API_URL", &s.url)
+        .env("PREFECT_HOME", &prefect_home)
+        .args([
+            "worker",
+            "start",
+            "-p",
+            &pool,
+            "--grace-period",
+            "1",
+            "--poll-interval",
+            "0.5",
+            "--python",
+            &python,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut running = Value::Null;
+    for _ in 0..600 {
+        running = client.flow_run(&run_id).await.unwrap();
+        if running["state_type"] == "RUNNING" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(running["state_type"], "RUNNING", "{running}");
+    let pid: i32 = running["infrastructure_pid"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let worker_pid = rustix::process::Pid::from_raw(worker.id() as i32).unwrap();
+    rustix::process::kill_process(worker_pid, rustix::process::Signal::TERM).unwrap();
+    let out = tokio::task::spawn_blocking(move || worker.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done = client.flow_run(&run_id).await.unwrap();
+    assert_eq!(done["state_type"], "CANCELLED", "{done}");
+    let alive =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"));
+    assert!(!alive, "the flow's process {pid} outlived the worker");
+    let (_, history) = client
+        .request(
+            Method::GET,
+            &format!("/flow_run_states/?flow_run_id={run_id}"),
+            None,
+        )
+        .await
+        .unwrap();
+    let types: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["type"].as_str())
+        .collect();
+    assert!(!types.contains(&"CRASHED"), "a spurious CRASHED: {types:?}");
+}

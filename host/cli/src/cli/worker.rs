@@ -59,6 +59,10 @@ pub(crate) struct WorkerArgs {
     /// Poll once, run what was claimed, and exit.
     #[arg(long)]
     run_once: bool,
+    /// On SIGTERM or SIGINT: stop polling, let running flows finish this long, then
+    /// cancel the rest.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    grace_period: f64,
     /// Seconds between polls (a run created on the server starts within about this).
     #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
     poll_interval: f64,
@@ -154,6 +158,9 @@ pub(crate) async fn worker(cmd: &WorkerCommand) -> anyhow::Result<()> {
     let args = Arc::new((**args).clone());
     let inflight: InFlight = Arc::new(Mutex::new(HashMap::new()));
     let mut tasks = tokio::task::JoinSet::new();
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
     loop {
         client.heartbeat(&args.pool, &name).await?;
         watch_cancellations(&client, &inflight).await;
@@ -193,8 +200,66 @@ pub(crate) async fn worker(cmd: &WorkerCommand) -> anyhow::Result<()> {
             return Ok(());
         }
         while tasks.try_join_next().is_some() {}
-        tokio::time::sleep(Duration::from_secs_f64(args.poll_interval.max(0.1))).await;
+        let stop = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs_f64(args.poll_interval.max(0.1))) => false,
+            _ = term.recv() => true,
+            _ = interrupt.recv() => true,
+        };
+        if stop {
+            return stop_gracefully(&args, &inflight, tasks).await;
+        }
     }
+}
+
+/// No new runs; the running ones get `--grace-period` to finish, then are cancelled
+/// (their process groups signalled; their tasks record CANCELLED).
+async fn stop_gracefully(
+    args: &WorkerArgs,
+    inflight: &InFlight,
+    mut tasks: tokio::task::JoinSet<()>,
+) -> anyhow::Result<()> {
+    let running = tasks.len();
+    if running > 0 {
+        eprintln!(
+            "worker stopping: no new runs; {running} running may finish within {} s",
+            args.grace_period
+        );
+    }
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs_f64(args.grace_period.max(0.0));
+    while !tasks.is_empty() {
+        tokio::select! {
+            _ = tasks.join_next() => {}
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    if tasks.is_empty() {
+        return Ok(());
+    }
+    let pids: Vec<(String, Option<u32>)> = {
+        let mut map = inflight.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter_mut()
+            .map(|(id, f)| {
+                f.cancelled = true;
+                (id.clone(), f.pid)
+            })
+            .collect()
+    };
+    for (id, pid) in pids {
+        eprintln!("run {id}: cancelling, the worker is stopping");
+        if let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
+    // Their tasks record CANCELLED once the processes are gone.
+    let bound = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !tasks.is_empty() {
+        tokio::select! {
+            _ = tasks.join_next() => {}
+            _ = tokio::time::sleep_until(bound) => break,
+        }
+    }
+    Ok(())
 }
 
 /// A run this worker is working on: its flow process, once started, and whether a
@@ -208,8 +273,9 @@ struct Flight {
 type InFlight = Arc<Mutex<HashMap<String, Flight>>>;
 
 /// Runs of ours that were asked to cancel (`CANCELLING`): their flow's process group
-/// gets SIGTERM, then SIGKILL 30 s later if it is still there; the run's task then
-/// records CANCELLED (§4.4).
+/// gets SIGKILL, and the run's task records CANCELLED. SIGKILL, not SIGTERM: on SIGTERM
+/// the engine forces a CRASHED state first (§4.4), a spurious crash in the run's
+/// history; the graceful path is the engine's control channel, not built yet.
 async fn watch_cancellations(client: &PrefectClient, inflight: &InFlight) {
     let ids: Vec<String> = inflight
         .lock()
@@ -234,12 +300,8 @@ async fn watch_cancellations(client: &PrefectClient, inflight: &InFlight) {
         let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) else {
             continue;
         };
-        eprintln!("run {id}: cancelling (SIGTERM to its process group)");
-        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::TERM);
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-        });
+        eprintln!("run {id}: cancelling (SIGKILL to its process group)");
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
     }
 }
 
