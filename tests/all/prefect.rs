@@ -12,7 +12,7 @@ use hoist::prefect::{Method, PrefectClient};
 use serde_json::{Value, json};
 use std::path::Path;
 
-use crate::support::{self, hoist, run, supervised};
+use crate::support::{self, hoist, plugins, run, supervised};
 
 /// The shared server.
 pub struct Server {
@@ -1017,6 +1017,22 @@ async fn the_worker_runs_pull_steps_in_the_sandbox_then_the_flow() {
   pull:
   - prefect.deployments.steps.run_shell_script:
       script: sh -c 'echo about to fail; exit 3'
+- name: needs-grant
+  entrypoint: flows/work.py:work
+  work_pool: {{name: {pool}}}
+  pull:
+  - needs:
+      action: spawn
+      program: "true"
+- name: granted
+  entrypoint: flows/work.py:work
+  work_pool: {{name: {pool}, job_variables: {{allow: ["process:true", "process:sleep", "env:HOIST_PROBE"]}}}}
+  pull:
+  - prefect.deployments.steps.set_working_directory:
+      directory: {d}
+  - needs:
+      action: spawn
+      program: "true"
 - name: limited
   entrypoint: flows/work.py:work
   work_pool: {{name: {pool}, job_variables: {{timeout: 1s}}}}
@@ -1053,7 +1069,11 @@ async fn the_worker_runs_pull_steps_in_the_sandbox_then_the_flow() {
         .args(["deploy", "--all"]));
     assert_eq!(code, 0, "{err}");
     let mut runs = Vec::new();
-    for name in ["ok", "broken", "limited"] {
+    // An installed plugin (by name) among the pull steps: it needs grants.
+    let installed = support::home_of(&dir).join("plugins");
+    std::fs::create_dir_all(&installed).unwrap();
+    std::fs::copy(plugins::PROBE, installed.join("needs.wasm")).unwrap();
+    for name in ["ok", "broken", "limited", "needs-grant", "granted"] {
         let (_, d) = client
             .request(Method::GET, &format!("/deployments/name/work/{name}"), None)
             .await
@@ -1184,9 +1204,23 @@ async fn the_worker_runs_pull_steps_in_the_sandbox_then_the_flow() {
         ]
     );
 
+    // A plugin's ungranted capability: CRASHED, naming it and the worker's remedies;
+    // granted through the job variable `allow`, the same step runs and the flow completes.
+    let denied = client.flow_run(&runs[3]).await.unwrap();
+    assert_eq!(denied["state_type"], "CRASHED", "{denied}");
+    let why = denied["state"]["message"].as_str().unwrap_or("");
+    assert!(
+        why.contains("process:true")
+            && why.contains("job variable `allow`")
+            && why.contains("--allow"),
+        "{why}"
+    );
+    let granted = client.flow_run(&runs[4]).await.unwrap();
+    assert_eq!(granted["state_type"], "COMPLETED", "{granted}");
+
     // A flow that raises ends FAILED (the engine says so; the worker adds nothing); a run
     // whose parameters the flow does not take never starts: CRASHED, with the exit status.
-    let raised = client.flow_run(&runs[3]).await.unwrap();
+    let raised = client.flow_run(&runs[5]).await.unwrap();
     assert_eq!(raised["state_type"], "FAILED", "{raised}");
     assert!(
         raised["state"]["message"]
@@ -1195,7 +1229,7 @@ async fn the_worker_runs_pull_steps_in_the_sandbox_then_the_flow() {
             .contains("kaboom"),
         "{raised}"
     );
-    let bad = client.flow_run(&runs[4]).await.unwrap();
+    let bad = client.flow_run(&runs[6]).await.unwrap();
     assert_eq!(bad["state_type"], "CRASHED", "{bad}");
     assert!(
         bad["state"]["message"]

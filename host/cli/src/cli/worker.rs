@@ -488,7 +488,17 @@ async fn run_claimed(
             pipeline::run(&loaded, request)
                 .await
                 .map(|o| o.working_directory)
-                .map_err(|e| format!("a pull step failed: {e}"))
+                .map_err(|e| {
+                    let mut m = format!("a pull step failed: {e}");
+                    // The project-file remedy does not apply to a deployment's steps.
+                    if m.contains("which was not granted") {
+                        m.push_str(
+                            "; for a worker: add it to the deployment's job variable `allow` \
+                             (work_pool.job_variables.allow), or start the worker with --allow",
+                        );
+                    }
+                    m
+                })
         }
     };
     let lines = std::mem::take(&mut *sink.lines.lock().unwrap_or_else(|p| p.into_inner()));
