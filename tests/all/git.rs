@@ -528,3 +528,25 @@ fn c27_clone_then_install_requirements_from_the_clone() {
         "{err}"
     );
 }
+
+/// A local repository written as a plain path (not `file://`), as Prefect users write
+/// it: git is handed the checked git directory as a `file://` URL, so the rule that
+/// rewrites the user's path to it cannot rewrite it a second time (`/r/.git/.git`).
+#[test]
+fn clones_a_local_repository_given_as_a_plain_path() {
+    let (_t, root) = support::tempdir();
+    let (repo, _first, second) = make_repo(&root, "plain-path-repo");
+    let work = root.join("work");
+    std::fs::create_dir(&work).unwrap();
+    let (code, out, err) = pull(&work, json!({"repository": repo.display().to_string()}));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out["directory"], "plain-path-repo");
+    assert_eq!(
+        std::fs::read_to_string(work.join("plain-path-repo/src/app.py")).unwrap(),
+        "print('v2')\n"
+    );
+    assert_eq!(
+        git(&work.join("plain-path-repo"), &["rev-parse", "HEAD"]),
+        second
+    );
+}

@@ -1507,3 +1507,124 @@ async fn a_stopping_worker_cancels_what_outlives_its_grace_period() {
         .collect();
     assert!(!types.contains(&"CRASHED"), "a spurious CRASHED: {types:?}");
 }
+
+/// The seeds' workflow end to end: a deployment whose pull steps clone a local git
+/// repository (the flow's code lives there) and set the directory into the clone; the
+/// run is created by Prefect's own CLI (`prefect deployment run --param`); Hoist's worker
+/// clones in the sandbox, starts the flow in the clone, and the run's output and
+/// COMPLETED state are read back through the API.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_created_by_prefects_cli_clones_and_runs_the_flow() {
+    let Some(s) = server() else { return };
+    let python = std::env::var("HOIST_TEST_PREFECT_PYTHON").unwrap();
+    let client = PrefectClient::new(&s.url, None, 5).unwrap();
+    let pool = format!("hoist-git-{}", std::process::id());
+    let (_r, repo_root) = support::tempdir();
+    let repo = repo_root.join("flows-repo");
+    std::fs::create_dir_all(repo.join("flows")).unwrap();
+    std::fs::write(
+        repo.join("flows/greet.py"),
+        "import os\nfrom prefect import flow\n\n\n@flow(log_prints=True)\ndef greet(name: str = \"nobody\"):\n    print(f\"hello {name} from {os.path.basename(os.getcwd())}\")\n",
+    )
+    .unwrap();
+    support::git(&repo, &["init", "-q"]);
+    support::git(&repo, &["add", "."]);
+    support::git(&repo, &["commit", "-q", "-m", "flows"]);
+
+    let (_t, dir) = support::tempdir();
+    std::fs::copy(repo.join("flows/greet.py"), {
+        std::fs::create_dir_all(dir.join("flows")).unwrap();
+        dir.join("flows/greet.py")
+    })
+    .unwrap();
+    support::write_project(
+        &dir,
+        format!(
+            "deployments:\n- name: from-git\n  entrypoint: flows/greet.py:greet\n  work_pool: {{name: {pool}}}\n  pull:\n  - prefect.deployments.steps.git_clone:\n      id: clone\n      repository: {}\n  - prefect.deployments.steps.set_working_directory:\n      directory: \"{{{{ clone.directory }}}}\"\n",
+            repo.display()
+        ),
+    );
+    client
+        .request(
+            Method::POST,
+            "/work_pools/",
+            Some(&json!({"name": pool, "type": "process"})),
+        )
+        .await
+        .unwrap();
+    let (code, _, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .env("PREFECT_API_URL", &s.url)
+        .args(["deploy"]));
+    assert_eq!(code, 0, "{err}");
+    let (_h, prefect_home) = support::tempdir();
+    let out = Command::new(&python)
+        .args([
+            "-m",
+            "prefect",
+            "deployment",
+            "run",
+            "greet/from-git",
+            "--param",
+            "name=prefect-cli",
+        ])
+        .env("PREFECT_API_URL", &s.url)
+        .env("PREFECT_HOME", &prefect_home)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "prefect deployment run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, _, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .env("PREFECT_API_URL", &s.url)
+        .env("PREFECT_HOME", &prefect_home)
+        .args([
+            "worker",
+            "start",
+            "-p",
+            &pool,
+            "--run-once",
+            "--python",
+            &python,
+        ]));
+    assert_eq!(code, 0, "{err}");
+    let (_, d) = client
+        .request(Method::GET, "/deployments/name/greet/from-git", None)
+        .await
+        .unwrap();
+    let (_, runs) = client
+        .request(
+            Method::POST,
+            "/flow_runs/filter",
+            Some(&json!({"flow_runs": {"deployment_id": {"any_": [d["id"]]}}})),
+        )
+        .await
+        .unwrap();
+    let r = &runs[0];
+    assert_eq!(r["state_type"], "COMPLETED", "{r}\n{err}");
+    let id = r["id"].as_str().unwrap();
+    let mut text = String::new();
+    for _ in 0..50 {
+        let (_, logs) = client
+            .request(
+                Method::POST,
+                "/logs/filter",
+                Some(&json!({"logs": {"flow_run_id": {"any_": [id]}}})),
+            )
+            .await
+            .unwrap();
+        text = logs.to_string();
+        if text.contains("hello prefect-cli") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(text.contains("hello prefect-cli from flows-repo"), "{text}");
+    assert!(
+        text.contains("Executing deployment step: git_clone"),
+        "{text}"
+    );
+}

@@ -857,7 +857,16 @@ impl Host for GitView<'_> {
         };
         a.push(source);
         a.push(dest.clone().into_os_string());
-        self.git(None, a, &[&remote], opts.credentials.as_ref())
+        // The clone is handed the checked directory itself: its `insteadOf` rule (for later
+        // fetches of the URL as written) must not apply here, or a directory that starts
+        // with the URL's text (`/r` → `/r/.git`) is rewritten once more (`/r/.git/.git`).
+        let no_rewrite = Remote::default();
+        let clone_remote = if remote.local.is_some() {
+            &no_rewrite
+        } else {
+            &remote
+        };
+        self.git(None, a, &[clone_remote], opts.credentials.as_ref())
             .await?;
         let repo = Repo {
             work: std::fs::canonicalize(&dest).unwrap_or(dest),
