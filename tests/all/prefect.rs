@@ -93,6 +93,40 @@ pub fn server() -> Option<&'static Server> {
     SERVER.get_or_init(start).as_ref()
 }
 
+/// `hoist` run in `dir`, pointed at the test's Prefect server.
+fn hoist_at(dir: &Path, s: &Server) -> Command {
+    let mut c = hoist(dir);
+    c.current_dir(dir).env("PREFECT_API_URL", &s.url);
+    c
+}
+
+/// A process work pool on the server (created by the test, not by a worker).
+async fn make_pool(client: &PrefectClient, name: &str) {
+    let (status, p) = client
+        .request(
+            Method::POST,
+            "/work_pools/",
+            Some(&json!({"name": name, "type": "process"})),
+        )
+        .await
+        .unwrap();
+    assert!(status.is_success(), "{p}");
+}
+
+/// The flow run once its state type is `want`, or as it is after `tries` tenths of a
+/// second (the caller asserts).
+async fn wait_state(client: &PrefectClient, id: &str, want: &str, tries: usize) -> Value {
+    let mut run = Value::Null;
+    for _ in 0..tries {
+        run = client.flow_run(id).await.unwrap();
+        if run["state_type"] == want {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    run
+}
+
 /// Create a secret block document through the API, as `Secret(value=…).save(name)` does.
 async fn secret_block(client: &PrefectClient, name: &str, value: &str) {
     let (_, bt) = client
@@ -147,10 +181,7 @@ async fn blocks_and_variables_come_from_the_prefect_server() {
         "pull:\n- prefect.deployments.steps.run_shell_script:\n    id: say\n    script: echo {{{{ prefect.variables.{var} }}}} {{{{ prefect.blocks.secret.{block} }}}}\n    stream_output: true\n"
     );
     support::write_project(&dir, &yaml);
-    let (code, out, err) = run(hoist(&dir)
-        .current_dir(&dir)
-        .env("PREFECT_API_URL", &s.url)
-        .arg("pull"));
+    let (code, out, err) = run(hoist_at(&dir, s).arg("pull"));
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("hello-from-server ********"), "{err}");
     assert!(
@@ -164,12 +195,14 @@ async fn blocks_and_variables_come_from_the_prefect_server() {
     );
 
     // `step run` templates its inputs the same way, and masks the secret in its outputs.
-    let (code, out, err) = run(hoist(&dir).current_dir(&dir).env("PREFECT_API_URL", &s.url).args([
+    let (code, out, err) = run(hoist_at(&dir, s).args([
         "step",
         "run",
         "run_shell_script",
         "-i",
-        &format!("script=echo {{{{ prefect.variables.{var} }}}} {{{{ prefect.blocks.secret.{block} }}}}"),
+        &format!(
+            "script=echo {{{{ prefect.variables.{var} }}}} {{{{ prefect.blocks.secret.{block} }}}}"
+        ),
     ]));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("hello-from-server ********"), "{out}");
@@ -179,10 +212,7 @@ async fn blocks_and_variables_come_from_the_prefect_server() {
     );
 
     // `plan` resolves them from the server too, masked.
-    let (code, out, err) = run(hoist(&dir)
-        .current_dir(&dir)
-        .env("PREFECT_API_URL", &s.url)
-        .arg("plan"));
+    let (code, out, err) = run(hoist_at(&dir, s).arg("plan"));
     assert_eq!(code, 0, "{err}");
     assert!(
         !out.contains(secret) && !err.contains(secret),
@@ -194,10 +224,7 @@ async fn blocks_and_variables_come_from_the_prefect_server() {
         &dir,
         "pull:\n- prefect.deployments.steps.run_shell_script:\n    script: echo {{ prefect.blocks.secret.no-such-block }}\n",
     );
-    let (code, _, err) = run(hoist(&dir)
-        .current_dir(&dir)
-        .env("PREFECT_API_URL", &s.url)
-        .arg("pull"));
+    let (code, _, err) = run(hoist_at(&dir, s).arg("pull"));
     assert_ne!(code, 0);
     assert!(err.contains("no-such-block"), "{err}");
 }
@@ -325,15 +352,7 @@ async fn hoist_deploy_stores_what_prefect_deploy_stores() {
     let python = std::env::var("HOIST_TEST_PREFECT_PYTHON").unwrap();
     let client = PrefectClient::new(&s.url, None, 5).unwrap();
     let pool = format!("diff-pool-{}", std::process::id());
-    let (status, p) = client
-        .request(
-            Method::POST,
-            "/work_pools/",
-            Some(&json!({"name": pool, "type": "process"})),
-        )
-        .await
-        .unwrap();
-    assert!(status.is_success(), "{p}");
+    make_pool(&client, &pool).await;
     let (_t, dir) = support::tempdir();
     std::fs::create_dir_all(dir.join("flows")).unwrap();
     std::fs::write(dir.join("flows/hello.py"), FLOW).unwrap();
@@ -436,10 +455,7 @@ deployments:
         by_prefect.push(d);
     }
 
-    let (code, out, err) = run(hoist(&dir)
-        .current_dir(&dir)
-        .env("PREFECT_API_URL", &s.url)
-        .args(["deploy", "--all"]));
+    let (code, out, err) = run(hoist_at(&dir, s).args(["deploy", "--all"]));
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("deployment `hello/diff-dep` created"), "{err}");
     let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -476,20 +492,17 @@ deployments:
 
     // Redeploy: the same deployment, updated in place, with the command line's overrides.
     let first_id = summary["deployed"][0]["id"].as_str().unwrap().to_string();
-    let (code, _, err) = run(hoist(&dir)
-        .current_dir(&dir)
-        .env("PREFECT_API_URL", &s.url)
-        .args([
-            "deploy",
-            "-n",
-            "diff-dep",
-            "--tag",
-            "cli",
-            "--param",
-            "count=3",
-            "--version",
-            "9",
-        ]));
+    let (code, _, err) = run(hoist_at(&dir, s).args([
+        "deploy",
+        "-n",
+        "diff-dep",
+        "--tag",
+        "cli",
+        "--param",
+        "count=3",
+        "--version",
+        "9",
+    ]));
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("updated"), "{err}");
     let d = get("hello", "diff-dep").await;
@@ -502,16 +515,13 @@ deployments:
     assert_eq!(d["version"], "9");
 
     // --params: one JSON mapping, merged over the file's parameters.
-    let (code, _, err) = run(hoist(&dir)
-        .current_dir(&dir)
-        .env("PREFECT_API_URL", &s.url)
-        .args([
-            "deploy",
-            "-n",
-            "diff-dep",
-            "--params",
-            r#"{"count": 5, "tags": ["x"]}"#,
-        ]));
+    let (code, _, err) = run(hoist_at(&dir, s).args([
+        "deploy",
+        "-n",
+        "diff-dep",
+        "--params",
+        r#"{"count": 5, "tags": ["x"]}"#,
+    ]));
     assert_eq!(code, 0, "{err}");
     let d = get("hello", "diff-dep").await;
     assert_eq!(
@@ -520,10 +530,8 @@ deployments:
     );
 
     // By flow name, found by parsing (`@flow(name="Call API")`), never importing.
-    let (code, _, err) = run(hoist(&dir)
-        .current_dir(&dir)
-        .env("PREFECT_API_URL", &s.url)
-        .args(["deploy", "-n", "diff-dep", "-f", "Call API"]));
+    let (code, _, err) =
+        run(hoist_at(&dir, s).args(["deploy", "-n", "diff-dep", "-f", "Call API"]));
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("deployment `Call API/diff-dep` created"),
@@ -531,10 +539,7 @@ deployments:
     );
     let d = get("Call API", "diff-dep").await;
     assert_eq!(d["entrypoint"], "flows/hello.py:call_api");
-    let (code, _, err) = run(hoist(&dir)
-        .current_dir(&dir)
-        .env("PREFECT_API_URL", &s.url)
-        .args(["deploy", "-n", "diff-dep", "-f", "nope"]));
+    let (code, _, err) = run(hoist_at(&dir, s).args(["deploy", "-n", "diff-dep", "-f", "nope"]));
     assert_ne!(code, 0);
     assert!(
         err.contains("Flow 'nope' cannot be found") && err.contains("Call API"),
@@ -542,10 +547,8 @@ deployments:
     );
 
     // An unknown work pool: one line that says how to fix it.
-    let (code, _, err) = run(hoist(&dir)
-        .current_dir(&dir)
-        .env("PREFECT_API_URL", &s.url)
-        .args(["deploy", "-n", "api-dep", "--pool", "no-such-pool"]));
+    let (code, _, err) =
+        run(hoist_at(&dir, s).args(["deploy", "-n", "api-dep", "--pool", "no-such-pool"]));
     assert_ne!(code, 0);
     assert!(
         err.contains("work pool `no-such-pool` does not exist")
@@ -711,7 +714,7 @@ async fn a_prefect_server_on_postgresql_with_an_auth_string() {
     };
     let db = pg.url.replace("postgres://", "postgresql+asyncpg://");
     let auth = "admin:s3cret-auth-string";
-    let s = start_with(
+    let s = &start_with(
         &[("PREFECT_API_DATABASE_CONNECTION_URL", db.as_str())],
         Some(auth),
     )
@@ -750,9 +753,7 @@ async fn a_prefect_server_on_postgresql_with_an_auth_string() {
         "pull:\n- prefect.deployments.steps.run_shell_script:\n    script: echo region={{ prefect.variables.region }}\n    stream_output: true\ndeployments:\n- name: pg-dep\n  entrypoint: flows/f.py:f\n  work_pool: {name: pg-pool}\n",
     );
     let wrong = "admin:not-the-string";
-    let (code, out, err) = run(hoist(&dir)
-        .current_dir(&dir)
-        .env("PREFECT_API_URL", &s.url)
+    let (code, out, err) = run(hoist_at(&dir, s)
         .env("PREFECT_API_AUTH_STRING", wrong)
         .arg("pull"));
     assert_ne!(code, 0);
@@ -765,16 +766,12 @@ async fn a_prefect_server_on_postgresql_with_an_auth_string() {
         "{err}"
     );
 
-    let (code, _, err) = run(hoist(&dir)
-        .current_dir(&dir)
-        .env("PREFECT_API_URL", &s.url)
+    let (code, _, err) = run(hoist_at(&dir, s)
         .env("PREFECT_API_AUTH_STRING", auth)
         .arg("pull"));
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("region=eu-pg"), "{err}");
-    let (code, _, err) = run(hoist(&dir)
-        .current_dir(&dir)
-        .env("PREFECT_API_URL", &s.url)
+    let (code, _, err) = run(hoist_at(&dir, s)
         .env("PREFECT_API_AUTH_STRING", auth)
         .arg("deploy"));
     assert_eq!(code, 0, "{err}");
@@ -834,9 +831,7 @@ async fn the_prefect_client_goes_through_the_proxy_unless_no_proxy() {
         ),
     );
     let proxy = format!("http://127.0.0.1:{port}");
-    let (code, _, err) = run(hoist(&dir)
-        .current_dir(&dir)
-        .env("PREFECT_API_URL", &s.url)
+    let (code, _, err) = run(hoist_at(&dir, s)
         .env("HTTP_PROXY", &proxy)
         .env_remove("NO_PROXY")
         .env_remove("no_proxy")
@@ -850,9 +845,7 @@ async fn the_prefect_client_goes_through_the_proxy_unless_no_proxy() {
     );
 
     let before = seen.matches("/variables/name/").count();
-    let (code, _, err) = run(hoist(&dir)
-        .current_dir(&dir)
-        .env("PREFECT_API_URL", &s.url)
+    let (code, _, err) = run(hoist_at(&dir, s)
         .env("HTTP_PROXY", &proxy)
         .env("NO_PROXY", "127.0.0.1")
         .arg("pull"));
@@ -1063,10 +1056,7 @@ async fn the_worker_runs_pull_steps_in_the_sandbox_then_the_flow() {
     // The pool is created by the worker.
     let (code, _, err) = worker(&[]);
     assert_eq!(code, 0, "{err}");
-    let (code, _, err) = run(hoist(&dir)
-        .current_dir(&dir)
-        .env("PREFECT_API_URL", &s.url)
-        .args(["deploy", "--all"]));
+    let (code, _, err) = run(hoist_at(&dir, s).args(["deploy", "--all"]));
     assert_eq!(code, 0, "{err}");
     let mut runs = Vec::new();
     // An installed plugin (by name) among the pull steps: it needs grants.
@@ -1279,18 +1269,8 @@ async fn the_worker_runs_flows_concurrently_and_cancels_on_request() {
             dir.display()
         ),
     );
-    client
-        .request(
-            Method::POST,
-            "/work_pools/",
-            Some(&json!({"name": pool, "type": "process"})),
-        )
-        .await
-        .unwrap();
-    let (code, _, err) = run(hoist(&dir)
-        .current_dir(&dir)
-        .env("PREFECT_API_URL", &s.url)
-        .args(["deploy"]));
+    make_pool(&client, &pool).await;
+    let (code, _, err) = run(hoist_at(&dir, s).args(["deploy"]));
     assert_eq!(code, 0, "{err}");
     let (_, d) = client
         .request(Method::GET, "/deployments/name/slow/slow-dep", None)
@@ -1365,14 +1345,7 @@ async fn the_worker_runs_flows_concurrently_and_cancels_on_request() {
         )
         .await
         .unwrap();
-    let mut final_b = Value::Null;
-    for _ in 0..300 {
-        final_b = state(runs[1].clone()).await;
-        if final_b["state_type"] == "CANCELLED" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let final_b = wait_state(&client, &runs[1], "CANCELLED", 300).await;
     assert_eq!(final_b["state_type"], "CANCELLED", "{final_b}");
     assert!(
         !Path::new(&format!("/proc/{pid}")).exists()
@@ -1380,14 +1353,7 @@ async fn the_worker_runs_flows_concurrently_and_cancels_on_request() {
                 .is_ok_and(|s| s.contains(") Z")),
         "the cancelled flow's process {pid} still runs"
     );
-    let mut final_a = Value::Null;
-    for _ in 0..300 {
-        final_a = state(runs[0].clone()).await;
-        if final_a["state_type"] == "COMPLETED" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let final_a = wait_state(&client, &runs[0], "COMPLETED", 300).await;
     assert_eq!(final_a["state_type"], "COMPLETED", "{final_a}");
 }
 
@@ -1415,18 +1381,8 @@ async fn a_stopping_worker_cancels_what_outlives_its_grace_period() {
             dir.display()
         ),
     );
-    client
-        .request(
-            Method::POST,
-            "/work_pools/",
-            Some(&json!({"name": pool, "type": "process"})),
-        )
-        .await
-        .unwrap();
-    let (code, _, err) = run(hoist(&dir)
-        .current_dir(&dir)
-        .env("PREFECT_API_URL", &s.url)
-        .args(["deploy"]));
+    make_pool(&client, &pool).await;
+    let (code, _, err) = run(hoist_at(&dir, s).args(["deploy"]));
     assert_eq!(code, 0, "{err}");
     let (_, d) = client
         .request(Method::GET, "/deployments/name/lingers/lingering", None)
@@ -1442,9 +1398,7 @@ async fn a_stopping_worker_cancels_what_outlives_its_grace_period() {
         .await
         .unwrap();
     let run_id = r["id"].as_str().unwrap().to_string();
-    let worker = hoist(&dir)
-        .current_dir(&dir)
-        .env("PREFECT_API_URL", &s.url)
+    let worker = hoist_at(&dir, s)
         .env("PREFECT_HOME", &prefect_home)
         .args([
             "worker",
@@ -1462,14 +1416,7 @@ async fn a_stopping_worker_cancels_what_outlives_its_grace_period() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut running = Value::Null;
-    for _ in 0..600 {
-        running = client.flow_run(&run_id).await.unwrap();
-        if running["state_type"] == "RUNNING" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let running = wait_state(&client, &run_id, "RUNNING", 600).await;
     assert_eq!(running["state_type"], "RUNNING", "{running}");
     let pid: i32 = running["infrastructure_pid"]
         .as_str()
@@ -1544,18 +1491,8 @@ async fn a_run_created_by_prefects_cli_clones_and_runs_the_flow() {
             repo.display()
         ),
     );
-    client
-        .request(
-            Method::POST,
-            "/work_pools/",
-            Some(&json!({"name": pool, "type": "process"})),
-        )
-        .await
-        .unwrap();
-    let (code, _, err) = run(hoist(&dir)
-        .current_dir(&dir)
-        .env("PREFECT_API_URL", &s.url)
-        .args(["deploy"]));
+    make_pool(&client, &pool).await;
+    let (code, _, err) = run(hoist_at(&dir, s).args(["deploy"]));
     assert_eq!(code, 0, "{err}");
     let (_h, prefect_home) = support::tempdir();
     let out = Command::new(&python)
@@ -1577,19 +1514,15 @@ async fn a_run_created_by_prefects_cli_clones_and_runs_the_flow() {
         "prefect deployment run: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (code, _, err) = run(hoist(&dir)
-        .current_dir(&dir)
-        .env("PREFECT_API_URL", &s.url)
-        .env("PREFECT_HOME", &prefect_home)
-        .args([
-            "worker",
-            "start",
-            "-p",
-            &pool,
-            "--run-once",
-            "--python",
-            &python,
-        ]));
+    let (code, _, err) = run(hoist_at(&dir, s).env("PREFECT_HOME", &prefect_home).args([
+        "worker",
+        "start",
+        "-p",
+        &pool,
+        "--run-once",
+        "--python",
+        &python,
+    ]));
     assert_eq!(code, 0, "{err}");
     let (_, d) = client
         .request(Method::GET, "/deployments/name/greet/from-git", None)

@@ -471,7 +471,11 @@ async fn run_claimed(
             let request = PipelineRequest {
                 command: Action::Pull,
                 runtime: runtime.clone(),
-                templater: Templater::from_process(),
+                // The worker's own client: blocks and variables come from its server.
+                templater: Templater::new(
+                    std::env::vars().collect(),
+                    crate::templater::ProcessValues::Prefect(client.clone()),
+                ),
                 grants: Grants::new(grants),
                 limits: job_limits(job, args.sandbox.limits())?,
                 log: sink.clone(),

@@ -315,11 +315,13 @@ impl DockerView<'_> {
     }
 
     /// What no build may hold, online or not ([`forbidden_run_option`]).
-    fn check_dockerfile(&self, dockerfile: &Path) -> Result<(), StepError> {
-        let text = std::fs::read_to_string(dockerfile)
-            .map_err(|e| failure(format!("cannot read {}: {e}", dockerfile.display()), None))?;
-        for instruction in instructions(&text) {
-            if let Some(option) = forbidden_run_option(&instruction) {
+    fn check_dockerfile(
+        &self,
+        dockerfile: &Path,
+        instructions: &[String],
+    ) -> Result<(), StepError> {
+        for instruction in instructions {
+            if let Some(option) = forbidden_run_option(instruction) {
                 return Err(StepError::Denied(format!(
                     "step `{}` ({}) may not build {}: `RUN {}` can reach host paths, the host's \
                      network or disable the build's sandbox; Hoist refuses `RUN --mount`, \
@@ -336,9 +338,7 @@ impl DockerView<'_> {
 
     /// Offline builds: nothing in the Dockerfile may make the engine fetch from the
     /// network. `ADD <url>` is refused; every base image must already be there.
-    async fn check_offline(&self, dockerfile: &Path) -> Result<(), StepError> {
-        let text = std::fs::read_to_string(dockerfile)
-            .map_err(|e| failure(format!("cannot read {}: {e}", dockerfile.display()), None))?;
+    async fn check_offline(&self, instructions: &[String]) -> Result<(), StepError> {
         let refuse = |what: String| {
             StepError::Denied(format!(
                 "step `{}` ({}) may not build this Dockerfile offline: {what}. Builds reach the \
@@ -349,7 +349,7 @@ impl DockerView<'_> {
         };
         let mut stages: Vec<String> = Vec::new();
         let mut images: Vec<String> = Vec::new();
-        for instruction in instructions(&text) {
+        for instruction in instructions {
             let mut words = instruction.split_whitespace();
             let Some(op) = words.next() else { continue };
             let args: Vec<&str> = words.collect();
@@ -392,7 +392,7 @@ impl DockerView<'_> {
                     if joined.contains("://") || joined.contains("git@") {
                         return Err(refuse(format!(
                             "`ADD` from a URL ({})",
-                            hoist_policy::text::sanitize(&instruction)
+                            hoist_policy::text::sanitize(instruction)
                         )));
                     }
                 }
@@ -550,7 +550,15 @@ impl Host for DockerView<'_> {
         if opts.no_cache {
             query.push("nocache=1".into());
         }
-        self.check_dockerfile(&dockerfile_path)?;
+        // Read and parsed once, for both checks.
+        let text = std::fs::read_to_string(&dockerfile_path).map_err(|e| {
+            failure(
+                format!("cannot read {}: {e}", dockerfile_path.display()),
+                None,
+            )
+        })?;
+        let parsed = instructions(&text);
+        self.check_dockerfile(&dockerfile_path, &parsed)?;
         if self.online() {
             if opts.pull {
                 query.push("pull=1".into());
@@ -569,7 +577,7 @@ impl Host for DockerView<'_> {
                         .denial(&Capability::Net("*".into()), "pull base images (`pull`)"),
                 ));
             }
-            self.check_offline(&dockerfile_path).await?;
+            self.check_offline(&parsed).await?;
             query.push("networkmode=none".into());
         }
         let engine = self.engine().await?.clone();
