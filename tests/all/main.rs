@@ -17,3 +17,4 @@ mod sandbox;
 mod storage;
 mod stores;
 mod support;
+mod worker;

@@ -12,22 +12,41 @@ use hoist::prefect::{Method, PrefectClient};
 use serde_json::{Value, json};
 use std::path::Path;
 
-use crate::support::{self, hoist, plugins, run, supervised};
+use crate::support::{self, hoist, run, supervised};
 
-/// The shared server.
+/// A Prefect server started by the tests.
 pub struct Server {
     /// `http://127.0.0.1:<port>/api`.
     pub url: String,
-    _home: PathBuf,
+    home: PathBuf,
+    port: u16,
+    /// The shell command that starts it.
+    command: String,
+    auth: Option<String>,
 }
 
 fn start() -> Option<Server> {
-    start_with(&[], None)
+    // Short concurrency leases and waits, so the worker's lease test sees a lapsed lease
+    // within seconds (deployments without a concurrency limit take no lease).
+    start_with(
+        &[
+            (
+                "PREFECT_SERVER_CONCURRENCY_INITIAL_DEPLOYMENT_LEASE_DURATION",
+                "30",
+            ),
+            ("PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS", "5"),
+            (
+                "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS",
+                "5",
+            ),
+        ],
+        None,
+    )
 }
 
 /// A server with more settings in its environment (`extra`), and, with `auth`, the basic
 /// auth string it requires (`PREFECT_SERVER_API_AUTH_STRING`).
-fn start_with(extra: &[(&str, &str)], auth: Option<&str>) -> Option<Server> {
+pub fn start_with(extra: &[(&str, &str)], auth: Option<&str>) -> Option<Server> {
     let python = std::env::var("HOIST_TEST_PREFECT_PYTHON").ok().filter(|p| {
         Command::new(p)
             .args(["-c", "import prefect"])
@@ -54,37 +73,84 @@ fn start_with(extra: &[(&str, &str)], auth: Option<&str>) -> Option<Server> {
     if let Some(a) = auth {
         settings.push_str(&format!("PREFECT_SERVER_API_AUTH_STRING='{a}' "));
     }
-    supervised(
-        &home,
-        "server",
-        &format!(
-            "{settings}PREFECT_HOME={h} PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 \
-             PREFECT_SERVER_UI_ENABLED=false {python} -m prefect server start --host 127.0.0.1 --port {port}",
-            h = home.display()
-        ),
-        &format!("rm -rf {}", home.display()),
+    let command = format!(
+        "{settings}PREFECT_HOME={h} PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 \
+         PREFECT_SERVER_UI_ENABLED=false {python} -m prefect server start --host 127.0.0.1 --port {port}",
+        h = home.display()
     );
-    let url = format!("http://127.0.0.1:{port}/api");
-    // Allow a minute and a half: 10–25 s on two busy cores.
-    for _ in 0..900 {
-        let ok = Command::new("curl")
+    let server = Server {
+        url: format!("http://127.0.0.1:{port}/api"),
+        home,
+        port,
+        command,
+        auth: auth.map(str::to_string),
+    };
+    server.launch("server");
+    Some(server)
+}
+
+impl Server {
+    /// Start the server's process (under the watchdog) and wait until it answers.
+    fn launch(&self, log: &str) {
+        supervised(
+            &self.home,
+            log,
+            &self.command,
+            &format!("rm -rf {}", self.home.display()),
+        );
+        // Allow a minute and a half: 10–25 s on two busy cores.
+        for _ in 0..900 {
+            if self.answers() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let text =
+            std::fs::read_to_string(self.home.join(format!("{log}.log"))).unwrap_or_default();
+        panic!(
+            "prefect server did not answer at {} within 90 s:\n{text}",
+            self.url
+        );
+    }
+
+    fn answers(&self) -> bool {
+        Command::new("curl")
             .args([
                 "-fsS",
                 "-o",
                 "/dev/null",
                 "-u",
-                auth.unwrap_or(":"),
-                &format!("{url}/health"),
+                self.auth.as_deref().unwrap_or(":"),
+                &format!("{}/health", self.url),
             ])
+            .stderr(std::process::Stdio::null())
             .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return Some(Server { url, _home: home });
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+            .is_ok_and(|s| s.success())
     }
-    let log = std::fs::read_to_string(home.join("server.log")).unwrap_or_default();
-    panic!("prefect server did not answer at {url} within 90 s:\n{log}");
+
+    /// Stop the server (SIGTERM to its processes), wait until nothing answers, then
+    /// start it again on the same port and database.
+    pub fn restart(&self) {
+        let pattern = format!(
+            "prefect server start --host 127.0.0.1 --port {}$",
+            self.port
+        );
+        let _ = Command::new("pkill")
+            .args(["-TERM", "-f", &pattern])
+            .status();
+        let mut stopped = false;
+        for _ in 0..300 {
+            if !self.answers() {
+                stopped = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(stopped, "the prefect server at {} did not stop", self.url);
+        // Its port may linger a moment.
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        self.launch("server-again");
+    }
 }
 
 /// The shared server, started on first use; `None` where Prefect is not installed.
@@ -94,14 +160,14 @@ pub fn server() -> Option<&'static Server> {
 }
 
 /// `hoist` run in `dir`, pointed at the test's Prefect server.
-fn hoist_at(dir: &Path, s: &Server) -> Command {
+pub fn hoist_at(dir: &Path, s: &Server) -> Command {
     let mut c = hoist(dir);
     c.current_dir(dir).env("PREFECT_API_URL", &s.url);
     c
 }
 
 /// A process work pool on the server (created by the test, not by a worker).
-async fn make_pool(client: &PrefectClient, name: &str) {
+pub async fn make_pool(client: &PrefectClient, name: &str) {
     let (status, p) = client
         .request(
             Method::POST,
@@ -115,7 +181,7 @@ async fn make_pool(client: &PrefectClient, name: &str) {
 
 /// The flow run once its state type is `want`, or as it is after `tries` tenths of a
 /// second (the caller asserts).
-async fn wait_state(client: &PrefectClient, id: &str, want: &str, tries: usize) -> Value {
+pub async fn wait_state(client: &PrefectClient, id: &str, want: &str, tries: usize) -> Value {
     let mut run = Value::Null;
     for _ in 0..tries {
         run = client.flow_run(id).await.unwrap();
@@ -558,7 +624,7 @@ deployments:
 }
 
 /// The Python with Prefect, where these tests have one.
-fn prefect_python() -> Option<String> {
+pub fn prefect_python() -> Option<String> {
     let p = std::env::var("HOIST_TEST_PREFECT_PYTHON").ok().filter(|p| {
         Command::new(p)
             .args(["-c", "import prefect"])
@@ -970,594 +1036,4 @@ s.serve_forever()
         .arg("pull"));
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("v=over-tls"), "{err}");
-}
-
-/// `hoist worker start --run-once`: the pool is created when missing; a run created on
-/// the server is claimed, its deployment's pull steps run in the sandbox (their log
-/// shipped to the run's logs), the flow runs with the run's parameters in the
-/// directory the pull steps left, and the run ends COMPLETED; a run whose pull step
-/// fails ends CRASHED with the step's error, and its flow never starts.
-#[tokio::test(flavor = "multi_thread")]
-async fn the_worker_runs_pull_steps_in_the_sandbox_then_the_flow() {
-    let Some(s) = server() else { return };
-    let python = std::env::var("HOIST_TEST_PREFECT_PYTHON").unwrap();
-    let client = PrefectClient::new(&s.url, None, 5).unwrap();
-    let pool = format!("hoist-pool-{}", std::process::id());
-    let (_t, dir) = support::tempdir();
-    let (_h, prefect_home) = support::tempdir();
-    std::fs::create_dir_all(dir.join("flows")).unwrap();
-    std::fs::write(
-        dir.join("flows/work.py"),
-        "import os\nfrom prefect import flow\n\n\n@flow(log_prints=True)\ndef work(name: str = \"x\"):\n    if name == \"boom\":\n        raise ValueError(\"kaboom\")\n    open(\"ran.txt\", \"w\").write(f\"{name} in {os.getcwd()}\")\n    print(f\"flow says {name}\")\n",
-    )
-    .unwrap();
-    support::write_project(
-        &dir,
-        format!(
-            r#"deployments:
-- name: ok
-  entrypoint: flows/work.py:work
-  work_pool: {{name: {pool}}}
-  pull:
-  - prefect.deployments.steps.set_working_directory:
-      directory: {d}
-  - prefect.deployments.steps.run_shell_script:
-      script: echo pulled-by-hoist
-      stream_output: true
-- name: broken
-  entrypoint: flows/work.py:work
-  work_pool: {{name: {pool}}}
-  pull:
-  - prefect.deployments.steps.run_shell_script:
-      script: sh -c 'echo about to fail; exit 3'
-- name: needs-grant
-  entrypoint: flows/work.py:work
-  work_pool: {{name: {pool}}}
-  pull:
-  - needs:
-      action: spawn
-      program: "true"
-- name: granted
-  entrypoint: flows/work.py:work
-  work_pool: {{name: {pool}, job_variables: {{allow: ["process:true", "process:sleep", "env:HOIST_PROBE"]}}}}
-  pull:
-  - prefect.deployments.steps.set_working_directory:
-      directory: {d}
-  - needs:
-      action: spawn
-      program: "true"
-- name: limited
-  entrypoint: flows/work.py:work
-  work_pool: {{name: {pool}, job_variables: {{timeout: 1s}}}}
-  pull:
-  - prefect.deployments.steps.run_shell_script:
-      script: sleep 30
-"#,
-            d = dir.display()
-        ),
-    );
-    let worker = |extra: &[&str]| {
-        let mut c = hoist(&dir);
-        c.current_dir(&dir)
-            .env("PREFECT_API_URL", &s.url)
-            .env("PREFECT_HOME", &prefect_home)
-            .args([
-                "worker",
-                "start",
-                "-p",
-                &pool,
-                "--run-once",
-                "--python",
-                &python,
-            ])
-            .args(extra);
-        run(&mut c)
-    };
-    // The pool is created by the worker.
-    let (code, _, err) = worker(&[]);
-    assert_eq!(code, 0, "{err}");
-    let (code, _, err) = run(hoist_at(&dir, s).args(["deploy", "--all"]));
-    assert_eq!(code, 0, "{err}");
-    let mut runs = Vec::new();
-    // An installed plugin (by name) among the pull steps: it needs grants.
-    let installed = support::home_of(&dir).join("plugins");
-    std::fs::create_dir_all(&installed).unwrap();
-    std::fs::copy(plugins::PROBE, installed.join("needs.wasm")).unwrap();
-    for name in ["ok", "broken", "limited", "needs-grant", "granted"] {
-        let (_, d) = client
-            .request(Method::GET, &format!("/deployments/name/work/{name}"), None)
-            .await
-            .unwrap();
-        let id = d["id"].as_str().unwrap().to_string();
-        let (status, r) = client
-            .request(
-                Method::POST,
-                &format!("/deployments/{id}/create_flow_run"),
-                Some(&json!({"parameters": {"name": "from-run"}})),
-            )
-            .await
-            .unwrap();
-        assert!(status.is_success(), "{r}");
-        runs.push(r["id"].as_str().unwrap().to_string());
-    }
-    // On the `ok` deployment: a flow that raises, and parameters the flow does not take.
-    let (_, d) = client
-        .request(Method::GET, "/deployments/name/work/ok", None)
-        .await
-        .unwrap();
-    let ok_id = d["id"].as_str().unwrap().to_string();
-    for params in [json!({"name": "boom"}), json!({"nope": 1})] {
-        let (status, r) = client
-            .request(
-                Method::POST,
-                &format!("/deployments/{ok_id}/create_flow_run"),
-                Some(&json!({"parameters": params})),
-            )
-            .await
-            .unwrap();
-        assert!(status.is_success(), "{r}");
-        runs.push(r["id"].as_str().unwrap().to_string());
-    }
-    let (code, _, err) = worker(&[]);
-    assert_eq!(code, 0, "{err}");
-
-    let ok = client.flow_run(&runs[0]).await.unwrap();
-    assert_eq!(ok["state_type"], "COMPLETED", "{ok}\n{err}");
-    assert!(
-        ok["infrastructure_pid"]
-            .as_str()
-            .is_some_and(|p| !p.is_empty()),
-        "{ok}"
-    );
-    let ran = std::fs::read_to_string(dir.join("ran.txt")).unwrap();
-    assert_eq!(
-        ran,
-        format!(
-            "from-run in {}",
-            std::fs::canonicalize(&dir).unwrap().display()
-        )
-    );
-    let (_, logs) = client
-        .request(
-            Method::POST,
-            "/logs/filter",
-            Some(&json!({"logs": {"flow_run_id": {"any_": [runs[0]]}}})),
-        )
-        .await
-        .unwrap();
-    let text = logs.to_string();
-    assert!(
-        text.contains("Executing deployment step: set_working_directory"),
-        "{text}"
-    );
-    assert!(text.contains("pulled-by-hoist"), "{text}");
-    assert!(text.contains("flow says from-run"), "{text}");
-
-    let broken = client.flow_run(&runs[1]).await.unwrap();
-    assert_eq!(broken["state_type"], "CRASHED", "{broken}");
-    assert!(
-        broken["state"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("pull step failed"),
-        "{broken}"
-    );
-    let (_, logs) = client
-        .request(
-            Method::POST,
-            "/logs/filter",
-            Some(&json!({"logs": {"flow_run_id": {"any_": [runs[1]]}}})),
-        )
-        .await
-        .unwrap();
-    assert!(logs.to_string().contains("about to fail"), "{logs}");
-    // Pull-step events, as Prefect emits them: one per step, about the run, with the
-    // step's untemplated inputs (the server stores them asynchronously).
-    let mut names = Vec::new();
-    for _ in 0..100 {
-        let (_, page) = client
-            .request(
-                Method::POST,
-                "/events/filter",
-                Some(&json!({"filter": {"resource": {"id": [format!("prefect.flow-run.{}", runs[0])]}, "event": {"prefix": ["prefect.flow-run.pull-step"]}}, "limit": 50})),
-            )
-            .await
-            .unwrap();
-        names = page["events"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|e| {
-                (
-                    e["event"].as_str().unwrap_or("").to_string(),
-                    e["payload"]["step_name"].as_str().unwrap_or("").to_string(),
-                )
-            })
-            .collect();
-        if names.len() >= 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    names.sort();
-    assert_eq!(
-        names,
-        [
-            (
-                "prefect.flow-run.pull-step.executed".to_string(),
-                "run_shell_script".to_string()
-            ),
-            (
-                "prefect.flow-run.pull-step.executed".to_string(),
-                "set_working_directory".to_string()
-            ),
-        ]
-    );
-
-    // A plugin's ungranted capability: CRASHED, naming it and the worker's remedies;
-    // granted through the job variable `allow`, the same step runs and the flow completes.
-    let denied = client.flow_run(&runs[3]).await.unwrap();
-    assert_eq!(denied["state_type"], "CRASHED", "{denied}");
-    let why = denied["state"]["message"].as_str().unwrap_or("");
-    assert!(
-        why.contains("process:true")
-            && why.contains("job variable `allow`")
-            && why.contains("--allow"),
-        "{why}"
-    );
-    let granted = client.flow_run(&runs[4]).await.unwrap();
-    assert_eq!(granted["state_type"], "COMPLETED", "{granted}");
-
-    // A flow that raises ends FAILED (the engine says so; the worker adds nothing); a run
-    // whose parameters the flow does not take never starts: CRASHED, with the exit status.
-    let raised = client.flow_run(&runs[5]).await.unwrap();
-    assert_eq!(raised["state_type"], "FAILED", "{raised}");
-    assert!(
-        raised["state"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("kaboom"),
-        "{raised}"
-    );
-    let bad = client.flow_run(&runs[6]).await.unwrap();
-    assert_eq!(bad["state_type"], "CRASHED", "{bad}");
-    assert!(
-        bad["state"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("non-zero status code 1"),
-        "{bad}"
-    );
-
-    // The job variable `timeout` limits the pull steps.
-    let limited = client.flow_run(&runs[2]).await.unwrap();
-    assert_eq!(limited["state_type"], "CRASHED", "{limited}");
-    assert!(
-        limited["state"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("did not finish within"),
-        "{limited}"
-    );
-    assert!(
-        !logs.to_string().contains("flow says"),
-        "the flow started after a failed pull step"
-    );
-}
-
-/// A worker runs its claimed runs concurrently (two flows RUNNING at once with
-/// `--limit 2`), and cancels a running one when asked: its process group is signalled,
-/// the process is gone, the run ends CANCELLED while the other completes.
-#[tokio::test(flavor = "multi_thread")]
-async fn the_worker_runs_flows_concurrently_and_cancels_on_request() {
-    let Some(s) = server() else { return };
-    let python = std::env::var("HOIST_TEST_PREFECT_PYTHON").unwrap();
-    let client = PrefectClient::new(&s.url, None, 5).unwrap();
-    let pool = format!("hoist-cancel-{}", std::process::id());
-    let (_t, dir) = support::tempdir();
-    let (_h, prefect_home) = support::tempdir();
-    std::fs::create_dir_all(dir.join("flows")).unwrap();
-    std::fs::write(
-        dir.join("flows/slow.py"),
-        "import time\nfrom prefect import flow\n\n\n@flow\ndef slow(seconds: float = 60):\n    time.sleep(seconds)\n",
-    )
-    .unwrap();
-    support::write_project(
-        &dir,
-        format!(
-            "deployments:\n- name: slow-dep\n  entrypoint: flows/slow.py:slow\n  work_pool: {{name: {pool}}}\n  pull:\n  - prefect.deployments.steps.set_working_directory:\n      directory: {}\n",
-            dir.display()
-        ),
-    );
-    make_pool(&client, &pool).await;
-    let (code, _, err) = run(hoist_at(&dir, s).args(["deploy"]));
-    assert_eq!(code, 0, "{err}");
-    let (_, d) = client
-        .request(Method::GET, "/deployments/name/slow/slow-dep", None)
-        .await
-        .unwrap();
-    let dep = d["id"].as_str().unwrap().to_string();
-    let mut runs = Vec::new();
-    for seconds in [4.0, 120.0] {
-        let (_, r) = client
-            .request(
-                Method::POST,
-                &format!("/deployments/{dep}/create_flow_run"),
-                Some(&json!({"parameters": {"seconds": seconds}})),
-            )
-            .await
-            .unwrap();
-        runs.push(r["id"].as_str().unwrap().to_string());
-    }
-    let mut worker = hoist(&dir);
-    worker
-        .current_dir(&dir)
-        .env("PREFECT_API_URL", &s.url)
-        .env("PREFECT_HOME", &prefect_home)
-        .args([
-            "worker",
-            "start",
-            "-p",
-            &pool,
-            "--limit",
-            "2",
-            "--poll-interval",
-            "0.5",
-            "--python",
-            &python,
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _worker = Kill(worker.spawn().unwrap());
-    let state = |id: String| {
-        let client = client.clone();
-        async move { client.flow_run(&id).await.unwrap() }
-    };
-    // Both RUNNING at the same time.
-    let mut both = false;
-    for _ in 0..600 {
-        let a = state(runs[0].clone()).await;
-        let b = state(runs[1].clone()).await;
-        if a["state_type"] == "RUNNING" && b["state_type"] == "RUNNING" {
-            both = true;
-            break;
-        }
-        if a["state_type"] == "COMPLETED" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(both, "the two runs never ran at once");
-    let b = state(runs[1].clone()).await;
-    let pid: i32 = b["infrastructure_pid"].as_str().unwrap().parse().unwrap();
-    client
-        .request(
-            Method::POST,
-            &format!("/flow_runs/{}/set_state", runs[1]),
-            Some(&json!({"state": {"type": "CANCELLING", "name": "Cancelling"}, "force": false})),
-        )
-        .await
-        .unwrap();
-    let final_b = wait_state(&client, &runs[1], "CANCELLED", 300).await;
-    assert_eq!(final_b["state_type"], "CANCELLED", "{final_b}");
-    assert!(
-        !Path::new(&format!("/proc/{pid}")).exists()
-            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .is_ok_and(|s| s.contains(") Z")),
-        "the cancelled flow's process {pid} still runs"
-    );
-    let final_a = wait_state(&client, &runs[0], "COMPLETED", 300).await;
-    assert_eq!(final_a["state_type"], "COMPLETED", "{final_a}");
-}
-
-/// A worker told to stop (SIGTERM) polls no more, gives its running flow the grace
-/// period, then cancels it cleanly: the run ends CANCELLED (never a spurious CRASHED),
-/// the flow's process is gone, the worker exits 0.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_stopping_worker_cancels_what_outlives_its_grace_period() {
-    let Some(s) = server() else { return };
-    let python = std::env::var("HOIST_TEST_PREFECT_PYTHON").unwrap();
-    let client = PrefectClient::new(&s.url, None, 5).unwrap();
-    let pool = format!("hoist-stop-{}", std::process::id());
-    let (_t, dir) = support::tempdir();
-    let (_h, prefect_home) = support::tempdir();
-    std::fs::create_dir_all(dir.join("flows")).unwrap();
-    std::fs::write(
-        dir.join("flows/slow.py"),
-        "import time\nfrom prefect import flow\n\n\n@flow\ndef lingers():\n    time.sleep(120)\n",
-    )
-    .unwrap();
-    support::write_project(
-        &dir,
-        format!(
-            "deployments:\n- name: lingering\n  entrypoint: flows/slow.py:lingers\n  work_pool: {{name: {pool}}}\n  pull:\n  - prefect.deployments.steps.set_working_directory:\n      directory: {}\n",
-            dir.display()
-        ),
-    );
-    make_pool(&client, &pool).await;
-    let (code, _, err) = run(hoist_at(&dir, s).args(["deploy"]));
-    assert_eq!(code, 0, "{err}");
-    let (_, d) = client
-        .request(Method::GET, "/deployments/name/lingers/lingering", None)
-        .await
-        .unwrap();
-    let dep = d["id"].as_str().unwrap().to_string();
-    let (_, r) = client
-        .request(
-            Method::POST,
-            &format!("/deployments/{dep}/create_flow_run"),
-            Some(&json!({})),
-        )
-        .await
-        .unwrap();
-    let run_id = r["id"].as_str().unwrap().to_string();
-    let worker = hoist_at(&dir, s)
-        .env("PREFECT_HOME", &prefect_home)
-        .args([
-            "worker",
-            "start",
-            "-p",
-            &pool,
-            "--grace-period",
-            "1",
-            "--poll-interval",
-            "0.5",
-            "--python",
-            &python,
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let running = wait_state(&client, &run_id, "RUNNING", 600).await;
-    assert_eq!(running["state_type"], "RUNNING", "{running}");
-    let pid: i32 = running["infrastructure_pid"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let worker_pid = rustix::process::Pid::from_raw(worker.id() as i32).unwrap();
-    rustix::process::kill_process(worker_pid, rustix::process::Signal::TERM).unwrap();
-    let out = tokio::task::spawn_blocking(move || worker.wait_with_output().unwrap())
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let done = client.flow_run(&run_id).await.unwrap();
-    assert_eq!(done["state_type"], "CANCELLED", "{done}");
-    let alive =
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"));
-    assert!(!alive, "the flow's process {pid} outlived the worker");
-    let (_, history) = client
-        .request(
-            Method::GET,
-            &format!("/flow_run_states/?flow_run_id={run_id}"),
-            None,
-        )
-        .await
-        .unwrap();
-    let types: Vec<&str> = history
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|s| s["type"].as_str())
-        .collect();
-    assert!(!types.contains(&"CRASHED"), "a spurious CRASHED: {types:?}");
-}
-
-/// The seeds' workflow end to end: a deployment whose pull steps clone a local git
-/// repository (the flow's code lives there) and set the directory into the clone; the
-/// run is created by Prefect's own CLI (`prefect deployment run --param`); Hoist's worker
-/// clones in the sandbox, starts the flow in the clone, and the run's output and
-/// COMPLETED state are read back through the API.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_run_created_by_prefects_cli_clones_and_runs_the_flow() {
-    let Some(s) = server() else { return };
-    let python = std::env::var("HOIST_TEST_PREFECT_PYTHON").unwrap();
-    let client = PrefectClient::new(&s.url, None, 5).unwrap();
-    let pool = format!("hoist-git-{}", std::process::id());
-    let (_r, repo_root) = support::tempdir();
-    let repo = repo_root.join("flows-repo");
-    std::fs::create_dir_all(repo.join("flows")).unwrap();
-    std::fs::write(
-        repo.join("flows/greet.py"),
-        "import os\nfrom prefect import flow\n\n\n@flow(log_prints=True)\ndef greet(name: str = \"nobody\"):\n    print(f\"hello {name} from {os.path.basename(os.getcwd())}\")\n",
-    )
-    .unwrap();
-    support::git(&repo, &["init", "-q"]);
-    support::git(&repo, &["add", "."]);
-    support::git(&repo, &["commit", "-q", "-m", "flows"]);
-
-    let (_t, dir) = support::tempdir();
-    std::fs::copy(repo.join("flows/greet.py"), {
-        std::fs::create_dir_all(dir.join("flows")).unwrap();
-        dir.join("flows/greet.py")
-    })
-    .unwrap();
-    support::write_project(
-        &dir,
-        format!(
-            "deployments:\n- name: from-git\n  entrypoint: flows/greet.py:greet\n  work_pool: {{name: {pool}}}\n  pull:\n  - prefect.deployments.steps.git_clone:\n      id: clone\n      repository: {}\n  - prefect.deployments.steps.set_working_directory:\n      directory: \"{{{{ clone.directory }}}}\"\n",
-            repo.display()
-        ),
-    );
-    make_pool(&client, &pool).await;
-    let (code, _, err) = run(hoist_at(&dir, s).args(["deploy"]));
-    assert_eq!(code, 0, "{err}");
-    let (_h, prefect_home) = support::tempdir();
-    let out = Command::new(&python)
-        .args([
-            "-m",
-            "prefect",
-            "deployment",
-            "run",
-            "greet/from-git",
-            "--param",
-            "name=prefect-cli",
-        ])
-        .env("PREFECT_API_URL", &s.url)
-        .env("PREFECT_HOME", &prefect_home)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "prefect deployment run: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (code, _, err) = run(hoist_at(&dir, s).env("PREFECT_HOME", &prefect_home).args([
-        "worker",
-        "start",
-        "-p",
-        &pool,
-        "--run-once",
-        "--python",
-        &python,
-    ]));
-    assert_eq!(code, 0, "{err}");
-    let (_, d) = client
-        .request(Method::GET, "/deployments/name/greet/from-git", None)
-        .await
-        .unwrap();
-    let (_, runs) = client
-        .request(
-            Method::POST,
-            "/flow_runs/filter",
-            Some(&json!({"flow_runs": {"deployment_id": {"any_": [d["id"]]}}})),
-        )
-        .await
-        .unwrap();
-    let r = &runs[0];
-    assert_eq!(r["state_type"], "COMPLETED", "{r}\n{err}");
-    let id = r["id"].as_str().unwrap();
-    let mut text = String::new();
-    for _ in 0..50 {
-        let (_, logs) = client
-            .request(
-                Method::POST,
-                "/logs/filter",
-                Some(&json!({"logs": {"flow_run_id": {"any_": [id]}}})),
-            )
-            .await
-            .unwrap();
-        text = logs.to_string();
-        if text.contains("hello prefect-cli") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(text.contains("hello prefect-cli from flows-repo"), "{text}");
-    assert!(
-        text.contains("Executing deployment step: git_clone"),
-        "{text}"
-    );
 }

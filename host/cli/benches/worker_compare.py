@@ -2,7 +2,7 @@
 """`hoist worker` vs Prefect's process worker on the same server and pool setup.
 
 Usage: python3 host/cli/benches/worker_compare.py --prefect-python VENV/bin/python
-                                                  [--runs N] [--hoist PATH]
+                                                  [--runs N] [--queued N] [--window S] [--hoist PATH]
 
 Starts `prefect server start` (SQLite, temporary PREFECT_HOME) on 127.0.0.1, a project
 with a flow that prints a timestamp as its first line and a deployment with two pull
@@ -12,6 +12,15 @@ each only after the previous completed, and reads back from the run's logs when 
 flow printed its first line. Figures: create -> first line (median), and the worker's
 RSS (VmRSS from /proc, sampled every 50 ms during the measured runs; the warm-up
 run, where Hoist compiles its built-in steps once into its cache, is left out). Ratios hoist/prefect.
+
+Then, per worker, --queued runs (default 100) created at once with `--limit 8`: the time
+from the first creation until all are COMPLETED.
+
+Last, what waiting for runs costs the server (CPU seconds of the server's process over
+--window seconds, no runs created): nothing connected (the baseline), Hoist's worker
+polling every second (its heartbeat every 10 s included), and a client holding the
+events websocket (`/api/events/out`, subscribed to the pool's new runs, as Prefect's
+cancellation observer subscribes) plus a heartbeat every 10 s.
 """
 import argparse, json, os, shutil, socket, statistics, subprocess, sys, tempfile, time, urllib.error, urllib.request
 from pathlib import Path
@@ -62,11 +71,77 @@ def rss_mb(pid):
     return 0.0
 
 
+WS_CLIENT = '''
+import asyncio, json, sys, time, urllib.request
+import websockets
+
+async def main(url, pool_id, seconds):
+    async with websockets.connect(url.replace("http", "ws", 1) + "/events/out", subprotocols=["prefect"]) as ws:
+        await ws.send(json.dumps({"type": "auth", "token": None}))
+        await ws.recv()
+        await ws.send(json.dumps({"type": "filter", "filter": {
+            "event": {"name": ["prefect.flow-run.Scheduled"]},
+            "any_resource": {"id": [f"prefect.work-pool.{pool_id}"]},
+            "occurred": {"since": "2020-01-01T00:00:00Z", "until": "2100-01-01T00:00:00Z"}}}))
+        end = time.time() + seconds
+        while time.time() < end:
+            req = urllib.request.Request(url + "/work_pools/bench-ws/workers/heartbeat", method="POST",
+                data=json.dumps({"name": "ws", "heartbeat_interval_seconds": 10}).encode(),
+                headers={"content-type": "application/json"})
+            await asyncio.to_thread(lambda: urllib.request.urlopen(req).read())
+            try:
+                await asyncio.wait_for(ws.recv(), timeout=min(10, max(0.1, end - time.time())))
+            except asyncio.TimeoutError:
+                pass
+
+asyncio.run(main(sys.argv[1], sys.argv[2], float(sys.argv[3])))
+'''
+
+
+def cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_cost(server, seconds, start=None):
+    """The server's CPU seconds over `seconds`, with `start()`'s process running."""
+    p = start() if start else None
+    time.sleep(2)
+    before = cpu_seconds(server.pid)
+    time.sleep(seconds)
+    used = cpu_seconds(server.pid) - before
+    if p:
+        p.terminate()
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    return used
+
+
+def queued(url, dep, n):
+    """Create `n` runs at once; seconds until all are COMPLETED."""
+    t0 = time.time()
+    ids = [api(url, f"/deployments/{dep}/create_flow_run", {})["id"] for _ in range(n)]
+    while True:
+        done = api(url, "/flow_runs/count", {"flow_runs": {"id": {"any_": ids},
+                                                          "state": {"type": {"any_": ["COMPLETED"]}}}})
+        if done == n:
+            return time.time() - t0
+        ended = api(url, "/flow_runs/count", {"flow_runs": {"id": {"any_": ids}, "state": {"type": {
+            "any_": ["FAILED", "CRASHED", "CANCELLED"]}}}})
+        if ended:
+            sys.exit(f"{ended} of the queued runs did not complete")
+        time.sleep(0.5)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--hoist", default=str(ROOT / "target" / "release" / "hoist"))
     ap.add_argument("--prefect-python", required=True)
+    ap.add_argument("--queued", type=int, default=100)
+    ap.add_argument("--window", type=float, default=30)
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hoist-worker-bench-"))
     port = free_port()
@@ -90,9 +165,9 @@ def main():
         (proj / "flows" / "hello.py").write_text(FLOW)
         workers = {
             "hoist": [a.hoist, "worker", "start", "-p", "bench-hoist", "--poll-interval", "1",
-                      "--python", a.prefect_python],
+                      "--python", a.prefect_python, "--limit", "8"],
             "prefect": [a.prefect_python, "-m", "prefect", "worker", "start", "-p", "bench-prefect",
-                        "--type", "process"],
+                        "--type", "process", "--limit", "8"],
         }
         for name in workers:
             pool = f"bench-{name}"
@@ -139,20 +214,38 @@ def main():
                     if r["state_type"] != "COMPLETED" or not first:
                         sys.exit(f"{name}: run ended {r['state_type']} without its first line")
                     latencies.append(first[0] - t0)
+                queue_time = queued(url, dep, a.queued) if a.queued else 0.0
             finally:
                 w.terminate()
                 try:
                     w.wait(15)
                 except subprocess.TimeoutExpired:
                     w.kill()
-            results[name] = (latencies[1:], rss)
+            results[name] = (latencies[1:], rss, queue_time)
         print(f"flow run created -> its first line, {a.runs} runs each, same server, 1 s poll, 2 pull steps:")
         for name, (lat, rss) in results.items():
             print(f"  {name:8} median {statistics.median(lat):6.2f} s  (min {min(lat):.2f}, max {max(lat):.2f})"
                   f"  worker RSS (max) {rss:6.1f} MB")
+        for name, (lat, rss, qt) in results.items():
+            print(f"  {name:8} {a.queued} runs queued at once, --limit 8: all COMPLETED after {qt:6.1f} s")
         h, p = results["hoist"], results["prefect"]
         print(f"  hoist / prefect: latency {statistics.median(h[0]) / statistics.median(p[0]):.2f}x,"
-              f" worker memory {h[1] / p[1]:.2f}x")
+              f" worker memory {h[1] / p[1]:.2f}x" + (f", {a.queued} queued {h[2] / p[2]:.2f}x" if a.queued else ""))
+        pool_id = api(url, "/work_pools/", {"name": "bench-ws", "type": "process"})["id"]
+        api(url, "/work_pools/", {"name": "bench-poll", "type": "process"})
+        ws_script = work / "ws_client.py"
+        ws_script.write_text(WS_CLIENT)
+        idle = server_cost(server, a.window)
+        poll = server_cost(server, a.window, lambda: subprocess.Popen(
+            [a.hoist, "worker", "start", "-p", "bench-poll", "--poll-interval", "1", "--python", a.prefect_python],
+            cwd=proj, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        ws = server_cost(server, a.window, lambda: subprocess.Popen(
+            [a.prefect_python, str(ws_script), url, pool_id, str(a.window + 5)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        print(f"server CPU while a worker waits for runs, {a.window:.0f} s window:")
+        print(f"  nothing connected (baseline) {idle:6.2f} s")
+        print(f"  hoist worker, 1 s poll       {poll:6.2f} s  ({(poll - idle) / a.window * 100:.1f}% of a core over baseline)")
+        print(f"  events websocket + heartbeat {ws:6.2f} s  ({(ws - idle) / a.window * 100:.1f}% of a core over baseline)")
     finally:
         server.terminate()
         try:

@@ -24,6 +24,8 @@
 //! # Ok(()) }
 //! ```
 #![deny(missing_docs)]
+// No function in library code over 80 lines (clippy.toml): a CI check.
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
 /// The Prefect server client: blocks and variables from `PREFECT_API_URL`.
 pub use hoist_prefect as prefect;

@@ -184,17 +184,7 @@ impl PrefectClient {
                 url: self.url.clone(),
             });
         }
-        let (_, flow) = self
-            .request(
-                Method::POST,
-                "/flows/",
-                Some(&json!({"name": flow_name, "tags": [], "labels": {}})),
-            )
-            .await?;
-        let flow_id = flow["id"]
-            .as_str()
-            .ok_or_else(|| DeployError::Invalid(format!("the server answered no flow id: {flow}")))?
-            .to_string();
+        let flow_id = self.upsert_flow(flow_name).await?;
         body.insert("flow_id".into(), json!(flow_id));
         let name = body["name"].as_str().unwrap_or("").to_string();
         let (status, existing) = self
@@ -211,24 +201,7 @@ impl PrefectClient {
         if status != StatusCode::NOT_FOUND
             && let Some(id) = existing["id"].as_str()
         {
-            let mut patch = body.clone();
-            for k in [
-                "name",
-                "flow_id",
-                "enforce_parameter_schema",
-                "labels",
-                "path",
-                "storage_document_id",
-                "infrastructure_document_id",
-            ] {
-                patch.remove(k);
-            }
-            self.request(
-                Method::PATCH,
-                &format!("/deployments/{}", segment(id)),
-                Some(&Value::Object(patch)),
-            )
-            .await?;
+            self.patch_deployment(id, &body).await?;
             return Ok(Deployed {
                 id: id.to_string(),
                 flow_id,
@@ -249,5 +222,49 @@ impl PrefectClient {
             flow_id,
             created: true,
         })
+    }
+
+    /// The flow named `flow_name` (`POST /flows/` creates it or answers the existing
+    /// one); its id.
+    async fn upsert_flow(&self, flow_name: &str) -> Result<String, DeployError> {
+        let (_, flow) = self
+            .request(
+                Method::POST,
+                "/flows/",
+                Some(&json!({"name": flow_name, "tags": [], "labels": {}})),
+            )
+            .await?;
+        Ok(flow["id"]
+            .as_str()
+            .ok_or_else(|| DeployError::Invalid(format!("the server answered no flow id: {flow}")))?
+            .to_string())
+    }
+
+    /// Update an existing deployment with what `prefect deploy` sends on a redeploy (the
+    /// fields the server refuses on PATCH left out).
+    async fn patch_deployment(
+        &self,
+        id: &str,
+        body: &Map<String, Value>,
+    ) -> Result<(), DeployError> {
+        let mut patch = body.clone();
+        for k in [
+            "name",
+            "flow_id",
+            "enforce_parameter_schema",
+            "labels",
+            "path",
+            "storage_document_id",
+            "infrastructure_document_id",
+        ] {
+            patch.remove(k);
+        }
+        self.request(
+            Method::PATCH,
+            &format!("/deployments/{}", segment(id)),
+            Some(&Value::Object(patch)),
+        )
+        .await?;
+        Ok(())
     }
 }

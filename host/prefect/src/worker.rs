@@ -73,8 +73,12 @@ pub fn uuid4() -> String {
 #[derive(Debug, PartialEq)]
 pub enum Claim {
     /// This worker holds the run now (also when a retried proposal finds its own
-    /// transition already made).
-    Ours,
+    /// transition already made), with the deployment-concurrency lease the claim took,
+    /// if the deployment has a concurrency limit.
+    Ours {
+        /// `state_details.deployment_concurrency_lease_id` of the PENDING state.
+        lease: Option<String>,
+    },
     /// Another worker won, or the run moved on.
     Lost(String),
     /// The server asks to wait this many seconds and propose again.
@@ -107,15 +111,99 @@ impl PrefectClient {
         Ok(v)
     }
 
-    /// `POST /work_pools/{pool}/workers/heartbeat`.
-    pub async fn heartbeat(&self, pool: &str, worker: &str) -> Result<(), PrefectError> {
+    /// `POST /work_pools/{pool}/workers/heartbeat`, promising the next within
+    /// `interval` seconds (the server marks the worker OFFLINE after three missed).
+    pub async fn heartbeat(
+        &self,
+        pool: &str,
+        worker: &str,
+        interval: u64,
+    ) -> Result<(), PrefectError> {
         self.request(
             Method::POST,
             &format!("/work_pools/{}/workers/heartbeat", segment(pool)),
-            Some(&json!({"name": worker, "heartbeat_interval_seconds": 30})),
+            Some(&json!({"name": worker, "heartbeat_interval_seconds": interval})),
         )
         .await?;
         Ok(())
+    }
+
+    /// The pool's workers, by name, with the status the server gives them (`ONLINE`,
+    /// or `OFFLINE` after three missed heartbeats).
+    pub async fn worker_statuses(
+        &self,
+        pool: &str,
+    ) -> Result<std::collections::HashMap<String, String>, PrefectError> {
+        let (_, v) = self
+            .request(
+                Method::POST,
+                &format!("/work_pools/{}/workers/filter", segment(pool)),
+                Some(&json!({})),
+            )
+            .await?;
+        Ok(v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|w| {
+                Some((
+                    w["name"].as_str()?.to_string(),
+                    w["status"].as_str().unwrap_or("").to_string(),
+                ))
+            })
+            .collect())
+    }
+
+    /// The pool's runs that some worker holds (`PENDING` or `RUNNING`).
+    pub async fn active_runs(&self, pool: &str) -> Result<Vec<Value>, PrefectError> {
+        let mut out = Vec::new();
+        loop {
+            let (_, v) = self
+                .request(
+                    Method::POST,
+                    "/flow_runs/filter",
+                    Some(&json!({
+                        "flow_runs": {"state": {"type": {"any_": ["PENDING", "RUNNING"]}}},
+                        "work_pools": {"name": {"any_": [pool]}},
+                        "limit": 200,
+                        "offset": out.len(),
+                    })),
+                )
+                .await?;
+            let page = v.as_array().cloned().unwrap_or_default();
+            let full = page.len() == 200;
+            out.extend(page);
+            if !full {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Label a run (`PATCH /flow_runs/{id}/labels`; existing labels are kept).
+    pub async fn set_labels(&self, run_id: &str, labels: &Value) -> Result<(), PrefectError> {
+        self.request(
+            Method::PATCH,
+            &format!("/flow_runs/{}/labels", segment(run_id)),
+            Some(labels),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Renew a deployment-concurrency lease for `seconds` (at least 60); `false` when
+    /// the server no longer has it (expired or released: 410).
+    pub async fn renew_lease(&self, lease_id: &str, seconds: u64) -> Result<bool, PrefectError> {
+        match self
+            .request(
+                Method::POST,
+                &format!("/v2/concurrency_limits/leases/{}/renew", segment(lease_id)),
+                Some(&json!({"lease_duration": seconds.max(60)})),
+            )
+            .await
+        {
+            Ok((status, _)) => Ok(status != StatusCode::NOT_FOUND),
+            Err(PrefectError::Api { status: 410, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Runs scheduled to start before `before` (ISO 8601), in `queues` (all when empty).
@@ -158,10 +246,13 @@ impl PrefectClient {
                 Ok((_, v)) => {
                     let status = v["status"].as_str().unwrap_or("");
                     let reason = v["details"]["reason"].as_str().unwrap_or("").to_string();
+                    let lease = v["state"]["state_details"]["deployment_concurrency_lease_id"]
+                        .as_str()
+                        .map(str::to_string);
                     return Ok(match status {
-                        "ACCEPT" if v["state"]["type"] == "PENDING" => Claim::Ours,
+                        "ACCEPT" if v["state"]["type"] == "PENDING" => Claim::Ours { lease },
                         "REJECT" if reason.contains("already made this state transition") => {
-                            Claim::Ours
+                            Claim::Ours { lease }
                         }
                         "WAIT" => {
                             Claim::Wait(v["details"]["delay_seconds"].as_f64().unwrap_or(1.0))

@@ -113,6 +113,9 @@ pub struct StepProblem {
     pub location: String,
     /// What is wrong.
     pub problem: String,
+    /// The capability the step's plugin needs and was not granted, when that is what
+    /// is wrong (the caller adds its own remedy: a flag, a job variable).
+    pub ungranted: Option<Capability>,
 }
 
 /// What a completed section leaves.
@@ -313,6 +316,7 @@ impl<V: Values> Runner<V> {
                     problems.push(StepProblem {
                         location: location(&self.project_file, step),
                         problem,
+                        ungranted: None,
                     });
                     continue;
                 }
@@ -326,6 +330,7 @@ impl<V: Values> Runner<V> {
                     problems.push(StepProblem {
                         location: loc,
                         problem: e.to_string(),
+                        ungranted: None,
                     });
                     continue;
                 }
@@ -336,6 +341,7 @@ impl<V: Values> Runner<V> {
                         problems.push(StepProblem {
                             location: loc,
                             problem: not_granted(&step.name, &plugin, &cap),
+                            ungranted: Some(cap),
                         });
                         continue;
                     }
@@ -343,6 +349,7 @@ impl<V: Values> Runner<V> {
                         problems.push(StepProblem {
                             location: loc,
                             problem,
+                            ungranted: None,
                         });
                         continue;
                     }
@@ -355,6 +362,7 @@ impl<V: Values> Runner<V> {
                 Err(e) => problems.push(StepProblem {
                     location: loc,
                     problem: e.to_string(),
+                    ungranted: None,
                 }),
             }
         }

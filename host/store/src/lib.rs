@@ -5,6 +5,8 @@
 //! Blocks can be secret (every block of type `secret` is): their string values are handed
 //! to the runner's redactor and shown as `********` by the CLI.
 #![deny(missing_docs)]
+// No function in library code over 80 lines (clippy.toml): a CI check.
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};

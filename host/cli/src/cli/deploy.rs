@@ -178,22 +178,15 @@ fn apply_overrides(spec: &mut Value, args: &DeployArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) async fn deploy(args: &DeployArgs) -> anyhow::Result<()> {
-    let client = match PrefectClient::from_env(&crate::runtime::HostEnv::from_process()) {
-        None => anyhow::bail!(
-            "hoist deploy registers deployments on a Prefect server: set PREFECT_API_URL \
-             (e.g. http://127.0.0.1:4200/api, and PREFECT_API_KEY for Prefect Cloud)"
-        ),
-        Some(c) => c?,
-    };
-    let project = Loaded::open(&args.file, None)?;
+/// The deployments to deploy: `--all`, the `--name`s, or the file's only one.
+fn chosen_deployments(project: &Loaded, args: &DeployArgs) -> anyhow::Result<Vec<String>> {
     let declared: Vec<String> = project
         .project
         .deployments
         .iter()
         .filter_map(|d| d.name.clone())
         .collect();
-    let names: Vec<String> = if args.all {
+    Ok(if args.all {
         declared.clone()
     } else if !args.names.is_empty() {
         args.names.clone()
@@ -210,7 +203,49 @@ pub(crate) async fn deploy(args: &DeployArgs) -> anyhow::Result<()> {
             args.file.display(),
             declared.join(", ")
         )
+    })
+}
+
+/// The flow's name and the body `POST /deployments/` takes, from the templated spec and
+/// the flow's signature (read with Python's `ast`, never imported).
+fn registration(
+    spec: &Value,
+    python: &str,
+    project_dir: &std::path::Path,
+    where_: &str,
+) -> anyhow::Result<(String, serde_json::Map<String, Value>)> {
+    let entrypoint = spec
+        .get("entrypoint")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            anyhow::anyhow!("{where_}: no `entrypoint`: add `entrypoint: path/to/flow.py:function` or pass it as ENTRYPOINT")
+        })?
+        .to_string();
+    let (file, func) = entrypoint.rsplit_once(':').ok_or_else(|| {
+        anyhow::anyhow!("{where_}: entrypoint `{entrypoint}` is not `path/to/file.py:function`")
+    })?;
+    let sig = read_signature(python, &project_dir.join(file), func)
+        .map_err(|e| anyhow::anyhow!("{where_}: entrypoint `{entrypoint}`: {e}"))?;
+    let flow_name = sig
+        .flow_name
+        .clone()
+        .unwrap_or_else(|| func.replace('_', "-"));
+    let schema = parameter_schema(&sig);
+    let body = deployment_body(spec, "", schema, sig.docstring.as_deref(), &sig.file_hash)
+        .map_err(|e| anyhow::anyhow!("{where_}: {e}"))?;
+    Ok((flow_name, body))
+}
+
+pub(crate) async fn deploy(args: &DeployArgs) -> anyhow::Result<()> {
+    let client = match PrefectClient::from_env(&crate::runtime::HostEnv::from_process()) {
+        None => anyhow::bail!(
+            "hoist deploy registers deployments on a Prefect server: set PREFECT_API_URL \
+             (e.g. http://127.0.0.1:4200/api, and PREFECT_API_KEY for Prefect Cloud)"
+        ),
+        Some(c) => c?,
     };
+    let project = Loaded::open(&args.file, None)?;
+    let names = chosen_deployments(&project, args)?;
     let python = std::env::var("HOIST_PYTHON").unwrap_or_else(|_| "python3".into());
     let project_dir = args
         .file
@@ -251,25 +286,7 @@ pub(crate) async fn deploy(args: &DeployArgs) -> anyhow::Result<()> {
             spec["entrypoint"] = json!(e);
         }
         let where_ = format!("{}: deployment `{name}`", args.file.display());
-        let entrypoint = spec
-            .get("entrypoint")
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                anyhow::anyhow!("{where_}: no `entrypoint`: add `entrypoint: path/to/flow.py:function` or pass it as ENTRYPOINT")
-            })?
-            .to_string();
-        let (file, func) = entrypoint.rsplit_once(':').ok_or_else(|| {
-            anyhow::anyhow!("{where_}: entrypoint `{entrypoint}` is not `path/to/file.py:function`")
-        })?;
-        let sig = read_signature(&python, &project_dir.join(file), func)
-            .map_err(|e| anyhow::anyhow!("{where_}: entrypoint `{entrypoint}`: {e}"))?;
-        let flow_name = sig
-            .flow_name
-            .clone()
-            .unwrap_or_else(|| func.replace('_', "-"));
-        let schema = parameter_schema(&sig);
-        let body = deployment_body(&spec, "", schema, sig.docstring.as_deref(), &sig.file_hash)
-            .map_err(|e| anyhow::anyhow!("{where_}: {e}"))?;
+        let (flow_name, body) = registration(&spec, &python, &project_dir, &where_)?;
         let done = client.deploy(&flow_name, body).await.map_err(|e| {
             anyhow::anyhow!("{where_}: {}", outcome.redactor.redact(&e.to_string()))
         })?;

@@ -86,22 +86,14 @@ fn git_facts(dir: &Path) -> Option<(String, String)> {
     Some((remote, branch))
 }
 
-pub(crate) fn init(args: &InitArgs) -> anyhow::Result<()> {
-    if args.list_recipes {
-        list();
-        return Ok(());
-    }
-    let dir = &args.dir;
-    let git = git_facts(dir);
-    let recipe = match &args.recipe {
-        Some(r) => r.clone(),
-        None => recipes::infer(git.is_some(), dir.join("Dockerfile").exists()).to_string(),
-    };
-    let Some(meta) = RECIPES.iter().find(|r| r.name == recipe) else {
-        anyhow::bail!(
-            "Unknown recipe '{recipe}' provided - run `hoist init --list-recipes` to see all available recipes."
-        );
-    };
+/// The `--field KEY=VALUE`s, checked against the recipe's required fields as Prefect
+/// checks them (all missing: the recipe's prompts would ask; some missing: refused;
+/// extra ones: a warning).
+fn checked_fields(
+    args: &InitArgs,
+    meta: &recipes::Recipe,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let recipe = meta.name;
     let mut fields = Vec::new();
     for f in &args.fields {
         let (k, v) = f
@@ -129,18 +121,14 @@ pub(crate) fn init(args: &InitArgs) -> anyhow::Result<()> {
             anyhow::bail!("recipe `{recipe}` needs {}", missing.join(", "));
         }
     }
-    let values = recipes::values(dir, &recipe, git, &fields);
-    let name = match &args.name {
-        Some(n) => n.clone(),
-        None => values["name"].as_str().unwrap_or("").to_string(),
-    };
-    let text = recipes::render(&recipe, &name, &values)
-        .ok_or_else(|| anyhow::anyhow!("unknown recipe `{recipe}`"))?;
+    Ok(fields)
+}
+
+/// Write `prefect.yaml` (`text`) and `.prefectignore` into `dir`, never over an existing
+/// file; the names written.
+fn write_new(dir: &std::path::Path, text: &str) -> anyhow::Result<Vec<&'static str>> {
     let mut created = Vec::new();
-    for (file, content) in [
-        ("prefect.yaml", text.as_str()),
-        (".prefectignore", PREFECTIGNORE),
-    ] {
+    for (file, content) in [("prefect.yaml", text), (".prefectignore", PREFECTIGNORE)] {
         let path = dir.join(file);
         // Never overwrite: `create_new` fails if the file exists, even if it appeared
         // since we looked.
@@ -158,6 +146,34 @@ pub(crate) fn init(args: &InitArgs) -> anyhow::Result<()> {
             Err(e) => anyhow::bail!("cannot write {}: {e}", path.display()),
         }
     }
+    Ok(created)
+}
+
+pub(crate) fn init(args: &InitArgs) -> anyhow::Result<()> {
+    if args.list_recipes {
+        list();
+        return Ok(());
+    }
+    let dir = &args.dir;
+    let git = git_facts(dir);
+    let recipe = match &args.recipe {
+        Some(r) => r.clone(),
+        None => recipes::infer(git.is_some(), dir.join("Dockerfile").exists()).to_string(),
+    };
+    let Some(meta) = RECIPES.iter().find(|r| r.name == recipe) else {
+        anyhow::bail!(
+            "Unknown recipe '{recipe}' provided - run `hoist init --list-recipes` to see all available recipes."
+        );
+    };
+    let fields = checked_fields(args, meta)?;
+    let values = recipes::values(dir, &recipe, git, &fields);
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => values["name"].as_str().unwrap_or("").to_string(),
+    };
+    let text = recipes::render(&recipe, &name, &values)
+        .ok_or_else(|| anyhow::anyhow!("unknown recipe `{recipe}`"))?;
+    let created = write_new(dir, &text)?;
     std::fs::create_dir_all(dir.join(".prefect"))?;
     let shown = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
     if created.is_empty() {

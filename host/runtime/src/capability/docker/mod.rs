@@ -347,61 +347,7 @@ impl DockerView<'_> {
                 self.ctx.info.name, self.ctx.info.plugin
             ))
         };
-        let mut stages: Vec<String> = Vec::new();
-        let mut images: Vec<String> = Vec::new();
-        for instruction in instructions {
-            let mut words = instruction.split_whitespace();
-            let Some(op) = words.next() else { continue };
-            let args: Vec<&str> = words.collect();
-            match op.to_ascii_uppercase().as_str() {
-                "FROM" => {
-                    let mut rest = args.iter().filter(|a| !a.starts_with("--"));
-                    let Some(image) = rest.next() else { continue };
-                    if image.contains('$') {
-                        return Err(refuse(format!(
-                            "base image `{image}` uses a variable, so it cannot be checked"
-                        )));
-                    }
-                    if image != &"scratch" && !stages.iter().any(|s| s.eq_ignore_ascii_case(image))
-                    {
-                        images.push(image.to_string());
-                    }
-                    if let (Some(as_), Some(name)) = (rest.next(), rest.next())
-                        && as_.eq_ignore_ascii_case("as")
-                    {
-                        stages.push(name.to_string());
-                    }
-                }
-                "COPY" => {
-                    for a in &args {
-                        if let Some(from) = a.strip_prefix("--from=")
-                            && !stages.iter().any(|s| s.eq_ignore_ascii_case(from))
-                            && !from.bytes().all(|b| b.is_ascii_digit())
-                        {
-                            if from.contains('$') {
-                                return Err(refuse(format!(
-                                    "`COPY --from={from}` uses a variable, so it cannot be checked"
-                                )));
-                            }
-                            images.push(from.to_string());
-                        }
-                    }
-                }
-                "ADD" => {
-                    let joined = args.join(" ");
-                    if joined.contains("://") || joined.contains("git@") {
-                        return Err(refuse(format!(
-                            "`ADD` from a URL ({})",
-                            hoist_policy::text::sanitize(instruction)
-                        )));
-                    }
-                }
-                "ONBUILD" => {
-                    return Err(refuse("`ONBUILD` instructions cannot be checked".into()));
-                }
-                _ => {}
-            }
-        }
+        let images = images_needed(instructions).map_err(refuse)?;
         let engine = self.engine().await?;
         for image in images {
             let (name, tag) = reference("base image", &image)?;
@@ -425,6 +371,174 @@ impl DockerView<'_> {
         Ok(())
     }
 
+    /// What the build may fetch: with `net:*`, `pull` as asked; without it, offline
+    /// (`networkmode=none`, no `pull`, no `platform`, base images already on the engine).
+    async fn network_query(
+        &mut self,
+        opts: &BuildOptions,
+        parsed: &[String],
+        query: &mut Vec<String>,
+    ) -> Result<(), StepError> {
+        if self.online() {
+            if opts.pull {
+                query.push("pull=1".into());
+            }
+            return Ok(());
+        }
+        if opts.platform.is_some() {
+            return Err(StepError::Denied(self.ctx.info.denial(
+                &Capability::Net("*".into()),
+                "choose a `platform` (the engine may pull base images for it)",
+            )));
+        }
+        if opts.pull {
+            return Err(StepError::Denied(
+                self.ctx
+                    .info
+                    .denial(&Capability::Net("*".into()), "pull base images (`pull`)"),
+            ));
+        }
+        self.check_offline(parsed).await?;
+        query.push("networkmode=none".into());
+        Ok(())
+    }
+
+    /// Stream the context to `POST /build`, logging the engine's progress; the image id
+    /// the engine reports.
+    async fn send_build(
+        &self,
+        engine: &Engine,
+        context: &std::path::Path,
+        dockerfile: &str,
+        query: &[String],
+    ) -> Result<String, StepError> {
+        let (tx, rx) = mpsc::channel(4);
+        let keep = vec![dockerfile.to_string(), ".dockerignore".to_string()];
+        let producer = context::stream(context.to_path_buf(), keep, tx);
+        let mut id: Option<String> = None;
+        let mut error: Option<String> = None;
+        let result = engine
+            .stream(
+                Method::POST,
+                &format!("/build?{}", query.join("&")),
+                &[("content-type", "application/x-tar".to_string())],
+                ReqBody::Stream(rx),
+                |msg| {
+                    if let Some(s) = msg.get("stream").and_then(|s| s.as_str()) {
+                        self.log_line(s);
+                        if let Some(short) = s.trim().strip_prefix("Successfully built ") {
+                            id.get_or_insert_with(|| short.trim().to_string());
+                        }
+                    }
+                    if let Some(s) = msg.get("status").and_then(|s| s.as_str()) {
+                        self.log_line(s);
+                    }
+                    if let Some(i) = msg.pointer("/aux/ID").and_then(|s| s.as_str()) {
+                        id = Some(i.to_string());
+                    }
+                    if let Some(e) = msg.get("error").and_then(|s| s.as_str()) {
+                        self.log_line(e);
+                        error = Some(e.trim().to_string());
+                    }
+                },
+            )
+            .await;
+        let sent = producer.await;
+        let redact = |s: &str| self.ctx.log.redactor().redact(s).into_owned();
+        if let Some(e) = error {
+            return Err(failure(
+                format!("the image build failed: {}", redact(&e)),
+                Some(format!(
+                    "{dockerfile} in {} is built by the engine at {}",
+                    context.display(),
+                    engine.host
+                )),
+            ));
+        }
+        result.map_err(|e| self.engine_error(e, "build the image"))?;
+        match sent {
+            Ok(Ok(s)) => self.ctx.log.emit(
+                Level::Debug,
+                Source::Step,
+                &format!(
+                    "sent a build context of {} entries, {} bytes",
+                    s.entries, s.bytes
+                ),
+                &[],
+            ),
+            Ok(Err(e)) => {
+                return Err(failure(
+                    format!("cannot send the build context {}: {e}", context.display()),
+                    None,
+                ));
+            }
+            Err(e) => return Err(failure(format!("cannot send the build context: {e}"), None)),
+        }
+        id.ok_or_else(|| {
+            failure(
+                "the engine did not return an image id for the build".into(),
+                None,
+            )
+        })
+    }
+
+    /// The `X-Registry-Auth` header: the credentials (put in the redactor first), or
+    /// none.
+    fn registry_auth(
+        &self,
+        credentials: Option<&RegistryCredentials>,
+        registry: &str,
+    ) -> Result<String, StepError> {
+        let Some(c) = credentials else {
+            return Ok(base64_url(b"{}"));
+        };
+        let redactor = self.ctx.log.redactor();
+        redactor.add(&c.password);
+        let server = c.server.clone().unwrap_or_else(|| registry.to_string());
+        plain("the registry", &server)?;
+        plain("the user name", &c.username)?;
+        let body = serde_json::json!({
+            "username": c.username,
+            "password": c.password,
+            "serveraddress": server,
+        });
+        let header = base64_url(body.to_string().as_bytes());
+        redactor.add(&header);
+        // No separate `/auth` call: Podman's ignores the registry's `insecure` setting,
+        // and the push authenticates with the same credentials anyway.
+        Ok(header)
+    }
+
+    /// The digest of a pushed image, from the image's `RepoDigests` (some engines only
+    /// report it there).
+    async fn pushed_digest(
+        &self,
+        engine: &Engine,
+        name: &str,
+        tag: &str,
+    ) -> Result<String, StepError> {
+        let v = engine
+            .call(
+                Method::GET,
+                &format!("/images/{}/json", path_name(&format!("{name}:{tag}"))),
+                None,
+            )
+            .await
+            .map_err(|e| self.engine_error(e, "look up the pushed image"))?;
+        v.get("RepoDigests")
+            .and_then(|d| d.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d.as_str())
+            .find_map(|d| d.strip_prefix(&format!("{name}@")).map(str::to_string))
+            .ok_or_else(|| {
+                failure(
+                    format!("the engine did not report the digest of {name}:{tag}"),
+                    None,
+                )
+            })
+    }
+
     fn log_line(&self, line: &str) {
         for l in line.lines() {
             let l = l.trim_end();
@@ -435,6 +549,139 @@ impl DockerView<'_> {
             }
         }
     }
+}
+
+/// A push the engine reported failed (`error`, redacted), naming the login when
+/// credentials (`(registry, user)`) were refused.
+fn push_failure(error: &str, name: &str, tag: &str, login: Option<(&str, &str)>) -> StepError {
+    let lower = error.to_ascii_lowercase();
+    let refused = ["unauthorized", "authentication required", "denied"]
+        .iter()
+        .any(|w| lower.contains(w));
+    let login = match login {
+        Some((registry, user)) if refused => {
+            format!(" (login to registry {registry} as `{user}` refused)")
+        }
+        _ => String::new(),
+    };
+    failure(
+        format!("pushing {name}:{tag} failed{login}: {error}"),
+        (error.contains("denied")
+            || error.contains("unauthorized")
+            || error.contains("authentication"))
+        .then(|| {
+            "check the registry credentials and that the repository exists and accepts pushes"
+                .into()
+        }),
+    )
+}
+
+/// `POST /build`'s query for the step's options (each value checked: tags against
+/// Docker's reference grammar, the rest plain text).
+fn build_query(opts: &BuildOptions, dockerfile: &str) -> Result<Vec<String>, StepError> {
+    let mut query = vec![
+        format!("dockerfile={}", encode(dockerfile)),
+        "rm=1".into(),
+        "forcerm=1".into(),
+    ];
+    for t in &opts.tags {
+        let (name, tag) = reference("tag", t)?;
+        if name.starts_with("sha256:") {
+            return Err(StepError::InvalidInput(format!("tag `{t}` is an image id")));
+        }
+        query.push(format!("t={}", encode(&full(&name, &tag))));
+    }
+    for (what, pairs) in [("build arg", &opts.build_args), ("label", &opts.labels)] {
+        for (k, v) in pairs.iter() {
+            plain(what, k)?;
+            plain(what, v)?;
+        }
+    }
+    if !opts.build_args.is_empty() {
+        query.push(format!(
+            "buildargs={}",
+            encode(&json_pairs(&opts.build_args).to_string())
+        ));
+    }
+    if !opts.labels.is_empty() {
+        query.push(format!(
+            "labels={}",
+            encode(&json_pairs(&opts.labels).to_string())
+        ));
+    }
+    if let Some(t) = &opts.target {
+        plain("target", t)?;
+        query.push(format!("target={}", encode(t)));
+    }
+    if let Some(p) = &opts.platform {
+        plain("platform", p)?;
+        query.push(format!("platform={}", encode(p)));
+    }
+    if opts.no_cache {
+        query.push("nocache=1".into());
+    }
+    Ok(query)
+}
+
+/// The images an offline build needs on the engine (base images and `COPY --from`
+/// images, not the Dockerfile's own stages), or why the Dockerfile cannot be built
+/// offline (`ADD <url>`, `ONBUILD`, images named by variables).
+fn images_needed(instructions: &[String]) -> Result<Vec<String>, String> {
+    let mut stages: Vec<String> = Vec::new();
+    let mut images: Vec<String> = Vec::new();
+    for instruction in instructions {
+        let mut words = instruction.split_whitespace();
+        let Some(op) = words.next() else { continue };
+        let args: Vec<&str> = words.collect();
+        match op.to_ascii_uppercase().as_str() {
+            "FROM" => {
+                let mut rest = args.iter().filter(|a| !a.starts_with("--"));
+                let Some(image) = rest.next() else { continue };
+                if image.contains('$') {
+                    return Err(format!(
+                        "base image `{image}` uses a variable, so it cannot be checked"
+                    ));
+                }
+                if image != &"scratch" && !stages.iter().any(|s| s.eq_ignore_ascii_case(image)) {
+                    images.push(image.to_string());
+                }
+                if let (Some(as_), Some(name)) = (rest.next(), rest.next())
+                    && as_.eq_ignore_ascii_case("as")
+                {
+                    stages.push(name.to_string());
+                }
+            }
+            "COPY" => {
+                for a in &args {
+                    if let Some(from) = a.strip_prefix("--from=")
+                        && !stages.iter().any(|s| s.eq_ignore_ascii_case(from))
+                        && !from.bytes().all(|b| b.is_ascii_digit())
+                    {
+                        if from.contains('$') {
+                            return Err(format!(
+                                "`COPY --from={from}` uses a variable, so it cannot be checked"
+                            ));
+                        }
+                        images.push(from.to_string());
+                    }
+                }
+            }
+            "ADD" => {
+                let joined = args.join(" ");
+                if joined.contains("://") || joined.contains("git@") {
+                    return Err(format!(
+                        "`ADD` from a URL ({})",
+                        hoist_policy::text::sanitize(instruction)
+                    ));
+                }
+            }
+            "ONBUILD" => {
+                return Err("`ONBUILD` instructions cannot be checked".into());
+            }
+            _ => {}
+        }
+    }
+    Ok(images)
 }
 
 /// The instructions of a Dockerfile: comments dropped, continuations joined with the
@@ -509,47 +756,7 @@ impl Host for DockerView<'_> {
         let context = self.context_dir(&opts.context)?;
         let (dockerfile, dockerfile_path) =
             self.dockerfile(&context, opts.dockerfile.as_deref().unwrap_or("Dockerfile"))?;
-        let mut query = vec![
-            format!("dockerfile={}", encode(&dockerfile)),
-            "rm=1".into(),
-            "forcerm=1".into(),
-        ];
-        for t in &opts.tags {
-            let (name, tag) = reference("tag", t)?;
-            if name.starts_with("sha256:") {
-                return Err(StepError::InvalidInput(format!("tag `{t}` is an image id")));
-            }
-            query.push(format!("t={}", encode(&full(&name, &tag))));
-        }
-        for (what, pairs) in [("build arg", &opts.build_args), ("label", &opts.labels)] {
-            for (k, v) in pairs.iter() {
-                plain(what, k)?;
-                plain(what, v)?;
-            }
-        }
-        if !opts.build_args.is_empty() {
-            query.push(format!(
-                "buildargs={}",
-                encode(&json_pairs(&opts.build_args).to_string())
-            ));
-        }
-        if !opts.labels.is_empty() {
-            query.push(format!(
-                "labels={}",
-                encode(&json_pairs(&opts.labels).to_string())
-            ));
-        }
-        if let Some(t) = &opts.target {
-            plain("target", t)?;
-            query.push(format!("target={}", encode(t)));
-        }
-        if let Some(p) = &opts.platform {
-            plain("platform", p)?;
-            query.push(format!("platform={}", encode(p)));
-        }
-        if opts.no_cache {
-            query.push("nocache=1".into());
-        }
+        let mut query = build_query(&opts, &dockerfile)?;
         // Read and parsed once, for both checks.
         let text = std::fs::read_to_string(&dockerfile_path).map_err(|e| {
             failure(
@@ -559,96 +766,11 @@ impl Host for DockerView<'_> {
         })?;
         let parsed = instructions(&text);
         self.check_dockerfile(&dockerfile_path, &parsed)?;
-        if self.online() {
-            if opts.pull {
-                query.push("pull=1".into());
-            }
-        } else {
-            if opts.platform.is_some() {
-                return Err(StepError::Denied(self.ctx.info.denial(
-                    &Capability::Net("*".into()),
-                    "choose a `platform` (the engine may pull base images for it)",
-                )));
-            }
-            if opts.pull {
-                return Err(StepError::Denied(
-                    self.ctx
-                        .info
-                        .denial(&Capability::Net("*".into()), "pull base images (`pull`)"),
-                ));
-            }
-            self.check_offline(&parsed).await?;
-            query.push("networkmode=none".into());
-        }
+        self.network_query(&opts, &parsed, &mut query).await?;
         let engine = self.engine().await?.clone();
-        let (tx, rx) = mpsc::channel(4);
-        let keep = vec![dockerfile.clone(), ".dockerignore".to_string()];
-        let producer = context::stream(context.clone(), keep, tx);
-        let mut id: Option<String> = None;
-        let mut error: Option<String> = None;
-        let result = engine
-            .stream(
-                Method::POST,
-                &format!("/build?{}", query.join("&")),
-                &[("content-type", "application/x-tar".to_string())],
-                ReqBody::Stream(rx),
-                |msg| {
-                    if let Some(s) = msg.get("stream").and_then(|s| s.as_str()) {
-                        self.log_line(s);
-                        if let Some(short) = s.trim().strip_prefix("Successfully built ") {
-                            id.get_or_insert_with(|| short.trim().to_string());
-                        }
-                    }
-                    if let Some(s) = msg.get("status").and_then(|s| s.as_str()) {
-                        self.log_line(s);
-                    }
-                    if let Some(i) = msg.pointer("/aux/ID").and_then(|s| s.as_str()) {
-                        id = Some(i.to_string());
-                    }
-                    if let Some(e) = msg.get("error").and_then(|s| s.as_str()) {
-                        self.log_line(e);
-                        error = Some(e.trim().to_string());
-                    }
-                },
-            )
-            .await;
-        let sent = producer.await;
-        let redact = |s: &str| self.ctx.log.redactor().redact(s).into_owned();
-        if let Some(e) = error {
-            return Err(failure(
-                format!("the image build failed: {}", redact(&e)),
-                Some(format!(
-                    "{dockerfile} in {} is built by the engine at {}",
-                    context.display(),
-                    engine.host
-                )),
-            ));
-        }
-        result.map_err(|e| self.engine_error(e, "build the image"))?;
-        match sent {
-            Ok(Ok(s)) => self.ctx.log.emit(
-                Level::Debug,
-                Source::Step,
-                &format!(
-                    "sent a build context of {} entries, {} bytes",
-                    s.entries, s.bytes
-                ),
-                &[],
-            ),
-            Ok(Err(e)) => {
-                return Err(failure(
-                    format!("cannot send the build context {}: {e}", context.display()),
-                    None,
-                ));
-            }
-            Err(e) => return Err(failure(format!("cannot send the build context: {e}"), None)),
-        }
-        let id = id.ok_or_else(|| {
-            failure(
-                "the engine did not return an image id for the build".into(),
-                None,
-            )
-        })?;
+        let id = self
+            .send_build(&engine, &context, &dockerfile, &query)
+            .await?;
         if id.starts_with("sha256:") {
             return Ok(id);
         }
@@ -711,26 +833,7 @@ impl Host for DockerView<'_> {
             &format!("push to `{repo}`"),
         )?;
         let registry = repo.split('/').next().unwrap_or("docker.io").to_string();
-        let auth = match &credentials {
-            Some(c) => {
-                let redactor = self.ctx.log.redactor();
-                redactor.add(&c.password);
-                let server = c.server.clone().unwrap_or_else(|| registry.clone());
-                plain("the registry", &server)?;
-                plain("the user name", &c.username)?;
-                let body = serde_json::json!({
-                    "username": c.username,
-                    "password": c.password,
-                    "serveraddress": server,
-                });
-                let header = base64_url(body.to_string().as_bytes());
-                redactor.add(&header);
-                // No separate `/auth` call: Podman's ignores the registry's `insecure`
-                // setting, and the push authenticates with the same credentials anyway.
-                header
-            }
-            None => base64_url(b"{}"),
-        };
+        let auth = self.registry_auth(credentials.as_ref(), &registry)?;
         let engine = self.engine().await?.clone();
         let tag = tag.unwrap_or_else(|| "latest".into());
         let mut digest: Option<String> = None;
@@ -780,48 +883,16 @@ impl Host for DockerView<'_> {
             .await;
         let redact = |s: &str| self.ctx.log.redactor().redact(s).into_owned();
         if let Some(e) = error {
-            let lower = e.to_ascii_lowercase();
-            let refused_credentials = ["unauthorized", "authentication required", "denied"]
-                .iter()
-                .any(|w| lower.contains(w));
-            let login = match (&credentials, refused_credentials) {
-                (Some(c), true) => format!(
-                    " (login to registry {registry} as `{}` refused)",
-                    c.username
-                ),
-                _ => String::new(),
-            };
-            return Err(failure(
-                format!("pushing {name}:{tag} failed{login}: {}", redact(&e)),
-                (e.contains("denied") || e.contains("unauthorized") || e.contains("authentication"))
-                    .then(|| "check the registry credentials and that the repository exists and accepts pushes".into()),
-            ));
+            let login = credentials
+                .as_ref()
+                .map(|c| (registry.as_str(), c.username.as_str()));
+            return Err(push_failure(&redact(&e), &name, &tag, login));
         }
         result.map_err(|e| self.engine_error(e, &format!("push {name}:{tag}")))?;
         if let Some(d) = digest {
             return Ok(d);
         }
-        // Some engines only report the digest on the image afterwards.
-        let v = engine
-            .call(
-                Method::GET,
-                &format!("/images/{}/json", path_name(&format!("{name}:{tag}"))),
-                None,
-            )
-            .await
-            .map_err(|e| self.engine_error(e, "look up the pushed image"))?;
-        v.get("RepoDigests")
-            .and_then(|d| d.as_array())
-            .into_iter()
-            .flatten()
-            .filter_map(|d| d.as_str())
-            .find_map(|d| d.strip_prefix(&format!("{name}@")).map(str::to_string))
-            .ok_or_else(|| {
-                failure(
-                    format!("the engine did not report the digest of {name}:{tag}"),
-                    None,
-                )
-            })
+        self.pushed_digest(&engine, &name, &tag).await
     }
 
     async fn inspect(&mut self, reference_: String) -> Result<Option<Image>, StepError> {

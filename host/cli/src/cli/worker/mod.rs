@@ -1,0 +1,325 @@
+//! `hoist worker start`: a Prefect worker that claims flow runs from a work pool, runs
+//! the deployment's pull steps in Hoist's sandbox (blocks and variables from the
+//! server, logs shipped to the run), then starts the flow with `python -m
+//! prefect.engine` and `PREFECT__FLOW_ENTRYPOINT`, so the engine does not run the pull
+//! steps again (protocol: `prefect-worker-protocol.md` §2–§4).
+//!
+//! The loop here polls, heartbeats, watches for cancellations and sweeps up runs of
+//! dead workers ([`recover`]); [`run`] is one claimed run; [`flow`] its process.
+//! The server going away (a restart) never stops the worker: it says so once and
+//! carries on when the server is back; a run's final state waits for the server.
+
+mod flow;
+mod recover;
+mod run;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+use super::project::SandboxArgs;
+use crate::prefect::{PrefectClient, PrefectError};
+pub(crate) use recover::Identity;
+
+/// How often the worker tells the server it is alive (the server marks it OFFLINE after
+/// three missed; other workers then end the runs it held).
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum WorkerCommand {
+    /// Poll a work pool, claim its scheduled runs, run each deployment's pull steps in
+    /// the sandbox and start the flow.
+    Start(Box<WorkerArgs>),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum PoolType {
+    /// A pool the Prefect UI knows as a process pool.
+    Process,
+    /// A pool of type `hoist`.
+    Hoist,
+}
+
+#[derive(Clone, Debug, Args)]
+pub(crate) struct WorkerArgs {
+    /// The work pool (created when missing).
+    #[arg(short = 'p', long = "pool", value_name = "POOL")]
+    pool: String,
+    /// Only runs of these work queues (repeatable; default: all of the pool's).
+    #[arg(short = 'q', long = "work-queue", value_name = "QUEUE")]
+    queues: Vec<String>,
+    /// The type a missing pool is created with.
+    #[arg(long = "type", value_enum, default_value = "process")]
+    pool_type: PoolType,
+    /// Flow runs in flight at most (claimed runs run concurrently).
+    #[arg(long, default_value_t = 8)]
+    limit: usize,
+    /// The worker's name (default: hoist-<host>-<pid>).
+    #[arg(long)]
+    name: Option<String>,
+    /// Poll once, run what was claimed, and exit.
+    #[arg(long)]
+    run_once: bool,
+    /// On SIGTERM or SIGINT: stop polling, let running flows finish this long, then
+    /// cancel the rest.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    grace_period: f64,
+    /// Seconds between polls (a run created on the server starts within about this).
+    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+    poll_interval: f64,
+    /// The Python that runs flows (a venv with prefect and the flows' dependencies);
+    /// default: the job variable `python`, else $HOIST_PYTHON, else python3.
+    #[arg(long, value_name = "PATH")]
+    python: Option<String>,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+}
+
+/// A run this worker is working on: its flow process, once started, whether a
+/// cancellation was asked for, and how to tell its task.
+#[derive(Debug, Default)]
+pub(super) struct Flight {
+    pid: Option<u32>,
+    cancelled: bool,
+    cancel: Arc<Notify>,
+}
+
+type InFlight = Arc<Mutex<HashMap<String, Flight>>>;
+
+fn lock(inflight: &InFlight) -> MutexGuard<'_, HashMap<String, Flight>> {
+    inflight.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Ask a run's task to cancel it (once).
+fn request_cancel(inflight: &InFlight, id: &str) -> bool {
+    let mut map = lock(inflight);
+    let Some(f) = map.get_mut(id).filter(|f| !f.cancelled) else {
+        return false;
+    };
+    f.cancelled = true;
+    f.cancel.notify_one();
+    true
+}
+
+/// A call whose answer a run's end depends on: retried while the server cannot be
+/// reached or answers 5xx (a restart), for up to ten minutes.
+async fn persist<T, F, Fut>(mut call: F) -> Result<T, PrefectError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, PrefectError>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    loop {
+        match call().await {
+            Err(e) if transient(&e) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn transient(e: &PrefectError) -> bool {
+    matches!(e, PrefectError::Unreachable { .. })
+        || matches!(e, PrefectError::Api { status, .. } if *status >= 500)
+}
+
+pub(crate) async fn worker(cmd: &WorkerCommand) -> anyhow::Result<()> {
+    let WorkerCommand::Start(args) = cmd;
+    let client = match PrefectClient::from_env(&crate::runtime::HostEnv::from_process()) {
+        None => anyhow::bail!(
+            "hoist worker works a Prefect server's pool: set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api)"
+        ),
+        Some(c) => c?,
+    };
+    let me = Arc::new(Identity::current(
+        args.name.clone().unwrap_or_else(Identity::default_name),
+    ));
+    let pool_type = match args.pool_type {
+        PoolType::Process => "process",
+        PoolType::Hoist => "hoist",
+    };
+    client.ensure_pool(&args.pool, pool_type).await?;
+    let cx = Arc::new(run::Context {
+        runtime: args.sandbox.runtime()?,
+        client,
+        args: Arc::new((**args).clone()),
+        me,
+        inflight: Arc::new(Mutex::new(HashMap::new())),
+    });
+    eprintln!(
+        "worker `{}` polling pool `{}` on {}",
+        cx.me.name, args.pool, cx.client.url
+    );
+    Loop::new(cx).run().await
+}
+
+/// The worker's loop and what it keeps between turns.
+struct Loop {
+    cx: Arc<run::Context>,
+    tasks: JoinSet<()>,
+    last_heartbeat: Option<tokio::time::Instant>,
+    last_sweep: Option<tokio::time::Instant>,
+    /// Turns in a row the server could not be reached.
+    failing: u32,
+}
+
+impl Loop {
+    fn new(cx: Arc<run::Context>) -> Self {
+        Loop {
+            cx,
+            tasks: JoinSet::new(),
+            last_heartbeat: None,
+            last_sweep: None,
+            failing: 0,
+        }
+    }
+
+    async fn run(mut self) -> anyhow::Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        loop {
+            match self.turn().await {
+                Ok(()) if self.failing > 0 => {
+                    eprintln!("worker: the Prefect server answers again");
+                    self.failing = 0;
+                }
+                Ok(()) => {}
+                Err(e) if transient(&e) && !self.cx.args.run_once => {
+                    if self.failing == 0 {
+                        eprintln!("worker: {e}; retrying until it answers");
+                    }
+                    self.failing += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            if self.cx.args.run_once {
+                while self.tasks.join_next().await.is_some() {}
+                return Ok(());
+            }
+            while self.tasks.try_join_next().is_some() {}
+            let pause = self.cx.args.poll_interval.max(0.1) * f64::from(self.failing.min(5) + 1);
+            let stop = tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs_f64(pause)) => false,
+                _ = term.recv() => true,
+                _ = interrupt.recv() => true,
+            };
+            if stop {
+                return self.stop_gracefully().await;
+            }
+        }
+    }
+
+    /// Heartbeat and sweep when due, act on cancellations, claim what fits.
+    async fn turn(&mut self) -> Result<(), PrefectError> {
+        let cx = self.cx.clone();
+        let now = tokio::time::Instant::now();
+        if self
+            .last_heartbeat
+            .is_none_or(|t| now - t >= HEARTBEAT_EVERY)
+        {
+            cx.client
+                .heartbeat(&cx.args.pool, &cx.me.name, HEARTBEAT_EVERY.as_secs())
+                .await?;
+            self.last_heartbeat = Some(now);
+        }
+        if self
+            .last_sweep
+            .is_none_or(|t| now - t >= recover::SWEEP_EVERY)
+        {
+            recover::sweep(&cx.client, &cx.args.pool, &cx.me, &cx.inflight).await?;
+            self.last_sweep = Some(now);
+        }
+        self.watch_cancellations().await?;
+        let free = cx.args.limit.saturating_sub(lock(&cx.inflight).len());
+        if free == 0 {
+            return Ok(());
+        }
+        let before = hoist_policy::time::rfc3339_in(Duration::from_secs(10));
+        let runs = cx
+            .client
+            .scheduled_runs(&cx.args.pool, &cx.args.queues, &before)
+            .await?;
+        for run in runs.into_iter().take(free) {
+            let id = run["id"].as_str().unwrap_or("").to_string();
+            {
+                let mut map = lock(&cx.inflight);
+                if map.contains_key(&id) {
+                    continue;
+                }
+                map.insert(id.clone(), Flight::default());
+            }
+            let cx = cx.clone();
+            self.tasks.spawn(async move {
+                if let Err(e) = run::handle(&cx, &run).await {
+                    eprintln!("worker: run {id}: {e:#}");
+                }
+                lock(&cx.inflight).remove(&id);
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs of ours that were asked to cancel (`CANCELLING`, §4.3's polling): their
+    /// tasks cancel them ([`flow`] says how).
+    async fn watch_cancellations(&self) -> Result<(), PrefectError> {
+        let ids: Vec<String> = lock(&self.cx.inflight)
+            .iter()
+            .filter(|(_, f)| !f.cancelled)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        for id in self.cx.client.cancelling(&ids).await? {
+            if request_cancel(&self.cx.inflight, &id) {
+                eprintln!("run {id}: cancelling");
+            }
+        }
+        Ok(())
+    }
+
+    /// No new runs; the running ones get `--grace-period` to finish, then are cancelled
+    /// (each task cancels its flow and records the state).
+    async fn stop_gracefully(mut self) -> anyhow::Result<()> {
+        let running = self.tasks.len();
+        let grace = Duration::from_secs_f64(self.cx.args.grace_period.max(0.0));
+        if running > 0 {
+            eprintln!(
+                "worker stopping: no new runs; {running} running may finish within {} s",
+                grace.as_secs_f64()
+            );
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while !self.tasks.is_empty() {
+            tokio::select! {
+                _ = self.tasks.join_next() => {}
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        if self.tasks.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = lock(&self.cx.inflight).keys().cloned().collect();
+        for id in ids {
+            if request_cancel(&self.cx.inflight, &id) {
+                eprintln!("run {id}: cancelling, the worker is stopping");
+            }
+        }
+        // Their tasks record the state once the processes are gone.
+        let bound = tokio::time::Instant::now() + flow::KILL_AFTER + Duration::from_secs(15);
+        while !self.tasks.is_empty() {
+            tokio::select! {
+                _ = self.tasks.join_next() => {}
+                () = tokio::time::sleep_until(bound) => break,
+            }
+        }
+        Ok(())
+    }
+}

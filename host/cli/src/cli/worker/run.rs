@@ -1,0 +1,396 @@
+//! One claimed flow run: its deployment's pull steps in the sandbox (blocks and
+//! variables from the server, their log shipped to the run's logs), then the flow's
+//! process, then the state Prefect's rules ask of a worker (§4.1).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use super::{Identity, InFlight, WorkerArgs, flow, lock, persist};
+use crate::bindings::Level;
+use crate::capability::log::{LogRecord, LogSink};
+use crate::cli::step::{TerminalSink, parse_duration, parse_size};
+use crate::pipeline::{self, Loaded, PipelineError, PipelineRequest};
+use crate::prefect::PrefectClient;
+use crate::prefect::worker::Claim;
+use crate::project::Action;
+use crate::runner::{Reporter, RunError, StepReport};
+use crate::runtime::{Capability, Grants, Runtime};
+use crate::templater::Templater;
+
+/// What a run needs from its worker.
+pub(super) struct Context {
+    pub client: PrefectClient,
+    pub runtime: Arc<Runtime>,
+    pub args: Arc<WorkerArgs>,
+    pub me: Arc<Identity>,
+    pub inflight: InFlight,
+}
+
+/// Prints step logs as `hoist pull` does and keeps them to ship to the run's logs.
+struct ShippingSink {
+    terminal: TerminalSink,
+    lines: Mutex<Vec<(u8, String, String)>>,
+}
+
+impl ShippingSink {
+    fn push(&self, level: u8, text: String) {
+        self.lines.lock().unwrap_or_else(|p| p.into_inner()).push((
+            level,
+            text,
+            hoist_policy::time::now_rfc3339(),
+        ));
+    }
+}
+
+impl LogSink for ShippingSink {
+    fn record(&self, r: &LogRecord<'_>) {
+        self.terminal.record(r);
+        let level = match r.level {
+            Level::Trace | Level::Debug => 10,
+            Level::Info => 20,
+            Level::Warn => 30,
+            Level::Error => 40,
+        };
+        self.push(level, format!("{} | {}", r.step, r.message));
+    }
+}
+
+/// Reports each pull step's start and end into the same shipped log.
+struct ShippingReporter(Arc<ShippingSink>);
+
+impl Reporter for ShippingReporter {
+    fn started(
+        &self,
+        step: &crate::project::StepEntry,
+        _: usize,
+        _: usize,
+        _: &crate::plan::Target,
+    ) {
+        self.0.push(
+            20,
+            format!("Executing deployment step: {}", step.short_name()),
+        );
+    }
+    fn finished(&self, step: &crate::project::StepEntry, _: usize, report: &StepReport) {
+        match &report.result {
+            Ok(_) => self.0.push(20, format!("{} finished", step.short_name())),
+            Err(e) => self
+                .0
+                .push(40, format!("{} failed: {}", step.short_name(), e.message)),
+        }
+    }
+}
+
+/// One scheduled run: check its deployment, claim it, run it, record how it ended.
+pub(super) async fn handle(cx: &Context, run: &Value) -> anyhow::Result<()> {
+    let client = &cx.client;
+    let run_id = run["id"].as_str().unwrap_or("").to_string();
+    let Some(deployment_id) = run["deployment_id"].as_str() else {
+        return Ok(());
+    };
+    let Some(deployment) = client.deployment(deployment_id).await? else {
+        client
+            .set_state(
+                &run_id,
+                "CANCELLED",
+                "Cancelled",
+                &format!("Deployment {deployment_id} no longer exists, cancelled run."),
+                true,
+            )
+            .await?;
+        return Ok(());
+    };
+    let Some(lease) = claim(client, &run_id).await? else {
+        return Ok(());
+    };
+    // Labelled at once: a worker that finds the run later, its owner gone, ends it.
+    if let Err(e) = client
+        .set_labels(&run_id, &cx.me.labels(&cx.args.pool))
+        .await
+    {
+        eprintln!("warning: run {run_id}: could not label it with this worker: {e}");
+    }
+    if cancel_requested(cx, &run_id).await? {
+        return finish_cancelled(client, &run_id, "Cancelled before it started.").await;
+    }
+    eprintln!(
+        "run {run_id} ({}) claimed by {}",
+        run["name"].as_str().unwrap_or(""),
+        cx.me.name
+    );
+    let job = merged_job_variables(&deployment, run);
+    let keeper = lease.map(|l| tokio::spawn(keep_lease(client.clone(), l)));
+    let outcome = run_claimed(cx, &run_id, &deployment, &job, keeper).await;
+    record(cx, &run_id, outcome).await
+}
+
+/// Propose PENDING until the server answers; the claim's concurrency lease, or `None`
+/// when another worker has the run.
+async fn claim(client: &PrefectClient, run_id: &str) -> anyhow::Result<Option<Option<String>>> {
+    loop {
+        match client.claim(run_id).await? {
+            Claim::Ours { lease } => return Ok(Some(lease)),
+            Claim::Lost(why) => {
+                eprintln!("run {run_id}: not ours ({why})");
+                return Ok(None);
+            }
+            Claim::Wait(s) => tokio::time::sleep(Duration::from_secs_f64(s.clamp(0.1, 60.0))).await,
+        }
+    }
+}
+
+/// Asked to cancel, by the server's state or the worker (which is stopping).
+async fn cancel_requested(cx: &Context, run_id: &str) -> anyhow::Result<bool> {
+    if lock(&cx.inflight).get(run_id).is_some_and(|f| f.cancelled) {
+        return Ok(true);
+    }
+    let current = cx.client.flow_run(run_id).await?;
+    Ok(current["state_type"] == "CANCELLING")
+}
+
+/// How the run went, as the state the worker must set (§4.1): nothing when the engine
+/// recorded the end itself.
+enum Outcome {
+    /// The flow's process ended on its own with status 0 (the engine set the state).
+    Done,
+    /// Cancelled; `graceful` when the engine recorded CANCELLED itself.
+    Cancelled { graceful: bool },
+    /// CRASHED with this message.
+    Crashed(String),
+}
+
+async fn record(cx: &Context, run_id: &str, outcome: Outcome) -> anyhow::Result<()> {
+    let client = &cx.client;
+    match outcome {
+        Outcome::Done => {}
+        Outcome::Cancelled { graceful } => {
+            let state = persist(|| client.flow_run(run_id)).await?;
+            if !(graceful && state["state_type"] == "CANCELLED") {
+                finish_cancelled(client, run_id, "Flow run was cancelled successfully.").await?;
+            }
+            eprintln!("run {run_id}: cancelled");
+        }
+        Outcome::Crashed(message) => {
+            persist(|| client.set_state(run_id, "CRASHED", "Crashed", &message, false)).await?;
+            eprintln!("run {run_id}: {message}");
+        }
+    }
+    Ok(())
+}
+
+async fn finish_cancelled(client: &PrefectClient, run_id: &str, why: &str) -> anyhow::Result<()> {
+    persist(|| client.set_state(run_id, "CANCELLED", "Cancelled", why, true)).await?;
+    Ok(())
+}
+
+/// Keeps a deployment-concurrency lease alive while the pull steps run (the engine
+/// renews it itself once the flow is RUNNING); stops when the server no longer has it
+/// or the task is aborted.
+async fn keep_lease(client: PrefectClient, lease: String) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        match client.renew_lease(&lease, 60).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => eprintln!("warning: could not renew concurrency lease {lease}: {e}"),
+        }
+    }
+}
+
+/// The pull steps' limits: the job variables `timeout` and `memory_limit` (as the
+/// command line spells them) over the worker's own.
+fn job_limits(
+    job: &Map<String, Value>,
+    mut limits: crate::runtime::Limits,
+) -> Result<crate::runtime::Limits, String> {
+    let text = |k: &str| job.get(k).and_then(Value::as_str).filter(|t| !t.is_empty());
+    if let Some(t) = text("timeout") {
+        limits.timeout = parse_duration(t).map_err(|e| format!("job variable `timeout`: {e}"))?;
+    }
+    if let Some(m) = text("memory_limit") {
+        limits.memory = parse_size(m).map_err(|e| format!("job variable `memory_limit`: {e}"))?;
+    }
+    Ok(limits)
+}
+
+/// The deployment's job variables under the run's own.
+fn merged_job_variables(deployment: &Value, run: &Value) -> Map<String, Value> {
+    let mut job = deployment["job_variables"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    if let Some(r) = run["job_variables"].as_object() {
+        for (k, v) in r {
+            job.insert(k.clone(), v.clone());
+        }
+    }
+    job
+}
+
+/// Pull steps, then the flow.
+async fn run_claimed(
+    cx: &Context,
+    run_id: &str,
+    deployment: &Value,
+    job: &Map<String, Value>,
+    keeper: Option<tokio::task::JoinHandle<()>>,
+) -> Outcome {
+    let scratch = match tempfile::Builder::new().prefix("hoist-run-").tempdir() {
+        Ok(s) => s,
+        Err(e) => {
+            return Outcome::Crashed(format!(
+                "Flow run could not start: no temporary directory: {e}"
+            ));
+        }
+    };
+    let pulled = pull(cx, run_id, deployment, job, scratch.path()).await;
+    let started = match pulled {
+        Err(message) => Err(message),
+        Ok(_) if cancel_requested(cx, run_id).await.unwrap_or(false) => {
+            return Outcome::Cancelled { graceful: false };
+        }
+        Ok(dir) => flow::command(&cx.args, &cx.client.url, run_id, deployment, job, &dir),
+    };
+    let cmd = match started {
+        Ok(cmd) => cmd,
+        Err(message) => {
+            if let Some(k) = &keeper {
+                k.abort();
+            }
+            return Outcome::Crashed(message);
+        }
+    };
+    let cancel = lock(&cx.inflight)
+        .get(run_id)
+        .map(|f| f.cancel.clone())
+        .unwrap_or_default();
+    let ended = flow::supervise(cmd, &cx.client, run_id, &cx.inflight, cancel).await;
+    if let Some(k) = &keeper {
+        k.abort();
+    }
+    let cancelled = lock(&cx.inflight).get(run_id).is_some_and(|f| f.cancelled);
+    match ended {
+        Err(message) => Outcome::Crashed(message),
+        Ok(e) if cancelled => Outcome::Cancelled {
+            graceful: e.graceful,
+        },
+        Ok(e) if e.status.success() => Outcome::Done,
+        Ok(e) => Outcome::Crashed(flow::crash_message(e.status)),
+    }
+}
+
+/// The deployment's pull steps, from a generated project file beside (not in) the
+/// workspace; the directory the flow runs in, or the CRASHED message.
+async fn pull(
+    cx: &Context,
+    run_id: &str,
+    deployment: &Value,
+    job: &Map<String, Value>,
+    scratch: &std::path::Path,
+) -> Result<PathBuf, String> {
+    let could_not = |e: &dyn std::fmt::Display| format!("Flow run could not start: {e}");
+    let workspace = match job.get("working_dir").and_then(Value::as_str) {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => {
+            let w = scratch.join("workspace");
+            std::fs::create_dir_all(&w).map_err(|e| could_not(&e))?;
+            w
+        }
+    };
+    if let Some(name) = plugin_file_step(deployment) {
+        return Err(format!(
+            "Flow run could not start: pull step `{name}` names a plugin file, which is on the \
+             machine that deployed it: install the plugin on the worker's machine \
+             ($HOIST_HOME/plugins/<name>.wasm) and name it by <name> in the deployment"
+        ));
+    }
+    let file = scratch.join("pull.yaml");
+    let text = serde_yaml_ng::to_string(&json!({ "pull": deployment["pull_steps"] }))
+        .map_err(|e| could_not(&e))?;
+    std::fs::write(&file, text).map_err(|e| could_not(&e))?;
+    let sink = Arc::new(ShippingSink {
+        terminal: TerminalSink::default(),
+        lines: Mutex::new(Vec::new()),
+    });
+    let result = match Loaded::open(&file, None) {
+        Err(e) => Err(format!("the deployment's pull steps cannot run: {e}")),
+        Ok(loaded) => {
+            let request = PipelineRequest {
+                command: Action::Pull,
+                runtime: cx.runtime.clone(),
+                // The worker's own client: blocks and variables come from its server.
+                templater: Templater::new(
+                    std::env::vars().collect(),
+                    crate::templater::ProcessValues::Prefect(cx.client.clone()),
+                ),
+                grants: Grants::new(grants(&cx.args, job)),
+                limits: job_limits(job, cx.args.sandbox.limits())?,
+                log: sink.clone(),
+                reporter: Arc::new(ShippingReporter(sink.clone())),
+                events: Some(crate::runner::Events {
+                    resource: format!("prefect.flow-run.{run_id}"),
+                    target: crate::runner::EventTarget::Prefect {
+                        client: cx.client.clone(),
+                        deployment: deployment["id"].as_str().map(str::to_string),
+                    },
+                }),
+                cwd: Some(workspace),
+            };
+            pipeline::run(&loaded, request)
+                .await
+                .map(|o| o.working_directory)
+                .map_err(|e| pull_failure(&e))
+        }
+    };
+    let lines = std::mem::take(&mut *sink.lines.lock().unwrap_or_else(|p| p.into_inner()));
+    if let Err(e) = cx.client.ship_logs(run_id, "hoist.worker", &lines).await {
+        eprintln!("warning: run {run_id}: could not ship the pull steps' logs: {e}");
+    }
+    result
+}
+
+/// The first pull step that names a plugin file (`./plugins/x.wasm`).
+fn plugin_file_step(deployment: &Value) -> Option<String> {
+    let steps = deployment["pull_steps"].as_array()?;
+    steps
+        .iter()
+        .filter_map(Value::as_object)
+        .flat_map(|step| step.keys())
+        .find(|name| crate::project::is_plugin_path(name))
+        .cloned()
+}
+
+/// The worker's grants (`--allow`) and the job variable `allow`.
+fn grants(args: &WorkerArgs, job: &Map<String, Value>) -> Vec<Capability> {
+    let mut grants: Vec<Capability> = args.sandbox.allow.clone();
+    let job_grants = job.get("allow").and_then(Value::as_array);
+    for g in job_grants.into_iter().flatten() {
+        if let Some(c) = g.as_str().and_then(|s| s.parse().ok()) {
+            grants.push(c);
+        }
+    }
+    grants
+}
+
+/// A failed pull as the CRASHED message, with the worker's remedies for a capability
+/// that was not granted (the project-file remedy does not apply to a deployment).
+fn pull_failure(e: &PipelineError) -> String {
+    let mut m = format!("a pull step failed: {e}");
+    if let PipelineError::Run(RunError::Resolve(problems)) = e {
+        let caps: Vec<String> = problems
+            .iter()
+            .filter_map(|p| p.ungranted.as_ref().map(|c| format!("\"{c}\"")))
+            .collect();
+        if !caps.is_empty() {
+            m.push_str(&format!(
+                "; for a worker: add it to the deployment's job variable `allow` \
+                 (work_pool: {{job_variables: {{allow: [{}]}}}}), or start the worker with --allow",
+                caps.join(", ")
+            ));
+        }
+    }
+    m
+}
