@@ -345,11 +345,9 @@ async fn the_worker_runs_pull_steps_in_the_sandbox_then_the_flow() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_worker_runs_flows_concurrently_and_cancels_on_request() {
     let Some(s) = server() else { return };
-    let python = std::env::var("HOIST_TEST_PREFECT_PYTHON").unwrap();
     let client = PrefectClient::new(&s.url, None, 5).unwrap();
     let pool = format!("hoist-cancel-{}", std::process::id());
     let (_t, dir) = support::tempdir();
-    let (_h, prefect_home) = support::tempdir();
     std::fs::create_dir_all(dir.join("flows")).unwrap();
     std::fs::write(
         dir.join("flows/slow.py"),
@@ -383,33 +381,7 @@ async fn the_worker_runs_flows_concurrently_and_cancels_on_request() {
             .unwrap();
         runs.push(r["id"].as_str().unwrap().to_string());
     }
-    let mut worker = hoist(&dir);
-    worker
-        .current_dir(&dir)
-        .env("PREFECT_API_URL", &s.url)
-        .env("PREFECT_HOME", &prefect_home)
-        .args([
-            "worker",
-            "start",
-            "-p",
-            &pool,
-            "--limit",
-            "2",
-            "--poll-interval",
-            "0.5",
-            "--python",
-            &python,
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _worker = Kill(worker.spawn().unwrap());
+    let _worker = Worker::start(s, &dir, &pool, "canceller", &["--limit", "2"]);
     let state = |id: String| {
         let client = client.clone();
         async move { client.flow_run(&id).await.unwrap() }
@@ -449,21 +421,27 @@ async fn the_worker_runs_flows_concurrently_and_cancels_on_request() {
         .unwrap();
     let final_b = wait_state(&client, &runs[1], "CANCELLED", 300).await;
     assert_eq!(final_b["state_type"], "CANCELLED", "{final_b}");
-    assert!(
-        !Path::new(&format!("/proc/{pid}")).exists()
-            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .is_ok_and(|s| s.contains(") Z")),
-        "the cancelled flow's process {pid} still runs"
-    );
+    // The engine records CANCELLED, then exits.
+    for _ in 0..100 {
+        if !alive(pid) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(!alive(pid), "the cancelled flow's process {pid} still runs");
     // Cancelled through the control channel: the engine ran the flow's on_cancellation
     // hook and recorded CANCELLED itself, with no CRASHED on the way (§4.4).
     assert_eq!(
         std::fs::read_to_string(dir.join("cancel-hook.txt")).unwrap_or_default(),
         runs[1],
-        "the flow's on_cancellation hook did not run"
+        "the flow's on_cancellation hook did not run; the worker said:\n{}",
+        std::fs::read_to_string(dir.join("canceller.log")).unwrap_or_default()
     );
+    // (The engine proposes CANCELLING again itself before CANCELLED.)
+    let mut states = history(&client, &runs[1]).await;
+    states.dedup();
     assert_eq!(
-        history(&client, &runs[1]).await,
+        states,
         ["SCHEDULED", "PENDING", "RUNNING", "CANCELLING", "CANCELLED"]
     );
     let final_a = wait_state(&client, &runs[0], "COMPLETED", 300).await;

@@ -170,7 +170,7 @@ pub(super) async fn supervise(
                 }
             }
             () = cancel.notified() => {
-                break stop(&mut child, pid, control.take()).await?;
+                break stop(&mut child, pid, control.take(), run_id).await?;
             }
         }
     };
@@ -206,18 +206,26 @@ async fn stop(
     child: &mut tokio::process::Child,
     pid: Option<u32>,
     control: Option<TcpStream>,
+    run_id: &str,
 ) -> Result<Ended, String> {
     let acked = match control {
         Some(mut s) => {
+            // The engine's version-2 hello (`00 50 46 ..`) may come first: a version-1
+            // peer (this worker) leaves it unanswered and skips it.
             let ack = async {
                 s.write_all(b"c").await.ok()?;
-                s.read_u8().await.ok()
+                loop {
+                    if s.read_u8().await.ok()? == b'a' {
+                        return Some(());
+                    }
+                }
             };
-            tokio::time::timeout(Duration::from_secs(2), ack).await == Ok(Some(b'a'))
+            tokio::time::timeout(Duration::from_secs(2), ack).await == Ok(Some(()))
         }
         None => false,
     };
     if acked {
+        eprintln!("run {run_id}: the flow acknowledged the cancel on its control channel: SIGTERM");
         signal_group(pid, rustix::process::Signal::TERM);
         if let Ok(status) = tokio::time::timeout(KILL_AFTER, child.wait()).await {
             return Ok(Ended {
@@ -225,6 +233,11 @@ async fn stop(
                 graceful: true,
             });
         }
+    }
+    if !acked {
+        eprintln!(
+            "run {run_id}: the flow has no control channel open (or did not acknowledge): SIGKILL"
+        );
     }
     kill_group(pid);
     Ok(Ended {
