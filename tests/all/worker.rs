@@ -341,7 +341,8 @@ async fn the_worker_runs_pull_steps_in_the_sandbox_then_the_flow() {
 /// A worker runs its claimed runs concurrently (two flows RUNNING at once with
 /// `--limit 2`), and cancels a running one when asked, through Prefect's control
 /// channel: the engine runs the flow's `on_cancellation` hook and records CANCELLED
-/// (no CRASHED in the history), the process is gone, while the other run completes.
+/// (no CRASHED in the history), the process is gone, while the other run completes. A
+/// local process that connects to the control port without the token cannot cancel.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_worker_runs_flows_concurrently_and_cancels_on_request() {
     let Some(s) = server() else { return };
@@ -386,6 +387,32 @@ async fn the_worker_runs_flows_concurrently_and_cancels_on_request() {
         let client = client.clone();
         async move { client.flow_run(&id).await.unwrap() }
     };
+    // Hostile: as soon as the second flow's process exists (before its engine connects),
+    // another local process connects to the worker's control port: one connection
+    // sends a wrong token and a cancel, one holds still. Neither cancels the flow nor
+    // keeps the engine's own connection out (the cancel below is still graceful).
+    let mut pid = None;
+    for _ in 0..600 {
+        pid = state(runs[1].clone()).await["infrastructure_pid"]
+            .as_str()
+            .and_then(|p| p.parse::<i32>().ok());
+        if pid.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let environ = std::fs::read(format!("/proc/{}/environ", pid.unwrap())).unwrap();
+    let port: u16 = environ
+        .split(|b| *b == 0)
+        .filter_map(|v| std::str::from_utf8(v).ok())
+        .find_map(|v| v.strip_prefix("PREFECT__CONTROL_PORT="))
+        .expect("the flow was given a control port")
+        .parse()
+        .unwrap();
+    let _silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut forger = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    use std::io::Write;
+    let _ = forger.write_all(b"not-the-token\nc");
     // Both RUNNING at the same time.
     let mut both = false;
     for _ in 0..600 {
@@ -410,6 +437,10 @@ async fn the_worker_runs_flows_concurrently_and_cancels_on_request() {
     }
     assert!(dir.join("started-120").exists(), "the flow never started");
     let b = state(runs[1].clone()).await;
+    assert_eq!(
+        b["state_type"], "RUNNING",
+        "a forged cancel reached the flow: {b}"
+    );
     let pid: i32 = b["infrastructure_pid"].as_str().unwrap().parse().unwrap();
     client
         .request(

@@ -159,6 +159,9 @@ pub(super) async fn supervise(
         }
     }
     let mut control: Option<TcpStream> = None;
+    // Each connection proves the token on a task of its own: one that sends nothing
+    // delays neither the engine's connection nor a cancel.
+    let (proven_tx, mut proven) = tokio::sync::mpsc::channel::<TcpStream>(1);
     let ended = loop {
         tokio::select! {
             status = child.wait() => {
@@ -166,9 +169,15 @@ pub(super) async fn supervise(
             }
             accepted = listener.accept(), if control.is_none() => {
                 if let Ok((stream, _)) = accepted {
-                    control = authenticated(stream, &token).await;
+                    let (tx, token) = (proven_tx.clone(), token.clone());
+                    tokio::spawn(async move {
+                        if let Some(s) = authenticated(stream, &token).await {
+                            let _ = tx.try_send(s);
+                        }
+                    });
                 }
             }
+            Some(stream) = proven.recv(), if control.is_none() => control = Some(stream),
             () = cancel.notified() => {
                 break stop(&mut child, pid, control.take(), run_id).await?;
             }
