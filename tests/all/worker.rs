@@ -349,38 +349,21 @@ async fn the_worker_runs_flows_concurrently_and_cancels_on_request() {
     let client = PrefectClient::new(&s.url, None, 5).unwrap();
     let pool = format!("hoist-cancel-{}", std::process::id());
     let (_t, dir) = support::tempdir();
-    std::fs::create_dir_all(dir.join("flows")).unwrap();
-    std::fs::write(
-        dir.join("flows/slow.py"),
-        "import time\nfrom prefect import flow\n\n\ndef noted(flow, flow_run, state):\n    open(\"cancel-hook.txt\", \"w\").write(str(flow_run.id))\n\n\n@flow(on_cancellation=[noted])\ndef slow(seconds: float = 60):\n    open(f\"started-{seconds:.0f}\", \"w\").close()\n    time.sleep(seconds)\n",
-    )
-    .unwrap();
-    support::write_project(
-        &dir,
-        format!(
-            "deployments:\n- name: slow-dep\n  entrypoint: flows/slow.py:slow\n  work_pool: {{name: {pool}}}\n  pull:\n  - prefect.deployments.steps.set_working_directory:\n      directory: {}\n",
-            dir.display()
-        ),
-    );
     make_pool(&client, &pool).await;
-    let (code, _, err) = run(hoist_at(&dir, s).args(["deploy"]));
-    assert_eq!(code, 0, "{err}");
-    let (_, d) = client
-        .request(Method::GET, "/deployments/name/slow/slow-dep", None)
-        .await
-        .unwrap();
-    let dep = d["id"].as_str().unwrap().to_string();
+    let flow = "import time\nfrom prefect import flow\n\n\ndef noted(flow, flow_run, state):\n    open(\"cancel-hook.txt\", \"w\").write(str(flow_run.id))\n\n\n@flow(on_cancellation=[noted])\ndef slow(seconds: float = 60):\n    open(f\"started-{seconds:.0f}\", \"w\").close()\n    time.sleep(seconds)\n";
+    let dep = deploy_flow(
+        s,
+        &client,
+        &dir,
+        &pool,
+        ("slow.py", "slow", flow),
+        "slow-dep",
+        ("", ""),
+    )
+    .await;
     let mut runs = Vec::new();
     for seconds in [4.0, 120.0] {
-        let (_, r) = client
-            .request(
-                Method::POST,
-                &format!("/deployments/{dep}/create_flow_run"),
-                Some(&json!({"parameters": {"seconds": seconds}})),
-            )
-            .await
-            .unwrap();
-        runs.push(r["id"].as_str().unwrap().to_string());
+        runs.push(create_run(&client, &dep, json!({"seconds": seconds})).await);
     }
     let _worker = Worker::start(s, &dir, &pool, "canceller", &["--limit", "2"]);
     let state = |id: String| {
@@ -490,36 +473,20 @@ async fn a_stopping_worker_cancels_what_outlives_its_grace_period() {
     let pool = format!("hoist-stop-{}", std::process::id());
     let (_t, dir) = support::tempdir();
     let (_h, prefect_home) = support::tempdir();
-    std::fs::create_dir_all(dir.join("flows")).unwrap();
-    std::fs::write(
-        dir.join("flows/slow.py"),
-        "import time\nfrom prefect import flow\n\n\n@flow\ndef lingers():\n    time.sleep(120)\n",
-    )
-    .unwrap();
-    support::write_project(
-        &dir,
-        format!(
-            "deployments:\n- name: lingering\n  entrypoint: flows/slow.py:lingers\n  work_pool: {{name: {pool}}}\n  pull:\n  - prefect.deployments.steps.set_working_directory:\n      directory: {}\n",
-            dir.display()
-        ),
-    );
     make_pool(&client, &pool).await;
-    let (code, _, err) = run(hoist_at(&dir, s).args(["deploy"]));
-    assert_eq!(code, 0, "{err}");
-    let (_, d) = client
-        .request(Method::GET, "/deployments/name/lingers/lingering", None)
-        .await
-        .unwrap();
-    let dep = d["id"].as_str().unwrap().to_string();
-    let (_, r) = client
-        .request(
-            Method::POST,
-            &format!("/deployments/{dep}/create_flow_run"),
-            Some(&json!({})),
-        )
-        .await
-        .unwrap();
-    let run_id = r["id"].as_str().unwrap().to_string();
+    let flow =
+        "import time\nfrom prefect import flow\n\n\n@flow\ndef lingers():\n    time.sleep(120)\n";
+    let dep = deploy_flow(
+        s,
+        &client,
+        &dir,
+        &pool,
+        ("slow.py", "lingers", flow),
+        "lingering",
+        ("", ""),
+    )
+    .await;
+    let run_id = create_run(&client, &dep, json!({})).await;
     let worker = hoist_at(&dir, s)
         .env("PREFECT_HOME", &prefect_home)
         .args([
@@ -557,24 +524,12 @@ async fn a_stopping_worker_cancels_what_outlives_its_grace_period() {
     );
     let done = client.flow_run(&run_id).await.unwrap();
     assert_eq!(done["state_type"], "CANCELLED", "{done}");
-    let alive =
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"));
-    assert!(!alive, "the flow's process {pid} outlived the worker");
-    let (_, history) = client
-        .request(
-            Method::GET,
-            &format!("/flow_run_states/?flow_run_id={run_id}"),
-            None,
-        )
-        .await
-        .unwrap();
-    let types: Vec<&str> = history
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|s| s["type"].as_str())
-        .collect();
-    assert!(!types.contains(&"CRASHED"), "a spurious CRASHED: {types:?}");
+    assert!(!alive(pid), "the flow's process {pid} outlived the worker");
+    let types = history(&client, &run_id).await;
+    assert!(
+        !types.iter().any(|t| t == "CRASHED"),
+        "a spurious CRASHED: {types:?}"
+    );
 }
 
 /// The seeds' workflow end to end: a deployment whose pull steps clone a local git
