@@ -13,6 +13,13 @@ use serde_json::{Value, json};
 use crate::prefect::{hoist_at, make_pool, server, wait_state};
 use crate::support::{self, hoist, plugins, run};
 
+/// Run `id` as it ended: its state type must be `want`; its state message, returned.
+async fn ended_as(client: &PrefectClient, id: &str, want: &str) -> String {
+    let run = client.flow_run(id).await.unwrap();
+    assert_eq!(run["state_type"], want, "{run}");
+    run["state"]["message"].as_str().unwrap_or("").to_string()
+}
+
 /// A run's state types, oldest first.
 async fn history(client: &PrefectClient, run_id: &str) -> Vec<String> {
     let (_, states) = client
@@ -215,15 +222,8 @@ async fn the_worker_runs_pull_steps_in_the_sandbox_then_the_flow() {
     assert!(text.contains("pulled-by-hoist"), "{text}");
     assert!(text.contains("flow says from-run"), "{text}");
 
-    let broken = client.flow_run(&runs[1]).await.unwrap();
-    assert_eq!(broken["state_type"], "CRASHED", "{broken}");
-    assert!(
-        broken["state"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("pull step failed"),
-        "{broken}"
-    );
+    let message = ended_as(&client, &runs[1], "CRASHED").await;
+    assert!(message.contains("pull step failed"), "{message}");
     let (_, logs) = client
         .request(
             Method::POST,
@@ -278,9 +278,7 @@ async fn the_worker_runs_pull_steps_in_the_sandbox_then_the_flow() {
 
     // A plugin's ungranted capability: CRASHED, naming it and the worker's remedies;
     // granted through the job variable `allow`, the same step runs and the flow completes.
-    let denied = client.flow_run(&runs[3]).await.unwrap();
-    assert_eq!(denied["state_type"], "CRASHED", "{denied}");
-    let why = denied["state"]["message"].as_str().unwrap_or("");
+    let why = ended_as(&client, &runs[3], "CRASHED").await;
     assert!(
         why.contains("process:true")
             && why.contains("job variable `allow`")
@@ -292,9 +290,7 @@ async fn the_worker_runs_pull_steps_in_the_sandbox_then_the_flow() {
 
     // A plugin file in a deployment's pull steps is on the deploying machine: refused
     // by name, with what to do instead.
-    let file_step = client.flow_run(&runs[5]).await.unwrap();
-    assert_eq!(file_step["state_type"], "CRASHED", "{file_step}");
-    let why = file_step["state"]["message"].as_str().unwrap_or("");
+    let why = ended_as(&client, &runs[5], "CRASHED").await;
     assert!(
         why.contains("pull step `./plugins/probe.wasm` names a plugin file")
             && why.contains("$HOIST_HOME/plugins/"),
@@ -303,35 +299,14 @@ async fn the_worker_runs_pull_steps_in_the_sandbox_then_the_flow() {
 
     // A flow that raises ends FAILED (the engine says so; the worker adds nothing); a run
     // whose parameters the flow does not take never starts: CRASHED, with the exit status.
-    let raised = client.flow_run(&runs[6]).await.unwrap();
-    assert_eq!(raised["state_type"], "FAILED", "{raised}");
-    assert!(
-        raised["state"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("kaboom"),
-        "{raised}"
-    );
-    let bad = client.flow_run(&runs[7]).await.unwrap();
-    assert_eq!(bad["state_type"], "CRASHED", "{bad}");
-    assert!(
-        bad["state"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("non-zero status code 1"),
-        "{bad}"
-    );
+    let message = ended_as(&client, &runs[6], "FAILED").await;
+    assert!(message.contains("kaboom"), "{message}");
+    let message = ended_as(&client, &runs[7], "CRASHED").await;
+    assert!(message.contains("non-zero status code 1"), "{message}");
 
     // The job variable `timeout` limits the pull steps.
-    let limited = client.flow_run(&runs[2]).await.unwrap();
-    assert_eq!(limited["state_type"], "CRASHED", "{limited}");
-    assert!(
-        limited["state"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("did not finish within"),
-        "{limited}"
-    );
+    let message = ended_as(&client, &runs[2], "CRASHED").await;
+    assert!(message.contains("did not finish within"), "{message}");
     assert!(
         !logs.to_string().contains("flow says"),
         "the flow started after a failed pull step"

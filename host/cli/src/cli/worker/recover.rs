@@ -106,7 +106,7 @@ pub(super) async fn sweep(
             let started = labels["hoist.worker.started"]
                 .as_str()
                 .and_then(|s| s.parse().ok());
-            pid.and_then(start_time) != started || pid.is_none()
+            pid.is_none() || pid.and_then(start_time) != started
         } else {
             if statuses.is_none() {
                 statuses = Some(client.worker_statuses(pool).await?);
