@@ -123,7 +123,11 @@ pub(super) async fn handle(cx: &Context, run: &Value) -> anyhow::Result<()> {
     );
     let job = merged_job_variables(&deployment, run);
     let keeper = lease.map(|l| tokio::spawn(keep_lease(client.clone(), l)));
-    let outcome = run_claimed(cx, &run_id, &deployment, &job, keeper).await;
+    let outcome = run_claimed(cx, &run_id, &deployment, &job).await;
+    // Whichever way the run went, its lease is the engine's or the server's now.
+    if let Some(k) = keeper {
+        k.abort();
+    }
     record(cx, &run_id, outcome).await
 }
 
@@ -236,7 +240,6 @@ async fn run_claimed(
     run_id: &str,
     deployment: &Value,
     job: &Map<String, Value>,
-    keeper: Option<tokio::task::JoinHandle<()>>,
 ) -> Outcome {
     let scratch = match tempfile::Builder::new().prefix("hoist-run-").tempdir() {
         Ok(s) => s,
@@ -256,21 +259,13 @@ async fn run_claimed(
     };
     let cmd = match started {
         Ok(cmd) => cmd,
-        Err(message) => {
-            if let Some(k) = &keeper {
-                k.abort();
-            }
-            return Outcome::Crashed(message);
-        }
+        Err(message) => return Outcome::Crashed(message),
     };
     let cancel = lock(&cx.inflight)
         .get(run_id)
         .map(|f| f.cancel.clone())
         .unwrap_or_default();
     let ended = flow::supervise(cmd, &cx.client, run_id, &cx.inflight, cancel).await;
-    if let Some(k) = &keeper {
-        k.abort();
-    }
     let cancelled = lock(&cx.inflight).get(run_id).is_some_and(|f| f.cancelled);
     match ended {
         Err(message) => Outcome::Crashed(message),
