@@ -239,16 +239,15 @@ fn a_scaffolded_plugin_builds_and_runs() {
     assert_eq!(code, 0, "{err}");
     // Share a target dir across runs so only the first build compiles the SDK.
     let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/scaffold");
-    let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "--release", "--quiet"])
-        .current_dir(dir.join("greeter"))
+    let (code, _, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .args(["plugin", "build", "greeter"])
         .env("CARGO_TARGET_DIR", &target)
         .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let wasm = target.join("wasm32-wasip2/release/greeter.wasm");
+        .env_remove("CARGO_ENCODED_RUSTFLAGS"));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("built "), "{err}");
+    let wasm = dir.join("greeter/greeter.wasm");
     let (code, out, err) = run(hoist(&dir).current_dir(&dir).args([
         "step",
         "run",

@@ -839,3 +839,109 @@ fn no_process_outlives_its_step_in_a_pid_namespace() {
         "the background child outlived the step: {out}"
     );
 }
+
+/// Raw sockets (`wasi:sockets`, what Python's `socket` module uses in a componentize-py
+/// step): nothing without a `net` grant (no connection, no name lookup); under `net:*`
+/// this machine's addresses stay refused, and listening and UDP always are; a grant
+/// naming the address, or a host that resolves to it, lets the connection through.
+#[tokio::test(flavor = "multi_thread")]
+async fn raw_sockets_follow_the_network_policy() {
+    let (_t, dir) = support::tempdir();
+    let hits = dir.join("hits");
+    let port = support::free_port();
+    let mut server = std::process::Command::new("python3");
+    server.arg("-c").arg(format!(
+        "import socket, pathlib\n\
+         s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('127.0.0.1', {port})); s.listen()\n\
+         while True:\n    \
+         c, _ = s.accept()\n    \
+         with open({hits:?}, 'a') as f: f.write('hit\\n')\n    \
+         try: c.recv(100); c.sendall(b'pong')\n    \
+         except OSError: pass\n    \
+         c.close()\n",
+        hits = hits.display().to_string()
+    ));
+    let _server = support::Server::start(server, port, "a TCP server on loopback");
+    // Connections so far: the readiness probe's.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let probes = std::fs::read_to_string(&hits).map_or(0, |h| h.lines().count());
+    let hit_count = || std::fs::read_to_string(&hits).map_or(0, |h| h.lines().count()) - probes;
+    let rt = support::runtime();
+    let addr = format!("127.0.0.1:{port}");
+    let connect = json!([{"do": "tcp_connect", "addr": addr, "send": "ping"}]);
+
+    // Declares nothing: no connection, no lookup.
+    let script = json!([
+        {"do": "tcp_connect", "addr": addr, "send": "ping"},
+        {"do": "resolve", "name": format!("localhost:{port}")},
+    ]);
+    let out = attack(&rt, plugins::HOSTILE, &dir, grants(&[]), script)
+        .await
+        .unwrap();
+    assert!(refused(&out, 0).contains("PermissionDenied"), "{out}");
+    // wasi-libc reports a refused lookup as EAI_FAIL.
+    assert!(refused(&out, 1).contains("lookup"), "{out}");
+    assert_eq!(hit_count(), 0, "no connection reached the server");
+
+    // `net:*`: loopback needs a grant by name or address; no listening, no UDP.
+    let script = json!([
+        {"do": "tcp_connect", "addr": addr, "send": "ping"},
+        {"do": "tcp_listen", "addr": "0.0.0.0:0"},
+        {"do": "udp_send", "addr": addr},
+    ]);
+    let out = attack(&rt, plugins::HOSTILE_GRANTED, &dir, grants(GRANTED), script)
+        .await
+        .unwrap();
+    for i in 0..3 {
+        assert!(refused(&out, i).contains("PermissionDenied"), "{i}: {out}");
+    }
+    assert_eq!(hit_count(), 0, "no connection reached the server");
+
+    // The control: granted by address, then by a name that resolves to it.
+    for by in [
+        format!("net:tcp://{addr}"),
+        format!("net:tcp://localhost:{port}"),
+    ] {
+        let mut list = GRANTED.to_vec();
+        list.push(&by);
+        let out = attack(
+            &rt,
+            plugins::HOSTILE_GRANTED,
+            &dir,
+            grants(&list),
+            connect.clone(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["results"][0]["ok"], "pong", "{by}: {out}");
+    }
+    assert_eq!(hit_count(), 2, "the two granted connections arrived");
+
+    // What the user reads: the refusal names the grant that would allow it.
+    let (code, _, err) = run(hoist(&dir)
+        .current_dir(&dir)
+        .args(["step", "run", plugins::HOSTILE_GRANTED, "--allow", "net:*"])
+        .args([
+            "--allow",
+            "set-cwd",
+            "--allow",
+            "process:git",
+            "--allow",
+            "process:sh",
+        ])
+        .arg("--input")
+        .arg(format!(
+            "actions=[{{\"do\":\"tcp_connect\",\"addr\":\"{addr}\",\"send\":\"x\"}}]"
+        )));
+    assert_eq!(
+        code, 0,
+        "the step reports the refusal as its action's result: {err}"
+    );
+    assert!(
+        err.contains(&format!("may not connect to tcp://{addr}"))
+            && err.contains(&format!("`net:tcp://{addr}`")),
+        "{err}"
+    );
+    assert_eq!(hit_count(), 2, "no connection reached the server");
+}

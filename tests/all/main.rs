@@ -13,6 +13,8 @@ mod net;
 mod pipeline;
 mod prefect;
 mod projects;
+mod python;
+mod registry;
 mod sandbox;
 mod storage;
 mod stores;

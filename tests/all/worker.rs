@@ -373,7 +373,7 @@ async fn the_worker_runs_flows_concurrently_and_cancels_on_request() {
     let _ = forger.write_all(b"not-the-token\nc");
     // Both RUNNING at the same time.
     let mut both = false;
-    for _ in 0..600 {
+    for _ in 0..3000 {
         let a = state(runs[0].clone()).await;
         let b = state(runs[1].clone()).await;
         if a["state_type"] == "RUNNING" && b["state_type"] == "RUNNING" {
@@ -713,6 +713,67 @@ fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"))
 }
 
+/// Wait until the worker's log (`dir/<name>.log`) says `what`, at most `secs` seconds.
+async fn log_says(dir: &Path, name: &str, what: &str, secs: u64) -> String {
+    let mut log = String::new();
+    for _ in 0..secs * 10 {
+        log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
+        if log.contains(what) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    log
+}
+
+/// An idle worker listens to its pool's events: a run created on the server wakes it
+/// at once, though it polls only every 600 s here while the stream is open (heartbeats
+/// do not poll).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_created_on_the_server_wakes_an_idle_worker_through_its_events() {
+    let Some(s) = server() else { return };
+    let client = PrefectClient::new(&s.url, None, 5).unwrap();
+    let pool = format!("hoist-events-{}", std::process::id());
+    let (_t, dir) = support::tempdir();
+    make_pool(&client, &pool).await;
+    let flow = "from prefect import flow\n\n\n@flow\ndef woken():\n    pass\n";
+    let dep = deploy_flow(
+        s,
+        &client,
+        &dir,
+        &pool,
+        ("woken.py", "woken", flow),
+        "woken-dep",
+        ("", ""),
+    )
+    .await;
+    let _worker = Worker::start(s, &dir, &pool, "listener", &["--idle-poll", "600"]);
+    let log = log_says(&dir, "listener", "listening to the pool's events", 60).await;
+    assert!(log.contains("listening to the pool's events"), "{log}");
+    // Past the worker's first poll, so only an event can wake it.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    for _ in 0..2 {
+        let id = create_run(&client, &dep, json!({})).await;
+        let mut state = Value::Null;
+        for _ in 0..100 {
+            state = client.flow_run(&id).await.unwrap()["state_type"].clone();
+            if state != "SCHEDULED" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_ne!(
+            state, "SCHEDULED",
+            "not claimed within 10 s of its creation"
+        );
+        let done = wait_state(&client, &id, "COMPLETED", 900).await;
+        assert_eq!(done["state_type"], "COMPLETED", "{done}");
+    }
+    // The stream stayed open throughout (a closed one falls back to quick polls).
+    let log = std::fs::read_to_string(dir.join("listener.log")).unwrap();
+    assert!(!log.contains("events stream"), "{log}");
+}
+
 /// A worker killed with SIGKILL mid-run takes its flow's process with it (no orphan
 /// runs unsupervised), and the run is not left RUNNING: the next worker to start on the
 /// pool finds it (its holder's process is gone) and ends it CRASHED, naming both.
@@ -777,8 +838,8 @@ async fn a_killed_workers_run_is_ended_by_the_next_worker() {
 }
 
 /// The Prefect server restarted while a flow runs: the worker says it lost the server,
-/// keeps going, the run finishes COMPLETED, and a run created after the restart is
-/// picked up by the same worker.
+/// keeps going, the run finishes COMPLETED, its events stream reopens, and a run
+/// created after the restart is picked up by the same worker (woken by an event).
 #[tokio::test(flavor = "multi_thread")]
 async fn the_worker_carries_on_through_a_server_restart() {
     if crate::prefect::prefect_python().is_none() {
@@ -801,18 +862,25 @@ async fn the_worker_carries_on_through_a_server_restart() {
     )
     .await;
     let during = create_run(&client, &dep, json!({"seconds": 25})).await;
-    let worker = Worker::start(s, &dir, pool, "steady", &[]);
+    let worker = Worker::start(s, &dir, pool, "steady", &["--idle-poll", "600"]);
     let running = wait_state(&client, &during, "RUNNING", 600).await;
     assert_eq!(running["state_type"], "RUNNING", "{running}");
     tokio::task::block_in_place(|| s.restart());
     let done = wait_state(&client, &during, "COMPLETED", 900).await;
     assert_eq!(done["state_type"], "COMPLETED", "{done}");
+    // Only the reopened events stream can wake it for the next run in time.
+    let log = log_says(&dir, "steady", "the events stream is open again", 60).await;
+    assert!(log.contains("the events stream is open again"), "{log}");
     let after = create_run(&client, &dep, json!({"seconds": 0})).await;
     let done = wait_state(&client, &after, "COMPLETED", 900).await;
     assert_eq!(done["state_type"], "COMPLETED", "{done}");
     let log = std::fs::read_to_string(dir.join("steady.log")).unwrap();
+    // The events stream always notices the outage; a poll or heartbeat notices it only
+    // when one falls inside it, and then the worker says when the server is back.
     assert!(log.contains("cannot reach the Prefect server"), "{log}");
-    assert!(log.contains("answers again"), "{log}");
+    if log.contains("retrying until it answers") {
+        assert!(log.contains("answers again"), "{log}");
+    }
     drop(worker);
 }
 

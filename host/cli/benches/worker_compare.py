@@ -16,11 +16,13 @@ run, where Hoist compiles its built-in steps once into its cache, is left out). 
 Then, per worker, --queued runs (default 100) created at once with `--limit 8`: the time
 from the first creation until all are COMPLETED.
 
+Hoist's worker runs as users run it: woken by the pool's events stream
+(`/api/events/out`), polling every 10 s besides.
+
 Last, what waiting for runs costs the server (CPU seconds of the server's process over
 --window seconds, no runs created): nothing connected (the baseline), Hoist's worker
-polling every second (its heartbeat every 10 s included), and a client holding the
-events websocket (`/api/events/out`, subscribed to the pool's new runs, as Prefect's
-cancellation observer subscribes) plus a heartbeat every 10 s.
+with `--no-events` polling every second, and Hoist's worker as it runs by default (the
+events stream, a poll every 10 s); each with its heartbeat every 10 s.
 """
 import argparse, json, os, shutil, socket, statistics, subprocess, sys, tempfile, time, urllib.error, urllib.request
 from pathlib import Path
@@ -69,33 +71,6 @@ def rss_mb(pid):
     except OSError:
         pass
     return 0.0
-
-
-WS_CLIENT = '''
-import asyncio, json, sys, time, urllib.request
-import websockets
-
-async def main(url, pool_id, seconds):
-    async with websockets.connect(url.replace("http", "ws", 1) + "/events/out", subprotocols=["prefect"]) as ws:
-        await ws.send(json.dumps({"type": "auth", "token": None}))
-        await ws.recv()
-        await ws.send(json.dumps({"type": "filter", "filter": {
-            "event": {"name": ["prefect.flow-run.Scheduled"]},
-            "any_resource": {"id": [f"prefect.work-pool.{pool_id}"]},
-            "occurred": {"since": "2020-01-01T00:00:00Z", "until": "2100-01-01T00:00:00Z"}}}))
-        end = time.time() + seconds
-        while time.time() < end:
-            req = urllib.request.Request(url + "/work_pools/bench-ws/workers/heartbeat", method="POST",
-                data=json.dumps({"name": "ws", "heartbeat_interval_seconds": 10}).encode(),
-                headers={"content-type": "application/json"})
-            await asyncio.to_thread(lambda: urllib.request.urlopen(req).read())
-            try:
-                await asyncio.wait_for(ws.recv(), timeout=min(10, max(0.1, end - time.time())))
-            except asyncio.TimeoutError:
-                pass
-
-asyncio.run(main(sys.argv[1], sys.argv[2], float(sys.argv[3])))
-'''
 
 
 def cpu_seconds(pid):
@@ -167,8 +142,8 @@ def main():
         (proj / "flows").mkdir(parents=True)
         (proj / "flows" / "hello.py").write_text(FLOW)
         workers = {
-            "hoist": [a.hoist, "worker", "start", "-p", "bench-hoist", "--poll-interval", "1",
-                      "--python", a.prefect_python, "--limit", "8"],
+            "hoist": [a.hoist, "worker", "start", "-p", "bench-hoist", "--python", a.prefect_python,
+                      "--limit", "8"],
             "prefect": [a.prefect_python, "-m", "prefect", "worker", "start", "-p", "bench-prefect",
                         "--type", "process", "--limit", "8"],
         }
@@ -237,21 +212,18 @@ def main():
         h, p = results["hoist"], results["prefect"]
         print(f"  hoist / prefect: latency {statistics.median(h[0]) / statistics.median(p[0]):.2f}x,"
               f" worker memory {h[1] / p[1]:.2f}x" + (f", {a.queued} queued {h[2][0] / p[2][0]:.2f}x" if a.queued else ""))
-        pool_id = api(url, "/work_pools/", {"name": "bench-ws", "type": "process"})["id"]
-        api(url, "/work_pools/", {"name": "bench-poll", "type": "process"})
-        ws_script = work / "ws_client.py"
-        ws_script.write_text(WS_CLIENT)
         idle = server_cost(server, a.window)
-        poll = server_cost(server, a.window, lambda: subprocess.Popen(
-            [a.hoist, "worker", "start", "-p", "bench-poll", "--poll-interval", "1", "--python", a.prefect_python],
-            cwd=proj, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        ws = server_cost(server, a.window, lambda: subprocess.Popen(
-            [a.prefect_python, str(ws_script), url, pool_id, str(a.window + 5)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        waiting = {}
+        for mode, extra in (("poll", ["--no-events", "--poll-interval", "1"]), ("events", [])):
+            api(url, "/work_pools/", {"name": f"bench-{mode}", "type": "process"})
+            waiting[mode] = server_cost(server, a.window, lambda: subprocess.Popen(
+                [a.hoist, "worker", "start", "-p", f"bench-{mode}", "--python", a.prefect_python, *extra],
+                cwd=proj, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         print(f"server CPU while a worker waits for runs, {a.window:.0f} s window:")
-        print(f"  nothing connected (baseline) {idle:6.2f} s")
-        print(f"  hoist worker, 1 s poll       {poll:6.2f} s  ({(poll - idle) / a.window * 100:.1f}% of a core over baseline)")
-        print(f"  events websocket + heartbeat {ws:6.2f} s  ({(ws - idle) / a.window * 100:.1f}% of a core over baseline)")
+        print(f"  nothing connected (baseline)         {idle:6.2f} s")
+        for mode, label in (("poll", "hoist worker --no-events, 1 s poll"), ("events", "hoist worker, events + 10 s poll")):
+            used = waiting[mode]
+            print(f"  {label:36} {used:6.2f} s  ({(used - idle) / a.window * 100:.1f}% of a core over baseline)")
     finally:
         server.terminate()
         try:

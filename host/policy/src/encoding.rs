@@ -29,6 +29,35 @@ pub fn base64(bytes: &[u8]) -> String {
     )
 }
 
+/// Decode standard base64 (padding optional): an HTTP `Basic` credential a server reads.
+/// `None` for anything else (a character outside the alphabet, a bad length).
+pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let text = text.trim_end_matches('=');
+    if text.len() % 4 == 1 {
+        return None;
+    }
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    for chunk in text.as_bytes().chunks(4) {
+        let mut n = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            n |= value(*c)? << (18 - 6 * i);
+        }
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    Some(out)
+}
+
 /// Base64, URL-safe alphabet, padded (Docker's `X-Registry-Auth`).
 pub fn base64_url(bytes: &[u8]) -> String {
     base64_with(
@@ -54,6 +83,19 @@ pub fn percent_encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_round_trips() {
+        for plain in ["", "a", "ab", "abc", "user:hoist_0123", "\u{e9}t\u{e9}"] {
+            assert_eq!(
+                base64_decode(&base64(plain.as_bytes())).unwrap(),
+                plain.as_bytes()
+            );
+        }
+        assert_eq!(base64_decode("dXNlcjpw").unwrap(), b"user:p");
+        assert_eq!(base64_decode("a"), None);
+        assert_eq!(base64_decode("ab$d"), None);
+    }
 
     #[test]
     fn encodings() {

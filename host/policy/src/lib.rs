@@ -16,10 +16,12 @@
 
 pub mod encoding;
 mod env;
+pub mod package;
 pub mod paths;
 pub mod secrets;
 pub mod text;
 pub mod time;
+pub mod tls;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

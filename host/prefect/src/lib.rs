@@ -16,6 +16,7 @@
 #![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
 pub mod deploy;
+pub mod events;
 pub mod flow;
 pub mod worker;
 

@@ -165,6 +165,9 @@ pub enum ResolveError {
     /// A plugin file that does not exist.
     #[error("plugin file `{}` does not exist", .0.display())]
     MissingFile(PathBuf),
+    /// A registry package (`namespace/name`) that is not installed.
+    #[error("package `{0}` is not installed; install it with `hoist plugin install {0}`")]
+    NotInstalled(String),
     /// Nothing by that name.
     #[error("unknown step `{name}`{}", suggestion(.closest))]
     Unknown {
@@ -204,6 +207,20 @@ pub fn resolve(name: &str, project_dir: &Path, installed: &Path) -> Result<Targe
             name: name.into(),
             step,
         });
+    }
+    // `acme/s3-sync`: an installed registry package, unless a file by that name is there.
+    if hoist_policy::package::PackageName::looks_like(name)
+        && !project_dir.join(name).is_file()
+        && let Ok(pkg) = name.parse::<hoist_policy::package::PackageName>()
+    {
+        let path = installed
+            .join(&pkg.namespace)
+            .join(format!("{}.wasm", pkg.name));
+        return if path.is_file() {
+            Ok(Target::Installed(path))
+        } else {
+            Err(ResolveError::NotInstalled(pkg.to_string()))
+        };
     }
     if hoist_project::is_plugin_path(name) {
         let path = clean_join(project_dir, name);
@@ -254,17 +271,31 @@ pub async fn load_builtin(runtime: &Runtime, name: &str) -> Result<Arc<Plugin>, 
     runtime.load_builtin(name, bytes, digest).await
 }
 
-/// Names of the plugins installed in `dir` (`<name>.wasm`), sorted.
+/// Names of the plugins installed in `dir`, sorted: `<name>.wasm` (copied in by hand)
+/// and `<namespace>/<name>.wasm` (installed from a registry).
 pub fn installed_names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
-                .filter_map(|p| Some(p.file_stem()?.to_string_lossy().into_owned()))
-                .collect()
-        })
-        .unwrap_or_default();
+    let wasm_in = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "wasm") && p.is_file())
+                    .filter_map(|p| Some(p.file_stem()?.to_string_lossy().into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut v = wasm_in(dir);
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for ns in rd.filter_map(|e| e.ok()).filter(|e| e.path().is_dir()) {
+            let ns_name = ns.file_name().to_string_lossy().into_owned();
+            v.extend(
+                wasm_in(&ns.path())
+                    .into_iter()
+                    .map(|n| format!("{ns_name}/{n}")),
+            );
+        }
+    }
     v.sort();
     v
 }

@@ -97,28 +97,12 @@ impl ComponentCache {
         let (Some(dir), Some(key)) = (self.trusted_dir(), self.key()) else {
             return Ok((compile(engine, bytes)?, Loaded::Compiled));
         };
+        if let Some(component) = self.load_cached(engine, digest) {
+            return Ok((component, Loaded::Cached));
+        }
         let name = file_name(engine, digest);
         let path = dir.join(&name);
         let mac_path = dir.join(format!("{name}.mac"));
-        if path.exists() {
-            if authentic(&key, &name, &path, &mac_path) {
-                // SAFETY: the file is the one `store` below wrote from
-                // `Component::serialize` of this engine configuration (the
-                // compatibility hash is in the name; wasmtime also checks its own
-                // header): the MAC over its name and kernel-kept identity, keyed by a
-                // secret only this user can read, proves it was not written, replaced or
-                // linked since, in a directory only this user can write.
-                #[allow(unsafe_code)]
-                match unsafe { Component::deserialize_file(engine, &path) } {
-                    Ok(component) => return Ok((component, Loaded::Cached)),
-                    Err(_) => {
-                        let _ = std::fs::remove_file(&path);
-                    }
-                }
-            } else {
-                let _ = std::fs::remove_file(&path);
-            }
-        }
         let component = compile(engine, bytes)?;
         if let Ok(serialized) = component.serialize() {
             // Best effort: a full disk or a race with another process is not an error.
@@ -130,6 +114,68 @@ impl ComponentCache {
             }
         }
         Ok((component, Loaded::Compiled))
+    }
+
+    /// The compiled form of the component whose sha256 is `digest`, if the cache holds
+    /// an authentic one (a file that fails the check is removed).
+    pub fn load_cached(&self, engine: &Engine, digest: &str) -> Option<Component> {
+        let (dir, key) = (self.trusted_dir()?, self.key()?);
+        let name = file_name(engine, digest);
+        let path = dir.join(&name);
+        let mac_path = dir.join(format!("{name}.mac"));
+        if !path.exists() {
+            return None;
+        }
+        if authentic(&key, &name, &path, &mac_path) {
+            // SAFETY: the file is the one `load` wrote from `Component::serialize` of
+            // this engine configuration (the compatibility hash is in the name; wasmtime
+            // also checks its own header): the MAC over its name and kernel-kept
+            // identity, keyed by a secret only this user can read, proves it was not
+            // written, replaced or linked since, in a directory only this user can write.
+            #[allow(unsafe_code)]
+            if let Ok(component) = unsafe { Component::deserialize_file(engine, &path) } {
+                return Some(component);
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+        None
+    }
+
+    /// The digest of the component file at `path` as remembered from an earlier read,
+    /// if the file is still the one that was read: the memo is named by the file's path
+    /// and authenticated (like a compiled file) over the file's kernel-kept identity,
+    /// which any write, replacement or rename changes.
+    pub fn remembered_digest(&self, path: &Path) -> Option<String> {
+        let (dir, key) = (self.trusted_dir()?, self.key()?);
+        let path = std::fs::canonicalize(path).ok()?;
+        let memo = std::fs::read_to_string(dir.join(memo_name(&path))).ok()?;
+        let (digest, tag) = memo.split_once(' ')?;
+        let expected = digest_mac(&key, &path, &identity(&path)?, digest);
+        let hex: String = expected.iter().map(|b| format!("{b:02x}")).collect();
+        (tag.trim() == hex && digest.len() == 64).then(|| digest.to_string())
+    }
+
+    /// Remember that the file at `path`, as it is now, has sha256 `digest` (best
+    /// effort). Call it after reading the file: a change since then makes the memo
+    /// fail its check.
+    pub fn remember_digest(&self, path: &Path, digest: &str) {
+        let (Some(dir), Some(key)) = (self.trusted_dir(), self.key()) else {
+            return;
+        };
+        let Ok(path) = std::fs::canonicalize(path) else {
+            return;
+        };
+        let Some(id) = identity(&path) else {
+            return;
+        };
+        let tag: String = digest_mac(&key, &path, &id, digest)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let _ = store(
+            &dir.join(memo_name(&path)),
+            format!("{digest} {tag}").as_bytes(),
+        );
     }
 
     /// The MAC key: read from `key_file`, or made (32 random bytes, 0600) if missing. No
@@ -236,6 +282,25 @@ fn identity(path: &Path) -> Option<Vec<u8>> {
     Some(id)
 }
 
+/// Where the digest of the component file at `path` is remembered.
+fn memo_name(path: &Path) -> String {
+    let d = Sha256::digest(path.as_os_str().as_encoded_bytes());
+    let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{hex}.digest")
+}
+
+/// The MAC of "the file at `path`, with this identity, has this digest".
+fn digest_mac(key: &[u8; 32], path: &Path, identity: &[u8], digest: &str) -> [u8; MAC_LEN] {
+    let mut m = CacheMac::new_from_slice(key).expect("HMAC takes any key length");
+    m.update(b"digest\0");
+    m.update(path.as_os_str().as_encoded_bytes());
+    m.update(&[0]);
+    m.update(identity);
+    m.update(&[0]);
+    m.update(digest.as_bytes());
+    m.finalize().into_bytes().into()
+}
+
 fn mac(key: &[u8; 32], name: &str, identity: &[u8]) -> [u8; MAC_LEN] {
     let mut m = CacheMac::new_from_slice(key).expect("HMAC takes any key length");
     m.update(name.as_bytes());
@@ -323,5 +388,38 @@ mod tests {
         assert!(!authentic(&key, "a.cwasm", &path, &mac_path), "replaced");
         std::fs::write(&mac_path, "zz").unwrap();
         assert!(!authentic(&key, "a.cwasm", &path, &mac_path), "garbage MAC");
+    }
+
+    #[test]
+    fn a_remembered_digest_holds_only_while_the_file_is_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache =
+            ComponentCache::at(dir.path().join("cache")).with_key_file(dir.path().join("key"));
+        let (a, b) = (dir.path().join("a.wasm"), dir.path().join("b.wasm"));
+        std::fs::write(&a, b"component a").unwrap();
+        std::fs::write(&b, b"component b").unwrap();
+        let d = "ab".repeat(32);
+        assert_eq!(cache.remembered_digest(&a), None, "nothing remembered yet");
+        cache.remember_digest(&a, &d);
+        assert_eq!(cache.remembered_digest(&a), Some(d.clone()));
+        assert_eq!(cache.remembered_digest(&b), None, "another file");
+        // Another file's memo copied over this one's: its MAC names the other path.
+        let memo = |p: &Path| {
+            dir.path()
+                .join("cache")
+                .join(memo_name(&std::fs::canonicalize(p).unwrap()))
+        };
+        cache.remember_digest(&b, &"cd".repeat(32));
+        std::fs::copy(memo(&b), memo(&a)).unwrap();
+        assert_eq!(cache.remembered_digest(&a), None, "a memo for another path");
+        cache.remember_digest(&a, &d);
+        // Rewritten with the same length: the change time moves.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&a, b"component A").unwrap();
+        assert_eq!(cache.remembered_digest(&a), None, "rewritten");
+        cache.remember_digest(&a, &d);
+        let forged = format!("{} {}", "ef".repeat(32), "00".repeat(32));
+        std::fs::write(memo(&a), forged).unwrap();
+        assert_eq!(cache.remembered_digest(&a), None, "forged without the key");
     }
 }

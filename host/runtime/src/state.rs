@@ -39,8 +39,9 @@ impl StepState {
     /// when a directory cannot be opened.
     pub(crate) fn new(setup: &StepSetup) -> Result<Self, String> {
         let stdio = StdioCtx::prepare(setup);
+        let net = NetCtx::prepare(setup);
         Ok(Self {
-            wasi: wasi_ctx(setup, &stdio)?,
+            wasi: wasi_ctx(setup, &stdio, &net)?,
             table: ResourceTable::new(),
             limiter: MemoryLimiter {
                 limit: setup.memory,
@@ -51,7 +52,7 @@ impl StepState {
             process: ProcessCtx::prepare(setup),
             git: GitCtx::prepare(setup),
             docker: DockerCtx::prepare(setup),
-            net: NetCtx::prepare(setup),
+            net,
             stdio,
         })
     }
@@ -80,9 +81,11 @@ impl StepState {
 }
 
 /// The step's WASI context: its directories preopened at their host paths, the granted
-/// environment, the guest's stdout and stderr to its log.
-fn wasi_ctx(setup: &StepSetup, stdio: &StdioCtx) -> Result<WasiCtx, String> {
+/// environment, the guest's stdout and stderr to its log, its sockets on the network
+/// policy's terms.
+fn wasi_ctx(setup: &StepSetup, stdio: &StdioCtx, net: &NetCtx) -> Result<WasiCtx, String> {
     let mut wasi = WasiCtxBuilder::new();
+    net::attach_sockets(&mut wasi, net);
     // Run filesystem calls on this thread: a step's file operations are small and
     // local, and a hop to the blocking pool per call cost ~10× the whole
     // instantiate + call of a trivial step (README, benchmark 1).

@@ -6,6 +6,7 @@ mod describe;
 mod init;
 mod plugin;
 mod project;
+mod registry;
 mod step;
 mod store;
 mod ticker;
@@ -42,9 +43,13 @@ enum Command {
     /// Run, list and inspect steps.
     #[command(subcommand)]
     Step(step::StepCommand),
-    /// Write your own steps.
+    /// Write your own steps; publish, find and install them through a registry.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Serve a plugin registry (OCI distribution API, JSON API, pages) and manage its
+    /// publish tokens.
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
     /// Run the build steps of ./prefect.yaml (or --file), or of one deployment.
     Build(project::RunArgs),
     /// Run the build then the push steps, sharing outputs as `prefect deploy` does.
@@ -181,7 +186,8 @@ pub fn main() -> i32 {
     let result = rt.block_on(async {
         match &cli.command {
             Command::Step(cmd) => step::run(cmd).await,
-            Command::Plugin(cmd) => plugin::run(cmd),
+            Command::Plugin(cmd) => plugin::run(cmd).await,
+            Command::Registry(cmd) => registry::registry(cmd).await,
             Command::Build(args) => project::run(crate::project::Action::Build, args).await,
             Command::Push(args) => project::run(crate::project::Action::Push, args).await,
             Command::Pull(args) => project::run(crate::project::Action::Pull, args).await,

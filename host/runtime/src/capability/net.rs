@@ -25,6 +25,9 @@ use wasmtime_wasi_http::{
 
 mod connect;
 mod proxy;
+mod sockets;
+
+pub use sockets::attach as attach_sockets;
 
 use crate::bindings::Level;
 use crate::capability::log::{Source, StepLog};

@@ -83,6 +83,15 @@ enum Action {
         password: Option<String>,
     },
     DockerInspect { reference: String },
+    /// A raw TCP connection (wasi:sockets) to `addr` (`ip:port` or `name:port`), sending
+    /// `send`; returns what the server answered.
+    TcpConnect { addr: String, send: String },
+    /// Listen on `addr` (a step may not accept connections).
+    TcpListen { addr: String },
+    /// Send a datagram to `addr` (a step may not use UDP).
+    UdpSend { addr: String },
+    /// Resolve `name` (`host:port`) to addresses.
+    Resolve { name: String },
 }
 
 fn git_result<T: serde::Serialize>(r: std::result::Result<T, git::GitError>) -> Result<Value> {
@@ -217,6 +226,32 @@ fn one(action: Action, output: &mut Option<Value>) -> Result<Value> {
             let r = hoist_sdk::http::get(&url)?;
             json!({"status": r.status, "body": String::from_utf8_lossy(&r.body)})
         }
+        Action::TcpConnect { addr, send } => {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(&addr).map_err(io_error)?;
+            s.write_all(send.as_bytes()).map_err(io_error)?;
+            s.shutdown(std::net::Shutdown::Write).map_err(io_error)?;
+            let mut answer = String::new();
+            s.read_to_string(&mut answer).map_err(io_error)?;
+            json!(answer)
+        }
+        Action::TcpListen { addr } => {
+            let l = std::net::TcpListener::bind(&addr).map_err(io_error)?;
+            json!(l.local_addr().map_err(io_error)?.to_string())
+        }
+        Action::UdpSend { addr } => {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").map_err(io_error)?;
+            json!(s.send_to(b"leak", &addr).map_err(io_error)?)
+        }
+        Action::Resolve { name } => {
+            use std::net::ToSocketAddrs;
+            let found: Vec<String> = name
+                .to_socket_addrs()
+                .map_err(io_error)?
+                .map(|a| a.to_string())
+                .collect();
+            json!(found)
+        }
         Action::HttpFlood { url, n } => {
             let mut pending = Vec::new();
             let mut refused = 0;
@@ -238,6 +273,10 @@ fn one(action: Action, output: &mut Option<Value>) -> Result<Value> {
             json!({"started": started, "refused": refused, "answered": answered, "failed": failed})
         }
     })
+}
+
+fn io_error(e: std::io::Error) -> StepError {
+    StepError::failed(format!("{:?}: {e}", e.kind()))
 }
 
 /// `link` (absolute, inside a preopened directory) pointing at `target`, through

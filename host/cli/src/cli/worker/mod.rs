@@ -15,6 +15,7 @@ mod run;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -69,9 +70,19 @@ pub(crate) struct WorkerArgs {
     /// cancel the rest.
     #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
     grace_period: f64,
-    /// Seconds between polls (a run created on the server starts within about this).
+    /// Seconds between polls while the server's events stream is down (a run created
+    /// on the server starts within about this).
     #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
     poll_interval: f64,
+    /// Seconds between polls while the events stream is open: its events wake the
+    /// worker at once, this poll only catches what no event announced (runs that
+    /// became due later).
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    idle_poll: f64,
+    /// Do not open the server's events stream (`/api/events/out`, a websocket): poll
+    /// every `--poll-interval` instead (for a proxy that cannot carry websockets).
+    #[arg(long)]
+    no_events: bool,
     /// The Python that runs flows (a venv with prefect and the flows' dependencies);
     /// default: the job variable `python`, else $HOIST_PYTHON, else python3.
     #[arg(long, value_name = "PATH")]
@@ -144,7 +155,7 @@ pub(crate) async fn worker(cmd: &WorkerCommand) -> anyhow::Result<()> {
         PoolType::Process => "process",
         PoolType::Hoist => "hoist",
     };
-    client.ensure_pool(&args.pool, pool_type).await?;
+    let pool = client.ensure_pool(&args.pool, pool_type).await?;
     let cx = Arc::new(run::Context {
         runtime: args.sandbox.runtime()?,
         client,
@@ -156,25 +167,85 @@ pub(crate) async fn worker(cmd: &WorkerCommand) -> anyhow::Result<()> {
         "worker `{}` polling pool `{}` on {}",
         cx.me.name, args.pool, cx.client.url
     );
-    Loop::new(cx).run().await
+    let events = Arc::new(Events::default());
+    if !args.run_once && !args.no_events {
+        let pool_id = pool["id"].as_str().unwrap_or_default().to_string();
+        tokio::spawn(listen(cx.client.clone(), pool_id, events.clone()));
+    }
+    Loop::new(cx, events).run().await
+}
+
+/// What the events stream tells the loop: whether it is open, and a wake-up per event.
+#[derive(Debug, Default)]
+struct Events {
+    open: AtomicBool,
+    wake: Notify,
+}
+
+/// The flow-run events that mean "poll now": a run to claim or one to cancel.
+const WAKING_EVENTS: &[&str] = &[
+    "prefect.flow-run.Scheduled",
+    "prefect.flow-run.AwaitingRetry",
+    "prefect.flow-run.AwaitingConcurrencySlot",
+    "prefect.flow-run.Cancelling",
+];
+
+/// Keep the pool's events stream open (reopened after 1 s, backing off to 30 s while
+/// it fails); each event wakes the loop. While it is closed the loop polls every
+/// `--poll-interval`; a reopened stream also wakes it, to catch up on what it missed.
+async fn listen(client: PrefectClient, pool_id: String, events: Arc<Events>) {
+    let mut pause = Duration::from_secs(1);
+    let mut said_down = false;
+    loop {
+        let filter = hoist_prefect::events::pool_filter(&pool_id, WAKING_EVENTS);
+        match client.subscribe(filter).await {
+            Ok(mut stream) => {
+                events.open.store(true, Ordering::SeqCst);
+                events.wake.notify_one();
+                if said_down {
+                    eprintln!("worker: the events stream is open again");
+                } else {
+                    eprintln!("worker: listening to the pool's events");
+                }
+                said_down = false;
+                pause = Duration::from_secs(1);
+                while let Ok(Some(_)) = stream.next().await {
+                    events.wake.notify_one();
+                }
+                events.open.store(false, Ordering::SeqCst);
+            }
+            Err(e) => {
+                if !said_down {
+                    eprintln!("worker: no events stream ({e}); polling instead");
+                    said_down = true;
+                }
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
+        }
+        tokio::time::sleep(pause).await;
+    }
 }
 
 /// The worker's loop and what it keeps between turns.
 struct Loop {
     cx: Arc<run::Context>,
+    events: Arc<Events>,
     tasks: JoinSet<()>,
     last_heartbeat: Option<tokio::time::Instant>,
+    last_poll: Option<tokio::time::Instant>,
     last_sweep: Option<tokio::time::Instant>,
     /// Turns in a row the server could not be reached.
     failing: u32,
 }
 
 impl Loop {
-    fn new(cx: Arc<run::Context>) -> Self {
+    fn new(cx: Arc<run::Context>, events: Arc<Events>) -> Self {
         Loop {
             cx,
+            events,
             tasks: JoinSet::new(),
             last_heartbeat: None,
+            last_poll: None,
             last_sweep: None,
             failing: 0,
         }
@@ -184,8 +255,9 @@ impl Loop {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut woken = true;
         loop {
-            match self.turn().await {
+            match self.turn(woken).await {
                 Ok(()) if self.failing > 0 => {
                     eprintln!("worker: the Prefect server answers again");
                     self.failing = 0;
@@ -197,27 +269,57 @@ impl Loop {
                     }
                     self.failing += 1;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    // Not a passing outage (refused credentials, a deleted pool): no
+                    // new runs; the running ones end as on SIGTERM.
+                    eprintln!("worker: {e}; stopping");
+                    self.stop_gracefully().await?;
+                    return Err(e.into());
+                }
             }
             if self.cx.args.run_once {
                 while self.tasks.join_next().await.is_some() {}
                 return Ok(());
             }
             while self.tasks.try_join_next().is_some() {}
-            let pause = self.cx.args.poll_interval.max(0.1) * f64::from(self.failing.min(5) + 1);
-            let stop = tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs_f64(pause)) => false,
-                _ = term.recv() => true,
-                _ = interrupt.recv() => true,
-            };
-            if stop {
-                return self.stop_gracefully().await;
+            let pause = self.pause();
+            tokio::select! {
+                () = tokio::time::sleep(pause) => woken = false,
+                () = self.events.wake.notified() => woken = true,
+                _ = term.recv() => return self.stop_gracefully().await,
+                _ = interrupt.recv() => return self.stop_gracefully().await,
             }
         }
     }
 
-    /// Heartbeat and sweep when due, act on cancellations, claim what fits.
-    async fn turn(&mut self) -> Result<(), PrefectError> {
+    /// Seconds between polls now: `--idle-poll` while the events stream is open and the
+    /// server answers, else `--poll-interval` (longer while the server is failing).
+    fn poll_every(&self) -> Duration {
+        let args = &self.cx.args;
+        let every = if self.events.open.load(Ordering::SeqCst) && self.failing == 0 {
+            args.idle_poll
+        } else {
+            args.poll_interval * f64::from(self.failing.min(5) + 1)
+        };
+        Duration::from_secs_f64(every.max(0.1))
+    }
+
+    /// How long to wait for an event: until the next poll, heartbeat or sweep is due.
+    fn pause(&self) -> Duration {
+        let now = tokio::time::Instant::now();
+        let until = |last: Option<tokio::time::Instant>, every: Duration| {
+            last.map_or(Duration::ZERO, |t| {
+                (t + every).saturating_duration_since(now)
+            })
+        };
+        until(self.last_poll, self.poll_every())
+            .min(until(self.last_heartbeat, HEARTBEAT_EVERY))
+            .min(until(self.last_sweep, recover::SWEEP_EVERY))
+    }
+
+    /// Heartbeat and sweep when due; when woken by an event or a poll is due, act on
+    /// cancellations and claim what fits.
+    async fn turn(&mut self, woken: bool) -> Result<(), PrefectError> {
         let cx = self.cx.clone();
         let now = tokio::time::Instant::now();
         if self
@@ -236,7 +338,17 @@ impl Loop {
             recover::sweep(&cx.client, &cx.args.pool, &cx.me, &cx.inflight).await?;
             self.last_sweep = Some(now);
         }
+        if !woken && self.last_poll.is_some_and(|t| now - t < self.poll_every()) {
+            return Ok(());
+        }
         self.watch_cancellations().await?;
+        self.last_poll = Some(now);
+        self.claim().await
+    }
+
+    /// Claim the scheduled runs that fit under `--limit`; each runs on a task.
+    async fn claim(&mut self) -> Result<(), PrefectError> {
+        let cx = self.cx.clone();
         let free = cx.args.limit.saturating_sub(lock(&cx.inflight).len());
         if free == 0 {
             return Ok(());
@@ -256,11 +368,14 @@ impl Loop {
                 map.insert(id.clone(), Flight::default());
             }
             let cx = cx.clone();
+            let events = self.events.clone();
             self.tasks.spawn(async move {
                 if let Err(e) = run::handle(&cx, &run).await {
                     eprintln!("worker: run {id}: {e:#}");
                 }
                 lock(&cx.inflight).remove(&id);
+                // A free slot: claim the next run now, not at the next idle poll.
+                events.wake.notify_one();
             });
         }
         Ok(())

@@ -193,14 +193,16 @@ async fn finish_cancelled(client: &PrefectClient, run_id: &str, why: &str) -> an
 /// Keeps a deployment-concurrency lease alive while the pull steps run (the engine
 /// renews it itself once the flow is RUNNING); stops when the server no longer has it
 /// or the task is aborted.
+/// The first renewal is at once: the server's lease may be short (30 s) and a loaded
+/// machine slow to answer, so the margin is taken up front, then kept every 10 s.
 async fn keep_lease(client: PrefectClient, lease: String) {
     loop {
-        tokio::time::sleep(Duration::from_secs(20)).await;
         match client.renew_lease(&lease, 60).await {
             Ok(true) => {}
             Ok(false) => return,
             Err(e) => eprintln!("warning: could not renew concurrency lease {lease}: {e}"),
         }
+        tokio::time::sleep(Duration::from_secs(10)).await;
     }
 }
 

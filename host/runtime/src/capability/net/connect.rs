@@ -2,23 +2,19 @@
 //! address the policy checked (never to what a second DNS lookup returns), with TLS
 //! verified against the *name* the request used.
 //!
-//! Trusted roots: the Mozilla roots (webpki-roots) plus the PEM certificates in
-//! `SSL_CERT_FILE` and in the files of `SSL_CERT_DIR`, read once per process, so an
-//! internal server behind a private CA works as it does for curl and git. Proxies:
-//! `proxy.rs`.
+//! Trusted roots: [`hoist_policy::tls`]. Proxies: `proxy.rs`.
 
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
 use hoist_policy::HostEnv;
+use hoist_policy::tls::{client_config, rustls};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio_rustls::rustls;
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::{Error, RequestOptions};
 
@@ -43,52 +39,6 @@ pub struct Target<'a> {
     pub tls: bool,
     /// The host environment (proxy settings).
     pub env: &'a HostEnv,
-}
-
-/// The client TLS configuration: webpki roots + `SSL_CERT_FILE` + `SSL_CERT_DIR`.
-fn tls_config() -> Arc<rustls::ClientConfig> {
-    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            let mut roots = rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.into(),
-            };
-            for pem in extra_roots() {
-                use rustls::pki_types::CertificateDer;
-                use rustls::pki_types::pem::PemObject;
-                if let Ok(certs) = CertificateDer::pem_file_iter(&pem) {
-                    for cert in certs.flatten() {
-                        let _ = roots.add(cert);
-                    }
-                }
-            }
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            Arc::new(
-                rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .expect("ring supports the default protocol versions")
-                    .with_root_certificates(roots)
-                    .with_no_client_auth(),
-            )
-        })
-        .clone()
-}
-
-/// The PEM files named by `SSL_CERT_FILE` and found in `SSL_CERT_DIR` (as OpenSSL reads
-/// them: a file, and `:`-separated directories).
-fn extra_roots() -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    if let Some(f) = std::env::var_os("SSL_CERT_FILE") {
-        files.push(f.into());
-    }
-    if let Some(dirs) = std::env::var_os("SSL_CERT_DIR") {
-        for dir in std::env::split_paths(&dirs) {
-            if let Ok(rd) = std::fs::read_dir(dir) {
-                files.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_file()));
-            }
-        }
-    }
-    files
 }
 
 type Response = http::Response<BetweenBytes>;
@@ -185,7 +135,7 @@ async fn connect(
         return Ok(Box::new(tcp));
     }
     let name = rustls::pki_types::ServerName::try_from(target.host.to_string())?;
-    let tls = tokio_rustls::TlsConnector::from(tls_config())
+    let tls = tokio_rustls::TlsConnector::from(client_config())
         .connect(name, tcp)
         .await
         .map_err(Error::Tls)?;

@@ -1,0 +1,304 @@
+//! Plugins from a registry: `hoist plugin publish`, `install`, `search`, `info`, `ls`,
+//! `rm`, `yank`. An installed package is `$HOIST_HOME/plugins/NS/NAME.wasm` beside
+//! `NAME.json` (version, registry, component digest, declared capabilities); `hoist step
+//! run NS/NAME` runs it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use hoist_policy::package::{PackageName, Requirement, parse_version};
+use hoist_registry::{RegistryClient, VersionRecord};
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::Runtime;
+
+/// What `NAME.json` beside an installed package records.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Installed {
+    pub(crate) package: String,
+    pub(crate) version: String,
+    pub(crate) registry: String,
+    pub(crate) digest: String,
+    pub(crate) capabilities: Vec<String>,
+}
+
+/// The registry to talk to: `--registry`, else `$HOIST_REGISTRY`.
+pub(crate) fn client(registry: Option<&str>, token: bool) -> anyhow::Result<RegistryClient> {
+    let Some(url) = registry else {
+        bail!("no registry: pass --registry URL or set HOIST_REGISTRY");
+    };
+    let token = if token {
+        match std::env::var("HOIST_REGISTRY_TOKEN") {
+            Ok(t) if !t.is_empty() => Some(t),
+            _ => bail!(
+                "publishing needs a token in HOIST_REGISTRY_TOKEN (on the registry: hoist registry token create --namespace NS)"
+            ),
+        }
+    } else {
+        None
+    };
+    Ok(RegistryClient::new(url, token)?)
+}
+
+fn paths(pkg: &PackageName) -> (PathBuf, PathBuf) {
+    let dir = hoist_policy::paths::plugins().join(&pkg.namespace);
+    (
+        dir.join(format!("{}.wasm", pkg.name)),
+        dir.join(format!("{}.json", pkg.name)),
+    )
+}
+
+fn installed(pkg: &PackageName) -> Option<Installed> {
+    let text = std::fs::read_to_string(paths(pkg).1).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn runtime() -> anyhow::Result<Runtime> {
+    Runtime::new(super::super::CacheArgs::default().runtime_config())
+        .map_err(|e| anyhow::anyhow!("cannot start the runtime: {e:#}"))
+}
+
+fn declared(caps: &[String]) -> String {
+    if caps.is_empty() {
+        "nothing (no capabilities)".into()
+    } else {
+        caps.join(", ")
+    }
+}
+
+/// `hoist plugin publish FILE --name NS/NAME --version X.Y.Z`.
+pub(crate) async fn publish(
+    file: &Path,
+    name: &str,
+    version: &str,
+    registry: Option<&str>,
+) -> anyhow::Result<()> {
+    let pkg: PackageName = name.parse()?;
+    let version = parse_version(version).map_err(anyhow::Error::msg)?;
+    let client = client(registry, true)?;
+    let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    // Described here first: a file that is not a step fails before any upload.
+    let plugin = runtime()?
+        .load(&wasm, &file.display().to_string(), false)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let d = &plugin.description;
+    let caps: Vec<String> = d.capabilities.iter().map(ToString::to_string).collect();
+    eprintln!(
+        "publishing {pkg}@{version} to {} ({:.1} MiB, step `{}`, declares {})",
+        client.url(),
+        wasm.len() as f64 / (1024.0 * 1024.0),
+        d.name,
+        declared(&caps)
+    );
+    let digest = client
+        .publish(&pkg, &version.to_string(), &wasm, &d.summary)
+        .await?;
+    eprintln!(
+        "published {pkg}@{version}: component {}",
+        hoist_registry::oci::digest_of(&wasm)
+    );
+    println!("{digest}");
+    Ok(())
+}
+
+/// Capabilities `new` declares that `old` did not.
+fn added(old: &[String], new: &[String]) -> Vec<String> {
+    new.iter().filter(|c| !old.contains(c)).cloned().collect()
+}
+
+/// `hoist plugin install NS/NAME[@REQ]`.
+pub(crate) async fn install(req: &str, registry: Option<&str>, yes: bool) -> anyhow::Result<()> {
+    let req: Requirement = req.parse().map_err(anyhow::Error::msg)?;
+    let client = client(registry, false)?;
+    let chosen = client.resolve(&req).await?;
+    let pkg = &req.package;
+    let before = installed(pkg);
+    if let Some(cur) = &before
+        && cur.digest == chosen.component_digest
+        && paths(pkg).0.is_file()
+    {
+        eprintln!("{pkg}@{} is installed already", cur.version);
+        return Ok(());
+    }
+    eprintln!(
+        "installing {pkg}@{} from {} ({:.1} MiB)",
+        chosen.version,
+        client.url(),
+        chosen.size as f64 / (1024.0 * 1024.0),
+    );
+    let wasm = download(&client, pkg, &chosen).await?;
+    // Precompiled into the cache now, so the first run is fast; and the capabilities
+    // reviewed are the ones the component itself declares, not the registry's word.
+    let plugin = runtime()?
+        .load(&wasm, &pkg.to_string(), false)
+        .await
+        .map_err(|e| anyhow::anyhow!("{pkg}@{}: {e}", chosen.version))?;
+    let caps: Vec<String> = plugin
+        .description
+        .capabilities
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    if let Some(cur) = &before {
+        let more = added(&cur.capabilities, &caps);
+        if !more.is_empty() && !yes {
+            bail!(
+                "{pkg}@{} declares more than the installed {}: {} (the installed one declares {}); \
+                 nothing was changed: review it, then install again with --yes",
+                chosen.version,
+                cur.version,
+                more.join(", "),
+                declared(&cur.capabilities)
+            );
+        }
+    }
+    eprintln!("{pkg}@{} declares {}", chosen.version, declared(&caps));
+    let record = Installed {
+        package: pkg.to_string(),
+        version: chosen.version.clone(),
+        registry: client.url().to_string(),
+        digest: chosen.component_digest.clone(),
+        capabilities: caps,
+    };
+    write_installed(pkg, &wasm, &record)?;
+    eprintln!(
+        "installed {pkg}@{}; run it with `hoist step run {pkg}`",
+        chosen.version
+    );
+    Ok(())
+}
+
+async fn download(
+    client: &RegistryClient,
+    pkg: &PackageName,
+    chosen: &VersionRecord,
+) -> anyhow::Result<Vec<u8>> {
+    let mut shown = 0u64;
+    let wasm = client
+        .blob(pkg, &chosen.component_digest, |done, total| {
+            // A line per 4 MiB: progress on a big (Python) component, quiet on small ones.
+            if done - shown >= 4 << 20 {
+                shown = done;
+                match total {
+                    Some(t) => eprintln!(
+                        "  {:.1} / {:.1} MiB",
+                        done as f64 / 1048576.0,
+                        t as f64 / 1048576.0
+                    ),
+                    None => eprintln!("  {:.1} MiB", done as f64 / 1048576.0),
+                }
+            }
+        })
+        .await?;
+    Ok(wasm)
+}
+
+/// Write the component and its record: each to a temporary file then renamed, the
+/// component first, so an interrupted install leaves the previous version whole.
+fn write_installed(pkg: &PackageName, wasm: &[u8], record: &Installed) -> anyhow::Result<()> {
+    let (wasm_path, json_path) = paths(pkg);
+    let dir = wasm_path.parent().expect("a package path has a directory");
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let put = |path: &Path, bytes: &[u8]| -> anyhow::Result<()> {
+        let tmp = path.with_extension("partial");
+        std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    };
+    put(&wasm_path, wasm)?;
+    put(&json_path, &serde_json::to_vec_pretty(record)?)
+}
+
+/// `hoist plugin search [QUERY]`.
+pub(crate) async fn search(query: &str, registry: Option<&str>) -> anyhow::Result<()> {
+    let found = client(registry, false)?.search(query).await?;
+    if found.is_empty() {
+        eprintln!("no package matches `{query}`");
+    }
+    for p in found {
+        println!(
+            "{}@{}  {}  [declares {}]",
+            p.package,
+            p.version,
+            p.summary,
+            declared(&p.capabilities)
+        );
+    }
+    Ok(())
+}
+
+/// `hoist plugin info NS/NAME`.
+pub(crate) async fn info(name: &str, registry: Option<&str>) -> anyhow::Result<()> {
+    let pkg: PackageName = name.parse()?;
+    let versions = client(registry, false)?.versions(&pkg).await?;
+    for v in versions {
+        println!(
+            "{pkg}@{}{}  {}  {}  declares {}",
+            v.version,
+            if v.yanked { " (yanked)" } else { "" },
+            v.component_digest,
+            v.summary,
+            declared(&v.capabilities)
+        );
+    }
+    Ok(())
+}
+
+/// `hoist plugin yank NS/NAME@X.Y.Z [--undo]`.
+pub(crate) async fn yank(spec: &str, undo: bool, registry: Option<&str>) -> anyhow::Result<()> {
+    let Some((name, version)) = spec.split_once('@') else {
+        bail!("yank needs NS/NAME@VERSION, e.g. acme/s3-sync@1.2.0");
+    };
+    let pkg: PackageName = name.parse()?;
+    let version = parse_version(version).map_err(anyhow::Error::msg)?;
+    client(registry, true)?
+        .yank(&pkg, &version.to_string(), !undo)
+        .await?;
+    eprintln!(
+        "{pkg}@{version} {}",
+        if undo {
+            "is installable again"
+        } else {
+            "is yanked: ranges no longer choose it"
+        }
+    );
+    Ok(())
+}
+
+/// `hoist plugin ls`: installed packages.
+pub(crate) fn ls() -> anyhow::Result<()> {
+    let dir = hoist_policy::paths::plugins();
+    let mut any = false;
+    for name in crate::plan::installed_names(&dir) {
+        let record = name.parse::<PackageName>().ok().and_then(|p| installed(&p));
+        any = true;
+        match record {
+            Some(r) => println!(
+                "{}@{}  from {}  {}  declares {}",
+                r.package,
+                r.version,
+                r.registry,
+                r.digest,
+                declared(&r.capabilities)
+            ),
+            None => println!("{name}  (copied in by hand: {}/{name}.wasm)", dir.display()),
+        }
+    }
+    if !any {
+        eprintln!("no plugins installed in {}", dir.display());
+    }
+    Ok(())
+}
+
+/// `hoist plugin rm NS/NAME`.
+pub(crate) fn rm(name: &str) -> anyhow::Result<()> {
+    let pkg: PackageName = name.parse()?;
+    let (wasm, json) = paths(&pkg);
+    if !wasm.is_file() {
+        bail!("{pkg} is not installed (`hoist plugin ls` lists what is)");
+    }
+    std::fs::remove_file(&wasm).with_context(|| format!("cannot remove {}", wasm.display()))?;
+    let _ = std::fs::remove_file(json);
+    eprintln!("removed {pkg}");
+    Ok(())
+}

@@ -1,0 +1,380 @@
+//! The registry's metadata through sqlx: SQLite in the data directory by default,
+//! PostgreSQL by URL. Tokens (stored as their SHA-256, never in clear), manifests, and
+//! the versions of each package with what the registry read from the component.
+//!
+//! A version is one row, inserted in the same transaction as its manifest: it is
+//! visible whole or not at all, and the primary key makes a version immutable (a second
+//! publish of it, concurrent or not, fails on the key and is answered 409).
+
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Row};
+
+use crate::name::PackageName;
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS registry_tokens (hash TEXT PRIMARY KEY, namespace TEXT NOT NULL, \
+     created TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS registry_manifests (repository TEXT NOT NULL, digest TEXT NOT NULL, \
+     body TEXT NOT NULL, PRIMARY KEY (repository, digest))",
+    "CREATE TABLE IF NOT EXISTS registry_versions (namespace TEXT NOT NULL, name TEXT NOT NULL, \
+     version TEXT NOT NULL, manifest_digest TEXT NOT NULL, component_digest TEXT NOT NULL, \
+     size BIGINT NOT NULL, step_name TEXT NOT NULL, summary TEXT NOT NULL, \
+     input_schema TEXT NOT NULL, capabilities TEXT NOT NULL, wit_version TEXT NOT NULL, \
+     yanked BIGINT NOT NULL, published TEXT NOT NULL, PRIMARY KEY (namespace, name, version))",
+];
+
+/// A database error (the URL's password masked).
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// Could not open or create the tables.
+    #[error("cannot open the registry database {url}: {source}")]
+    Open {
+        /// The URL, password masked.
+        url: String,
+        /// Why.
+        source: sqlx::Error,
+    },
+    /// The version exists already.
+    #[error("{0} is already published; a published version never changes (publish a new version)")]
+    Exists(String),
+    /// A query.
+    #[error("registry database: {0}")]
+    Query(#[from] sqlx::Error),
+}
+
+/// One published version, as the JSON API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct VersionRecord {
+    /// `namespace/name`.
+    pub package: String,
+    /// Semver.
+    pub version: String,
+    /// The manifest's digest (the OCI artifact).
+    pub manifest_digest: String,
+    /// The component's digest: what an install verifies and pins.
+    pub component_digest: String,
+    /// The component's size in bytes.
+    pub size: u64,
+    /// The step's own name (its `describe()`).
+    pub step_name: String,
+    /// Its summary.
+    pub summary: String,
+    /// Its input schema (JSON Schema).
+    pub input_schema: serde_json::Value,
+    /// The capabilities it declares, as written on the command line (`process:git`).
+    pub capabilities: Vec<String>,
+    /// The `hoist:step` WIT version it targets.
+    pub wit_version: String,
+    /// Yanked: still installable by exact version from a lock, never chosen by a range.
+    pub yanked: bool,
+    /// When (RFC 3339).
+    pub published: String,
+}
+
+/// The metadata database.
+#[derive(Clone, Debug)]
+pub struct RegistryDb {
+    pool: AnyPool,
+}
+
+/// `url` with a password replaced by `********`.
+pub fn masked(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match url[s + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:********{}", &url[..s + 3], &url[at..]),
+            None => url.to_string(),
+        },
+        _ => url.to_string(),
+    }
+}
+
+/// The stored form of a token: its SHA-256 (a token is 32 random bytes, so a plain hash
+/// is enough; nothing can be learned from the table).
+fn token_hash(token: &str) -> String {
+    crate::oci::hex(&Sha256::digest(token.as_bytes()))
+}
+
+const VERSION_COLUMNS: &str = "namespace, name, version, manifest_digest, component_digest, size, \
+     step_name, summary, input_schema, capabilities, wit_version, yanked, published";
+
+fn record(row: &sqlx::any::AnyRow) -> Result<VersionRecord, sqlx::Error> {
+    let ns: String = row.try_get("namespace")?;
+    let name: String = row.try_get("name")?;
+    let schema: String = row.try_get("input_schema")?;
+    let caps: String = row.try_get("capabilities")?;
+    Ok(VersionRecord {
+        package: format!("{ns}/{name}"),
+        version: row.try_get("version")?,
+        manifest_digest: row.try_get("manifest_digest")?,
+        component_digest: row.try_get("component_digest")?,
+        size: u64::try_from(row.try_get::<i64, _>("size")?).unwrap_or(0),
+        step_name: row.try_get("step_name")?,
+        summary: row.try_get("summary")?,
+        input_schema: serde_json::from_str(&schema).unwrap_or(serde_json::Value::Null),
+        capabilities: serde_json::from_str(&caps).unwrap_or_default(),
+        wit_version: row.try_get("wit_version")?,
+        yanked: row.try_get::<i64, _>("yanked")? != 0,
+        published: row.try_get("published")?,
+    })
+}
+
+impl RegistryDb {
+    /// Open by URL (`sqlite://...?mode=rwc` or `postgres://...`) and create the tables.
+    pub async fn open(url: &str) -> Result<Self, DbError> {
+        install_default_drivers();
+        let err = |source| DbError::Open {
+            url: masked(url),
+            source,
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(err)?;
+        for stmt in SCHEMA {
+            sqlx::query(stmt).execute(&pool).await.map_err(err)?;
+        }
+        Ok(Self { pool })
+    }
+
+    /// Create a token for publishing into `namespace`; the token (shown once).
+    pub async fn create_token(&self, namespace: &str) -> Result<String, DbError> {
+        let token = format!(
+            "hoist_{}",
+            crate::blobs::random_hex(32).map_err(|e| DbError::Query(sqlx::Error::Io(e)))?
+        );
+        sqlx::query("INSERT INTO registry_tokens (hash, namespace, created) VALUES ($1, $2, $3)")
+            .bind(token_hash(&token))
+            .bind(namespace)
+            .bind(hoist_policy::time::now_rfc3339())
+            .execute(&self.pool)
+            .await?;
+        Ok(token)
+    }
+
+    /// The namespace a token may publish into, if it is a token.
+    pub async fn token_namespace(&self, token: &str) -> Result<Option<String>, DbError> {
+        let row = sqlx::query("SELECT namespace FROM registry_tokens WHERE hash = $1")
+            .bind(token_hash(token))
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("namespace")).transpose()?)
+    }
+
+    /// Record a published version and its manifest, atomically; [`DbError::Exists`] if
+    /// the version is published already.
+    pub async fn publish(&self, v: &VersionRecord, manifest: &str) -> Result<(), DbError> {
+        let (ns, name) = v.package.split_once('/').unwrap_or((&v.package, ""));
+        let exists = || DbError::Exists(format!("{}@{}", v.package, v.version));
+        // The version row first: its key is the lock (a concurrent publish of the same
+        // version waits for this transaction, then fails on the key). No read before
+        // the write, so SQLite never has to upgrade a read lock.
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO registry_versions ({VERSION_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+        ))
+        .bind(ns)
+        .bind(name)
+        .bind(&v.version)
+        .bind(&v.manifest_digest)
+        .bind(&v.component_digest)
+        .bind(i64::try_from(v.size).unwrap_or(i64::MAX))
+        .bind(&v.step_name)
+        .bind(&v.summary)
+        .bind(v.input_schema.to_string())
+        .bind(serde_json::to_string(&v.capabilities).unwrap_or_default())
+        .bind(&v.wit_version)
+        .bind(i64::from(v.yanked))
+        .bind(&v.published)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Err(exists()),
+            Err(e) => return Err(e.into()),
+        }
+        sqlx::query(
+            "INSERT INTO registry_manifests (repository, digest, body) VALUES ($1, $2, $3) \
+             ON CONFLICT (repository, digest) DO NOTHING",
+        )
+        .bind(&v.package)
+        .bind(&v.manifest_digest)
+        .bind(manifest)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await.map_err(|e| match e {
+            sqlx::Error::Database(ref d) if d.is_unique_violation() => exists(),
+            e => e.into(),
+        })
+    }
+
+    /// The versions of a package, newest first (semver order).
+    pub async fn versions(&self, package: &PackageName) -> Result<Vec<VersionRecord>, DbError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {VERSION_COLUMNS} FROM registry_versions WHERE namespace = $1 AND name = $2"
+        ))
+        .bind(&package.namespace)
+        .bind(&package.name)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut v = rows.iter().map(record).collect::<Result<Vec<_>, _>>()?;
+        v.sort_by(|a, b| {
+            let (a, b) = (
+                semver::Version::parse(&a.version).ok(),
+                semver::Version::parse(&b.version).ok(),
+            );
+            b.cmp(&a)
+        });
+        Ok(v)
+    }
+
+    /// Mark a version yanked (or not); whether it exists.
+    pub async fn set_yanked(
+        &self,
+        package: &PackageName,
+        version: &str,
+        yanked: bool,
+    ) -> Result<bool, DbError> {
+        let res = sqlx::query(
+            "UPDATE registry_versions SET yanked = $1 WHERE namespace = $2 AND name = $3 AND version = $4",
+        )
+        .bind(i64::from(yanked))
+        .bind(&package.namespace)
+        .bind(&package.name)
+        .bind(version)
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    /// Packages whose name or summary contains `query` (case-insensitive), with their
+    /// newest version; every package for an empty query.
+    pub async fn search(&self, query: &str) -> Result<Vec<VersionRecord>, DbError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {VERSION_COLUMNS} FROM registry_versions ORDER BY namespace, name"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        let q = query.to_lowercase();
+        let mut newest: std::collections::BTreeMap<String, VersionRecord> = Default::default();
+        for row in &rows {
+            let r = record(row)?;
+            let hit = q.is_empty()
+                || r.package.contains(&q)
+                || r.summary.to_lowercase().contains(&q)
+                || r.capabilities.iter().any(|c| c.to_lowercase().contains(&q));
+            if !hit {
+                continue;
+            }
+            // The newest version a range would choose (not yanked); a package whose
+            // every version is yanked still shows, by its newest.
+            let rank = |v: &VersionRecord| (!v.yanked, semver::Version::parse(&v.version).ok());
+            let newer = newest
+                .get(&r.package)
+                .is_none_or(|cur| rank(&r) > rank(cur));
+            if newer {
+                newest.insert(r.package.clone(), r);
+            }
+        }
+        Ok(newest.into_values().collect())
+    }
+
+    /// A manifest of `package` by digest or by tag (a version): its digest and body.
+    pub async fn manifest(
+        &self,
+        package: &PackageName,
+        reference: &str,
+    ) -> Result<Option<(String, String)>, DbError> {
+        let digest = if crate::oci::is_digest(reference) {
+            reference.to_string()
+        } else {
+            let row = sqlx::query(
+                "SELECT manifest_digest FROM registry_versions \
+                 WHERE namespace = $1 AND name = $2 AND version = $3",
+            )
+            .bind(&package.namespace)
+            .bind(&package.name)
+            .bind(reference)
+            .fetch_optional(&self.pool)
+            .await?;
+            match row {
+                Some(r) => r.try_get("manifest_digest")?,
+                None => return Ok(None),
+            }
+        };
+        let row = sqlx::query(
+            "SELECT body FROM registry_manifests WHERE repository = $1 AND digest = $2",
+        )
+        .bind(package.repository())
+        .bind(&digest)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row
+            .map(|r| r.try_get::<String, _>("body"))
+            .transpose()?
+            .map(|body| (digest, body)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(version: &str) -> VersionRecord {
+        VersionRecord {
+            package: "acme/x".into(),
+            version: version.into(),
+            manifest_digest: crate::oci::digest_of(version.as_bytes()),
+            component_digest: crate::oci::digest_of(b"c"),
+            size: 1,
+            step_name: "x".into(),
+            summary: "Does x".into(),
+            input_schema: serde_json::json!({"type": "object"}),
+            capabilities: vec!["process:git".into()],
+            wit_version: "0.1.0".into(),
+            yanked: false,
+            published: "2026-12-03T00:00:00Z".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn versions_are_immutable_and_tokens_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("r.db").display());
+        let db = RegistryDb::open(&url).await.unwrap();
+        let pkg: PackageName = "acme/x".parse().unwrap();
+        db.publish(&rec("1.0.0"), "{}").await.unwrap();
+        db.publish(&rec("1.10.0"), "{}").await.unwrap();
+        db.publish(&rec("1.2.0"), "{}").await.unwrap();
+        assert!(matches!(
+            db.publish(&rec("1.0.0"), "{}").await,
+            Err(DbError::Exists(_))
+        ));
+        let order: Vec<_> = db
+            .versions(&pkg)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|v| v.version)
+            .collect();
+        assert_eq!(order, ["1.10.0", "1.2.0", "1.0.0"]);
+        assert_eq!(db.search("does").await.unwrap()[0].version, "1.10.0");
+        assert!(db.search("nothing-like-it").await.unwrap().is_empty());
+
+        let token = db.create_token("acme").await.unwrap();
+        assert_eq!(
+            db.token_namespace(&token).await.unwrap().as_deref(),
+            Some("acme")
+        );
+        assert_eq!(db.token_namespace("hoist_bogus").await.unwrap(), None);
+        let raw = std::fs::read(dir.path().join("r.db")).unwrap();
+        assert!(
+            !raw.windows(token.len()).any(|w| w == token.as_bytes()),
+            "token stored in clear"
+        );
+    }
+}

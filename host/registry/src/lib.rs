@@ -1,0 +1,102 @@
+//! Hoist's plugin registry, both sides.
+//!
+//! - [`server`]: `hoist registry serve`, an OCI distribution registry whose repositories
+//!   are packages (`namespace/name`, tags are versions, manifests are Wasm component
+//!   artifacts), plus a JSON API and human pages. Metadata in SQL ([`db`]: SQLite in the
+//!   data directory, PostgreSQL by URL), blobs content-addressed on disk ([`blobs`]).
+//! - [`client`]: publish, resolve, download-and-verify, search, yank.
+//!
+//! No wasmtime here: the server is handed an [`server::Inspector`] (the CLI's runtime
+//! loading the component and calling `describe()` with no capabilities).
+#![deny(missing_docs)]
+// No function in library code over 80 lines (clippy.toml): a CI check.
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
+
+pub mod blobs;
+pub mod client;
+pub mod db;
+pub mod oci;
+pub use hoist_policy::package as name;
+pub mod pages;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use client::{ClientError, RegistryClient};
+pub use db::{RegistryDb, VersionRecord};
+pub use name::{PackageName, Requirement};
+pub use server::{Inspected, Inspector, Registry};
+
+/// The largest component a registry accepts by default (64 MiB: a componentize-py
+/// step is ~18 MiB).
+pub const DEFAULT_SIZE_LIMIT: u64 = 64 << 20;
+
+/// Where a registry keeps its state.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// The data directory (SQLite database and blobs unless said otherwise).
+    pub data_dir: PathBuf,
+    /// A database URL instead of `DATA_DIR/registry.db`.
+    pub database_url: Option<String>,
+    /// The largest blob accepted.
+    pub size_limit: u64,
+}
+
+impl ServeConfig {
+    /// The database URL: the given one, else SQLite in the data directory.
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("registry.db").display()
+            )
+        })
+    }
+
+    /// Open the database and the blob store (creating the data directory, 0700).
+    pub async fn open(&self, inspect: Inspector) -> Result<Registry, String> {
+        create_private_dir(&self.data_dir)?;
+        let db = RegistryDb::open(&self.database_url())
+            .await
+            .map_err(|e| e.to_string())?;
+        let blobs =
+            blobs::BlobStore::open(&self.data_dir.join("blobs"), self.size_limit).map_err(|e| {
+                format!(
+                    "cannot open the blob store in {}: {e}",
+                    self.data_dir.display()
+                )
+            })?;
+        Ok(Registry {
+            db,
+            blobs,
+            inspect,
+            inspecting: tokio::sync::Semaphore::new(2),
+        })
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot create the data directory {}: {e}", dir.display()))
+}
+
+/// Serve `registry` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    registry: Registry,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = server::router(Arc::new(registry));
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}

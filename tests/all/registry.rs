@@ -1,0 +1,461 @@
+//! The plugin registry, both sides, as users run them: `hoist registry serve` (a real
+//! HTTP server on loopback, SQLite in its data directory), `hoist registry token
+//! create`, `hoist plugin publish/install/ls/info/yank`, then `hoist step run NS/NAME`.
+//! Attacks on the server are sent as raw HTTP (what a hostile client would send), and
+//! every refusal is checked to have left nothing visible or installed.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::support::{self, Server, hoist, plugins, run};
+
+/// A registry served by the real binary, killed on drop.
+struct Registry {
+    _server: Server,
+    port: u16,
+    url: String,
+    data: PathBuf,
+}
+
+fn serve(dir: &Path, extra: &[&str]) -> Registry {
+    let port = support::free_port();
+    let data = dir.join("registry-data");
+    let mut cmd = hoist(dir);
+    cmd.args(["registry", "serve", "--addr", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(&data)
+        .args(extra);
+    Registry {
+        _server: Server::start(cmd, port, "hoist registry serve"),
+        port,
+        url: format!("http://127.0.0.1:{port}"),
+        data,
+    }
+}
+
+impl Registry {
+    fn token(&self, dir: &Path, namespace: &str) -> String {
+        let (code, out, err) = run(hoist(dir)
+            .args(["registry", "token", "create", "--namespace", namespace])
+            .arg("--data-dir")
+            .arg(&self.data));
+        assert_eq!(code, 0, "{err}");
+        let token = out.lines().last().unwrap().trim().to_string();
+        assert!(token.starts_with("hoist_") && token.len() > 40, "{out}");
+        token
+    }
+
+    /// `hoist plugin ARGS... --registry URL` in `dir`'s home, with `token` if any.
+    fn plugin(&self, dir: &Path, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
+        let mut cmd = hoist(dir);
+        cmd.arg("plugin").args(args).args(["--registry", &self.url]);
+        match token {
+            Some(t) => cmd.env("HOIST_REGISTRY_TOKEN", t),
+            None => cmd.env_remove("HOIST_REGISTRY_TOKEN"),
+        };
+        run(&mut cmd)
+    }
+
+    fn publish(
+        &self,
+        dir: &Path,
+        token: &str,
+        file: &str,
+        name: &str,
+        version: &str,
+    ) -> (i32, String, String) {
+        self.plugin(
+            dir,
+            Some(token),
+            &["publish", file, "--name", name, "--version", version],
+        )
+    }
+
+    /// Raw HTTP/1.1 to the registry: (status, body).
+    fn http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String) {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// Files under the blob store.
+    fn blob_count(&self) -> usize {
+        std::fs::read_dir(self.data.join("blobs/sha256"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    hoist_registry::oci::digest_of(bytes)
+}
+
+/// The whole path a user takes: a token, a publish, an install into another machine's
+/// home, a run by name; the registry's OCI and JSON views of it; a second version that
+/// declares more stops the update until confirmed; a version is never published twice.
+#[test]
+fn a_published_step_installs_and_runs_by_name() {
+    let (_t, dir) = support::tempdir();
+    let (_c, consumer) = support::tempdir();
+    let reg = serve(&dir, &[]);
+    let token = reg.token(&dir, "acme");
+
+    let (code, out, err) = reg.publish(&dir, &token, plugins::TRIVIAL, "acme/echo", "1.0.0");
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("publishing acme/echo@1.0.0") && err.contains("declares nothing"),
+        "{err}"
+    );
+    let manifest_digest = out.trim().to_string();
+    assert!(manifest_digest.starts_with("sha256:"), "{out}");
+
+    // The OCI view: the version is a tag, the manifest a Wasm artifact, the blob the
+    // component's bytes.
+    let wasm = std::fs::read(plugins::TRIVIAL).unwrap();
+    let (status, tags) = reg.http("GET", "/v2/acme/echo/tags/list", &[], b"");
+    assert_eq!((status, tags.contains("\"1.0.0\"")), (200, true), "{tags}");
+    let (status, manifest) = reg.http("GET", "/v2/acme/echo/manifests/1.0.0", &[], b"");
+    assert_eq!(status, 200);
+    assert_eq!(sha256(manifest.as_bytes()), manifest_digest);
+    assert!(
+        manifest.contains("application/vnd.wasm.config.v0+json")
+            && manifest.contains(&sha256(&wasm)),
+        "{manifest}"
+    );
+    let (status, _) = reg.http(
+        "GET",
+        &format!("/v2/acme/echo/blobs/{}", sha256(&wasm)),
+        &[],
+        b"",
+    );
+    assert_eq!(status, 200);
+
+    // Install on another machine (another home) and run it by its package name.
+    let (code, _, err) = reg.plugin(&consumer, None, &["install", "acme/echo@^1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("installed acme/echo@1.0.0"), "{err}");
+    let (code, out, err) = run(hoist(&consumer).current_dir(&consumer).args([
+        "step",
+        "run",
+        "acme/echo",
+        "--input",
+        "k=from-the-registry",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("from-the-registry"), "{out}");
+
+    // 1.1.0 is a different step that declares capabilities: an update stops and says
+    // what is new, leaving 1.0.0 installed; --yes takes it.
+    let (code, _, err) = reg.publish(&dir, &token, plugins::PROBE, "acme/echo", "1.1.0");
+    assert_eq!(code, 0, "{err}");
+    let installed = support::home_of(&consumer).join("plugins/acme/echo.wasm");
+    let (code, _, err) = reg.plugin(&consumer, None, &["install", "acme/echo"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("declares more than the installed 1.0.0") && err.contains("--yes"),
+        "{err}"
+    );
+    assert_eq!(
+        sha256(&std::fs::read(&installed).unwrap()),
+        sha256(&wasm),
+        "the refused update changed the installed plugin"
+    );
+    let (code, _, err) = reg.plugin(&consumer, None, &["install", "acme/echo", "--yes"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        sha256(&std::fs::read(&installed).unwrap()),
+        sha256(&std::fs::read(plugins::PROBE).unwrap())
+    );
+    let (_, out, _) = run(hoist(&consumer).args(["plugin", "ls"]));
+    assert!(out.contains("acme/echo@1.1.0"), "{out}");
+
+    // Immutable: the same version again is refused, and what was published stands.
+    let (code, _, err) = reg.publish(&dir, &token, plugins::PROBE, "acme/echo", "1.0.0");
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("409") && err.contains("already published"),
+        "{err}"
+    );
+    let (_, manifest_after) = reg.http("GET", "/v2/acme/echo/manifests/1.0.0", &[], b"");
+    assert_eq!(manifest_after, manifest);
+
+    // Yanked versions are not chosen by a range.
+    let (code, _, err) = reg.plugin(&dir, Some(&token), &["yank", "acme/echo@1.1.0"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = reg.plugin(&dir, None, &["info", "acme/echo"]);
+    assert!(out.contains("acme/echo@1.1.0 (yanked)"), "{out}");
+    let (_, body) = reg.http("GET", "/api/v1/packages?q=echo", &[], b"");
+    assert!(body.contains("\"version\":\"1.0.0\""), "{body}");
+}
+
+/// Writes without the right token are refused (none, unknown, another namespace's),
+/// and so are names outside the safe set; nothing becomes visible.
+#[test]
+fn publishing_needs_the_namespaces_token_and_a_plain_name() {
+    let (_t, dir) = support::tempdir();
+    let reg = serve(&dir, &[]);
+    let acme = reg.token(&dir, "acme");
+
+    let (code, _, err) = reg.plugin(
+        &dir,
+        None,
+        &[
+            "publish",
+            plugins::TRIVIAL,
+            "--name",
+            "acme/x",
+            "--version",
+            "1.0.0",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("HOIST_REGISTRY_TOKEN"), "{err}");
+    let (code, _, err) = reg.publish(
+        &dir,
+        "hoist_not-a-token",
+        plugins::TRIVIAL,
+        "acme/x",
+        "1.0.0",
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("401") && err.contains("not one this registry issued"),
+        "{err}"
+    );
+    let (code, _, err) = reg.publish(&dir, &acme, plugins::TRIVIAL, "other/x", "1.0.0");
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("403") && err.contains("publishes into `acme`, not into `other`"),
+        "{err}"
+    );
+    for (name, why) in [
+        ("acme/../x", "character '.'"),
+        ("\u{430}cme/x", "non-ASCII character"),
+        ("acme/X", "uppercase"),
+    ] {
+        let (code, _, err) = reg.publish(&dir, &acme, plugins::TRIVIAL, name, "1.0.0");
+        assert_eq!(code, 1, "{name}");
+        assert!(err.contains(why), "{name}: {err}");
+    }
+    // The server refuses the same names itself (a client that skips the checks).
+    let auth = format!("Bearer {acme}");
+    for path in [
+        "/v2/acme/..%2Fx/manifests/1.0.0",
+        "/v2/acme/%D0%B0x/manifests/1.0.0",
+    ] {
+        let (status, body) = reg.http("PUT", path, &[("Authorization", &auth)], b"{}");
+        assert!(status == 400 || status == 404, "{path}: {status} {body}");
+    }
+    let (_, body) = reg.http("GET", "/api/v1/packages", &[], b"");
+    assert_eq!(body, r#"{"packages":[]}"#);
+    assert_eq!(reg.blob_count(), 0, "a refused write stored a blob");
+}
+
+/// Uploads that are not steps, not what their digest says, or too large are refused
+/// by the server with the reason, and leave no version.
+#[test]
+fn the_server_refuses_what_is_not_a_step() {
+    let (_t, dir) = support::tempdir();
+    let reg = serve(&dir, &["--max-size", "200KiB"]);
+    let token = reg.token(&dir, "acme");
+    let auth = format!("Bearer {token}");
+    let h = [("Authorization", auth.as_str())];
+
+    // A blob whose bytes are not its digest.
+    let (status, body) = reg.http(
+        "POST",
+        &format!("/v2/acme/x/blobs/uploads/?digest={}", sha256(b"other")),
+        &h,
+        b"bytes",
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("DIGEST_INVALID"), "{body}");
+    assert_eq!(reg.blob_count(), 0);
+
+    // Not a component: the blobs are stored (they are only bytes), the version is not.
+    let junk = b"#!/bin/sh\necho not wasm\n".to_vec();
+    let config = hoist_registry::oci::wasm_config(&sha256(&junk));
+    for blob in [&junk, &config] {
+        let (status, body) = reg.http(
+            "POST",
+            &format!("/v2/acme/junk/blobs/uploads/?digest={}", sha256(blob)),
+            &h,
+            blob,
+        );
+        assert_eq!(status, 201, "{body}");
+    }
+    let manifest = serde_json::to_vec(&hoist_registry::oci::package_manifest(
+        &config, &junk, "1.0.0", "",
+    ))
+    .unwrap();
+    let (status, body) = reg.http("PUT", "/v2/acme/junk/manifests/1.0.0", &h, &manifest);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("not a step this registry accepts"), "{body}");
+    let (status, _) = reg.http("GET", "/v2/acme/junk/manifests/1.0.0", &[], b"");
+    assert_eq!(status, 404);
+    // A tag that is not a version.
+    let (status, body) = reg.http("PUT", "/v2/acme/junk/manifests/latest", &h, &manifest);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("TAG_INVALID"), "{body}");
+
+    // Over the size limit: the trivial step (178 KiB) would fit, the probe (230 KiB) does not.
+    let big = std::fs::read(plugins::PROBE).unwrap();
+    assert!(big.len() > 200 << 10, "the probe is {} bytes", big.len());
+    let (code, _, err) = reg.publish(&dir, &token, plugins::PROBE, "acme/big", "1.0.0");
+    assert_eq!(code, 1);
+    assert!(err.contains("413") && err.contains("limit"), "{err}");
+    let (status, _) = reg.http("GET", "/api/v1/packages/acme/big", &[], b"");
+    assert_eq!(status, 404);
+}
+
+/// A blob changed on the registry's disk (or in transit) does not install; a registry
+/// that is down says so, and what is installed still runs.
+#[test]
+fn a_tampered_component_is_not_installed_and_an_unreachable_registry_is_named() {
+    let (_t, dir) = support::tempdir();
+    let (_c, consumer) = support::tempdir();
+    let reg = serve(&dir, &[]);
+    let token = reg.token(&dir, "acme");
+    let (code, _, err) = reg.publish(&dir, &token, plugins::TRIVIAL, "acme/echo", "1.0.0");
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = reg.publish(&dir, &token, plugins::PROBE, "acme/probe", "1.0.0");
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = reg.plugin(&consumer, None, &["install", "acme/echo"]);
+    assert_eq!(code, 0, "{err}");
+
+    // The probe's blob is swapped for the trivial step's bytes.
+    let probe = std::fs::read(plugins::PROBE).unwrap();
+    let stored = reg.data.join("blobs/sha256").join(&sha256(&probe)[7..]);
+    std::fs::write(&stored, std::fs::read(plugins::TRIVIAL).unwrap()).unwrap();
+    let (code, _, err) = reg.plugin(&consumer, None, &["install", "acme/probe"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("is not what its digest says") && err.contains("nothing was installed"),
+        "{err}"
+    );
+    assert!(
+        !support::home_of(&consumer)
+            .join("plugins/acme/probe.wasm")
+            .exists()
+    );
+    assert!(
+        !support::home_of(&consumer)
+            .join("plugins/acme/probe.partial")
+            .exists()
+    );
+
+    // Down: a port nobody listens on.
+    let down = format!("http://127.0.0.1:{}", support::free_port());
+    let (code, _, err) =
+        run(hoist(&consumer).args(["plugin", "install", "acme/echo@^2", "--registry", &down]));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("cannot reach the registry at {down}")),
+        "{err}"
+    );
+    let (code, out, err) = run(hoist(&consumer).current_dir(&consumer).args([
+        "step",
+        "run",
+        "acme/echo",
+        "--input",
+        "k=offline",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("offline"), "{out}");
+    // Not installed: named, with the command that installs it.
+    let (code, _, err) =
+        run(hoist(&consumer)
+            .current_dir(&consumer)
+            .args(["step", "run", "acme/nope"]));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(
+            "package `acme/nope` is not installed; install it with `hoist plugin install acme/nope`"
+        ),
+        "{err}"
+    );
+}
+
+/// Concurrent publishes of one version: exactly one wins, the others get 409.
+#[test]
+fn concurrent_publishes_of_one_version_leave_one() {
+    let (_t, dir) = support::tempdir();
+    let reg = serve(&dir, &[]);
+    let token = reg.token(&dir, "acme");
+    let children: Vec<_> = (0..4)
+        .map(|i| {
+            let file = if i % 2 == 0 {
+                plugins::TRIVIAL
+            } else {
+                plugins::PROBE
+            };
+            let mut cmd: Command = hoist(&dir);
+            cmd.args([
+                "plugin",
+                "publish",
+                file,
+                "--name",
+                "acme/race",
+                "--version",
+                "1.0.0",
+                "--registry",
+                &reg.url,
+            ])
+            .env("HOIST_REGISTRY_TOKEN", &token)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+            cmd.spawn().unwrap()
+        })
+        .collect();
+    let results: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let won = results.iter().filter(|o| o.status.success()).count();
+    assert_eq!(
+        won,
+        1,
+        "{:?}",
+        results
+            .iter()
+            .map(|o| support::text(&o.stderr))
+            .collect::<Vec<_>>()
+    );
+    for o in results.iter().filter(|o| !o.status.success()) {
+        assert!(
+            support::text(&o.stderr).contains("already published"),
+            "{}",
+            support::text(&o.stderr)
+        );
+    }
+    let (_, tags) = reg.http("GET", "/v2/acme/race/tags/list", &[], b"");
+    assert_eq!(tags, r#"{"name":"acme/race","tags":["1.0.0"]}"#);
+}
