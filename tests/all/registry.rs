@@ -459,3 +459,324 @@ fn concurrent_publishes_of_one_version_leave_one() {
     let (_, tags) = reg.http("GET", "/v2/acme/race/tags/list", &[], b"");
     assert_eq!(tags, r#"{"name":"acme/race","tags":["1.0.0"]}"#);
 }
+
+/// A project's packages are pinned in `hoist.lock` beside its prefect.yaml: `requires:`
+/// installs before the step runs and pins what it installed; a newer version does not
+/// move the pin; another machine installs exactly the pin from the lock; an installed
+/// file that is not the pinned one is put back; with the pin installed nothing needs the
+/// registry; a lock the registry contradicts, or a requirement the pin does not meet,
+/// stops before anything runs and installs nothing.
+#[test]
+fn a_project_pins_its_packages_in_hoist_lock() {
+    let (_t, dir) = support::tempdir();
+    let reg = serve(&dir, &[]);
+    let token = reg.token(&dir, "acme");
+    let (code, _, err) = reg.publish(&dir, &token, plugins::TRIVIAL, "acme/echo", "1.0.0");
+    assert_eq!(code, 0, "{err}");
+    let trivial = sha256(&std::fs::read(plugins::TRIVIAL).unwrap());
+
+    let (_p, project) = support::tempdir();
+    let yaml = "build:\n  - acme/echo:\n      id: echo\n      requires: acme/echo@^1\n      said: pinned-hello\n";
+    std::fs::write(project.join("prefect.yaml"), yaml).unwrap();
+    let build = |home: &Path, registry: Option<&str>| {
+        let mut cmd = hoist(home);
+        cmd.current_dir(&project).arg("build");
+        match registry {
+            Some(r) => cmd.env("HOIST_REGISTRY", r),
+            None => cmd.env_remove("HOIST_REGISTRY"),
+        };
+        run(&mut cmd)
+    };
+    let lock_path = project.join("hoist.lock");
+    let installed = support::home_of(&dir).join("plugins/acme/echo.wasm");
+
+    // Not installed and no registry: said before anything runs.
+    let (code, out, err) = build(&dir, None);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        err.contains("prefect.yaml:2: build[0]")
+            && err
+                .contains("requires acme/echo@^1, which is not installed, and no registry is set"),
+        "{err}"
+    );
+    assert!(!lock_path.exists() && !installed.exists());
+
+    // `requires:` installs it, pins it, and the step runs.
+    let (code, out, err) = build(&dir, Some(&reg.url));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("pinned-hello"), "{out}");
+    assert!(err.contains("pinned acme/echo@1.0.0 in"), "{err}");
+    let lock: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&lock_path).unwrap()).unwrap();
+    assert_eq!(
+        lock["packages"],
+        serde_json::json!([{"package": "acme/echo", "version": "1.0.0", "registry": reg.url, "digest": trivial}])
+    );
+
+    // A newer version does not move the pin.
+    let (code, _, err) = reg.publish(&dir, &token, plugins::PROBE, "acme/echo", "1.1.0");
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = build(&dir, Some(&reg.url));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("pinned-hello"), "{out}");
+    assert_eq!(sha256(&std::fs::read(&installed).unwrap()), trivial);
+
+    // Another machine: `hoist plugin install` with no package installs the pin, not the
+    // newest version.
+    let (_o, other) = support::tempdir();
+    let (code, _, err) = run(hoist(&other)
+        .current_dir(&project)
+        .args(["plugin", "install"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("installing acme/echo@1.0.0"), "{err}");
+    let other_installed = support::home_of(&other).join("plugins/acme/echo.wasm");
+    assert_eq!(sha256(&std::fs::read(&other_installed).unwrap()), trivial);
+
+    // An installed file that is not the pinned one (replaced by hand) is put back.
+    std::fs::copy(plugins::PROBE, &installed).unwrap();
+    let (code, out, err) = build(&dir, None);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("pinned-hello"), "{out}");
+    assert_eq!(sha256(&std::fs::read(&installed).unwrap()), trivial);
+
+    // A lock the registry contradicts (the pin's digest is another component's):
+    // refused, nothing installed on a fresh machine.
+    let good_lock = std::fs::read_to_string(&lock_path).unwrap();
+    let probe = sha256(&std::fs::read(plugins::PROBE).unwrap());
+    std::fs::write(&lock_path, good_lock.replace(&trivial, &probe)).unwrap();
+    let (_f, fresh) = support::tempdir();
+    let (code, _, err) = run(hoist(&fresh)
+        .current_dir(&project)
+        .args(["plugin", "install"]));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("pins acme/echo@1.0.0 as {probe}"))
+            && err.contains(&format!("serves {trivial}"))
+            && err.contains("nothing was installed"),
+        "{err}"
+    );
+    assert!(
+        !support::home_of(&fresh)
+            .join("plugins/acme/echo.wasm")
+            .exists()
+    );
+    std::fs::write(&lock_path, &good_lock).unwrap();
+
+    // A requirement the pin does not meet stops the run, naming the step and the fix.
+    std::fs::write(project.join("prefect.yaml"), yaml.replace("@^1", "@^2")).unwrap();
+    let (code, out, err) = build(&dir, Some(&reg.url));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        err.contains("prefect.yaml:2: build[0]: requires acme/echo@^2, but")
+            && err.contains("pins acme/echo@1.0.0")
+            && err.contains("hoist plugin install acme/echo@^2"),
+        "{err}"
+    );
+    assert!(!out.contains("pinned-hello"), "{out}");
+    std::fs::write(project.join("prefect.yaml"), yaml).unwrap();
+
+    // Offline: the registry is gone and the pin is installed; the build still runs.
+    drop(reg);
+    let (code, out, err) = build(&dir, Some("http://127.0.0.1:9"));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("pinned-hello"), "{out}");
+    // Where the pin is not installed, the unreachable registry is named.
+    std::fs::remove_file(&installed).unwrap();
+    let (code, _, err) = build(&dir, None);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("pins acme/echo@1.0.0 and it is not installed here")
+            && err.contains("cannot reach the registry"),
+        "{err}"
+    );
+}
+
+/// The registry's inspector loads each upload once: `forget` drops it from the runtime's
+/// memory (a server that lives for months does not keep every component it described),
+/// and a later load maps it from the disk cache instead of compiling it again.
+#[tokio::test]
+async fn a_described_component_is_not_kept_loaded() {
+    use hoist::runtime::{ComponentCache, HostEnv, Loaded, Runtime, RuntimeConfig};
+    let (_t, dir) = support::tempdir();
+    let runtime = Runtime::new(RuntimeConfig {
+        cache: ComponentCache::at(dir.join("cache")).with_key_file(dir.join("key")),
+        env: HostEnv::from_process(),
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let trivial = std::fs::read(plugins::TRIVIAL).unwrap();
+    let first = runtime.load(&trivial, "upload", false).await.unwrap();
+    assert_eq!(first.loaded, Loaded::Compiled);
+    let same = runtime.load(&trivial, "upload", false).await.unwrap();
+    assert!(std::sync::Arc::ptr_eq(&first, &same), "kept while loaded");
+    runtime.forget(&first.digest);
+    let again = runtime.load(&trivial, "upload", false).await.unwrap();
+    assert!(!std::sync::Arc::ptr_eq(&first, &again), "forgotten");
+    assert_eq!(again.loaded, Loaded::Cached);
+}
+
+/// Signed packages: `keygen` makes a key (never overwriting one), `publish --sign`
+/// attaches a signature the server checks before storing, and `install
+/// --require-signed` (or `HOIST_REQUIRE_SIGNED=1`) installs only what a key the user
+/// trusts signed: unsigned, signed by an untrusted key, and a missing key each install
+/// or publish nothing; a signature over something else is refused by the server.
+#[test]
+fn signed_packages_install_only_from_trusted_keys_when_required() {
+    let (_t, dir) = support::tempdir();
+    let (_c, consumer) = support::tempdir();
+    let reg = serve(&dir, &[]);
+    let token = reg.token(&dir, "acme");
+    let keygen = |extra: &[&str]| run(hoist(&dir).args(["plugin", "keygen"]).args(extra));
+    let (code, out, err) = keygen(&[]);
+    assert_eq!(code, 0, "{err}");
+    let key_a = out.lines().last().unwrap().trim().to_string();
+    assert!(
+        key_a.starts_with("ed25519:") && key_a.len() == 8 + 64,
+        "{out}"
+    );
+    let key_file = support::home_of(&dir).join("keys/signing.key");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the private key is readable by others");
+    }
+    let before = std::fs::read(&key_file).unwrap();
+    let (code, _, err) = keygen(&[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("never overwritten"), "{err}");
+    assert_eq!(std::fs::read(&key_file).unwrap(), before);
+
+    let publish = |file: &str, name: &str, version: &str, extra: &[&str]| {
+        let mut args = vec!["publish", file, "--name", name, "--version", version];
+        args.extend_from_slice(extra);
+        reg.plugin(&dir, Some(&token), &args)
+    };
+    let (code, _, err) = publish(plugins::TRIVIAL, "acme/signed", "1.0.0", &["--sign"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!("signed acme/signed@1.0.0 with {key_a}")),
+        "{err}"
+    );
+    let (_, out, _) = reg.plugin(&dir, None, &["info", "acme/signed"]);
+    assert!(out.contains(&format!("signed by {key_a}")), "{out}");
+    let (code, _, err) = publish(plugins::TRIVIAL, "acme/unsigned", "1.0.0", &[]);
+    assert_eq!(code, 0, "{err}");
+    // A missing key publishes nothing.
+    let (code, _, err) = publish(
+        plugins::TRIVIAL,
+        "acme/signed",
+        "1.0.9",
+        &["--sign", "--key", "/nonexistent/key"],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("cannot read the signing key /nonexistent/key"),
+        "{err}"
+    );
+    let (_, tags) = reg.http("GET", "/v2/acme/signed/tags/list", &[], b"");
+    assert!(!tags.contains("1.0.9"), "{tags}");
+
+    let installed = |name: &str| {
+        support::home_of(&consumer)
+            .join(format!("plugins/acme/{name}.wasm"))
+            .exists()
+    };
+    let install = |args: &[&str], env: Option<&str>| {
+        let mut cmd = hoist(&consumer);
+        cmd.arg("plugin")
+            .arg("install")
+            .args(args)
+            .args(["--registry", &reg.url]);
+        match env {
+            Some(v) => cmd.env("HOIST_REQUIRE_SIGNED", v),
+            None => cmd.env_remove("HOIST_REQUIRE_SIGNED"),
+        };
+        run(&mut cmd)
+    };
+    // Signed, but by a key the consumer does not trust yet.
+    let (code, _, err) = install(&["acme/signed", "--require-signed"], None);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("signed only by keys you do not trust: {key_a}"))
+            && err.contains("hoist plugin trust"),
+        "{err}"
+    );
+    assert!(!installed("signed"));
+    let (code, out, err) = run(hoist(&consumer).args(["plugin", "trust", &key_a]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&key_a), "{out}");
+    let (code, _, err) = install(&["acme/signed", "--require-signed"], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!("is signed by {key_a}, a key you trust")),
+        "{err}"
+    );
+    assert!(installed("signed"));
+    // Unsigned, with the policy from the environment.
+    let (code, _, err) = install(&["acme/unsigned"], Some("1"));
+    assert_eq!(code, 1);
+    assert!(err.contains("it is not signed"), "{err}");
+    assert!(!installed("unsigned"));
+    let (code, _, err) = install(&["acme/unsigned"], None);
+    assert_eq!(
+        code, 0,
+        "without the policy an unsigned package installs: {err}"
+    );
+
+    // Signed by a second key the consumer does not trust: the update is refused.
+    let other_key = dir.join("other.key");
+    let (code, out, err) = keygen(&["--out", other_key.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let key_b = out.lines().last().unwrap().trim().to_string();
+    let (code, _, err) = publish(
+        plugins::PROBE,
+        "acme/signed",
+        "1.1.0",
+        &["--sign", "--key", other_key.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = install(&["acme/signed@1.1.0", "--yes"], Some("1"));
+    assert_eq!(code, 1);
+    assert!(err.contains(&format!("do not trust: {key_b}")), "{err}");
+    let now = std::fs::read(support::home_of(&consumer).join("plugins/acme/signed.wasm")).unwrap();
+    assert_eq!(
+        sha256(&now),
+        sha256(&std::fs::read(plugins::TRIVIAL).unwrap())
+    );
+
+    // The server stores only signatures over the version's own component: key A's
+    // signature of 1.0.0 sent for 1.1.0 is refused, and so is one without the token.
+    let signing = hoist_policy::signature::SigningKey::from_file_text(
+        &std::fs::read_to_string(&key_file).unwrap(),
+    )
+    .unwrap();
+    let pkg: hoist_registry::PackageName = "acme/signed".parse().unwrap();
+    let trivial = sha256(&std::fs::read(plugins::TRIVIAL).unwrap());
+    let moved = signing.sign(&hoist_policy::signature::message(&pkg, "1.0.0", &trivial));
+    let body = format!("{{\"public_key\":\"{key_a}\",\"signature\":\"{moved}\"}}");
+    let auth = format!("Bearer {token}");
+    let (status, answer) = reg.http(
+        "POST",
+        "/api/v1/packages/acme/signed/1.1.0/signatures",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        body.as_bytes(),
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("is not over acme/signed@1.1.0"), "{answer}");
+    let (status, _) = reg.http(
+        "POST",
+        "/api/v1/packages/acme/signed/1.1.0/signatures",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    assert_eq!(status, 401);
+    let (_, out, _) = reg.plugin(&dir, None, &["info", "acme/signed"]);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("acme/signed@1.1.0"))
+        .unwrap();
+    assert!(!line.contains(&key_a), "{line}");
+}

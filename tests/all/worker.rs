@@ -916,7 +916,11 @@ async fn a_deployment_concurrency_lease_holds_while_pull_steps_run() {
     let mut ends = Vec::new();
     for id in [&a, &b] {
         let done = wait_state(&client, id, "COMPLETED", 1500).await;
-        assert_eq!(done["state_type"], "COMPLETED", "{done}");
+        let log = std::fs::read_to_string(dir.join("leaser.log")).unwrap_or_default();
+        assert_eq!(
+            done["state_type"], "COMPLETED",
+            "{done}\nworker's log:\n{log}"
+        );
         ends.push(done);
     }
     // Whichever was claimed first ran alone: the other's claim came after its end.

@@ -19,6 +19,7 @@ mod env;
 pub mod package;
 pub mod paths;
 pub mod secrets;
+pub mod signature;
 pub mod text;
 pub mod time;
 pub mod tls;

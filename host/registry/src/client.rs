@@ -176,6 +176,24 @@ impl RegistryClient {
         Ok(digest)
     }
 
+    /// Attach a signature (made by the caller over
+    /// `hoist_policy::signature::message`) to `pkg@version`.
+    pub async fn sign(
+        &self,
+        pkg: &PackageName,
+        version: &str,
+        signature: &crate::db::SignatureRecord,
+    ) -> Result<(), ClientError> {
+        let url = format!(
+            "{}/api/v1/packages/{}/{version}/signatures",
+            self.base,
+            pkg.repository()
+        );
+        self.send(self.authed(self.http.post(url)).json(signature))
+            .await?;
+        Ok(())
+    }
+
     /// Every version of `pkg`, newest first.
     pub async fn versions(&self, pkg: &PackageName) -> Result<Vec<VersionRecord>, ClientError> {
         let url = format!("{}/api/v1/packages/{}", self.base, pkg.repository());

@@ -23,6 +23,9 @@ const SCHEMA: &[&str] = &[
      size BIGINT NOT NULL, step_name TEXT NOT NULL, summary TEXT NOT NULL, \
      input_schema TEXT NOT NULL, capabilities TEXT NOT NULL, wit_version TEXT NOT NULL, \
      yanked BIGINT NOT NULL, published TEXT NOT NULL, PRIMARY KEY (namespace, name, version))",
+    "CREATE TABLE IF NOT EXISTS registry_signatures (namespace TEXT NOT NULL, name TEXT NOT NULL, \
+     version TEXT NOT NULL, public_key TEXT NOT NULL, signature TEXT NOT NULL, \
+     created TEXT NOT NULL, PRIMARY KEY (namespace, name, version, public_key))",
 ];
 
 /// A database error (the URL's password masked).
@@ -71,6 +74,19 @@ pub struct VersionRecord {
     pub yanked: bool,
     /// When (RFC 3339).
     pub published: String,
+    /// Signatures over the package, version and component digest
+    /// (`hoist_policy::signature::message`); the server checked each before storing it.
+    #[serde(default)]
+    pub signatures: Vec<SignatureRecord>,
+}
+
+/// One signature of a version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct SignatureRecord {
+    /// `ed25519:<hex>`.
+    pub public_key: String,
+    /// Hex.
+    pub signature: String,
 }
 
 /// The metadata database.
@@ -117,6 +133,7 @@ fn record(row: &sqlx::any::AnyRow) -> Result<VersionRecord, sqlx::Error> {
         wit_version: row.try_get("wit_version")?,
         yanked: row.try_get::<i64, _>("yanked")? != 0,
         published: row.try_get("published")?,
+        signatures: Vec::new(),
     })
 }
 
@@ -222,6 +239,23 @@ impl RegistryDb {
         .fetch_all(&self.pool)
         .await?;
         let mut v = rows.iter().map(record).collect::<Result<Vec<_>, _>>()?;
+        let sigs = sqlx::query(
+            "SELECT version, public_key, signature FROM registry_signatures \
+             WHERE namespace = $1 AND name = $2 ORDER BY created, public_key",
+        )
+        .bind(&package.namespace)
+        .bind(&package.name)
+        .fetch_all(&self.pool)
+        .await?;
+        for row in &sigs {
+            let version: String = row.try_get("version")?;
+            if let Some(rec) = v.iter_mut().find(|r| r.version == version) {
+                rec.signatures.push(SignatureRecord {
+                    public_key: row.try_get("public_key")?,
+                    signature: row.try_get("signature")?,
+                });
+            }
+        }
         v.sort_by(|a, b| {
             let (a, b) = (
                 semver::Version::parse(&a.version).ok(),
@@ -230,6 +264,35 @@ impl RegistryDb {
             b.cmp(&a)
         });
         Ok(v)
+    }
+
+    /// Add a signature to a version (the caller verified it); a key signs a version
+    /// once ([`DbError::Exists`] after that).
+    pub async fn add_signature(
+        &self,
+        package: &PackageName,
+        version: &str,
+        sig: &SignatureRecord,
+    ) -> Result<(), DbError> {
+        let done = sqlx::query(
+            "INSERT INTO registry_signatures (namespace, name, version, public_key, signature, created) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&package.namespace)
+        .bind(&package.name)
+        .bind(version)
+        .bind(&sig.public_key)
+        .bind(&sig.signature)
+        .bind(hoist_policy::time::now_rfc3339())
+        .execute(&self.pool)
+        .await;
+        match done {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(DbError::Exists(
+                format!("a signature by {} on {package}@{version}", sig.public_key),
+            )),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Mark a version yanked (or not); whether it exists.
@@ -338,6 +401,7 @@ mod tests {
             wit_version: "0.1.0".into(),
             yanked: false,
             published: "2026-12-03T00:00:00Z".into(),
+            signatures: Vec::new(),
         }
     }
 

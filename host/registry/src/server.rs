@@ -22,7 +22,7 @@ use axum::routing::{get, post, put};
 use serde_json::json;
 
 use crate::blobs::{BlobError, BlobStore};
-use crate::db::{DbError, RegistryDb, VersionRecord};
+use crate::db::{DbError, RegistryDb, SignatureRecord, VersionRecord};
 use crate::name::{PackageName, parse_version};
 use crate::oci::{self, Manifest};
 
@@ -422,6 +422,7 @@ async fn put_manifest(
         wit_version: meta.wit_version,
         yanked: false,
         published: hoist_policy::time::now_rfc3339(),
+        signatures: Vec::new(),
     };
     r.db.publish(&record, text).await?;
     Ok(with_headers(
@@ -511,6 +512,48 @@ async fn api_yank(
     )
 }
 
+/// `POST /api/v1/packages/NS/NAME/VERSION/signatures` `{"public_key", "signature"}`:
+/// a signature over the version (the namespace's token). Checked here against the
+/// version's component digest, so a stored signature always verifies; the client still
+/// verifies it against the keys its user trusts.
+async fn api_sign(
+    State(r): Shared,
+    Path((ns, name, version)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    use hoist_policy::signature::{PublicKey, message};
+    let pkg = package(&ns, &name)?;
+    authorize(&r, &headers, &pkg).await?;
+    let bad = |why: String| ApiError::new(StatusCode::BAD_REQUEST, "SIGNATURE_INVALID", why);
+    let sig: SignatureRecord = serde_json::from_slice(&body)
+        .map_err(|e| bad(format!("expected {{\"public_key\", \"signature\"}}: {e}")))?;
+    let key: PublicKey = sig.public_key.parse().map_err(|e| bad(format!("{e}")))?;
+    let versions = r.db.versions(&pkg).await?;
+    let Some(v) = versions.iter().find(|v| v.version == version) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "MANIFEST_UNKNOWN",
+            format!("{pkg} has no version {}", version.escape_debug()),
+        ));
+    };
+    if !key.verifies(
+        &message(&pkg, &v.version, &v.component_digest),
+        &sig.signature,
+    ) {
+        return Err(bad(format!(
+            "the signature by {key} is not over {pkg}@{} with component {}",
+            v.version, v.component_digest
+        )));
+    }
+    let record = SignatureRecord {
+        public_key: key.to_string(),
+        signature: sig.signature,
+    };
+    r.db.add_signature(&pkg, &v.version, &record).await?;
+    Ok((StatusCode::CREATED, axum::Json(json!(record))).into_response())
+}
+
 async fn index(State(r): Shared, Query(q): Query<HashMap<String, String>>) -> Result<Response> {
     let query = q.get("q").map(String::as_str).unwrap_or("");
     let found = r.db.search(query).await?;
@@ -555,6 +598,10 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/v2/{ns}/{name}/tags/list", get(tags))
         .route("/api/v1/packages", get(api_search))
         .route("/api/v1/packages/{ns}/{name}", get(api_package))
+        .route(
+            "/api/v1/packages/{ns}/{name}/{version}/signatures",
+            post(api_sign),
+        )
         .route(
             "/api/v1/packages/{ns}/{name}/{version}/{action}",
             post(api_yank),

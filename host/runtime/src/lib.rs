@@ -430,6 +430,16 @@ impl Runtime {
             .await
     }
 
+    /// Drop the loaded component with this digest (its compiled code stays in the disk
+    /// cache): a long-lived runtime that loads many components once each, such as the
+    /// registry's inspector, does not keep them all in memory.
+    pub fn forget(&self, digest: &str) {
+        self.loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(digest);
+    }
+
     fn already_loaded(&self, digest: &str) -> Option<Arc<Plugin>> {
         self.loaded
             .lock()

@@ -261,6 +261,9 @@ pub(crate) async fn deploy(args: &DeployArgs) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for name in &names {
         let loaded = Loaded::open(&args.file, Some(name))?;
+        // Its pull steps' packages are the worker's to install.
+        let lock = super::plugin::lock_for(&loaded.file);
+        super::plugin::ensure(&loaded, &[Action::Build, Action::Push], Some(&lock)).await?;
         let reporter: Arc<dyn Reporter> = match args.output {
             OutputFormat::Text => Arc::new(TextReporter::default()),
             OutputFormat::Json => Arc::new(JsonReporter::default()),

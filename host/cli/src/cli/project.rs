@@ -144,6 +144,13 @@ fn open(args: &ProjectArgs) -> Result<Loaded, PipelineError> {
 
 pub(crate) async fn run(command: Action, args: &RunArgs) -> anyhow::Result<()> {
     let loaded = open(&args.project)?;
+    let sections = match command {
+        Action::Build => &[Action::Build][..],
+        Action::Push => &[Action::Build, Action::Push],
+        Action::Pull => &[Action::Pull],
+    };
+    let lock = super::plugin::lock_for(&loaded.file);
+    super::plugin::ensure(&loaded, sections, Some(&lock)).await?;
     let runtime = args.sandbox.runtime()?;
     let reporter: Arc<dyn Reporter> = match args.output {
         OutputFormat::Text => Arc::new(TextReporter::default()),

@@ -91,6 +91,8 @@ fn inspector(runtime: Arc<Runtime>) -> Inspector {
                 .load(&bytes, "upload", false)
                 .await
                 .map_err(|e| e.to_string())?;
+            // Described once: not kept loaded on a server that lives for months.
+            runtime.forget(&plugin.digest);
             let d = &plugin.description;
             Ok(Inspected {
                 step_name: d.name.clone(),

@@ -2,8 +2,14 @@
 //! with componentize-py: [`python`]); `hoist plugin build` builds either to a component
 //! with one command.
 
+mod ensure;
+mod lock;
 mod packages;
 mod python;
+mod signing;
+
+pub(crate) use ensure::ensure;
+pub(crate) use lock::path_for as lock_for;
 
 use std::path::{Path, PathBuf};
 
@@ -61,19 +67,52 @@ pub(crate) enum PluginCommand {
         /// Its version (semver, e.g. 1.2.0).
         #[arg(long = "version", id = "package_version", value_name = "SEMVER")]
         version: String,
+        /// Sign it (ed25519 over the name, version and component digest) with --key.
+        #[arg(long)]
+        sign: bool,
+        /// The signing key [default: $HOIST_HOME/keys/signing.key, from `hoist plugin keygen`].
+        #[arg(long, value_name = "FILE", requires = "sign")]
+        key: Option<PathBuf>,
         #[command(flatten)]
         registry: RegistryArg,
+    },
+    /// Make an ed25519 signing key for `publish --sign`; prints its public key (give it
+    /// to the people who install your packages: `hoist plugin trust KEY`).
+    Keygen {
+        /// Where to write the private key [default: $HOIST_HOME/keys/signing.key];
+        /// an existing key is never overwritten.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Trust a publisher's public key (ed25519:...) for installs: a package signed by it
+    /// says so, and `install --require-signed` accepts only packages signed by a trusted
+    /// key. Without KEY, lists the trusted keys.
+    Trust {
+        /// The public key `hoist plugin keygen` printed.
+        key: Option<String>,
     },
     /// Install NS/NAME[@REQ] (newest matching, not yanked): downloaded, verified
     /// against its digest, precompiled; `hoist step run NS/NAME` then runs it. Prints
     /// what it declares; an update that declares more than the installed version stops
     /// and shows the difference (--yes accepts it).
+    ///
+    /// Next to a project file (./prefect.yaml, or --file) the install is pinned in
+    /// hoist.lock beside it: {package, version, registry, digest}. Without a package,
+    /// installs exactly what hoist.lock pins (from each pin's registry; nothing is
+    /// fetched for a pin already installed, so it works offline).
     Install {
-        /// NS/NAME, NS/NAME@^1.2, NS/NAME@=1.2.0.
-        package: String,
+        /// NS/NAME, NS/NAME@^1.2, NS/NAME@=1.2.0 [default: everything hoist.lock pins].
+        package: Option<String>,
+        /// The project file whose hoist.lock records the pin [default: ./prefect.yaml,
+        /// when there is one].
+        #[arg(short, long, value_name = "FILE")]
+        file: Option<PathBuf>,
         /// Accept an update that declares more capabilities than the installed version.
         #[arg(long)]
         yes: bool,
+        /// Refuse a package that no trusted key signed (`hoist plugin trust`).
+        #[arg(long, env = "HOIST_REQUIRE_SIGNED", value_parser = clap::builder::FalseyValueParser::new())]
+        require_signed: bool,
         #[command(flatten)]
         registry: RegistryArg,
     },
@@ -134,13 +173,41 @@ pub(crate) async fn run(cmd: &PluginCommand) -> anyhow::Result<()> {
             file,
             name,
             version,
+            sign,
+            key,
             registry,
-        } => packages::publish(file, name, version, registry.url.as_deref()).await,
+        } => {
+            let signing = sign.then(|| signing::key_path(key.as_deref()));
+            packages::publish(
+                file,
+                name,
+                version,
+                signing.as_deref(),
+                registry.url.as_deref(),
+            )
+            .await
+        }
+        PluginCommand::Keygen { out } => signing::keygen(out.as_deref()),
+        PluginCommand::Trust { key } => signing::trust(key.as_deref()),
         PluginCommand::Install {
             package,
+            file,
             yes,
+            require_signed,
             registry,
-        } => packages::install(package, registry.url.as_deref(), *yes).await,
+        } => {
+            let how = packages::How {
+                yes: *yes,
+                require_signed: *require_signed,
+            };
+            packages::install(
+                package.as_deref(),
+                file.as_deref(),
+                registry.url.as_deref(),
+                how,
+            )
+            .await
+        }
         PluginCommand::Search { query, registry } => {
             packages::search(query, registry.url.as_deref()).await
         }

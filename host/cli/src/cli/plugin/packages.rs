@@ -10,6 +10,8 @@ use hoist_policy::package::{PackageName, Requirement, parse_version};
 use hoist_registry::{RegistryClient, VersionRecord};
 use serde::{Deserialize, Serialize};
 
+use super::lock::{self, Locked, Lockfile};
+use super::signing;
 use crate::runtime::Runtime;
 
 /// What `NAME.json` beside an installed package records.
@@ -40,7 +42,7 @@ pub(crate) fn client(registry: Option<&str>, token: bool) -> anyhow::Result<Regi
     Ok(RegistryClient::new(url, token)?)
 }
 
-fn paths(pkg: &PackageName) -> (PathBuf, PathBuf) {
+pub(super) fn paths(pkg: &PackageName) -> (PathBuf, PathBuf) {
     let dir = hoist_policy::paths::plugins().join(&pkg.namespace);
     (
         dir.join(format!("{}.wasm", pkg.name)),
@@ -48,7 +50,7 @@ fn paths(pkg: &PackageName) -> (PathBuf, PathBuf) {
     )
 }
 
-fn installed(pkg: &PackageName) -> Option<Installed> {
+pub(super) fn installed(pkg: &PackageName) -> Option<Installed> {
     let text = std::fs::read_to_string(paths(pkg).1).ok()?;
     serde_json::from_str(&text).ok()
 }
@@ -71,11 +73,14 @@ pub(crate) async fn publish(
     file: &Path,
     name: &str,
     version: &str,
+    sign_with: Option<&Path>,
     registry: Option<&str>,
 ) -> anyhow::Result<()> {
     let pkg: PackageName = name.parse()?;
     let version = parse_version(version).map_err(anyhow::Error::msg)?;
     let client = client(registry, true)?;
+    // The key is read before anything is uploaded: a missing key publishes nothing.
+    let key = sign_with.map(signing::load_key).transpose()?;
     let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     // Described here first: a file that is not a step fails before any upload.
     let plugin = runtime()?
@@ -94,10 +99,13 @@ pub(crate) async fn publish(
     let digest = client
         .publish(&pkg, &version.to_string(), &wasm, &d.summary)
         .await?;
-    eprintln!(
-        "published {pkg}@{version}: component {}",
-        hoist_registry::oci::digest_of(&wasm)
-    );
+    let component = hoist_registry::oci::digest_of(&wasm);
+    eprintln!("published {pkg}@{version}: component {component}");
+    if let Some(key) = key {
+        let sig = signing::sign(&key, &pkg, &version.to_string(), &component);
+        client.sign(&pkg, &version.to_string(), &sig).await?;
+        eprintln!("signed {pkg}@{version} with {}", sig.public_key);
+    }
     println!("{digest}");
     Ok(())
 }
@@ -107,19 +115,179 @@ fn added(old: &[String], new: &[String]) -> Vec<String> {
     new.iter().filter(|c| !old.contains(c)).cloned().collect()
 }
 
-/// `hoist plugin install NS/NAME[@REQ]`.
-pub(crate) async fn install(req: &str, registry: Option<&str>, yes: bool) -> anyhow::Result<()> {
+/// The project's lock: `--file`'s (which must exist), else ./prefect.yaml's when
+/// there is one.
+fn lock_path(file: Option<&Path>) -> anyhow::Result<Option<PathBuf>> {
+    match file {
+        Some(f) if !f.is_file() => bail!("project file {} does not exist", f.display()),
+        Some(f) => Ok(Some(lock::path_for(f))),
+        None if Path::new("prefect.yaml").is_file() => {
+            Ok(Some(lock::path_for(Path::new("prefect.yaml"))))
+        }
+        None => Ok(None),
+    }
+}
+
+/// What an install may accept.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct How {
+    /// An update that declares more capabilities than the installed version.
+    pub(crate) yes: bool,
+    /// Only a package a trusted key signed.
+    pub(crate) require_signed: bool,
+}
+
+impl How {
+    /// Before a run: nothing confirmed; signatures required as `HOIST_REQUIRE_SIGNED` says.
+    pub(super) fn from_env() -> Self {
+        let set = std::env::var("HOIST_REQUIRE_SIGNED")
+            .is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false" | "no" | "off"));
+        Self {
+            yes: false,
+            require_signed: set,
+        }
+    }
+}
+
+/// `hoist plugin install [NS/NAME[@REQ]] [--file PROJECT]`.
+pub(crate) async fn install(
+    req: Option<&str>,
+    file: Option<&Path>,
+    registry: Option<&str>,
+    how: How,
+) -> anyhow::Result<()> {
+    let lock_at = lock_path(file)?;
+    let Some(req) = req else {
+        let Some(path) = lock_at else {
+            bail!(
+                "nothing to install: name a package (hoist plugin install NS/NAME@REQ), or run \
+                 it next to a project whose hoist.lock pins packages (--file PROJECT)"
+            );
+        };
+        let Some(lock) = Lockfile::read(&path)? else {
+            bail!(
+                "{} does not exist: install packages by name first (hoist plugin install NS/NAME@REQ) to pin them",
+                path.display()
+            );
+        };
+        if lock.packages.is_empty() {
+            eprintln!("{} pins no packages", path.display());
+        }
+        for pin in &lock.packages {
+            install_pin(pin, registry, how, &path).await?;
+        }
+        return Ok(());
+    };
     let req: Requirement = req.parse().map_err(anyhow::Error::msg)?;
     let client = client(registry, false)?;
     let chosen = client.resolve(&req).await?;
-    let pkg = &req.package;
+    let record = install_version(&client, &req.package, &chosen, how).await?;
+    if let Some(path) = lock_at {
+        pin(&path, &record)?;
+    }
+    Ok(())
+}
+
+/// Record `record` in the lock at `path` (creating it).
+pub(super) fn pin(path: &Path, record: &Installed) -> anyhow::Result<()> {
+    let mut lock = Lockfile::read(path)?.unwrap_or_default();
+    let entry = Locked {
+        package: record.package.clone(),
+        version: record.version.clone(),
+        registry: record.registry.clone(),
+        digest: record.digest.clone(),
+    };
+    if lock.packages.contains(&entry) {
+        return Ok(());
+    }
+    lock.pin(entry);
+    lock.write(path)?;
+    eprintln!(
+        "pinned {}@{} in {}",
+        record.package,
+        record.version,
+        path.display()
+    );
+    Ok(())
+}
+
+/// The digest of what is installed for `pkg`, hashed from the file itself (the record
+/// beside it is only a note).
+fn installed_digest(pkg: &PackageName) -> Option<String> {
+    let bytes = std::fs::read(paths(pkg).0).ok()?;
+    Some(hoist_registry::oci::digest_of(&bytes))
+}
+
+/// Install exactly what `pin` says (nothing fetched when it is installed already): the
+/// registry (`registry`, else the pin's) must still serve that version with that digest.
+pub(super) async fn install_pin(
+    pin: &Locked,
+    registry: Option<&str>,
+    how: How,
+    lock: &Path,
+) -> anyhow::Result<Installed> {
+    let pkg = pin.name();
+    if installed_digest(&pkg).as_deref() == Some(pin.digest.as_str())
+        && let Some(record) = installed(&pkg)
+    {
+        eprintln!("{} is installed ({})", pin.label(), pin.digest);
+        return Ok(record);
+    }
+    let client = client(Some(registry.unwrap_or(&pin.registry)), false)?;
+    let versions = client.versions(&pkg).await.with_context(|| {
+        format!(
+            "{} pins {} and it is not installed here",
+            lock.display(),
+            pin.label()
+        )
+    })?;
+    let Some(chosen) = versions.iter().find(|v| v.version == pin.version) else {
+        bail!(
+            "{} pins {}, which the registry at {} does not have; nothing was installed",
+            lock.display(),
+            pin.label(),
+            client.url()
+        );
+    };
+    if chosen.component_digest != pin.digest {
+        bail!(
+            "{} pins {} as {}, but the registry at {} serves {}: the registry changed a \
+             published version or the lock was edited; nothing was installed",
+            lock.display(),
+            pin.label(),
+            pin.digest,
+            client.url(),
+            chosen.component_digest
+        );
+    }
+    if chosen.yanked {
+        eprintln!(
+            "warning: {} is yanked on {}; installing it because {} pins it",
+            pin.label(),
+            client.url(),
+            lock.display()
+        );
+    }
+    install_version(&client, &pkg, chosen, how).await
+}
+
+/// Download `chosen`, verify it against its digest, precompile it, review what it
+/// declares against what is installed, then install it.
+pub(super) async fn install_version(
+    client: &RegistryClient,
+    pkg: &PackageName,
+    chosen: &VersionRecord,
+    how: How,
+) -> anyhow::Result<Installed> {
+    // Signatures first: a refused package is not even downloaded.
+    let signer = signing::check(pkg, chosen, &signing::trusted()?, how.require_signed)?;
     let before = installed(pkg);
     if let Some(cur) = &before
         && cur.digest == chosen.component_digest
-        && paths(pkg).0.is_file()
+        && installed_digest(pkg).as_deref() == Some(cur.digest.as_str())
     {
         eprintln!("{pkg}@{} is installed already", cur.version);
-        return Ok(());
+        return Ok(cur.clone());
     }
     eprintln!(
         "installing {pkg}@{} from {} ({:.1} MiB)",
@@ -127,7 +295,7 @@ pub(crate) async fn install(req: &str, registry: Option<&str>, yes: bool) -> any
         client.url(),
         chosen.size as f64 / (1024.0 * 1024.0),
     );
-    let wasm = download(&client, pkg, &chosen).await?;
+    let wasm = download(client, pkg, chosen).await?;
     // Precompiled into the cache now, so the first run is fast; and the capabilities
     // reviewed are the ones the component itself declares, not the registry's word.
     let plugin = runtime()?
@@ -142,7 +310,7 @@ pub(crate) async fn install(req: &str, registry: Option<&str>, yes: bool) -> any
         .collect();
     if let Some(cur) = &before {
         let more = added(&cur.capabilities, &caps);
-        if !more.is_empty() && !yes {
+        if !more.is_empty() && !how.yes {
             bail!(
                 "{pkg}@{} declares more than the installed {}: {} (the installed one declares {}); \
                  nothing was changed: review it, then install again with --yes",
@@ -154,6 +322,12 @@ pub(crate) async fn install(req: &str, registry: Option<&str>, yes: bool) -> any
         }
     }
     eprintln!("{pkg}@{} declares {}", chosen.version, declared(&caps));
+    if let Some(key) = signer {
+        eprintln!(
+            "{pkg}@{} is signed by {key}, a key you trust",
+            chosen.version
+        );
+    }
     let record = Installed {
         package: pkg.to_string(),
         version: chosen.version.clone(),
@@ -166,7 +340,7 @@ pub(crate) async fn install(req: &str, registry: Option<&str>, yes: bool) -> any
         "installed {pkg}@{}; run it with `hoist step run {pkg}`",
         chosen.version
     );
-    Ok(())
+    Ok(record)
 }
 
 async fn download(
@@ -232,13 +406,19 @@ pub(crate) async fn info(name: &str, registry: Option<&str>) -> anyhow::Result<(
     let pkg: PackageName = name.parse()?;
     let versions = client(registry, false)?.versions(&pkg).await?;
     for v in versions {
+        let signed: Vec<&str> = v.signatures.iter().map(|s| s.public_key.as_str()).collect();
         println!(
-            "{pkg}@{}{}  {}  {}  declares {}",
+            "{pkg}@{}{}  {}  {}  declares {}{}",
             v.version,
             if v.yanked { " (yanked)" } else { "" },
             v.component_digest,
             v.summary,
-            declared(&v.capabilities)
+            declared(&v.capabilities),
+            if signed.is_empty() {
+                String::new()
+            } else {
+                format!("  signed by {}", signed.join(", "))
+            }
         );
     }
     Ok(())

@@ -106,6 +106,10 @@ pub(super) async fn handle(cx: &Context, run: &Value) -> anyhow::Result<()> {
     let Some(lease) = claim(client, &run_id).await? else {
         return Ok(());
     };
+    // Renewed from the claim until the flow's process starts (the engine takes the lease
+    // over at RUNNING; the last renewal gave it 300 s), stopped whichever way this goes.
+    let keeper =
+        lease.map(|l| AbortOnDrop(tokio::spawn(keep_lease(client.clone(), run_id.clone(), l))));
     // Labelled at once: a worker that finds the run later, its owner gone, ends it.
     if let Err(e) = client
         .set_labels(&run_id, &cx.me.labels(&cx.args.pool))
@@ -114,6 +118,7 @@ pub(super) async fn handle(cx: &Context, run: &Value) -> anyhow::Result<()> {
         eprintln!("warning: run {run_id}: could not label it with this worker: {e}");
     }
     if cancel_requested(cx, &run_id).await? {
+        drop(keeper);
         return finish_cancelled(client, &run_id, "Cancelled before it started.").await;
     }
     eprintln!(
@@ -122,12 +127,7 @@ pub(super) async fn handle(cx: &Context, run: &Value) -> anyhow::Result<()> {
         cx.me.name
     );
     let job = merged_job_variables(&deployment, run);
-    let keeper = lease.map(|l| tokio::spawn(keep_lease(client.clone(), l)));
-    let outcome = run_claimed(cx, &run_id, &deployment, &job).await;
-    // Whichever way the run went, its lease is the engine's or the server's now.
-    if let Some(k) = keeper {
-        k.abort();
-    }
+    let outcome = run_claimed(cx, &run_id, &deployment, &job, keeper).await;
     record(cx, &run_id, outcome).await
 }
 
@@ -193,16 +193,40 @@ async fn finish_cancelled(client: &PrefectClient, run_id: &str, why: &str) -> an
 /// Keeps a deployment-concurrency lease alive while the pull steps run (the engine
 /// renews it itself once the flow is RUNNING); stops when the server no longer has it
 /// or the task is aborted.
-/// The first renewal is at once: the server's lease may be short (30 s) and a loaded
-/// machine slow to answer, so the margin is taken up front, then kept every 10 s.
-async fn keep_lease(client: PrefectClient, lease: String) {
+/// The first renewal is at once: the server's first lease may be short (30 s) and a
+/// loaded machine slow to answer. Each renewal asks for 300 s, as Prefect's engine does,
+/// and they come every 10 s, so a server or machine stalled for minutes still keeps the
+/// slot.
+async fn keep_lease(client: PrefectClient, run_id: String, lease: String) {
     loop {
-        match client.renew_lease(&lease, 60).await {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(e) => eprintln!("warning: could not renew concurrency lease {lease}: {e}"),
+        // One slow answer (the client retries for minutes) must not hold up the next.
+        let renewed =
+            tokio::time::timeout(Duration::from_secs(20), client.renew_lease(&lease, 300)).await;
+        let problem = match renewed {
+            Ok(Ok(true)) => None,
+            Ok(Ok(false)) => {
+                eprintln!(
+                    "warning: run {run_id}: the server no longer has its concurrency lease \
+                     {lease} (expired or revoked): the run may be cancelled when it starts"
+                );
+                return;
+            }
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("no answer within 20 s".into()),
+        };
+        if let Some(why) = problem {
+            eprintln!("warning: run {run_id}: could not renew concurrency lease {lease}: {why}");
         }
         tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -242,6 +266,7 @@ async fn run_claimed(
     run_id: &str,
     deployment: &Value,
     job: &Map<String, Value>,
+    keeper: Option<AbortOnDrop>,
 ) -> Outcome {
     let scratch = match tempfile::Builder::new().prefix("hoist-run-").tempdir() {
         Ok(s) => s,
@@ -267,6 +292,7 @@ async fn run_claimed(
         .get(run_id)
         .map(|f| f.cancel.clone())
         .unwrap_or_default();
+    drop(keeper);
     let ended = flow::supervise(cmd, &cx.client, run_id, &cx.inflight, cancel).await;
     let cancelled = lock(&cx.inflight).get(run_id).is_some_and(|f| f.cancelled);
     match ended {
@@ -314,33 +340,37 @@ async fn pull(
     });
     let result = match Loaded::open(&file, None) {
         Err(e) => Err(format!("the deployment's pull steps cannot run: {e}")),
-        Ok(loaded) => {
-            let request = PipelineRequest {
-                command: Action::Pull,
-                runtime: cx.runtime.clone(),
-                // The worker's own client: blocks and variables come from its server.
-                templater: Templater::new(
-                    std::env::vars().collect(),
-                    crate::templater::ProcessValues::Prefect(cx.client.clone()),
-                ),
-                grants: Grants::new(grants(&cx.args, job)),
-                limits: job_limits(job, cx.args.sandbox.limits())?,
-                log: sink.clone(),
-                reporter: Arc::new(ShippingReporter(sink.clone())),
-                events: Some(crate::runner::Events {
-                    resource: format!("prefect.flow-run.{run_id}"),
-                    target: crate::runner::EventTarget::Prefect {
-                        client: cx.client.clone(),
-                        deployment: deployment["id"].as_str().map(str::to_string),
-                    },
-                }),
-                cwd: Some(workspace),
-            };
-            pipeline::run(&loaded, request)
-                .await
-                .map(|o| o.working_directory)
-                .map_err(|e| pull_failure(&e))
-        }
+        // A step's `requires: NS/NAME@REQ` is installed first (from HOIST_REGISTRY).
+        Ok(loaded) => match super::super::plugin::ensure(&loaded, &[Action::Pull], None).await {
+            Err(e) => Err(format!("Flow run could not start: {e:#}")),
+            Ok(()) => {
+                let request = PipelineRequest {
+                    command: Action::Pull,
+                    runtime: cx.runtime.clone(),
+                    // The worker's own client: blocks and variables come from its server.
+                    templater: Templater::new(
+                        std::env::vars().collect(),
+                        crate::templater::ProcessValues::Prefect(cx.client.clone()),
+                    ),
+                    grants: Grants::new(grants(&cx.args, job)),
+                    limits: job_limits(job, cx.args.sandbox.limits())?,
+                    log: sink.clone(),
+                    reporter: Arc::new(ShippingReporter(sink.clone())),
+                    events: Some(crate::runner::Events {
+                        resource: format!("prefect.flow-run.{run_id}"),
+                        target: crate::runner::EventTarget::Prefect {
+                            client: cx.client.clone(),
+                            deployment: deployment["id"].as_str().map(str::to_string),
+                        },
+                    }),
+                    cwd: Some(workspace),
+                };
+                pipeline::run(&loaded, request)
+                    .await
+                    .map(|o| o.working_directory)
+                    .map_err(|e| pull_failure(&e))
+            }
+        },
     };
     let lines = std::mem::take(&mut *sink.lines.lock().unwrap_or_else(|p| p.into_inner()));
     if let Err(e) = cx.client.ship_logs(run_id, "hoist.worker", &lines).await {
