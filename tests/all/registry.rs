@@ -780,3 +780,274 @@ fn signed_packages_install_only_from_trusted_keys_when_required() {
         .unwrap();
     assert!(!line.contains(&key_a), "{line}");
 }
+
+/// Teams outgrow one machine: two `hoist registry serve` replicas on one PostgreSQL
+/// database (`--database-url`) and one blob directory. A token made against the
+/// database works on both; a version published through one installs through the other;
+/// the same version sent to both at once is published once (PostgreSQL's key), and the
+/// loser is told so.
+#[test]
+fn two_replicas_share_postgresql_and_one_blob_store() {
+    let Some(pg) = crate::stores::Postgres::start() else {
+        return;
+    };
+    let (_t, dir) = support::tempdir();
+    let (_c, consumer) = support::tempdir();
+    let shared = ["--database-url", pg.url.as_str()];
+    let a = serve(&dir, &shared);
+    let b = serve(&dir, &shared);
+    assert_eq!(a.data, b.data, "one blob directory");
+    let (code, out, err) = run(hoist(&dir)
+        .args(["registry", "token", "create", "--namespace", "acme"])
+        .args(shared));
+    assert_eq!(code, 0, "{err}");
+    let token = out.lines().last().unwrap().trim().to_string();
+    assert!(
+        !a.data.join("registry.db").exists(),
+        "the tokens went to PostgreSQL, not SQLite"
+    );
+
+    let (code, _, err) = a.publish(&dir, &token, plugins::TRIVIAL, "acme/echo", "1.0.0");
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = b.plugin(&consumer, None, &["install", "acme/echo@1.0.0"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(hoist(&consumer).args([
+        "step",
+        "run",
+        "acme/echo",
+        "--input",
+        "k=through-the-other-replica",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("through-the-other-replica"), "{out}");
+
+    // One version through both replicas at once.
+    let outcomes: Vec<(i32, String, String)> = std::thread::scope(|s| {
+        let jobs: Vec<_> = [(&a, plugins::TRIVIAL), (&b, plugins::PROBE)]
+            .into_iter()
+            .map(|(reg, file)| {
+                let (dir, token) = (&dir, &token);
+                s.spawn(move || reg.publish(dir, token, file, "acme/echo", "2.0.0"))
+            })
+            .collect();
+        jobs.into_iter().map(|j| j.join().unwrap()).collect()
+    });
+    let won = outcomes.iter().filter(|(code, ..)| *code == 0).count();
+    assert_eq!(won, 1, "{outcomes:?}");
+    let lost = outcomes.iter().find(|(code, ..)| *code != 0).unwrap();
+    assert!(lost.2.contains("already published"), "{}", lost.2);
+    let (_, out, _) = a.plugin(&dir, None, &["info", "acme/echo"]);
+    assert_eq!(out.matches("acme/echo@2.0.0").count(), 1, "{out}");
+}
+
+/// Headless Chromium (Debian's), or `None` (skipped, unless `HOIST_REQUIRE_CHROMIUM` is
+/// set, as `.ci/run` sets it).
+fn chromium() -> Option<PathBuf> {
+    let found = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("HOIST_REQUIRE_CHROMIUM").is_none(),
+            "HOIST_REQUIRE_CHROMIUM is set but Chromium is not installed (apt-get install chromium)"
+        );
+        eprintln!("skipped: Chromium is not installed (apt-get install chromium)");
+    }
+    found
+}
+
+/// `chromium --headless` on `url` with `what` (`--dump-dom`, `--screenshot=...`): stdout.
+fn in_chromium(bin: &Path, profile: &Path, what: &str, url: &str) -> String {
+    let out = Command::new(bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--window-size=1100,800",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(what)
+        .arg(url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "chromium {what} {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The human pages as a browser renders them: the plugin list, a search, and a plugin's
+/// page (install command, what it declares, its inputs as a table); a screenshot of the
+/// plugin's page is kept in the target directory (`registry-plugin-page.png`).
+#[test]
+fn the_registry_pages_render_in_chromium() {
+    let Some(bin) = chromium() else { return };
+    let (_t, dir) = support::tempdir();
+    let reg = serve(&dir, &[]);
+    let token = reg.token(&dir, "acme");
+    for (file, name) in [
+        (plugins::PROBE, "acme/probe"),
+        (plugins::TRIVIAL, "acme/echo"),
+        (plugins::FETCHER, "acme/fetcher"),
+    ] {
+        let (code, _, err) = reg.publish(&dir, &token, file, name, "1.0.0");
+        assert_eq!(code, 0, "{err}");
+    }
+    let profile = dir.join("chromium-profile");
+    let dom = in_chromium(&bin, &profile, "--dump-dom", &format!("{}/", reg.url));
+    assert!(
+        dom.contains("id=\"plugins\"") && dom.contains("acme/probe") && dom.contains("acme/echo"),
+        "{dom}"
+    );
+    let dom = in_chromium(
+        &bin,
+        &profile,
+        "--dump-dom",
+        &format!("{}/?q=probe", reg.url),
+    );
+    assert!(
+        dom.contains("acme/probe") && !dom.contains("acme/echo"),
+        "{dom}"
+    );
+
+    let page = format!("{}/plugins/acme/probe", reg.url);
+    let dom = in_chromium(&bin, &profile, "--dump-dom", &page);
+    let versions = run(hoist(&dir).args(["plugin", "info", "acme/probe", "--registry", &reg.url]));
+    let declares = versions
+        .1
+        .split("declares ")
+        .nth(1)
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    assert!(
+        dom.contains("<code id=\"install\">hoist plugin install acme/probe@1.0.0</code>")
+            && dom.contains("id=\"inputs\"")
+            && dom.contains("id=\"versions\""),
+        "{dom}"
+    );
+    let first_cap = declares.split(", ").next().unwrap();
+    assert!(
+        !first_cap.is_empty() && dom.contains(first_cap),
+        "{declares}\n{dom}"
+    );
+
+    // A step with inputs: its schema is a table row per input.
+    let page = format!("{}/plugins/acme/fetcher", reg.url);
+    let dom = in_chromium(&bin, &profile, "--dump-dom", &page);
+    assert!(
+        dom.contains("<tr><td><code>url</code></td><td>string</td><td>yes</td>"),
+        "{dom}"
+    );
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("registry-plugin-page.png");
+    let _ = std::fs::remove_file(&shot);
+    in_chromium(
+        &bin,
+        &profile,
+        &format!("--screenshot={}", shot.display()),
+        &page,
+    );
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 5_000,
+        "{} bytes",
+        png.len()
+    );
+    eprintln!("screenshot of {page}: {}", shot.display());
+}
+
+/// Blobs in an S3 bucket (`--blob-store s3://...`, a real SigV4-checking server): a
+/// publish lands in the bucket, not on the replica's disk, and installs from there; an
+/// object altered in the bucket is refused by the registry and installs nothing; wrong
+/// keys are said when the registry starts, and never printed.
+#[test]
+fn blobs_in_a_bucket_are_checked_both_ways() {
+    let Some(s3) = crate::storage::s3() else {
+        return;
+    };
+    let (_t, dir) = support::tempdir();
+    let (_c, consumer) = support::tempdir();
+    let store = format!("s3://bkt/registry?endpoint={}", s3.endpoint);
+    // Wrong keys: refused at start, the secret not shown.
+    let (code, out, err) = run(hoist(&dir)
+        .args([
+            "registry",
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--blob-store",
+            &store,
+        ])
+        .env("AWS_ACCESS_KEY_ID", crate::storage::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", "not-the-secret-4711"));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        err.contains("cannot use the blob store") && err.contains("s3://bkt/registry"),
+        "{err}"
+    );
+    assert!(!err.contains("not-the-secret-4711") && !out.contains("not-the-secret-4711"));
+
+    let port = support::free_port();
+    let data = dir.join("registry-data");
+    let mut cmd = hoist(&dir);
+    cmd.args(["registry", "serve", "--addr", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--blob-store", &store])
+        .env("AWS_ACCESS_KEY_ID", crate::storage::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", crate::storage::SECRET_KEY);
+    let reg = Registry {
+        _server: Server::start(cmd, port, "hoist registry serve"),
+        port,
+        url: format!("http://127.0.0.1:{port}"),
+        data,
+    };
+    let token = reg.token(&dir, "acme");
+    let (code, _, err) = reg.publish(&dir, &token, plugins::TRIVIAL, "acme/echo", "1.0.0");
+    assert_eq!(code, 0, "{err}");
+    let wasm = std::fs::read(plugins::TRIVIAL).unwrap();
+    let object = s3
+        .root
+        .join("bkt/registry/sha256")
+        .join(&sha256(&wasm)[7..]);
+    assert_eq!(
+        std::fs::read(&object).unwrap(),
+        wasm,
+        "the component is in the bucket"
+    );
+    assert_eq!(reg.blob_count(), 0, "and not on the replica's disk");
+    let (code, _, err) = reg.plugin(&consumer, None, &["install", "acme/echo@1.0.0"]);
+    assert_eq!(code, 0, "{err}");
+
+    // Altered in the bucket: the registry refuses to serve it; nothing installs.
+    let mut altered = wasm.clone();
+    let n = altered.len();
+    altered[n - 1] ^= 1;
+    std::fs::write(&object, &altered).unwrap();
+    let (status, body) = reg.http(
+        "GET",
+        &format!("/v2/acme/echo/blobs/{}", sha256(&wasm)),
+        &[],
+        b"",
+    );
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("the bucket was altered"), "{body}");
+    let (_f, fresh) = support::tempdir();
+    let (code, _, err) = reg.plugin(&fresh, None, &["install", "acme/echo@1.0.0"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("the bucket was altered"), "{err}");
+    assert!(
+        !support::home_of(&fresh)
+            .join("plugins/acme/echo.wasm")
+            .exists()
+    );
+}

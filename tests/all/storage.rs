@@ -9,15 +9,15 @@ use std::process::Command;
 
 use crate::support::{self, Server, hoist, run};
 
-const ACCESS_KEY: &str = "HOISTTESTKEY";
-const SECRET_KEY: &str = "hoist-test-secret-9f3c";
+pub(crate) const ACCESS_KEY: &str = "HOISTTESTKEY";
+pub(crate) const SECRET_KEY: &str = "hoist-test-secret-9f3c";
 
 /// An `s3s-fs` server with one bucket, `bkt`, storing in a temporary directory.
-struct S3 {
+pub(crate) struct S3 {
     _server: Server,
     _dir: tempfile::TempDir,
-    root: PathBuf,
-    endpoint: String,
+    pub(crate) root: PathBuf,
+    pub(crate) endpoint: String,
 }
 
 fn s3s_fs() -> Option<PathBuf> {
@@ -31,7 +31,7 @@ fn s3s_fs() -> Option<PathBuf> {
     })
 }
 
-fn s3() -> Option<S3> {
+pub(crate) fn s3() -> Option<S3> {
     let Some(bin) = s3s_fs() else {
         assert!(
             std::env::var_os("HOIST_REQUIRE_S3").is_none(),

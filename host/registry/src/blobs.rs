@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::oci::{digest_of, is_digest};
+use crate::s3::S3Blobs;
 
 /// Why a blob could not be stored or read.
 #[derive(Debug, thiserror::Error)]
@@ -35,11 +36,12 @@ pub enum BlobError {
     Io(#[from] std::io::Error),
 }
 
-/// The blob store.
+/// The blob store: uploads on local disk; finished blobs there too, or in an S3 bucket.
 #[derive(Clone, Debug)]
 pub struct BlobStore {
     root: PathBuf,
     limit: u64,
+    remote: Option<S3Blobs>,
 }
 
 /// `bytes` random bytes from the kernel, as hex (upload ids, tokens).
@@ -62,7 +64,22 @@ impl BlobStore {
         Ok(Self {
             root: root.to_path_buf(),
             limit,
+            remote: None,
         })
+    }
+
+    /// Keep finished blobs in `bucket` instead of `root/sha256` (uploads stay local).
+    pub fn with_remote(mut self, bucket: S3Blobs) -> Self {
+        self.remote = Some(bucket);
+        self
+    }
+
+    /// Where finished blobs are.
+    pub fn describe(&self) -> String {
+        match &self.remote {
+            Some(r) => r.describe(),
+            None => self.root.join("sha256").display().to_string(),
+        }
     }
 
     /// The size limit of one blob.
@@ -85,10 +102,10 @@ impl BlobStore {
     }
 
     /// Store `bytes` under `digest` if they hash to it (durable when this returns).
-    pub fn put(&self, digest: &str, bytes: &[u8]) -> Result<(), BlobError> {
+    pub async fn put(&self, digest: &str, bytes: &[u8]) -> Result<(), BlobError> {
         let id = self.start_upload()?;
         self.append(&id, bytes)?;
-        self.finish(&id, digest)
+        self.finish(&id, digest).await
     }
 
     /// A new upload session's id.
@@ -125,7 +142,7 @@ impl BlobStore {
 
     /// End an upload: check the bytes against `digest`, sync them and move them under
     /// their digest. On a mismatch the upload is dropped and nothing is stored.
-    pub fn finish(&self, id: &str, digest: &str) -> Result<(), BlobError> {
+    pub async fn finish(&self, id: &str, digest: &str) -> Result<(), BlobError> {
         let path = self.upload_path(id)?;
         let target = self.path(digest)?;
         let bytes = std::fs::read(&path).map_err(|_| BlobError::UnknownUpload(id.into()))?;
@@ -136,6 +153,12 @@ impl BlobStore {
                 expected: digest.into(),
                 actual,
             });
+        }
+        if let Some(remote) = &self.remote {
+            // Acknowledged once the bucket has it whole; the local copy was only the upload.
+            let stored = remote.put(digest, bytes).await;
+            let _ = std::fs::remove_file(&path);
+            return stored;
         }
         std::fs::File::open(&path)?.sync_all()?;
         std::fs::rename(&path, &target)?;
@@ -150,8 +173,12 @@ impl BlobStore {
     }
 
     /// The blob's size, if stored.
-    pub fn size(&self, digest: &str) -> Result<Option<u64>, BlobError> {
-        match std::fs::metadata(self.path(digest)?) {
+    pub async fn size(&self, digest: &str) -> Result<Option<u64>, BlobError> {
+        let path = self.path(digest)?;
+        if let Some(remote) = &self.remote {
+            return remote.size(digest).await;
+        }
+        match std::fs::metadata(path) {
             Ok(m) => Ok(Some(m.len())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
@@ -159,8 +186,12 @@ impl BlobStore {
     }
 
     /// The blob's bytes, if stored.
-    pub fn get(&self, digest: &str) -> Result<Option<Vec<u8>>, BlobError> {
-        match std::fs::read(self.path(digest)?) {
+    pub async fn get(&self, digest: &str) -> Result<Option<Vec<u8>>, BlobError> {
+        let path = self.path(digest)?;
+        if let Some(remote) = &self.remote {
+            return remote.get(digest).await;
+        }
+        match std::fs::read(path) {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
@@ -172,25 +203,25 @@ impl BlobStore {
 mod tests {
     use super::*;
 
-    #[test]
-    fn blobs_are_stored_under_their_digest_only() {
+    #[tokio::test]
+    async fn blobs_are_stored_under_their_digest_only() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path(), 16).unwrap();
         let d = digest_of(b"hello");
-        store.put(&d, b"hello").unwrap();
-        assert_eq!(store.get(&d).unwrap().unwrap(), b"hello");
+        store.put(&d, b"hello").await.unwrap();
+        assert_eq!(store.get(&d).await.unwrap().unwrap(), b"hello");
         let wrong = digest_of(b"other");
         assert!(matches!(
-            store.put(&wrong, b"hello"),
+            store.put(&wrong, b"hello").await,
             Err(BlobError::DigestMismatch { .. })
         ));
-        assert_eq!(store.get(&wrong).unwrap(), None);
+        assert_eq!(store.get(&wrong).await.unwrap(), None);
         assert!(matches!(
-            store.put(&digest_of(&[0; 17]), &[0; 17]),
+            store.put(&digest_of(&[0; 17]), &[0; 17]).await,
             Err(BlobError::TooLarge { limit: 16 })
         ));
         assert!(matches!(
-            store.get("sha256:../../x"),
+            store.get("sha256:../../x").await,
             Err(BlobError::BadDigest(_))
         ));
         assert!(matches!(

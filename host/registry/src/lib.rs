@@ -18,6 +18,7 @@ pub mod db;
 pub mod oci;
 pub use hoist_policy::package as name;
 pub mod pages;
+pub mod s3;
 pub mod server;
 
 use std::net::SocketAddr;
@@ -42,6 +43,9 @@ pub struct ServeConfig {
     pub database_url: Option<String>,
     /// The largest blob accepted.
     pub size_limit: u64,
+    /// Finished blobs in an S3 bucket (`s3://BUCKET[/PREFIX]?endpoint=URL`) instead of
+    /// `DATA_DIR/blobs`.
+    pub blob_store: Option<String>,
 }
 
 impl ServeConfig {
@@ -61,13 +65,22 @@ impl ServeConfig {
         let db = RegistryDb::open(&self.database_url())
             .await
             .map_err(|e| e.to_string())?;
-        let blobs =
-            blobs::BlobStore::open(&self.data_dir.join("blobs"), self.size_limit).map_err(|e| {
+        let mut blobs = blobs::BlobStore::open(&self.data_dir.join("blobs"), self.size_limit)
+            .map_err(|e| {
                 format!(
                     "cannot open the blob store in {}: {e}",
                     self.data_dir.display()
                 )
             })?;
+        if let Some(url) = &self.blob_store {
+            let bucket = s3::S3Blobs::from_url(url)?;
+            // Checked now: a wrong key or bucket is said at start, not at the first publish.
+            bucket
+                .check()
+                .await
+                .map_err(|e| format!("cannot use the blob store: {e}"))?;
+            blobs = blobs.with_remote(bucket);
+        }
         Ok(Registry {
             db,
             blobs,

@@ -201,7 +201,7 @@ async fn start_upload(
     let repo = pkg.repository();
     // Monolithic: the blob is the body, its digest in the query.
     if let Some(digest) = q.get("digest") {
-        r.blobs.put(digest, &body)?;
+        r.blobs.put(digest, &body).await?;
         return Ok(with_headers(
             StatusCode::CREATED,
             &[
@@ -265,7 +265,7 @@ async fn finish_upload(
     if !body.is_empty() {
         r.blobs.append(&id, &body)?;
     }
-    r.blobs.finish(&id, digest)?;
+    r.blobs.finish(&id, digest).await?;
     Ok(with_headers(
         StatusCode::CREATED,
         &[
@@ -294,7 +294,7 @@ async fn get_blob(
     Path((ns, name, digest)): Path<(String, String, String)>,
 ) -> Result<Response> {
     package(&ns, &name)?;
-    match r.blobs.get(&digest)? {
+    match r.blobs.get(&digest).await? {
         Some(bytes) => Ok((
             [
                 (header::CONTENT_TYPE, "application/octet-stream".to_string()),
@@ -347,7 +347,7 @@ fn manifest_invalid(message: impl Into<String>) -> ApiError {
 }
 
 /// The component a manifest names, checked: both blobs stored, sizes as declared.
-fn component_of(r: &Registry, manifest: &Manifest) -> Result<Vec<u8>> {
+async fn component_of(r: &Registry, manifest: &Manifest) -> Result<Vec<u8>> {
     let layer = manifest.component().map_err(manifest_invalid)?;
     let blob_unknown = |d: &str| {
         ApiError::new(
@@ -356,12 +356,13 @@ fn component_of(r: &Registry, manifest: &Manifest) -> Result<Vec<u8>> {
             format!("blob {d} was not uploaded"),
         )
     };
-    if r.blobs.size(&manifest.config.digest)?.is_none() {
+    if r.blobs.size(&manifest.config.digest).await?.is_none() {
         return Err(blob_unknown(&manifest.config.digest));
     }
     let wasm = r
         .blobs
-        .get(&layer.digest)?
+        .get(&layer.digest)
+        .await?
         .ok_or_else(|| blob_unknown(&layer.digest))?;
     if wasm.len() as u64 != layer.size {
         return Err(manifest_invalid(format!(
@@ -388,7 +389,7 @@ async fn put_manifest(
         .map_err(|_| manifest_invalid("the manifest is not UTF-8 JSON"))?;
     let manifest: Manifest = serde_json::from_str(text)
         .map_err(|e| manifest_invalid(format!("not an OCI image manifest: {e}")))?;
-    let wasm = component_of(&r, &manifest)?;
+    let wasm = component_of(&r, &manifest).await?;
     if r.db.manifest(&pkg, &reference).await?.is_some() {
         return Err(DbError::Exists(format!("{pkg}@{version}")).into());
     }

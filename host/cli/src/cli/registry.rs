@@ -39,6 +39,11 @@ pub(crate) struct StateArgs {
         hide_env_values = true
     )]
     database_url: Option<String>,
+    /// Keep blobs in an S3 bucket: s3://BUCKET[/PREFIX]?endpoint=URL[&region=R], keys in
+    /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (replicas share the bucket and the
+    /// database) [default: DIR/blobs].
+    #[arg(long, value_name = "URL")]
+    blob_store: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -76,6 +81,7 @@ impl StateArgs {
                 .clone()
                 .unwrap_or_else(|| hoist_policy::paths::home().join("registry")),
             database_url: self.database_url.clone().filter(|u| !u.is_empty()),
+            blob_store: self.blob_store.clone().filter(|u| !u.is_empty()),
             size_limit,
         }
     }
@@ -149,9 +155,10 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.addr))?;
     let addr = listener.local_addr()?;
     println!(
-        "hoist registry serving http://{addr} (data in {}, database {})",
+        "hoist registry serving http://{addr} (data in {}, database {}, blobs in {})",
         config.data_dir.display(),
-        hoist_registry::db::masked(&config.database_url())
+        hoist_registry::db::masked(&config.database_url()),
+        registry.blobs.describe()
     );
     use std::io::Write as _;
     std::io::stdout().flush().ok();
