@@ -6,6 +6,8 @@
 //! visible whole or not at all, and the primary key makes a version immutable (a second
 //! publish of it, concurrent or not, fails on the key and is answered 409).
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
@@ -93,7 +95,17 @@ pub struct SignatureRecord {
 #[derive(Clone, Debug)]
 pub struct RegistryDb {
     pool: AnyPool,
+    /// Manifests already read, by (repository, tag or digest). A published version and
+    /// its manifest never change, so an entry is never stale, on any replica; misses are
+    /// not kept (the version may be published later).
+    manifests: std::sync::Arc<std::sync::Mutex<ManifestCache>>,
 }
+
+/// (repository, reference) → (digest, body).
+type ManifestCache = HashMap<(String, String), (String, String)>;
+
+/// At most this many manifests are kept in memory (then the cache starts again).
+const MANIFEST_CACHE: usize = 4096;
 
 /// `url` with a password replaced by `********`.
 pub fn masked(url: &str) -> String {
@@ -154,7 +166,10 @@ impl RegistryDb {
         for stmt in SCHEMA {
             sqlx::query(stmt).execute(&pool).await.map_err(err)?;
         }
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            manifests: Default::default(),
+        })
     }
 
     /// Create a token for publishing into `namespace`; the token (shown once).
@@ -352,6 +367,27 @@ impl RegistryDb {
         package: &PackageName,
         reference: &str,
     ) -> Result<Option<(String, String)>, DbError> {
+        let key = (package.repository(), reference.to_string());
+        let lock = || self.manifests.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(hit) = lock().get(&key) {
+            return Ok(Some(hit.clone()));
+        }
+        let found = self.manifest_from_db(package, reference).await?;
+        if let Some(m) = &found {
+            let mut cache = lock();
+            if cache.len() >= MANIFEST_CACHE {
+                cache.clear();
+            }
+            cache.insert(key, m.clone());
+        }
+        Ok(found)
+    }
+
+    async fn manifest_from_db(
+        &self,
+        package: &PackageName,
+        reference: &str,
+    ) -> Result<Option<(String, String)>, DbError> {
         let digest = if crate::oci::is_digest(reference) {
             reference.to_string()
         } else {
@@ -403,6 +439,26 @@ mod tests {
             published: "2026-12-03T00:00:00Z".into(),
             signatures: Vec::new(),
         }
+    }
+
+    #[tokio::test]
+    async fn manifests_are_read_once_and_misses_are_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("r.db").display());
+        let db = RegistryDb::open(&url).await.unwrap();
+        let pkg: PackageName = "acme/x".parse().unwrap();
+        assert_eq!(db.manifest(&pkg, "1.0.0").await.unwrap(), None);
+        let v = rec("1.0.0");
+        db.publish(&v, "{\"m\":1}").await.unwrap();
+        let found = db.manifest(&pkg, "1.0.0").await.unwrap().unwrap();
+        assert_eq!(found, (v.manifest_digest.clone(), "{\"m\":1}".to_string()));
+        // Served from memory from now on: the rows are not read again.
+        sqlx::query("DELETE FROM registry_manifests")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(db.manifest(&pkg, "1.0.0").await.unwrap(), Some(found));
+        assert_eq!(db.manifest(&pkg, &v.manifest_digest).await.unwrap(), None);
     }
 
     #[tokio::test]
