@@ -80,38 +80,49 @@ impl Registry {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> (u16, String) {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        for (k, v) in headers {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        head.push_str("\r\n");
-        s.write_all(head.as_bytes()).unwrap();
-        s.write_all(body).unwrap();
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).unwrap();
-        let text = String::from_utf8_lossy(&out).into_owned();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (status, body)
+        raw_http(self.port, method, path, headers, body).0
     }
-
     /// Files under the blob store.
     fn blob_count(&self) -> usize {
         std::fs::read_dir(self.data.join("blobs/sha256"))
             .map(|d| d.count())
             .unwrap_or(0)
     }
+}
+
+/// Raw HTTP/1.1 to a port on loopback: ((status, body), the raw head).
+fn raw_http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> ((u16, String), String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    let head = text.split("\r\n\r\n").next().unwrap_or("").to_string();
+    ((status, body), head)
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -1045,6 +1056,165 @@ fn blobs_in_a_bucket_are_checked_both_ways() {
     let (code, _, err) = reg.plugin(&fresh, None, &["install", "acme/echo@1.0.0"]);
     assert_eq!(code, 1);
     assert!(err.contains("the bucket was altered"), "{err}");
+    assert!(
+        !support::home_of(&fresh)
+            .join("plugins/acme/echo.wasm")
+            .exists()
+    );
+}
+
+/// Debian's Distribution (`docker-registry`) on loopback, or `None` (skipped unless
+/// `HOIST_REQUIRE_DOCKER`, which `.ci/run` sets with the package installed).
+fn distribution(dir: &Path) -> Option<(Server, u16, PathBuf)> {
+    let found = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|d| d.join("docker-registry").is_file())
+    });
+    if !found {
+        assert!(
+            std::env::var_os("HOIST_REQUIRE_DOCKER").is_none(),
+            "HOIST_REQUIRE_DOCKER is set but docker-registry is not installed"
+        );
+        eprintln!("skipped: docker-registry is not installed (apt-get install docker-registry)");
+        return None;
+    }
+    let port = support::free_port();
+    let storage = dir.join("distribution");
+    let config = dir.join("distribution.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n",
+            storage.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new("docker-registry");
+    cmd.arg("serve").arg(&config);
+    Some((Server::start(cmd, port, "docker-registry"), port, storage))
+}
+
+/// A team's own OCI registry (Debian's Distribution): `publish --oci` pushes the Wasm
+/// artifact, `install oci://` installs it (and pins `oci://HOST` in hoist.lock, from which
+/// another machine installs it again); a manifest that is not a Wasm component and a blob
+/// altered in the registry's storage install nothing.
+#[test]
+fn packages_move_through_a_plain_oci_registry() {
+    let (_t, dir) = support::tempdir();
+    let Some((_registry, port, storage)) = distribution(&dir) else {
+        return;
+    };
+    let reference = format!("oci://127.0.0.1:{port}/acme/echo:1.0.0");
+    let (code, out, err) = run(hoist(&dir)
+        .args(["plugin", "publish", plugins::TRIVIAL, "--oci", &reference])
+        .env_remove("HOIST_REGISTRY_TOKEN"));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.trim().starts_with("sha256:"), "{out}");
+    let ((status, tags), _) = raw_http(port, "GET", "/v2/acme/echo/tags/list", &[], b"");
+    assert_eq!((status, tags.contains("1.0.0")), (200, true), "{tags}");
+
+    // Installed next to a project: pinned as oci://HOST, and the step runs by name.
+    let (_p, project) = support::tempdir();
+    std::fs::write(
+        project.join("prefect.yaml"),
+        "build:\n  - acme/echo:\n      said: from-distribution\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(hoist(&dir)
+        .current_dir(&project)
+        .args(["plugin", "install", &reference]));
+    assert_eq!(code, 0, "{err}");
+    let lock = std::fs::read_to_string(project.join("hoist.lock")).unwrap();
+    assert!(
+        lock.contains(&format!("\"registry\": \"oci://127.0.0.1:{port}\"")),
+        "{lock}"
+    );
+    let (code, out, err) = run(hoist(&dir).current_dir(&project).arg("build"));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("from-distribution"), "{out}");
+    let (_o, other) = support::tempdir();
+    let (code, _, err) = run(hoist(&other)
+        .current_dir(&project)
+        .args(["plugin", "install"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        support::home_of(&other)
+            .join("plugins/acme/echo.wasm")
+            .is_file()
+    );
+
+    // Not a Wasm component artifact (an image's config): refused, nothing installed.
+    let config = b"{\"architecture\":\"amd64\",\"os\":\"linux\"}";
+    let ((status, _), head) = raw_http(port, "POST", "/v2/acme/image/blobs/uploads/", &[], b"");
+    assert_eq!(status, 202, "{head}");
+    let location = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Location: ")
+                .or_else(|| l.strip_prefix("location: "))
+        })
+        .unwrap()
+        .trim()
+        .to_string();
+    let path = location
+        .split_once("127.0.0.1")
+        .map_or(location.as_str(), |(_, p)| {
+            p.split_once('/').map_or(p, |(_, rest)| rest)
+        });
+    let path = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/{path}")
+    };
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let ((status, body), _) = raw_http(
+        port,
+        "PUT",
+        &format!("{path}{sep}digest={}", sha256(config)),
+        &[],
+        config,
+    );
+    assert_eq!(status, 201, "{body}");
+    let manifest = format!(
+        "{{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"{}\",\"size\":{}}},\"layers\":[]}}",
+        sha256(config),
+        config.len()
+    );
+    let ((status, body), _) = raw_http(
+        port,
+        "PUT",
+        "/v2/acme/image/manifests/1.0.0",
+        &[("Content-Type", "application/vnd.oci.image.manifest.v1+json")],
+        manifest.as_bytes(),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (_f, fresh) = support::tempdir();
+    let (code, _, err) = run(hoist(&fresh).args([
+        "plugin",
+        "install",
+        &format!("oci://127.0.0.1:{port}/acme/image:1.0.0"),
+    ]));
+    assert_eq!(code, 1);
+    assert!(err.contains("is not a Wasm component artifact"), "{err}");
+    assert!(
+        !support::home_of(&fresh)
+            .join("plugins/acme/image.wasm")
+            .exists()
+    );
+
+    // The component's blob altered in the registry's storage: the digest catches it.
+    let hex = &sha256(&std::fs::read(plugins::TRIVIAL).unwrap())[7..];
+    let data = storage
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data");
+    let mut bytes = std::fs::read(&data).unwrap();
+    let n = bytes.len();
+    bytes[n - 1] ^= 1;
+    std::fs::write(&data, &bytes).unwrap();
+    let (code, _, err) = run(hoist(&fresh).args(["plugin", "install", &reference]));
+    assert_eq!(code, 1);
+    assert!(err.contains("is not what its digest says"), "{err}");
     assert!(
         !support::home_of(&fresh)
             .join("plugins/acme/echo.wasm")

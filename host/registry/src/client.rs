@@ -61,8 +61,79 @@ pub enum ClientError {
 #[derive(Clone, Debug)]
 pub struct RegistryClient {
     base: String,
+    /// What messages and install records call it (`oci://HOST` for a plain OCI registry).
+    label: String,
     http: reqwest::Client,
     token: Option<String>,
+}
+
+/// `oci://HOST[:PORT]/NS/NAME:TAG`: a package as an artifact in any OCI registry (GHCR,
+/// Harbor, Distribution, `hoist registry serve`). Loopback hosts are spoken to over
+/// http, every other host over https.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OciRef {
+    /// `127.0.0.1:5000`, `ghcr.io`.
+    pub host: String,
+    /// The repository, which is the package's name.
+    pub package: PackageName,
+    /// The tag: the package's version.
+    pub tag: String,
+}
+
+impl std::str::FromStr for OciRef {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let usage = "an OCI reference is oci://HOST[:PORT]/NAMESPACE/NAME:VERSION, e.g. oci://ghcr.io/acme/s3-sync:1.2.0";
+        let rest = s
+            .strip_prefix("oci://")
+            .ok_or_else(|| format!("`{}`: {usage}", s.escape_debug()))?;
+        let (host, path) = rest
+            .split_once('/')
+            .ok_or_else(|| format!("`{}`: {usage}", s.escape_debug()))?;
+        let host_ok = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+        let (repo, tag) = path
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{}`: no :VERSION tag; {usage}", s.escape_debug()))?;
+        if !host_ok {
+            return Err(format!(
+                "`{}`: the host is not valid; {usage}",
+                s.escape_debug()
+            ));
+        }
+        let package: PackageName = repo
+            .parse()
+            .map_err(|e: crate::name::NameError| e.to_string())?;
+        let version = crate::name::parse_version(tag)?;
+        Ok(Self {
+            host: host.to_string(),
+            package,
+            tag: version.to_string(),
+        })
+    }
+}
+
+impl OciRef {
+    /// `oci://HOST`: the registry as install records and `hoist.lock` name it.
+    pub fn registry(&self) -> String {
+        format!("oci://{}", self.host)
+    }
+
+    /// The URL requests go to.
+    pub fn base_url(&self) -> String {
+        let name = self
+            .host
+            .rsplit_once(':')
+            .map_or(self.host.as_str(), |(h, _)| h);
+        let loopback = matches!(name, "127.0.0.1" | "localhost" | "[::1]");
+        format!(
+            "{}://{}",
+            if loopback { "http" } else { "https" },
+            self.host
+        )
+    }
 }
 
 fn why(e: &reqwest::Error) -> String {
@@ -93,12 +164,65 @@ impl RegistryClient {
                 url: base.clone(),
                 why: why(&e),
             })?;
-        Ok(Self { base, http, token })
+        Ok(Self {
+            label: base.clone(),
+            base,
+            http,
+            token,
+        })
     }
 
-    /// The registry's URL.
+    /// A client of the plain OCI registry `oci` names (no JSON API: manifests and blobs).
+    pub fn for_oci(oci: &OciRef, token: Option<String>) -> Result<Self, ClientError> {
+        let mut c = Self::new(&oci.base_url(), token)?;
+        c.label = oci.registry();
+        Ok(c)
+    }
+
+    /// The registry, as messages and install records name it.
     pub fn url(&self) -> &str {
-        &self.base
+        &self.label
+    }
+
+    /// The component the tag `tag` of `pkg` names in an OCI registry, as the version
+    /// record an install takes (no summary or signatures: OCI has none).
+    pub async fn oci_version(
+        &self,
+        pkg: &PackageName,
+        tag: &str,
+    ) -> Result<VersionRecord, ClientError> {
+        let url = format!("{}/v2/{}/manifests/{tag}", self.base, pkg.repository());
+        let res = self
+            .send(
+                self.authed(self.http.get(url))
+                    .header("Accept", oci::MANIFEST_MEDIA_TYPE),
+            )
+            .await?;
+        let body = res.bytes().await.map_err(|e| self.unreachable(&e))?;
+        let not_wasm = |why: String| {
+            ClientError::NoMatch(format!(
+                "{}/{pkg}:{tag} is not a Wasm component artifact: {why}; nothing was installed",
+                self.label
+            ))
+        };
+        let manifest: oci::Manifest =
+            serde_json::from_slice(&body).map_err(|e| not_wasm(e.to_string()))?;
+        let layer = manifest.component().map_err(not_wasm)?;
+        Ok(VersionRecord {
+            package: pkg.to_string(),
+            version: tag.to_string(),
+            manifest_digest: oci::digest_of(&body),
+            component_digest: layer.digest.clone(),
+            size: layer.size,
+            step_name: String::new(),
+            summary: String::new(),
+            input_schema: serde_json::Value::Null,
+            capabilities: Vec::new(),
+            wit_version: String::new(),
+            yanked: false,
+            published: String::new(),
+            signatures: Vec::new(),
+        })
     }
 
     fn unreachable(&self, e: &reqwest::Error) -> ClientError {
@@ -135,16 +259,33 @@ impl RegistryClient {
         })
     }
 
+    /// Upload a blob the way every OCI registry takes it: open a session (POST), then
+    /// send the bytes with their digest (PUT to the session's Location).
     async fn upload(&self, pkg: &PackageName, bytes: Vec<u8>) -> Result<String, ClientError> {
         let digest = oci::digest_of(&bytes);
-        let url = format!(
-            "{}/v2/{}/blobs/uploads/?digest={digest}",
-            self.base,
-            pkg.repository()
-        );
+        let start = format!("{}/v2/{}/blobs/uploads/", self.base, pkg.repository());
+        let res = self.send(self.authed(self.http.post(start))).await?;
+        let location = res
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| ClientError::Protocol {
+                url: self.base.clone(),
+                why: "an upload session without a Location".into(),
+            })?;
+        let mut url = if location.starts_with("http://") || location.starts_with("https://") {
+            location.to_string()
+        } else {
+            format!("{}{location}", self.base)
+        };
+        url.push(if url.contains('?') { '&' } else { '?' });
+        url.push_str(&format!("digest={digest}"));
+        // The token goes only back to the registry, not to wherever a Location points.
+        let same_origin = url.starts_with(&format!("{}/", self.base));
+        let put = self.http.put(url);
+        let put = if same_origin { self.authed(put) } else { put };
         self.send(
-            self.authed(self.http.post(url))
-                .header("Content-Type", "application/octet-stream")
+            put.header("Content-Type", "application/octet-stream")
                 .body(bytes),
         )
         .await?;

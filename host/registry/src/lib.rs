@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use client::{ClientError, RegistryClient};
+pub use client::{ClientError, OciRef, RegistryClient};
 pub use db::{RegistryDb, VersionRecord};
 pub use name::{PackageName, Requirement};
 pub use server::{Inspected, Inspector, Registry};

@@ -89,11 +89,16 @@ impl Locked {
                 self.digest.escape_debug()
             ));
         }
-        if !(self.registry.starts_with("http://") || self.registry.starts_with("https://"))
-            || self.registry.chars().any(|c| c.is_control() || c == ' ')
-        {
+        let oci_host = self.registry.strip_prefix("oci://");
+        let url_ok = self.registry.starts_with("http://") || self.registry.starts_with("https://");
+        let oci_ok = oci_host.is_some_and(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        });
+        if !(url_ok || oci_ok) || self.registry.chars().any(|c| c.is_control() || c == ' ') {
             return Err(format!(
-                "`registry`: `{}` is not an http(s) URL",
+                "`registry`: `{}` is not an http(s) URL or oci://HOST",
                 self.registry.escape_debug()
             ));
         }

@@ -62,11 +62,20 @@ pub(crate) enum PluginCommand {
         /// The component (`.wasm`).
         file: PathBuf,
         /// The package: NAMESPACE/NAME (lowercase ASCII, digits, `-`, `_`).
-        #[arg(long)]
-        name: String,
+        #[arg(long, required_unless_present = "oci")]
+        name: Option<String>,
         /// Its version (semver, e.g. 1.2.0).
-        #[arg(long = "version", id = "package_version", value_name = "SEMVER")]
-        version: String,
+        #[arg(
+            long = "version",
+            id = "package_version",
+            value_name = "SEMVER",
+            required_unless_present = "oci"
+        )]
+        version: Option<String>,
+        /// Push it to any OCI registry instead, as oci://HOST[:PORT]/NS/NAME:VERSION (a
+        /// Wasm component artifact; HOIST_REGISTRY_TOKEN, if set, is sent as a bearer token).
+        #[arg(long, value_name = "REF", conflicts_with_all = ["name", "package_version", "sign"])]
+        oci: Option<String>,
         /// Sign it (ed25519 over the name, version and component digest) with --key.
         #[arg(long)]
         sign: bool,
@@ -167,26 +176,41 @@ pub(crate) enum Lang {
     Python,
 }
 
+/// `hoist plugin publish`: to a Hoist registry (optionally signed) or, with --oci, to any
+/// OCI registry.
+async fn publish(cmd: &PluginCommand) -> anyhow::Result<()> {
+    let PluginCommand::Publish {
+        file,
+        name,
+        version,
+        oci,
+        sign,
+        key,
+        registry,
+    } = cmd
+    else {
+        unreachable!("called for publish only");
+    };
+    if let Some(reference) = oci {
+        return packages::publish_oci(file, reference).await;
+    }
+    let (Some(name), Some(version)) = (name, version) else {
+        bail!("publish needs --name and --version (or --oci REF)");
+    };
+    let signing = sign.then(|| signing::key_path(key.as_deref()));
+    packages::publish(
+        file,
+        name,
+        version,
+        signing.as_deref(),
+        registry.url.as_deref(),
+    )
+    .await
+}
+
 pub(crate) async fn run(cmd: &PluginCommand) -> anyhow::Result<()> {
     match cmd {
-        PluginCommand::Publish {
-            file,
-            name,
-            version,
-            sign,
-            key,
-            registry,
-        } => {
-            let signing = sign.then(|| signing::key_path(key.as_deref()));
-            packages::publish(
-                file,
-                name,
-                version,
-                signing.as_deref(),
-                registry.url.as_deref(),
-            )
-            .await
-        }
+        PluginCommand::Publish { .. } => publish(cmd).await,
         PluginCommand::Keygen { out } => signing::keygen(out.as_deref()),
         PluginCommand::Trust { key } => signing::trust(key.as_deref()),
         PluginCommand::Install {

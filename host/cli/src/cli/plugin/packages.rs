@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use hoist_policy::package::{PackageName, Requirement, parse_version};
-use hoist_registry::{RegistryClient, VersionRecord};
+use hoist_registry::{OciRef, RegistryClient, VersionRecord};
 use serde::{Deserialize, Serialize};
 
 use super::lock::{self, Locked, Lockfile};
@@ -110,6 +110,44 @@ pub(crate) async fn publish(
     Ok(())
 }
 
+/// `hoist plugin publish FILE --oci oci://HOST/NS/NAME:VERSION`: the same artifact a
+/// Hoist registry stores, pushed to any OCI registry.
+pub(crate) async fn publish_oci(file: &Path, reference: &str) -> anyhow::Result<()> {
+    let oci: OciRef = reference.parse().map_err(anyhow::Error::msg)?;
+    let token = std::env::var("HOIST_REGISTRY_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let client = RegistryClient::for_oci(&oci, token)?;
+    let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let plugin = runtime()?
+        .load(&wasm, &file.display().to_string(), false)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let d = &plugin.description;
+    let caps: Vec<String> = d.capabilities.iter().map(ToString::to_string).collect();
+    eprintln!(
+        "pushing {}/{}:{} ({:.1} MiB, step `{}`, declares {})",
+        client.url(),
+        oci.package,
+        oci.tag,
+        wasm.len() as f64 / (1024.0 * 1024.0),
+        d.name,
+        declared(&caps)
+    );
+    let digest = client
+        .publish(&oci.package, &oci.tag, &wasm, &d.summary)
+        .await?;
+    eprintln!(
+        "pushed {}/{}:{}: component {}",
+        client.url(),
+        oci.package,
+        oci.tag,
+        hoist_registry::oci::digest_of(&wasm)
+    );
+    println!("{digest}");
+    Ok(())
+}
+
 /// Capabilities `new` declares that `old` did not.
 fn added(old: &[String], new: &[String]) -> Vec<String> {
     new.iter().filter(|c| !old.contains(c)).cloned().collect()
@@ -178,6 +216,16 @@ pub(crate) async fn install(
         }
         return Ok(());
     };
+    if req.starts_with("oci://") {
+        let oci: OciRef = req.parse().map_err(anyhow::Error::msg)?;
+        let client = RegistryClient::for_oci(&oci, None)?;
+        let chosen = client.oci_version(&oci.package, &oci.tag).await?;
+        let record = install_version(&client, &oci.package, &chosen, how).await?;
+        if let Some(path) = lock_at {
+            pin(&path, &record)?;
+        }
+        return Ok(());
+    }
     let req: Requirement = req.parse().map_err(anyhow::Error::msg)?;
     let client = client(registry, false)?;
     let chosen = client.resolve(&req).await?;
@@ -233,21 +281,36 @@ pub(super) async fn install_pin(
         eprintln!("{} is installed ({})", pin.label(), pin.digest);
         return Ok(record);
     }
-    let client = client(Some(registry.unwrap_or(&pin.registry)), false)?;
-    let versions = client.versions(&pkg).await.with_context(|| {
+    let not_here = || {
         format!(
             "{} pins {} and it is not installed here",
             lock.display(),
             pin.label()
         )
-    })?;
-    let Some(chosen) = versions.iter().find(|v| v.version == pin.version) else {
-        bail!(
-            "{} pins {}, which the registry at {} does not have; nothing was installed",
-            lock.display(),
-            pin.label(),
-            client.url()
-        );
+    };
+    let from = registry.unwrap_or(&pin.registry);
+    let (client, chosen) = if from.starts_with("oci://") {
+        let oci: OciRef = format!("{from}/{}:{}", pin.package, pin.version)
+            .parse()
+            .map_err(anyhow::Error::msg)?;
+        let client = RegistryClient::for_oci(&oci, None)?;
+        let chosen = client
+            .oci_version(&pkg, &pin.version)
+            .await
+            .with_context(not_here)?;
+        (client, chosen)
+    } else {
+        let client = client(Some(from), false)?;
+        let versions = client.versions(&pkg).await.with_context(not_here)?;
+        let Some(chosen) = versions.into_iter().find(|v| v.version == pin.version) else {
+            bail!(
+                "{} pins {}, which the registry at {} does not have; nothing was installed",
+                lock.display(),
+                pin.label(),
+                client.url()
+            );
+        };
+        (client, chosen)
     };
     if chosen.component_digest != pin.digest {
         bail!(
@@ -268,7 +331,7 @@ pub(super) async fn install_pin(
             lock.display()
         );
     }
-    install_version(&client, &pkg, chosen, how).await
+    install_version(&client, &pkg, &chosen, how).await
 }
 
 /// Download `chosen`, verify it against its digest, precompile it, review what it
