@@ -110,7 +110,8 @@ pub(crate) enum PluginCommand {
     /// installs exactly what hoist.lock pins (from each pin's registry; nothing is
     /// fetched for a pin already installed, so it works offline).
     Install {
-        /// NS/NAME, NS/NAME@^1.2, NS/NAME@=1.2.0 [default: everything hoist.lock pins].
+        /// NS/NAME, NS/NAME@^1.2, NS/NAME@=1.2.0, or oci://HOST/NS/NAME:VERSION from any
+        /// OCI registry [default: everything hoist.lock pins].
         package: Option<String>,
         /// The project file whose hoist.lock records the pin [default: ./prefect.yaml,
         /// when there is one].
