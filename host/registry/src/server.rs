@@ -295,17 +295,7 @@ async fn get_blob(
 ) -> Result<Response> {
     package(&ns, &name)?;
     match r.blobs.get(&digest).await? {
-        Some(bytes) => Ok((
-            [
-                (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-                (
-                    header::HeaderName::from_static("docker-content-digest"),
-                    digest,
-                ),
-            ],
-            bytes,
-        )
-            .into_response()),
+        Some(bytes) => Ok(content("application/octet-stream", digest, bytes)),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "BLOB_UNKNOWN",
@@ -314,23 +304,28 @@ async fn get_blob(
     }
 }
 
+/// A blob or manifest answer: its media type and digest as OCI clients read them.
+fn content(media_type: &str, digest: String, body: impl IntoResponse) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, media_type.to_string()),
+            (
+                header::HeaderName::from_static("docker-content-digest"),
+                digest,
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
 async fn get_manifest(
     State(r): Shared,
     Path((ns, name, reference)): Path<(String, String, String)>,
 ) -> Result<Response> {
     let pkg = package(&ns, &name)?;
     match r.db.manifest(&pkg, &reference).await? {
-        Some((digest, body)) => Ok((
-            [
-                (header::CONTENT_TYPE, oci::MANIFEST_MEDIA_TYPE.to_string()),
-                (
-                    header::HeaderName::from_static("docker-content-digest"),
-                    digest,
-                ),
-            ],
-            body,
-        )
-            .into_response()),
+        Some((digest, body)) => Ok(content(oci::MANIFEST_MEDIA_TYPE, digest, body)),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "MANIFEST_UNKNOWN",

@@ -77,12 +77,42 @@ pub(crate) async fn publish(
     registry: Option<&str>,
 ) -> anyhow::Result<()> {
     let pkg: PackageName = name.parse()?;
-    let version = parse_version(version).map_err(anyhow::Error::msg)?;
+    let version = parse_version(version)
+        .map_err(anyhow::Error::msg)?
+        .to_string();
     let client = client(registry, true)?;
     // The key is read before anything is uploaded: a missing key publishes nothing.
     let key = sign_with.map(signing::load_key).transpose()?;
+    let component = push(&client, file, &pkg, &version).await?;
+    if let Some(key) = key {
+        let sig = signing::sign(&key, &pkg, &version, &component);
+        client.sign(&pkg, &version, &sig).await?;
+        eprintln!("signed {pkg}@{version} with {}", sig.public_key);
+    }
+    Ok(())
+}
+
+/// `hoist plugin publish FILE --oci oci://HOST/NS/NAME:VERSION`: the same artifact a
+/// Hoist registry stores, pushed to any OCI registry.
+pub(crate) async fn publish_oci(file: &Path, reference: &str) -> anyhow::Result<()> {
+    let oci: OciRef = reference.parse().map_err(anyhow::Error::msg)?;
+    let token = std::env::var("HOIST_REGISTRY_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let client = RegistryClient::for_oci(&oci, token)?;
+    push(&client, file, &oci.package, &oci.tag).await?;
+    Ok(())
+}
+
+/// Describe `file` here (a file that is not a step fails before any upload), then push
+/// it as `pkg@version`; prints the manifest's digest, returns the component's.
+async fn push(
+    client: &RegistryClient,
+    file: &Path,
+    pkg: &PackageName,
+    version: &str,
+) -> anyhow::Result<String> {
     let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    // Described here first: a file that is not a step fails before any upload.
     let plugin = runtime()?
         .load(&wasm, &file.display().to_string(), false)
         .await
@@ -96,56 +126,11 @@ pub(crate) async fn publish(
         d.name,
         declared(&caps)
     );
-    let digest = client
-        .publish(&pkg, &version.to_string(), &wasm, &d.summary)
-        .await?;
+    let digest = client.publish(pkg, version, &wasm, &d.summary).await?;
     let component = hoist_registry::oci::digest_of(&wasm);
     eprintln!("published {pkg}@{version}: component {component}");
-    if let Some(key) = key {
-        let sig = signing::sign(&key, &pkg, &version.to_string(), &component);
-        client.sign(&pkg, &version.to_string(), &sig).await?;
-        eprintln!("signed {pkg}@{version} with {}", sig.public_key);
-    }
     println!("{digest}");
-    Ok(())
-}
-
-/// `hoist plugin publish FILE --oci oci://HOST/NS/NAME:VERSION`: the same artifact a
-/// Hoist registry stores, pushed to any OCI registry.
-pub(crate) async fn publish_oci(file: &Path, reference: &str) -> anyhow::Result<()> {
-    let oci: OciRef = reference.parse().map_err(anyhow::Error::msg)?;
-    let token = std::env::var("HOIST_REGISTRY_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty());
-    let client = RegistryClient::for_oci(&oci, token)?;
-    let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let plugin = runtime()?
-        .load(&wasm, &file.display().to_string(), false)
-        .await
-        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    let d = &plugin.description;
-    let caps: Vec<String> = d.capabilities.iter().map(ToString::to_string).collect();
-    eprintln!(
-        "pushing {}/{}:{} ({:.1} MiB, step `{}`, declares {})",
-        client.url(),
-        oci.package,
-        oci.tag,
-        wasm.len() as f64 / (1024.0 * 1024.0),
-        d.name,
-        declared(&caps)
-    );
-    let digest = client
-        .publish(&oci.package, &oci.tag, &wasm, &d.summary)
-        .await?;
-    eprintln!(
-        "pushed {}/{}:{}: component {}",
-        client.url(),
-        oci.package,
-        oci.tag,
-        hoist_registry::oci::digest_of(&wasm)
-    );
-    println!("{digest}");
-    Ok(())
+    Ok(component)
 }
 
 /// Capabilities `new` declares that `old` did not.
@@ -290,9 +275,11 @@ pub(super) async fn install_pin(
     };
     let from = registry.unwrap_or(&pin.registry);
     let (client, chosen) = if from.starts_with("oci://") {
-        let oci: OciRef = format!("{from}/{}:{}", pin.package, pin.version)
-            .parse()
-            .map_err(anyhow::Error::msg)?;
+        let oci = OciRef {
+            host: from.trim_start_matches("oci://").to_string(),
+            package: pkg.clone(),
+            tag: pin.version.clone(),
+        };
         let client = RegistryClient::for_oci(&oci, None)?;
         let chosen = client
             .oci_version(&pkg, &pin.version)
