@@ -1221,3 +1221,86 @@ fn packages_move_through_a_plain_oci_registry() {
             .exists()
     );
 }
+
+/// A loopback HTTP server that answers every request with `answer(head)` and keeps each
+/// request's head (request line and headers): a hostile registry's side of the wire.
+fn recording_server(
+    answer: impl Fn(&str) -> String + Send + 'static,
+) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = heads.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            let mut buf = Vec::new();
+            let mut byte = [0u8; 1];
+            while !buf.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+                buf.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&buf).into_owned();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            let mut body = vec![0u8; len];
+            let _ = s.read_exact(&mut body);
+            let reply = answer(&head);
+            kept.lock().unwrap().push(head);
+            let _ = s.write_all(reply.as_bytes());
+        }
+    });
+    (port, heads)
+}
+
+/// Hostile: an OCI registry that sends the upload to another origin (its Location
+/// names another host). The blobs may go there, but the publisher's token goes only to
+/// the registry it was given for: the other side never sees it.
+#[test]
+fn a_registry_cannot_send_the_token_elsewhere() {
+    let (_t, dir) = support::tempdir();
+    let ok = |status: &str| {
+        format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    };
+    let (elsewhere, seen_elsewhere) = recording_server(move |_| ok("201 Created"));
+    let (registry, seen_registry) = recording_server(move |head| {
+        if head.starts_with("POST ") {
+            format!(
+                "HTTP/1.1 202 Accepted\r\nLocation: http://127.0.0.1:{elsewhere}/upload\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+        } else {
+            ok("201 Created")
+        }
+    });
+    let canary = "hoist_canary-token-7f3a";
+    let (code, _, err) = run(hoist(&dir)
+        .args(["plugin", "publish", plugins::TRIVIAL, "--oci"])
+        .arg(format!("oci://127.0.0.1:{registry}/acme/echo:1.0.0"))
+        .env("HOIST_REGISTRY_TOKEN", canary));
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains(canary), "{err}");
+    let elsewhere = seen_elsewhere.lock().unwrap().clone();
+    assert_eq!(
+        elsewhere.len(),
+        2,
+        "both blobs went to the Location: {elsewhere:?}"
+    );
+    assert!(
+        elsewhere
+            .iter()
+            .all(|h| !h.contains(canary) && !h.to_ascii_lowercase().contains("authorization")),
+        "{elsewhere:?}"
+    );
+    let at_registry = seen_registry.lock().unwrap().clone();
+    assert!(
+        at_registry
+            .iter()
+            .all(|h| h.contains(&format!("Bearer {canary}"))),
+        "the registry itself gets the token: {at_registry:?}"
+    );
+}
