@@ -78,39 +78,6 @@ fn loopback_needs_a_grant_by_name_even_with_net_star() {
     assert_eq!(v["body"], format!("localhost:{}", echo.1));
 }
 
-/// An HTTPS server on 127.0.0.1 whose certificate (for `localhost`) is signed by a
-/// private CA written to `dir/ca.pem`; it serves `dir`.
-fn private_ca_server(dir: &std::path::Path) -> Server {
-    let sh = |script: &str| {
-        let ok = std::process::Command::new("sh")
-            .args(["-c", script])
-            .current_dir(dir)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "{script}");
-    };
-    sh(
-        "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj '/CN=Hoist test CA'",
-    );
-    sh("openssl req -newkey rsa:2048 -nodes -keyout srv.key -out srv.csr -subj /CN=localhost");
-    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
-    sh(
-        "openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 1 -extfile san.ext",
-    );
-    let port = support::free_port();
-    let mut cmd = std::process::Command::new("python3");
-    cmd.current_dir(dir).arg("-c").arg(format!(
-        "import http.server as h, ssl\n\
-         s = h.HTTPServer(('127.0.0.1', {port}), h.SimpleHTTPRequestHandler)\n\
-         c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); c.load_cert_chain('srv.pem', 'srv.key')\n\
-         s.socket = c.wrap_socket(s.socket, server_side=True)\n\
-         s.serve_forever()\n"
-    ));
-    Server::start(cmd, port, "an HTTPS server with a private CA")
-}
-
 /// The fetcher on `url`, granted `net:*` and the URL's origin by name.
 fn fetch_granted(dir: &std::path::Path, url: &str, env: &[(&str, &str)]) -> (i32, String, String) {
     let origin = url.splitn(4, '/').take(3).collect::<Vec<_>>().join("/");
@@ -138,7 +105,7 @@ fn fetch_granted(dir: &std::path::Path, url: &str, env: &[(&str, &str)]) -> (i32
 fn https_trusts_a_private_ca_from_ssl_cert_file() {
     let (_t, dir) = support::tempdir();
     std::fs::write(dir.join("hello.txt"), "hello over https").unwrap();
-    let server = private_ca_server(&dir);
+    let server = support::private_ca_server(&dir);
     let url = format!("https://localhost:{}/hello.txt", server.1);
     let (code, _, err) = fetch_granted(&dir, &url, &[]);
     assert_eq!(code, 1, "an unknown CA is not trusted: {err}");
@@ -155,47 +122,10 @@ fn https_trusts_a_private_ca_from_ssl_cert_file() {
 fn https_goes_through_the_proxy_the_environment_names() {
     let (_t, dir) = support::tempdir();
     std::fs::write(dir.join("hello.txt"), "hello through a proxy").unwrap();
-    let server = private_ca_server(&dir);
+    let server = support::private_ca_server(&dir);
     let log = dir.join("proxy.log");
-    let proxy_port = support::free_port();
-    let mut proxy = std::process::Command::new("python3");
-    proxy.arg("-c").arg(format!(
-        r#"
-import socket, threading
-log = open({log:?}, 'a')
-def pipe(a, b):
-    try:
-        while True:
-            d = a.recv(65536)
-            if not d: break
-            b.sendall(d)
-    except Exception: pass
-    try: b.shutdown(socket.SHUT_WR)
-    except Exception: pass
-def handle(c):
-    head = b''
-    while b'\r\n\r\n' not in head:
-        d = c.recv(1)
-        if not d: return
-        head += d
-    line = head.split(b'\r\n')[0].decode()
-    log.write(line + '\n'); log.flush()
-    method, target, _ = line.split(' ')
-    if method != 'CONNECT':
-        c.sendall(b'HTTP/1.1 405 Not here\r\n\r\n'); c.close(); return
-    host, port = target.rsplit(':', 1)
-    u = socket.create_connection((host, int(port)))
-    c.sendall(b'HTTP/1.1 200 Connection established\r\n\r\n')
-    threading.Thread(target=pipe, args=(c, u), daemon=True).start()
-    pipe(u, c)
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('127.0.0.1', {proxy_port})); s.listen(16)
-while True:
-    c, _ = s.accept(); threading.Thread(target=handle, args=(c,), daemon=True).start()
-"#,
-        log = log.display().to_string()
-    ));
-    let _proxy = Server::start(proxy, proxy_port, "a CONNECT proxy");
+    let proxy = support::connect_proxy(&log);
+    let proxy_port = proxy.1;
     let url = format!("https://localhost:{}/hello.txt", server.1);
     let ca = dir.join("ca.pem").display().to_string();
     let via = format!("http://127.0.0.1:{proxy_port}");

@@ -602,6 +602,214 @@ fn a_project_pins_its_packages_in_hoist_lock() {
     );
 }
 
+/// `hoist plugin update` moves a pinned package to the newest version every requirement
+/// accepts (the project's `requires:` and the one given), stops on one that declares more
+/// than what is installed until --yes, re-pins, and leaves everything as it was when it
+/// cannot reach the registry.
+#[test]
+fn an_update_stays_within_requirements_and_reviews_capabilities() {
+    let (_t, dir) = support::tempdir();
+    let reg = serve(&dir, &[]);
+    let token = reg.token(&dir, "acme");
+    let (code, _, err) = reg.publish(&dir, &token, plugins::TRIVIAL, "acme/echo", "1.0.0");
+    assert_eq!(code, 0, "{err}");
+    let trivial = sha256(&std::fs::read(plugins::TRIVIAL).unwrap());
+    let probe = sha256(&std::fs::read(plugins::PROBE).unwrap());
+    let (_p, project) = support::tempdir();
+    let yaml = "build:\n  - acme/echo:\n      requires: acme/echo@^1\n      said: hi\n";
+    std::fs::write(project.join("prefect.yaml"), yaml).unwrap();
+    let (code, _, err) = run(hoist(&dir)
+        .current_dir(&project)
+        .env("HOIST_REGISTRY", &reg.url)
+        .arg("build"));
+    assert_eq!(code, 0, "{err}");
+    let lock_path = project.join("hoist.lock");
+    let pinned = || {
+        let lock: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&lock_path).unwrap()).unwrap();
+        (
+            lock["packages"][0]["version"].as_str().unwrap().to_string(),
+            lock["packages"][0]["digest"].as_str().unwrap().to_string(),
+        )
+    };
+    assert_eq!(pinned(), ("1.0.0".into(), trivial.clone()));
+    let installed = support::home_of(&dir).join("plugins/acme/echo.wasm");
+    let update = |args: &[&str]| {
+        run(hoist(&dir)
+            .current_dir(&project)
+            .env_remove("HOIST_REGISTRY")
+            .args(["plugin", "update"])
+            .args(args))
+    };
+
+    let (code, _, err) = update(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("acme/echo@1.0.0 is up to date"), "{err}");
+
+    // 1.0.1 is the same step; 1.2.0 declares more; 2.0.0 is outside the project's ^1.
+    for (file, version) in [
+        (plugins::TRIVIAL, "1.0.1"),
+        (plugins::PROBE, "1.2.0"),
+        (plugins::TRIVIAL, "2.0.0"),
+    ] {
+        let (code, _, err) = reg.publish(&dir, &token, file, "acme/echo", version);
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, _, err) = update(&[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("acme/echo@1.2.0 declares more than the installed 1.0.0")
+            && err.contains("--yes")
+            && err.contains("1 of 1 packages not updated"),
+        "{err}"
+    );
+    assert_eq!(pinned(), ("1.0.0".into(), trivial.clone()));
+    assert_eq!(sha256(&std::fs::read(&installed).unwrap()), trivial);
+
+    // A requirement given here narrows the choice further.
+    let (code, _, err) = update(&["acme/echo@~1.0"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("updated acme/echo: 1.0.0 -> 1.0.1"), "{err}");
+    assert_eq!(pinned(), ("1.0.1".into(), trivial.clone()));
+
+    // Unreachable: named, nothing changed.
+    let (code, _, err) = update(&["--yes", "--registry", "http://127.0.0.1:9"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot reach the registry"), "{err}");
+    assert_eq!(pinned(), ("1.0.1".into(), trivial.clone()));
+
+    // --yes accepts the new capabilities; ^1 keeps it from 2.0.0.
+    let (code, _, err) = update(&["--yes"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("updated acme/echo: 1.0.1 -> 1.2.0"), "{err}");
+    assert_eq!(pinned(), ("1.2.0".into(), probe.clone()));
+    assert_eq!(sha256(&std::fs::read(&installed).unwrap()), probe);
+    let (code, _, err) = update(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("acme/echo@1.2.0 is up to date (newest matching `^1`"),
+        "{err}"
+    );
+
+    // Outside a project nothing constrains it: the newest, 2.0.0 (which declares less:
+    // no review needed).
+    let (_e, elsewhere) = support::tempdir();
+    let (code, _, err) = run(hoist(&dir)
+        .current_dir(&elsewhere)
+        .args(["plugin", "update"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("updated acme/echo: 1.2.0 -> 2.0.0"), "{err}");
+    assert_eq!(sha256(&std::fs::read(&installed).unwrap()), trivial);
+    assert!(!elsewhere.join("hoist.lock").exists());
+}
+
+/// The registry client over HTTPS as users meet it: a private CA is trusted only through
+/// `SSL_CERT_FILE`; `HTTPS_PROXY` is honoured with a `CONNECT` tunnel (TLS end to end, so
+/// the proxy never sees the publisher's token); `NO_PROXY` exempts the host.
+#[test]
+fn the_registry_client_speaks_https_through_the_environments_proxy() {
+    let (_t, dir) = support::tempdir();
+    let reg = serve(&dir, &[]);
+    let token = reg.token(&dir, "acme");
+    let tls = support::tls_in_front_of(&dir, reg.port);
+    let url = format!("https://localhost:{}", tls.1);
+    let ca = dir.join("ca.pem").display().to_string();
+    let log = dir.join("proxy.log");
+    let proxy = support::connect_proxy(&log);
+    let via = format!("http://127.0.0.1:{}", proxy.1);
+    let (_c, consumer) = support::tempdir();
+    let plugin = |home: &Path, args: &[&str], env: &[(&str, &str)]| {
+        let mut c = hoist(home);
+        c.arg("plugin").args(args).args(["--registry", &url]);
+        for k in [
+            "SSL_CERT_FILE",
+            "SSL_CERT_DIR",
+            "HTTPS_PROXY",
+            "https_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+            "NO_PROXY",
+            "no_proxy",
+        ] {
+            c.env_remove(k);
+        }
+        c.env("HOIST_REGISTRY_TOKEN", &token);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        run(&mut c)
+    };
+    let installed = support::home_of(&consumer).join("plugins/acme/echo.wasm");
+
+    // Not trusted without the CA: refused before anything is sent.
+    let (code, _, err) = plugin(
+        &dir,
+        &[
+            "publish",
+            plugins::TRIVIAL,
+            "--name",
+            "acme/echo",
+            "--version",
+            "1.0.0",
+        ],
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("cannot reach the registry") && err.contains("certificate"),
+        "{err}"
+    );
+    assert_eq!(reg.blob_count(), 0);
+
+    // Trusted through SSL_CERT_FILE, through the proxy: publish and install.
+    let through = [
+        ("SSL_CERT_FILE", ca.as_str()),
+        ("HTTPS_PROXY", via.as_str()),
+    ];
+    let (code, _, err) = plugin(
+        &dir,
+        &[
+            "publish",
+            plugins::TRIVIAL,
+            "--name",
+            "acme/echo",
+            "--version",
+            "1.0.0",
+        ],
+        &through,
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = plugin(&consumer, &["install", "acme/echo@^1"], &through);
+    assert_eq!(code, 0, "{err}");
+    assert!(installed.is_file());
+    let seen = std::fs::read_to_string(&log).unwrap_or_default();
+    let tunnel = format!("CONNECT localhost:{} HTTP/1.1", tls.1);
+    assert!(
+        !seen.is_empty() && seen.lines().all(|l| l == tunnel),
+        "every request went through one tunnel each: {seen}"
+    );
+    assert!(!seen.contains(&token));
+
+    // NO_PROXY: straight to the registry.
+    std::fs::remove_file(&installed).unwrap();
+    let (code, _, err) = plugin(
+        &consumer,
+        &["install", "acme/echo@^1"],
+        &[
+            ("SSL_CERT_FILE", ca.as_str()),
+            ("HTTPS_PROXY", via.as_str()),
+            ("NO_PROXY", "example.com,localhost"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(installed.is_file());
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        seen,
+        "NO_PROXY bypasses the proxy"
+    );
+}
+
 /// The registry's inspector loads each upload once: `forget` drops it from the runtime's
 /// memory (a server that lives for months does not keep every component it described),
 /// and a later load maps it from the disk cache instead of compiling it again.
@@ -1142,6 +1350,38 @@ fn packages_move_through_a_plain_oci_registry() {
             .is_file()
     );
 
+    // Update through the registry's tags: `latest` (set by another tool) is not a
+    // version and is never chosen.
+    let (code, _, err) = run(hoist(&dir).args([
+        "plugin",
+        "publish",
+        plugins::TRIVIAL,
+        "--oci",
+        &format!("oci://127.0.0.1:{port}/acme/echo:1.1.0"),
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let ((status, manifest), _) = raw_http(
+        port,
+        "GET",
+        "/v2/acme/echo/manifests/1.1.0",
+        &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+        b"",
+    );
+    assert_eq!(status, 200, "{manifest}");
+    let ((status, body), _) = raw_http(
+        port,
+        "PUT",
+        "/v2/acme/echo/manifests/latest",
+        &[("Content-Type", "application/vnd.oci.image.manifest.v1+json")],
+        manifest.as_bytes(),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (code, _, err) = run(hoist(&dir).current_dir(&project).args(["plugin", "update"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("updated acme/echo: 1.0.0 -> 1.1.0"), "{err}");
+    let lock = std::fs::read_to_string(project.join("hoist.lock")).unwrap();
+    assert!(lock.contains("\"version\": \"1.1.0\""), "{lock}");
+
     // Not a Wasm component artifact (an image's config): refused, nothing installed.
     let config = b"{\"architecture\":\"amd64\",\"os\":\"linux\"}";
     let ((status, _), head) = raw_http(port, "POST", "/v2/acme/image/blobs/uploads/", &[], b"");
@@ -1220,6 +1460,166 @@ fn packages_move_through_a_plain_oci_registry() {
             .join("plugins/acme/echo.wasm")
             .exists()
     );
+}
+
+/// `name` on PATH (or `~/.cargo/bin`), or a skip said aloud: a failure when
+/// `HOIST_REQUIRE_OCI_CLIENTS` is set (CI sets it and installs them).
+fn oci_client(name: &str, install: &str) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".cargo/bin"));
+    }
+    let found = dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("HOIST_REQUIRE_OCI_CLIENTS").is_none(),
+            "HOIST_REQUIRE_OCI_CLIENTS is set but {name} is not installed ({install})"
+        );
+        eprintln!("skipped: {name} is not installed ({install})");
+    }
+    found
+}
+
+/// `wkg oci ARGS` with nothing from this machine's credentials or configuration.
+fn wkg(bin: &Path, home: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut c = Command::new(bin);
+    c.args(["oci"])
+        .args(args)
+        .env("HOME", home)
+        .env("RUST_BACKTRACE", "0")
+        .env_remove("WKG_OCI_USERNAME")
+        .env_remove("WKG_OCI_PASSWORD")
+        .env_remove("DOCKER_CONFIG");
+    run(&mut c)
+}
+
+/// The Bytecode Alliance's `wkg` and `skopeo`, real OCI clients, move Hoist packages
+/// both ways: `wkg` pushes into `hoist registry serve` only with the namespace's token
+/// (as the password), the registry describes what it pushed, and `hoist` installs and
+/// runs it; `wkg` pulls what `hoist plugin publish` published, byte for byte; `skopeo`
+/// copies a package from `hoist registry serve` to Debian's Distribution, where
+/// `hoist plugin install oci://` finds the same component.
+#[test]
+fn real_oci_clients_move_packages_both_ways() {
+    let (Some(wkg_bin), Some(skopeo)) = (
+        oci_client("wkg", "cargo install wkg --version 0.16.1 --locked"),
+        oci_client("skopeo", "apt-get install skopeo"),
+    ) else {
+        return;
+    };
+    let (_t, dir) = support::tempdir();
+    let reg = serve(&dir, &[]);
+    let token = reg.token(&dir, "acme");
+    let other = reg.token(&dir, "other");
+    let host = format!("127.0.0.1:{}", reg.port);
+    let echo = format!("{host}/acme/echo:1.0.0");
+
+    // No credentials, or another namespace's token: refused, nothing visible.
+    let (code, _, err) = wkg(
+        &wkg_bin,
+        &dir,
+        &["push", "--insecure", &host, &echo, plugins::TRIVIAL],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("401"), "{err}");
+    let (code, _, err) = wkg(
+        &wkg_bin,
+        &dir,
+        &[
+            "push",
+            "-u",
+            "hoist",
+            "-p",
+            &other,
+            "--insecure",
+            &host,
+            &echo,
+            plugins::TRIVIAL,
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("403") || err.contains("401"), "{err}");
+    assert!(!err.contains(&other), "the token is echoed: {err}");
+    let (status, _) = reg.http("GET", "/v2/acme/echo/tags/list", &[], b"");
+    assert_eq!(status, 404);
+    assert_eq!(reg.blob_count(), 0);
+
+    // With the token: pushed, described by the registry, installed and run by hoist.
+    let (code, out, err) = wkg(
+        &wkg_bin,
+        &dir,
+        &[
+            "push",
+            "-u",
+            "hoist",
+            "-p",
+            &token,
+            "--insecure",
+            &host,
+            &echo,
+            plugins::TRIVIAL,
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (status, body) = reg.http("GET", "/api/v1/packages/acme/echo", &[], b"");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"step_name\":\"trivial\""), "{body}");
+    let (_c, consumer) = support::tempdir();
+    let (code, _, err) = reg.plugin(&consumer, None, &["install", "acme/echo@^1"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(hoist(&consumer).current_dir(&consumer).args([
+        "step",
+        "run",
+        "acme/echo",
+        "--input",
+        "k=pushed-by-wkg",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("pushed-by-wkg"), "{out}");
+
+    // hoist publishes, wkg pulls the same bytes.
+    let (code, _, err) = reg.publish(&dir, &token, plugins::PROBE, "acme/probe", "1.0.0");
+    assert_eq!(code, 0, "{err}");
+    let pulled = dir.join("pulled.wasm");
+    let (code, out, err) = wkg(
+        &wkg_bin,
+        &dir,
+        &[
+            "pull",
+            "--insecure",
+            &host,
+            &format!("{host}/acme/probe:1.0.0"),
+            "-o",
+            pulled.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let probe = std::fs::read(plugins::PROBE).unwrap();
+    assert_eq!(sha256(&std::fs::read(&pulled).unwrap()), sha256(&probe));
+
+    // skopeo moves it to the team's own OCI registry; hoist installs it from there.
+    let Some((_distribution, port, _)) = distribution(&dir) else {
+        return;
+    };
+    let (code, out, err) = run(Command::new(&skopeo).args([
+        "copy",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        &format!("docker://{host}/acme/probe:1.0.0"),
+        &format!("docker://127.0.0.1:{port}/acme/probe:1.0.0"),
+    ]));
+    assert_eq!(code, 0, "{out}{err}");
+    let (_f, fresh) = support::tempdir();
+    let (code, _, err) = run(hoist(&fresh).args([
+        "plugin",
+        "install",
+        &format!("oci://127.0.0.1:{port}/acme/probe:1.0.0"),
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let installed = support::home_of(&fresh).join("plugins/acme/probe.wasm");
+    assert_eq!(sha256(&std::fs::read(installed).unwrap()), sha256(&probe));
 }
 
 /// A loopback HTTP server that answers every request with `answer(head)` and keeps each

@@ -138,6 +138,123 @@ impl Server {
     }
 }
 
+/// A certificate for `localhost` signed by a private CA, written into `dir`: `ca.pem`
+/// (what `SSL_CERT_FILE` names to trust it), `srv.pem` and `srv.key` (the server's).
+pub fn private_ca(dir: &Path) {
+    let sh = |script: &str| {
+        let ok = Command::new("sh")
+            .args(["-c", script])
+            .current_dir(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{script}");
+    };
+    sh(
+        "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj '/CN=Hoist test CA'",
+    );
+    sh("openssl req -newkey rsa:2048 -nodes -keyout srv.key -out srv.csr -subj /CN=localhost");
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+    sh(
+        "openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 1 -extfile san.ext",
+    );
+}
+
+/// An HTTPS server on 127.0.0.1 whose certificate (for `localhost`) is signed by a
+/// private CA written to `dir/ca.pem`; it serves `dir`.
+pub fn private_ca_server(dir: &Path) -> Server {
+    private_ca(dir);
+    let port = free_port();
+    let mut cmd = Command::new("python3");
+    cmd.current_dir(dir).arg("-c").arg(format!(
+        "import http.server as h, ssl\n\
+         s = h.HTTPServer(('127.0.0.1', {port}), h.SimpleHTTPRequestHandler)\n\
+         c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); c.load_cert_chain('srv.pem', 'srv.key')\n\
+         s.socket = c.wrap_socket(s.socket, server_side=True)\n\
+         s.serve_forever()\n"
+    ));
+    Server::start(cmd, port, "an HTTPS server with a private CA")
+}
+
+/// TLS in front of a plain server on 127.0.0.1:`to` (its certificate for `localhost`
+/// from [`private_ca`] in `dir`): `https://localhost:PORT` reaches it.
+pub fn tls_in_front_of(dir: &Path, to: u16) -> Server {
+    private_ca(dir);
+    let port = free_port();
+    let mut cmd = Command::new("python3");
+    cmd.current_dir(dir).arg("-c").arg(format!(
+        r#"
+import socket, ssl, threading
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain('srv.pem', 'srv.key')
+def pipe(a, b):
+    try:
+        while True:
+            d = a.recv(65536)
+            if not d: break
+            b.sendall(d)
+    except Exception: pass
+    try: b.shutdown(socket.SHUT_WR)
+    except Exception: pass
+def handle(c):
+    try: t = ctx.wrap_socket(c, server_side=True)
+    except Exception: c.close(); return
+    u = socket.create_connection(('127.0.0.1', {to}))
+    threading.Thread(target=pipe, args=(t, u), daemon=True).start()
+    pipe(u, t)
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', {port})); s.listen(16)
+while True:
+    c, _ = s.accept(); threading.Thread(target=handle, args=(c,), daemon=True).start()
+"#
+    ));
+    Server::start(cmd, port, "a TLS terminator")
+}
+
+/// A `CONNECT` proxy on loopback that writes each request line to `log` and refuses
+/// anything but `CONNECT`.
+pub fn connect_proxy(log: &Path) -> Server {
+    let proxy_port = free_port();
+    let mut proxy = Command::new("python3");
+    proxy.arg("-c").arg(format!(
+        r#"
+import socket, threading
+log = open({log:?}, 'a')
+def pipe(a, b):
+    try:
+        while True:
+            d = a.recv(65536)
+            if not d: break
+            b.sendall(d)
+    except Exception: pass
+    try: b.shutdown(socket.SHUT_WR)
+    except Exception: pass
+def handle(c):
+    head = b''
+    while b'\r\n\r\n' not in head:
+        d = c.recv(1)
+        if not d: return
+        head += d
+    line = head.split(b'\r\n')[0].decode()
+    log.write(line + '\n'); log.flush()
+    method, target, _ = line.split(' ')
+    if method != 'CONNECT':
+        c.sendall(b'HTTP/1.1 405 Not here\r\n\r\n'); c.close(); return
+    host, port = target.rsplit(':', 1)
+    u = socket.create_connection((host, int(port)))
+    c.sendall(b'HTTP/1.1 200 Connection established\r\n\r\n')
+    threading.Thread(target=pipe, args=(c, u), daemon=True).start()
+    pipe(u, c)
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', {proxy_port})); s.listen(16)
+while True:
+    c, _ = s.accept(); threading.Thread(target=handle, args=(c,), daemon=True).start()
+"#,
+        log = log.display().to_string()
+    ));
+    Server::start(proxy, proxy_port, "a CONNECT proxy")
+}
+
 /// Python's `http.server` serving `dir` on loopback.
 pub fn http_server(dir: &Path) -> Server {
     let port = free_port();

@@ -225,6 +225,20 @@ impl RegistryClient {
         })
     }
 
+    /// The tags of `pkg` in an OCI registry (`/v2/NS/NAME/tags/list`), as the registry
+    /// lists them.
+    pub async fn oci_tags(&self, pkg: &PackageName) -> Result<Vec<String>, ClientError> {
+        #[derive(serde::Deserialize)]
+        struct Tags {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let url = format!("{}/v2/{}/tags/list", self.base, pkg.repository());
+        let res = self.send(self.authed(self.http.get(url))).await?;
+        let body: Tags = res.json().await.map_err(|e| self.protocol(&e))?;
+        Ok(body.tags.unwrap_or_default())
+    }
+
     fn unreachable(&self, e: &reqwest::Error) -> ClientError {
         ClientError::Unreachable {
             url: self.base.clone(),

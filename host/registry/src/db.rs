@@ -246,28 +246,39 @@ impl RegistryDb {
 
     /// The versions of a package, newest first (semver order).
     pub async fn versions(&self, package: &PackageName) -> Result<Vec<VersionRecord>, DbError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {VERSION_COLUMNS} FROM registry_versions WHERE namespace = $1 AND name = $2"
-        ))
-        .bind(&package.namespace)
-        .bind(&package.name)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut v = rows.iter().map(record).collect::<Result<Vec<_>, _>>()?;
-        let sigs = sqlx::query(
-            "SELECT version, public_key, signature FROM registry_signatures \
-             WHERE namespace = $1 AND name = $2 ORDER BY created, public_key",
-        )
-        .bind(&package.namespace)
-        .bind(&package.name)
-        .fetch_all(&self.pool)
-        .await?;
-        for row in &sigs {
+        // One round trip: each version with its signatures (a row per signature, one
+        // with NULLs for a version nobody signed), in signing order.
+        static QUERY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            let columns: Vec<String> = VERSION_COLUMNS
+                .split(',')
+                .map(|c| format!("v.{}", c.trim()))
+                .collect();
+            format!(
+                "SELECT {}, s.public_key AS sig_key, s.signature AS sig_value \
+                 FROM registry_versions v LEFT JOIN registry_signatures s \
+                 ON s.namespace = v.namespace AND s.name = v.name AND s.version = v.version \
+                 WHERE v.namespace = $1 AND v.name = $2 \
+                 ORDER BY v.version, s.created, s.public_key",
+                columns.join(", ")
+            )
+        });
+        let rows = sqlx::query(&QUERY)
+            .bind(&package.namespace)
+            .bind(&package.name)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut v: Vec<VersionRecord> = Vec::new();
+        for row in &rows {
             let version: String = row.try_get("version")?;
-            if let Some(rec) = v.iter_mut().find(|r| r.version == version) {
+            if v.last().is_none_or(|r| r.version != version) {
+                v.push(record(row)?);
+            }
+            let key: Option<String> = row.try_get("sig_key")?;
+            let value: Option<String> = row.try_get("sig_value")?;
+            if let (Some(public_key), Some(signature), Some(rec)) = (key, value, v.last_mut()) {
                 rec.signatures.push(SignatureRecord {
-                    public_key: row.try_get("public_key")?,
-                    signature: row.try_get("signature")?,
+                    public_key,
+                    signature,
                 });
             }
         }
@@ -482,6 +493,37 @@ mod tests {
             .map(|v| v.version)
             .collect();
         assert_eq!(order, ["1.10.0", "1.2.0", "1.0.0"]);
+        // Signatures come with their version, in the order they were added.
+        for key in ["ed25519:b", "ed25519:a"] {
+            let sig = SignatureRecord {
+                public_key: key.into(),
+                signature: format!("sig-by-{key}"),
+            };
+            db.add_signature(&pkg, "1.2.0", &sig).await.unwrap();
+        }
+        let signed: Vec<(String, Vec<String>)> = db
+            .versions(&pkg)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|v| {
+                (
+                    v.version,
+                    v.signatures.into_iter().map(|s| s.public_key).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            signed,
+            [
+                ("1.10.0".to_string(), vec![]),
+                (
+                    "1.2.0".to_string(),
+                    vec!["ed25519:b".into(), "ed25519:a".into()]
+                ),
+                ("1.0.0".to_string(), vec![]),
+            ]
+        );
         assert_eq!(db.search("does").await.unwrap()[0].version, "1.10.0");
         assert!(db.search("nothing-like-it").await.unwrap().is_empty());
 

@@ -181,9 +181,16 @@ fn with_headers(status: StatusCode, pairs: &[(&'static str, String)]) -> Respons
     res
 }
 
+/// `GET /v2/`: reading needs no credentials (200), and the answer says how to send them
+/// (`WWW-Authenticate: Basic`, which RFC 9110 §11.6.1 allows on any response): OCI
+/// clients such as `wkg` (oci-client) decide here whether to send their credentials on
+/// the writes that follow.
 async fn base() -> Response {
     (
-        [("Docker-Distribution-API-Version", "registry/2.0")],
+        [
+            ("Docker-Distribution-API-Version", "registry/2.0"),
+            ("WWW-Authenticate", "Basic realm=\"hoist registry\""),
+        ],
         axum::Json(json!({})),
     )
         .into_response()

@@ -12,7 +12,7 @@ use hoist_registry::{RegistryClient, VersionRecord};
 use super::lock::{self, Locked, Lockfile};
 use super::packages::{How, client, install_pin, install_version, installed, paths, pin};
 use crate::pipeline::Loaded;
-use crate::project::Action;
+use crate::project::{Action, StepEntry};
 
 /// A package the project needs: where first, and every requirement on it.
 struct Need {
@@ -24,7 +24,29 @@ struct Need {
 
 /// The packages the sections `actions` of `loaded` name or require.
 fn needs(loaded: &Loaded, actions: &[Action]) -> anyhow::Result<Vec<Need>> {
-    let project_dir = lock::path_for(&loaded.file)
+    let sections: Vec<&[StepEntry]> = actions.iter().map(|a| loaded.steps(*a)).collect();
+    needs_in(&loaded.file, &sections)
+}
+
+/// Every requirement `requires:` states in the project `file`: in every section, at the
+/// top level and in each deployment (what `hoist plugin update` must respect).
+pub(super) fn requirements(file: &Path) -> anyhow::Result<Vec<(PackageName, Vec<Requirement>)>> {
+    let loaded = Loaded::open(file, None)?;
+    let project = &loaded.project;
+    let all = [Action::Build, Action::Push, Action::Pull];
+    let mut sections: Vec<&[StepEntry]> = all.iter().map(|a| project.steps(*a, None)).collect();
+    for d in &project.deployments {
+        sections.extend(all.iter().map(|a| project.steps(*a, Some(d))));
+    }
+    Ok(needs_in(file, &sections)?
+        .into_iter()
+        .map(|n| (n.pkg, n.reqs))
+        .collect())
+}
+
+/// The packages the steps of `sections` of the project `file` name or require.
+fn needs_in(file: &Path, sections: &[&[StepEntry]]) -> anyhow::Result<Vec<Need>> {
+    let project_dir = lock::path_for(file)
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
@@ -40,9 +62,9 @@ fn needs(loaded: &Loaded, actions: &[Action]) -> anyhow::Result<Vec<Need>> {
             reqs: req.into_iter().collect(),
         }),
     };
-    for action in actions {
-        for step in loaded.steps(*action) {
-            let at = crate::runner::location(&loaded.file, step);
+    for section in sections {
+        for step in *section {
+            let at = crate::runner::location(file, step);
             for text in &step.requires {
                 match lock::package_requirement(text) {
                     None => {}

@@ -7,6 +7,7 @@ mod lock;
 mod packages;
 mod python;
 mod signing;
+mod update;
 
 pub(crate) use ensure::ensure;
 pub(crate) use lock::path_for as lock_for;
@@ -126,6 +127,31 @@ pub(crate) enum PluginCommand {
         #[command(flatten)]
         registry: RegistryArg,
     },
+    /// Update packages to the newest version (not yanked) their registry serves that
+    /// every requirement accepts: the one given here (NS/NAME@REQ) and every `requires:`
+    /// in the project. Each goes through the same review as install: one that declares
+    /// more capabilities than the installed version stops and shows the difference
+    /// (--yes accepts it). Next to a project file the new versions are pinned in
+    /// hoist.lock.
+    Update {
+        /// NS/NAME or NS/NAME@REQ [default: everything hoist.lock pins, else everything
+        /// installed from a registry].
+        packages: Vec<String>,
+        /// The project file whose hoist.lock pins the packages [default: ./prefect.yaml,
+        /// when there is one].
+        #[arg(short, long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Accept an update that declares more capabilities than the installed version.
+        #[arg(long)]
+        yes: bool,
+        /// Refuse a package that no trusted key signed (`hoist plugin trust`).
+        #[arg(long, env = "HOIST_REQUIRE_SIGNED", value_parser = clap::builder::FalseyValueParser::new())]
+        require_signed: bool,
+        /// Look for new versions on this registry (http(s)://... or oci://HOST) instead
+        /// of the one each package was installed from.
+        #[arg(long, value_name = "URL")]
+        registry: Option<String>,
+    },
     /// Search a registry by name, summary or capability.
     Search {
         /// Text to look for (all packages when empty).
@@ -232,6 +258,24 @@ pub(crate) async fn run(cmd: &PluginCommand) -> anyhow::Result<()> {
                 how,
             )
             .await
+        }
+        PluginCommand::Update {
+            packages,
+            file,
+            yes,
+            require_signed,
+            registry,
+        } => {
+            let ask = update::Ask {
+                packages,
+                file: file.as_deref(),
+                registry: registry.as_deref(),
+                how: packages::How {
+                    yes: *yes,
+                    require_signed: *require_signed,
+                },
+            };
+            update::update(&ask).await
         }
         PluginCommand::Search { query, registry } => {
             packages::search(query, registry.url.as_deref()).await

@@ -140,7 +140,7 @@ fn added(old: &[String], new: &[String]) -> Vec<String> {
 
 /// The project's lock: `--file`'s (which must exist), else ./prefect.yaml's when
 /// there is one.
-fn lock_path(file: Option<&Path>) -> anyhow::Result<Option<PathBuf>> {
+pub(super) fn lock_path(file: Option<&Path>) -> anyhow::Result<Option<PathBuf>> {
     match file {
         Some(f) if !f.is_file() => bail!("project file {} does not exist", f.display()),
         Some(f) => Ok(Some(lock::path_for(f))),
@@ -334,6 +334,7 @@ pub(super) async fn install_version(
     let before = installed(pkg);
     if let Some(cur) = &before
         && cur.digest == chosen.component_digest
+        && cur.version == chosen.version
         && installed_digest(pkg).as_deref() == Some(cur.digest.as_str())
     {
         eprintln!("{pkg}@{} is installed already", cur.version);
