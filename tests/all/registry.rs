@@ -332,6 +332,44 @@ fn the_server_refuses_what_is_not_a_step() {
     assert!(body.contains("not a step this registry accepts"), "{body}");
     let (status, _) = reg.http("GET", "/v2/acme/junk/manifests/1.0.0", &[], b"");
     assert_eq!(status, 404);
+    // A step built for a `hoist:step` this registry's hoist does not run (the trivial
+    // step with its WIT names moved to 0.9.0): refused, saying which versions.
+    let future = support::built_for_wit(&std::fs::read(plugins::TRIVIAL).unwrap(), "0.9.0");
+    let config = hoist_registry::oci::wasm_config(&sha256(&future));
+    for blob in [&future, &config] {
+        let (status, body) = reg.http(
+            "POST",
+            &format!("/v2/acme/future/blobs/uploads/?digest={}", sha256(blob)),
+            &h,
+            blob,
+        );
+        assert_eq!(status, 201, "{body}");
+    }
+    let future_manifest = serde_json::to_vec(&hoist_registry::oci::package_manifest(
+        &config, &future, "1.0.0", "",
+    ))
+    .unwrap();
+    let (status, body) = reg.http(
+        "PUT",
+        "/v2/acme/future/manifests/1.0.0",
+        &h,
+        &future_manifest,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("built for hoist:step@0.9.0") && body.contains("hoist:step@0.1.0"),
+        "{body}"
+    );
+    let (status, _) = reg.http("GET", "/api/v1/packages/acme/future", &[], b"");
+    assert_eq!(status, 404);
+    // `hoist plugin publish` says so before uploading anything.
+    let file = dir.join("future.wasm");
+    std::fs::write(&file, &future).unwrap();
+    let blobs = reg.blob_count();
+    let (code, _, err) = reg.publish(&dir, &token, file.to_str().unwrap(), "acme/future", "1.0.0");
+    assert_eq!(code, 1);
+    assert!(err.contains("built for hoist:step@0.9.0"), "{err}");
+    assert_eq!(reg.blob_count(), blobs);
     // A tag that is not a version.
     let (status, body) = reg.http("PUT", "/v2/acme/junk/manifests/latest", &h, &manifest);
     assert_eq!(status, 400, "{body}");
@@ -1620,6 +1658,48 @@ fn real_oci_clients_move_packages_both_ways() {
     assert_eq!(code, 0, "{err}");
     let installed = support::home_of(&fresh).join("plugins/acme/probe.wasm");
     assert_eq!(sha256(&std::fs::read(installed).unwrap()), sha256(&probe));
+
+    // And wkg with Distribution, both ways: what skopeo copied pulls byte for byte; what
+    // wkg pushes there hoist installs.
+    let there = format!("127.0.0.1:{port}");
+    let again = dir.join("again.wasm");
+    let (code, out, err) = wkg(
+        &wkg_bin,
+        &dir,
+        &[
+            "pull",
+            "--insecure",
+            &there,
+            &format!("{there}/acme/probe:1.0.0"),
+            "-o",
+            again.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(sha256(&std::fs::read(&again).unwrap()), sha256(&probe));
+    let (code, out, err) = wkg(
+        &wkg_bin,
+        &dir,
+        &[
+            "push",
+            "--insecure",
+            &there,
+            &format!("{there}/acme/wecho:1.0.0"),
+            plugins::TRIVIAL,
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = run(hoist(&fresh).args([
+        "plugin",
+        "install",
+        &format!("oci://{there}/acme/wecho:1.0.0"),
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let installed = support::home_of(&fresh).join("plugins/acme/wecho.wasm");
+    assert_eq!(
+        sha256(&std::fs::read(installed).unwrap()),
+        sha256(&std::fs::read(plugins::TRIVIAL).unwrap())
+    );
 }
 
 /// A loopback HTTP server that answers every request with `answer(head)` and keeps each

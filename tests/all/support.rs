@@ -255,6 +255,30 @@ while True:
     Server::start(proxy, proxy_port, "a CONNECT proxy")
 }
 
+/// `component` with every `hoist:step/...@0.1.0` name it imports or exports moved to
+/// `version` (same length, so the binary stays valid): a step built for another WIT.
+pub fn built_for_wit(component: &[u8], version: &str) -> Vec<u8> {
+    assert_eq!(version.len(), "0.1.0".len());
+    let mut out = component.to_vec();
+    let prefix = b"hoist:step/";
+    let mut i = 0;
+    let mut moved = 0;
+    while i + prefix.len() < out.len() {
+        if out[i..].starts_with(prefix)
+            && let Some(at) = out[i..out.len().min(i + 48)]
+                .iter()
+                .position(|&b| b == b'@')
+            && out[i + at + 1..].starts_with(b"0.1.0")
+        {
+            out[i + at + 1..i + at + 6].copy_from_slice(version.as_bytes());
+            moved += 1;
+        }
+        i += 1;
+    }
+    assert!(moved > 0, "no hoist:step names in the component");
+    out
+}
+
 /// Python's `http.server` serving `dir` on loopback.
 pub fn http_server(dir: &Path) -> Server {
     let port = free_port();

@@ -153,6 +153,55 @@ pub struct Plugin {
     pub loaded: Loaded,
     /// Where it came from (built-in name or file path), for messages.
     pub origin: String,
+    /// The `hoist:step` version it was built against (what its imports and exports name).
+    pub wit_version: String,
+}
+
+/// The `hoist:step` WIT package version this host implements (`wit/step.wit`).
+pub const WIT_VERSION: &str = "0.1.0";
+
+/// Versions that link to each other: `0.MINOR` below 1.0, `MAJOR` from 1.0 (as
+/// wasmtime's linker matches them).
+fn wit_compat(version: &str) -> String {
+    let mut parts = version.split('.');
+    match (parts.next(), parts.next()) {
+        (Some("0"), Some(minor)) => format!("0.{minor}"),
+        (Some(major), _) => major.to_string(),
+        _ => version.to_string(),
+    }
+}
+
+/// The `hoist:step` version `component` targets: the newest one its imports and exports
+/// name ([`WIT_VERSION`] for a component that names none). One this host cannot link is
+/// an error that says which versions are which.
+fn targeted_wit(component: &Component, engine: &Engine) -> Result<String, String> {
+    let ty = component.component_type();
+    let names: Vec<String> = ty
+        .imports(engine)
+        .map(|(n, _)| n.to_string())
+        .chain(ty.exports(engine).map(|(n, _)| n.to_string()))
+        .collect();
+    let mut newest: Option<semver::Version> = None;
+    for name in &names {
+        let Some(rest) = name.strip_prefix("hoist:step/") else {
+            continue;
+        };
+        let Some((_, version)) = rest.split_once('@') else {
+            continue;
+        };
+        if wit_compat(version) != wit_compat(WIT_VERSION) {
+            return Err(format!(
+                "it was built for hoist:step@{version} (it names `{name}`), and this hoist runs \
+                 steps built for hoist:step@{WIT_VERSION} ({}.x): rebuild it with the SDK for \
+                 that version, or use a hoist that supports {version}",
+                wit_compat(WIT_VERSION)
+            ));
+        }
+        if let Ok(v) = semver::Version::parse(version) {
+            newest = Some(newest.map_or(v.clone(), |n| n.max(v)));
+        }
+    }
+    Ok(newest.map_or_else(|| WIT_VERSION.to_string(), |v| v.to_string()))
 }
 
 impl Plugin {
@@ -484,6 +533,7 @@ impl Runtime {
             plugin: origin.to_string(),
             kind: ErrorKind::Load(message),
         };
+        let wit_version = targeted_wit(&component, &self.engine).map_err(fail)?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             fail(format!(
                 "it imports something Hoist does not provide: {e:#}"
@@ -502,6 +552,7 @@ impl Runtime {
             builtin,
             loaded,
             origin: origin.into(),
+            wit_version,
         });
         self.loaded
             .lock()
@@ -858,5 +909,27 @@ impl Ended<'_> {
                 hint: f.hint.as_deref().map(redact),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{WIT_VERSION, wit_compat};
+
+    #[test]
+    fn the_wit_version_is_the_packages() {
+        let wit = include_str!("../../../wit/step.wit");
+        assert!(
+            wit.contains(&format!("package hoist:step@{WIT_VERSION};")),
+            "wit/step.wit and WIT_VERSION disagree"
+        );
+    }
+
+    #[test]
+    fn compatible_wit_versions_share_minor_below_one_and_major_above() {
+        assert_eq!(wit_compat("0.1.0"), wit_compat("0.1.7"));
+        assert_ne!(wit_compat("0.1.0"), wit_compat("0.2.0"));
+        assert_eq!(wit_compat("1.0.0"), wit_compat("1.4.2"));
+        assert_ne!(wit_compat("1.0.0"), wit_compat("2.0.0"));
     }
 }

@@ -118,8 +118,6 @@ impl CacheArgs {
 /// slots took ~3 ms to set up at every start (README, "Benchmarks").
 const CLI_INSTANCES: u32 = 4;
 
-/// The WIT package version this host implements.
-pub const WIT_API: &str = "hoist:step@0.1.0";
 /// A duration in milliseconds, rounded to the microsecond (for JSON output).
 pub(crate) fn millis(d: std::time::Duration) -> f64 {
     (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
@@ -310,7 +308,7 @@ pub(crate) fn json_text(v: &serde_json::Value, pretty: bool) -> String {
 fn version(cache: &CacheArgs) {
     let config = cache.runtime_config();
     println!("hoist {}", env!("CARGO_PKG_VERSION"));
-    println!("wit api {WIT_API}");
+    println!("wit api hoist:step@{}", crate::runtime::WIT_VERSION);
     println!("wasmtime {WASMTIME_VERSION}");
     match config.cache.dir() {
         Some(dir) => println!("cache {}", dir.display()),

@@ -105,10 +105,7 @@ fn inspector(runtime: Arc<Runtime>) -> Inspector {
                 summary: d.summary.clone(),
                 input_schema: d.input_schema.clone(),
                 capabilities: d.capabilities.iter().map(ToString::to_string).collect(),
-                wit_version: super::WIT_API
-                    .rsplit_once('@')
-                    .map_or(super::WIT_API, |(_, v)| v)
-                    .to_string(),
+                wit_version: plugin.wit_version.clone(),
             })
         })
     })
