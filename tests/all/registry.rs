@@ -125,6 +125,14 @@ fn raw_http(
     ((status, body), head)
 }
 
+/// The value of the header `name` (any case) in a raw response head.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
 fn sha256(bytes: &[u8]) -> String {
     hoist_registry::oci::digest_of(bytes)
 }
@@ -507,6 +515,77 @@ fn concurrent_publishes_of_one_version_leave_one() {
     }
     let (_, tags) = reg.http("GET", "/v2/acme/race/tags/list", &[], b"");
     assert_eq!(tags, r#"{"name":"acme/race","tags":["1.0.0"]}"#);
+}
+
+/// A registry killed (SIGKILL) in the middle of a publish shows no half of it after a
+/// restart on the same data: not mid-upload, not with the blobs stored and no manifest;
+/// the same version then publishes whole. A publish it acknowledged survives the kill.
+#[test]
+fn a_registry_killed_mid_publish_shows_no_half_version() {
+    let (_t, dir) = support::tempdir();
+    let reg = serve(&dir, &[]);
+    let token = reg.token(&dir, "acme");
+    let auth = format!("Bearer {token}");
+    let h = [("Authorization", auth.as_str())];
+    let probe = std::fs::read(plugins::PROBE).unwrap();
+    let config = hoist_registry::oci::wasm_config(&sha256(&probe));
+
+    // Killed mid-upload: half the component sent in a chunk.
+    let ((status, _), head) = raw_http(reg.port, "POST", "/v2/acme/half/blobs/uploads/", &h, b"");
+    assert_eq!(status, 202, "{head}");
+    let location = header(&head, "location").unwrap().to_string();
+    let half = &probe[..probe.len() / 2];
+    let range = format!("0-{}", half.len() - 1);
+    let ((status, body), _) = raw_http(
+        reg.port,
+        "PATCH",
+        &location,
+        &[
+            ("Authorization", auth.as_str()),
+            ("Content-Range", range.as_str()),
+        ],
+        half,
+    );
+    assert_eq!(status, 202, "{body}");
+    drop(reg);
+    let reg = serve(&dir, &[]);
+    let (status, _) = reg.http("GET", "/api/v1/packages/acme/half", &[], b"");
+    assert_eq!(status, 404);
+    let (status, _) = reg.http(
+        "GET",
+        &format!("/v2/acme/half/blobs/{}", sha256(&probe)),
+        &[],
+        b"",
+    );
+    assert_eq!(status, 404, "half a blob is visible");
+
+    // Killed with both blobs stored and no manifest yet: still no version.
+    for blob in [&probe, &config] {
+        let (status, body) = reg.http(
+            "POST",
+            &format!("/v2/acme/half/blobs/uploads/?digest={}", sha256(blob)),
+            &h,
+            blob,
+        );
+        assert_eq!(status, 201, "{body}");
+    }
+    drop(reg);
+    let reg = serve(&dir, &[]);
+    let (status, _) = reg.http("GET", "/v2/acme/half/manifests/1.0.0", &[], b"");
+    assert_eq!(status, 404);
+    let (status, body) = reg.http("GET", "/v2/acme/half/tags/list", &[], b"");
+    assert_eq!(status, 404, "{body}");
+
+    // The same version publishes whole, and once acknowledged survives a kill.
+    let (code, _, err) = reg.publish(&dir, &token, plugins::PROBE, "acme/half", "1.0.0");
+    assert_eq!(code, 0, "{err}");
+    drop(reg);
+    let reg = serve(&dir, &[]);
+    let (_c, consumer) = support::tempdir();
+    let (code, _, err) = reg.plugin(&consumer, None, &["install", "acme/half@1.0.0"]);
+    assert_eq!(code, 0, "{err}");
+    let installed = support::home_of(&consumer).join("plugins/acme/half.wasm");
+    assert_eq!(sha256(&std::fs::read(installed).unwrap()), sha256(&probe));
 }
 
 /// A project's packages are pinned in `hoist.lock` beside its prefect.yaml: `requires:`
@@ -1424,15 +1503,7 @@ fn packages_move_through_a_plain_oci_registry() {
     let config = b"{\"architecture\":\"amd64\",\"os\":\"linux\"}";
     let ((status, _), head) = raw_http(port, "POST", "/v2/acme/image/blobs/uploads/", &[], b"");
     assert_eq!(status, 202, "{head}");
-    let location = head
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("Location: ")
-                .or_else(|| l.strip_prefix("location: "))
-        })
-        .unwrap()
-        .trim()
-        .to_string();
+    let location = header(&head, "location").unwrap().to_string();
     let path = location
         .split_once("127.0.0.1")
         .map_or(location.as_str(), |(_, p)| {
