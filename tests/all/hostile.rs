@@ -945,3 +945,46 @@ async fn raw_sockets_follow_the_network_policy() {
     );
     assert_eq!(hit_count(), 2, "no connection reached the server");
 }
+
+/// The instance pool resets a reused memory slot in place (the pages the last instance
+/// dirtied, `linear_memory_keep_resident`): the next step, in the same slot, sees nothing
+/// of what the last one left in its heap and statics, though the same scan finds it
+/// within one instance.
+#[tokio::test]
+async fn the_next_instance_sees_nothing_of_the_last_ones_memory() {
+    let rt = support::runtime();
+    let (_t, dir) = support::tempdir();
+    let secret = "hoist-residue-7f3a91";
+    let reversed: String = secret.chars().rev().collect();
+    let out = attack(
+        &rt,
+        plugins::HOSTILE,
+        &dir,
+        Grants::default(),
+        json!([
+            {"do": "stash", "secret": secret, "copies": 4096},
+            {"do": "scan_memory", "reversed": reversed},
+        ]),
+    )
+    .await
+    .unwrap();
+    assert!(
+        out["results"][1]["ok"].as_u64().unwrap() > 0,
+        "the scan does not find what one instance stashed: {out}"
+    );
+    for _ in 0..3 {
+        let out = attack(
+            &rt,
+            plugins::HOSTILE,
+            &dir,
+            Grants::default(),
+            json!([{"do": "scan_memory", "reversed": reversed}]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            out["results"][0]["ok"], 0,
+            "an instance read what the last one left in memory"
+        );
+    }
+}

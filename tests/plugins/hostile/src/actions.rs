@@ -92,6 +92,35 @@ enum Action {
     UdpSend { addr: String },
     /// Resolve `name` (`host:port`) to addresses.
     Resolve { name: String },
+    /// Leave `secret` in this instance's memory: `copies` times over in a leaked heap
+    /// block, and once in a static.
+    Stash { secret: String, copies: usize },
+    /// Scan the whole linear memory for 8 consecutive copies of the reverse of `reversed`
+    /// (what `stash` leaves; the input itself holds it only reversed): how many times.
+    ScanMemory { reversed: String },
+}
+
+/// What `stash` keeps in a static.
+static STASHED: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+/// Every byte of this instance's linear memory, from address 8 (what an attacker reads
+/// when it looks for what an earlier instance left behind).
+#[allow(unsafe_code)]
+fn linear_memory() -> &'static [u8] {
+    let len = core::arch::wasm32::memory_size(0) * 65536;
+    // SAFETY: in wasm every address below memory_size is mapped and readable.
+    unsafe { std::slice::from_raw_parts(8 as *const u8, len - 8) }
+}
+
+fn scan_memory(reversed: &str) -> usize {
+    let needle: Vec<u8> = reversed.chars().rev().collect::<String>().repeat(8).into_bytes();
+    let own = needle.as_ptr() as usize;
+    let memory = linear_memory();
+    memory
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(i, w)| *w == needle.as_slice() && memory.as_ptr() as usize + i != own)
+        .count()
 }
 
 fn git_result<T: serde::Serialize>(r: std::result::Result<T, git::GitError>) -> Result<Value> {
@@ -243,6 +272,12 @@ fn one(action: Action, output: &mut Option<Value>) -> Result<Value> {
             let s = std::net::UdpSocket::bind("0.0.0.0:0").map_err(io_error)?;
             json!(s.send_to(b"leak", &addr).map_err(io_error)?)
         }
+        Action::Stash { secret, copies } => {
+            let block: &'static mut String = Box::leak(Box::new(secret.repeat(copies)));
+            *STASHED.lock().unwrap_or_else(|p| p.into_inner()) = secret;
+            json!(block.len())
+        }
+        Action::ScanMemory { reversed } => json!(scan_memory(&reversed)),
         Action::Resolve { name } => {
             use std::net::ToSocketAddrs;
             let found: Vec<String> = name
