@@ -1115,6 +1115,54 @@ fn signed_packages_install_only_from_trusted_keys_when_required() {
         .find(|l| l.starts_with("acme/signed@1.1.0"))
         .unwrap();
     assert!(!line.contains(&key_a), "{line}");
+
+    // Installed before signatures were required: checked again once they are, pinned
+    // or not; a package a trusted key signed (recorded at install) runs offline.
+    let url = reg.url.clone();
+    let build = |project: &Path, yaml: &str, policy: bool, registry: &str| {
+        std::fs::write(project.join("prefect.yaml"), yaml).unwrap();
+        let mut cmd = hoist(&consumer);
+        cmd.current_dir(project)
+            .arg("build")
+            .env("HOIST_REGISTRY", registry);
+        if policy {
+            cmd.env("HOIST_REQUIRE_SIGNED", "1");
+        } else {
+            cmd.env_remove("HOIST_REQUIRE_SIGNED");
+        }
+        run(&mut cmd)
+    };
+    let unsigned =
+        "build:\n  - acme/unsigned:\n      requires: acme/unsigned@1\n      said: unsigned-ran\n";
+    let signed =
+        "build:\n  - acme/signed:\n      requires: acme/signed@=1.0.0\n      said: signed-ran\n";
+    let (_p, pinned) = support::tempdir();
+    std::fs::write(pinned.join("prefect.yaml"), unsigned).unwrap();
+    let (code, _, err) = run(hoist(&consumer).current_dir(&pinned).args([
+        "plugin",
+        "install",
+        "acme/unsigned@1",
+        "--registry",
+        &url,
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert!(pinned.join("hoist.lock").is_file());
+    let (code, out, err) = build(&pinned, unsigned, true, &url);
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains("it is not signed"), "{err}");
+    assert!(!out.contains("unsigned-ran"), "{out}");
+    let (code, out, err) = build(&pinned, unsigned, false, &url);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("unsigned-ran"), "{out}");
+    drop(reg);
+    let (_q, loose) = support::tempdir();
+    let (code, out, err) = build(&loose, unsigned, true, &url);
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains("cannot reach the registry"), "{err}");
+    assert!(!out.contains("unsigned-ran"), "{out}");
+    let (code, out, err) = build(&loose, signed, true, &url);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("signed-ran"), "{out}");
 }
 
 /// Teams outgrow one machine: two `hoist registry serve` replicas on one PostgreSQL

@@ -10,7 +10,9 @@ use hoist_policy::package::{PackageName, Requirement, parse_version};
 use hoist_registry::{RegistryClient, VersionRecord};
 
 use super::lock::{self, Locked, Lockfile};
-use super::packages::{How, client, install_pin, install_version, installed, paths, pin};
+use super::packages::{
+    How, client, install_pin, install_version, installed, newest_matching, paths, pin,
+};
 use crate::pipeline::Loaded;
 use crate::project::{Action, StepEntry};
 
@@ -136,9 +138,15 @@ async fn ensure_required(need: &Need, lock: Option<&Path>) -> anyhow::Result<()>
     let Some(first) = reqs.first() else {
         return Ok(());
     };
-    let satisfied = installed(pkg).is_some_and(|cur| {
-        parse_version(&cur.version).is_ok_and(|v| reqs.iter().all(|r| r.versions.matches(&v)))
-    }) && paths(pkg).0.is_file();
+    let how = How::from_env();
+    let satisfied = match installed(pkg) {
+        Some(cur) if paths(pkg).0.is_file() => {
+            parse_version(&cur.version).is_ok_and(|v| reqs.iter().all(|r| r.versions.matches(&v)))
+                // Installed before signatures were required: checked at the registry.
+                && (!how.require_signed || cur.signed_by_trusted()?)
+        }
+        _ => false,
+    };
     if satisfied {
         return Ok(());
     }
@@ -157,7 +165,7 @@ async fn ensure_required(need: &Need, lock: Option<&Path>) -> anyhow::Result<()>
     let chosen = choose_all(&client, reqs)
         .await
         .with_context(|| format!("{at}: `requires`"))?;
-    let record = install_version(&client, pkg, &chosen, How::from_env())
+    let record = install_version(&client, pkg, &chosen, how)
         .await
         .with_context(|| format!("{at}: `requires`"))?;
     if let Some(path) = lock {
@@ -175,19 +183,12 @@ async fn choose_all(
         return Ok(client.resolve(one).await?);
     }
     let versions = client.versions(&reqs[0].package).await?;
-    versions
-        .iter()
-        .filter(|r| !r.yanked)
-        .filter_map(|r| Some((parse_version(&r.version).ok()?, r)))
-        .filter(|(v, _)| reqs.iter().all(|q| q.versions.matches(v)))
-        .max_by(|a, b| a.0.cmp(&b.0))
-        .map(|(_, r)| r.clone())
-        .ok_or_else(|| {
-            let all: Vec<String> = reqs.iter().map(|r| r.versions.to_string()).collect();
-            anyhow::anyhow!(
-                "no version of {} satisfies all of {}",
-                reqs[0].package,
-                all.join(", ")
-            )
-        })
+    newest_matching(versions, reqs).ok_or_else(|| {
+        let all: Vec<String> = reqs.iter().map(|r| r.versions.to_string()).collect();
+        anyhow::anyhow!(
+            "no version of {} satisfies all of {}",
+            reqs[0].package,
+            all.join(", ")
+        )
+    })
 }

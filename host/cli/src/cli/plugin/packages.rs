@@ -22,6 +22,19 @@ pub(crate) struct Installed {
     pub(crate) registry: String,
     pub(crate) digest: String,
     pub(crate) capabilities: Vec<String>,
+    /// The trusted key whose signature was checked when it was installed, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) signed_by: Option<String>,
+}
+
+impl Installed {
+    /// Whether a key trusted now signed it (checked when it was installed).
+    pub(super) fn signed_by_trusted(&self) -> anyhow::Result<bool> {
+        let Some(key) = &self.signed_by else {
+            return Ok(false);
+        };
+        Ok(signing::trusted()?.iter().any(|k| k.to_string() == *key))
+    }
 }
 
 /// The registry to talk to: `--registry`, else `$HOIST_REGISTRY`.
@@ -131,6 +144,20 @@ async fn push(
     eprintln!("published {pkg}@{version}: component {component}");
     println!("{digest}");
     Ok(component)
+}
+
+/// The newest of `versions` that is not yanked and satisfies every one of `reqs`.
+pub(super) fn newest_matching(
+    versions: Vec<VersionRecord>,
+    reqs: &[Requirement],
+) -> Option<VersionRecord> {
+    versions
+        .into_iter()
+        .filter(|r| !r.yanked)
+        .filter_map(|r| Some((parse_version(&r.version).ok()?, r)))
+        .filter(|(v, _)| reqs.iter().all(|q| q.versions.matches(v)))
+        .max_by(|a, b| a.0.cmp(&b.0))
+        .map(|(_, r)| r)
 }
 
 /// Capabilities `new` declares that `old` did not.
@@ -244,11 +271,20 @@ pub(super) fn pin(path: &Path, record: &Installed) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The digest of what is installed for `pkg`, hashed from the file itself (the record
-/// beside it is only a note).
+/// The digest of what is installed for `pkg`, from the file itself (the record beside
+/// it is only a note): hashed once, then remembered by the component cache while the
+/// file stays the same file (its memo is authenticated over the file's identity), so a
+/// build does not hash every pinned package, an 18 MB Python step among them, each time.
 fn installed_digest(pkg: &PackageName) -> Option<String> {
-    let bytes = std::fs::read(paths(pkg).0).ok()?;
-    Some(hoist_registry::oci::digest_of(&bytes))
+    let path = paths(pkg).0;
+    let cache = super::super::CacheArgs::default().runtime_config().cache;
+    if let Some(hex) = cache.remembered_digest(&path) {
+        return Some(format!("sha256:{hex}"));
+    }
+    let bytes = std::fs::read(&path).ok()?;
+    let digest = hoist_registry::oci::digest_of(&bytes);
+    cache.remember_digest(&path, digest.trim_start_matches("sha256:"));
+    Some(digest)
 }
 
 /// Install exactly what `pin` says (nothing fetched when it is installed already): the
@@ -263,8 +299,12 @@ pub(super) async fn install_pin(
     if installed_digest(&pkg).as_deref() == Some(pin.digest.as_str())
         && let Some(record) = installed(&pkg)
     {
-        eprintln!("{} is installed ({})", pin.label(), pin.digest);
-        return Ok(record);
+        // Installed before signatures were required (or by a key no longer trusted):
+        // checked against the registry's signatures below, as a new install would be.
+        if !how.require_signed || record.signed_by_trusted()? {
+            eprintln!("{} is installed ({})", pin.label(), pin.digest);
+            return Ok(record);
+        }
     }
     let not_here = || {
         format!(
@@ -338,6 +378,15 @@ pub(super) async fn install_version(
         && installed_digest(pkg).as_deref() == Some(cur.digest.as_str())
     {
         eprintln!("{pkg}@{} is installed already", cur.version);
+        let signed_by = signer.map(|k| k.to_string());
+        if signed_by.is_some() && cur.signed_by != signed_by {
+            let record = Installed {
+                signed_by,
+                ..cur.clone()
+            };
+            write_record(pkg, &record)?;
+            return Ok(record);
+        }
         return Ok(cur.clone());
     }
     eprintln!(
@@ -373,7 +422,7 @@ pub(super) async fn install_version(
         }
     }
     eprintln!("{pkg}@{} declares {}", chosen.version, declared(&caps));
-    if let Some(key) = signer {
+    if let Some(key) = &signer {
         eprintln!(
             "{pkg}@{} is signed by {key}, a key you trust",
             chosen.version
@@ -385,6 +434,7 @@ pub(super) async fn install_version(
         registry: client.url().to_string(),
         digest: chosen.component_digest.clone(),
         capabilities: caps,
+        signed_by: signer.map(|k| k.to_string()),
     };
     write_installed(pkg, &wasm, &record)?;
     eprintln!(
@@ -422,16 +472,23 @@ async fn download(
 /// Write the component and its record: each to a temporary file then renamed, the
 /// component first, so an interrupted install leaves the previous version whole.
 fn write_installed(pkg: &PackageName, wasm: &[u8], record: &Installed) -> anyhow::Result<()> {
-    let (wasm_path, json_path) = paths(pkg);
+    let wasm_path = paths(pkg).0;
     let dir = wasm_path.parent().expect("a package path has a directory");
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let put = |path: &Path, bytes: &[u8]| -> anyhow::Result<()> {
-        let tmp = path.with_extension("partial");
-        std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
-    };
     put(&wasm_path, wasm)?;
-    put(&json_path, &serde_json::to_vec_pretty(record)?)
+    write_record(pkg, record)
+}
+
+/// Write (only) the record beside an installed package.
+fn write_record(pkg: &PackageName, record: &Installed) -> anyhow::Result<()> {
+    put(&paths(pkg).1, &serde_json::to_vec_pretty(record)?)
+}
+
+/// `bytes` to `path` through a temporary file beside it, renamed over it.
+fn put(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// `hoist plugin search [QUERY]`.

@@ -8,7 +8,6 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use hoist_policy::package::{PackageName, Requirement, parse_version};
 use hoist_registry::{OciRef, RegistryClient, VersionRecord};
-use semver::Version;
 
 use super::lock::{Locked, Lockfile};
 use super::packages::{self, How, Installed};
@@ -170,7 +169,6 @@ async fn newest(
     from: &str,
     reqs: &[Requirement],
 ) -> anyhow::Result<(RegistryClient, Option<VersionRecord>)> {
-    let ok = |v: &Version| reqs.iter().all(|r| r.versions.matches(v));
     if let Some(host) = from.strip_prefix("oci://") {
         let oci = OciRef {
             host: host.to_string(),
@@ -183,8 +181,8 @@ async fn newest(
             .oci_tags(pkg)
             .await?
             .into_iter()
-            .filter_map(|t| Some((Version::parse(&t).ok()?, t)))
-            .filter(|(v, _)| ok(v))
+            .filter_map(|t| Some((parse_version(&t).ok()?, t)))
+            .filter(|(v, _)| reqs.iter().all(|r| r.versions.matches(v)))
             .max_by(|a, b| a.0.cmp(&b.0));
         let chosen = match best {
             Some((_, tag)) => Some(client.oci_version(pkg, &tag).await?),
@@ -193,14 +191,6 @@ async fn newest(
         return Ok((client, chosen));
     }
     let client = packages::client(Some(from), false)?;
-    let chosen = client
-        .versions(pkg)
-        .await?
-        .into_iter()
-        .filter(|r| !r.yanked)
-        .filter_map(|r| Some((Version::parse(&r.version).ok()?, r)))
-        .filter(|(v, _)| ok(v))
-        .max_by(|a, b| a.0.cmp(&b.0))
-        .map(|(_, r)| r);
+    let chosen = packages::newest_matching(client.versions(pkg).await?, reqs);
     Ok((client, chosen))
 }
