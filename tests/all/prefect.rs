@@ -858,17 +858,6 @@ async fn a_prefect_server_on_postgresql_with_an_auth_string() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_prefect_client_goes_through_the_proxy_unless_no_proxy() {
     let Some(s) = server() else { return };
-    if Command::new("sh")
-        .args(["-c", "command -v tinyproxy"])
-        .output()
-        .is_ok_and(|o| !o.status.success())
-    {
-        assert!(
-            std::env::var_os("HOIST_REQUIRE_PREFECT").is_none(),
-            "tinyproxy is not installed"
-        );
-        return;
-    }
     let client = PrefectClient::new(&s.url, None, 5).unwrap();
     let var = format!("proxied_{}", std::process::id());
     client
@@ -880,23 +869,15 @@ async fn the_prefect_client_goes_through_the_proxy_unless_no_proxy() {
         .await
         .unwrap();
     let (_t, dir) = support::tempdir();
-    let port = support::free_port();
-    let log = dir.join("proxy.log");
-    std::fs::write(
-        dir.join("tp.conf"),
-        format!("Port {port}\nListen 127.0.0.1\nTimeout 60\nLogFile \"{}\"\nLogLevel Connect\nMaxClients 10\nAllow 127.0.0.1\n", log.display()),
-    )
-    .unwrap();
-    let mut cmd = Command::new("tinyproxy");
-    cmd.arg("-d").arg("-c").arg(dir.join("tp.conf"));
-    let _proxy = support::Server::start(cmd, port, "tinyproxy");
+    let Some((_proxy, proxy, log)) = support::tinyproxy(&dir, "") else {
+        return;
+    };
     support::write_project(
         &dir,
         format!(
             "pull:\n- prefect.deployments.steps.run_shell_script:\n    script: echo v={{{{ prefect.variables.{var} }}}}\n    stream_output: true\n"
         ),
     );
-    let proxy = format!("http://127.0.0.1:{port}");
     let (code, _, err) = run(hoist_at(&dir, s)
         .env("HTTP_PROXY", &proxy)
         .env_remove("NO_PROXY")

@@ -279,6 +279,40 @@ pub fn built_for_wit(component: &[u8], version: &str) -> Vec<u8> {
     out
 }
 
+/// Debian's `tinyproxy` on loopback (absolute-form HTTP and `CONNECT`), logging every
+/// request to `dir/proxy.log`, with `extra` configuration lines (`ConnectPort 443`
+/// refuses tunnels to any other port); `None` when it is not installed (a failure under
+/// `HOIST_REQUIRE_PREFECT`, as `.ci/run` installs it).
+pub fn tinyproxy(dir: &Path, extra: &str) -> Option<(Server, String, PathBuf)> {
+    let found = Command::new("sh")
+        .args(["-c", "command -v tinyproxy"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("HOIST_REQUIRE_PREFECT").is_none(),
+            "tinyproxy is not installed"
+        );
+        eprintln!("skipped: tinyproxy is not installed (apt-get install tinyproxy)");
+        return None;
+    }
+    let port = free_port();
+    let log = dir.join("proxy.log");
+    let conf = dir.join("tinyproxy.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "Port {port}\nListen 127.0.0.1\nTimeout 60\nLogFile \"{}\"\nLogLevel Connect\nMaxClients 20\nAllow 127.0.0.1\n{extra}",
+            log.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new("tinyproxy");
+    cmd.arg("-d").arg("-c").arg(&conf);
+    let server = Server::start(cmd, port, "tinyproxy");
+    Some((server, format!("http://127.0.0.1:{port}"), log))
+}
+
 /// Python's `http.server` serving `dir` on loopback.
 pub fn http_server(dir: &Path) -> Server {
     let port = free_port();

@@ -674,9 +674,22 @@ impl Worker {
         name: &str,
         extra: &[&str],
     ) -> Worker {
+        Self::start_with(s, dir, pool, name, extra, &[])
+    }
+
+    /// [`Worker::start`] with `env` set for the worker.
+    fn start_with(
+        s: &crate::prefect::Server,
+        dir: &Path,
+        pool: &str,
+        name: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Worker {
         let python = std::env::var("HOIST_TEST_PREFECT_PYTHON").unwrap();
         let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
         let child = hoist_at(dir, s)
+            .envs(env.iter().copied())
             .env("PREFECT_HOME", dir.join(".prefect-home"))
             .args([
                 "worker",
@@ -772,6 +785,68 @@ async fn a_run_created_on_the_server_wakes_an_idle_worker_through_its_events() {
     // The stream stayed open throughout (a closed one falls back to quick polls).
     let log = std::fs::read_to_string(dir.join("listener.log")).unwrap();
     assert!(!log.contains("events stream"), "{log}");
+}
+
+/// The events websocket goes through the proxy the environment names, as the REST calls
+/// do (a `CONNECT` tunnel, what Python's `websockets` opens); a proxy that refuses the
+/// tunnel leaves the worker polling through it, saying why. A real tinyproxy.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_events_stream_goes_through_the_environments_proxy() {
+    let Some(s) = server() else { return };
+    let client = PrefectClient::new(&s.url, None, 5).unwrap();
+    let pool = format!("hoist-proxied-{}", std::process::id());
+    make_pool(&client, &pool).await;
+    let port = s
+        .url
+        .trim_end_matches("/api")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let (_t, dir) = support::tempdir();
+    let Some((_proxy, proxy, log)) = support::tinyproxy(&dir, "") else {
+        return;
+    };
+    let env = |proxy: &str| {
+        [
+            ("http_proxy", proxy.to_string()),
+            ("HTTP_PROXY", proxy.to_string()),
+            ("NO_PROXY", String::new()),
+            ("no_proxy", String::new()),
+        ]
+    };
+    let through = env(&proxy);
+    let through: Vec<(&str, &str)> = through.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let _worker = Worker::start_with(s, &dir, &pool, "proxied", &["--idle-poll", "600"], &through);
+    let wlog = log_says(&dir, "proxied", "listening to the pool's events", 60).await;
+    assert!(
+        wlog.contains("listening to the pool's events") && !wlog.contains("no events stream"),
+        "{wlog}"
+    );
+    let seen = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        seen.contains(&format!("CONNECT 127.0.0.1:{port}")),
+        "the stream did not go through the proxy: {seen}"
+    );
+
+    // A proxy that tunnels only to port 443: refused, said, and the worker polls on.
+    let (_u, other) = support::tempdir();
+    let Some((_strict, strict, _)) = support::tinyproxy(&other, "ConnectPort 443\n") else {
+        return;
+    };
+    let refused = env(&strict);
+    let refused: Vec<(&str, &str)> = refused.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let _polling = Worker::start_with(s, &other, &pool, "refused", &[], &refused);
+    let wlog = log_says(&other, "refused", "polling instead", 60).await;
+    assert!(
+        wlog.contains("no events stream")
+            && wlog.contains(&format!(
+                "through the proxy {}",
+                strict.trim_start_matches("http://")
+            ))
+            && wlog.contains("refused to connect"),
+        "{wlog}"
+    );
 }
 
 /// A worker killed with SIGKILL mid-run takes its flow's process with it (no orphan

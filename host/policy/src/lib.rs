@@ -18,6 +18,7 @@ pub mod encoding;
 mod env;
 pub mod package;
 pub mod paths;
+pub mod proxy;
 pub mod secrets;
 pub mod signature;
 pub mod text;

@@ -4,8 +4,11 @@
 //! subscribes to its pool's flow-run events so a run created on the server wakes it at
 //! once (measured 0.03–0.1 s after the API call), instead of polling every second.
 //!
-//! The connection is Hoist's own (TCP, TLS with [`hoist_policy::tls`]); proxies are not
-//! used for it: a worker that cannot open the stream says so and keeps polling.
+//! The connection is Hoist's own (TCP, TLS with [`hoist_policy::tls`]), through the
+//! proxy the environment names as the REST calls are (`HTTPS_PROXY` for `wss`,
+//! `http_proxy` for `ws`, `NO_PROXY` exempting hosts; a `CONNECT` tunnel either way, as
+//! Python's `websockets` opens one): a worker that cannot open the stream says so and
+//! keeps polling.
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -122,9 +125,23 @@ impl PrefectClient {
             .to_string();
         let tls = parsed.scheme() == "wss";
         let port = parsed.port().unwrap_or(if tls { 443 } else { 80 });
-        let tcp = TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
+        let scheme = if tls { "https" } else { "http" };
+        let proxy =
+            hoist_policy::proxy::for_request(&hoist_policy::HostEnv::from_process(), scheme, &host);
+        let tcp = match &proxy {
+            None => TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(|e| unreachable(e.to_string()))?,
+            Some(p) => {
+                let through = |e: String| unreachable(format!("through the proxy {p}: {e}"));
+                let tcp = TcpStream::connect((p.host.as_str(), p.port))
+                    .await
+                    .map_err(|e| through(e.to_string()))?;
+                hoist_policy::proxy::tunnel(tcp, p, &host, port)
+                    .await
+                    .map_err(|e| through(e.to_string()))?
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let io: Pin<Box<dyn Io>> = if tls {
             let name = hoist_policy::tls::rustls::pki_types::ServerName::try_from(host)
