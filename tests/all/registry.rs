@@ -1227,18 +1227,11 @@ fn two_replicas_share_postgresql_and_one_blob_store() {
 /// Headless Chromium (Debian's), or `None` (skipped, unless `HOIST_REQUIRE_CHROMIUM` is
 /// set, as `.ci/run` sets it).
 fn chromium() -> Option<PathBuf> {
-    let found = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var_os("HOIST_REQUIRE_CHROMIUM").is_none(),
-            "HOIST_REQUIRE_CHROMIUM is set but Chromium is not installed (apt-get install chromium)"
-        );
-        eprintln!("skipped: Chromium is not installed (apt-get install chromium)");
-    }
-    found
+    support::tool(
+        "chromium",
+        "HOIST_REQUIRE_CHROMIUM",
+        "apt-get install chromium",
+    )
 }
 
 /// `chromium --headless` on `url` with `what` (`--dump-dom`, `--screenshot=...`): stdout.
@@ -1439,17 +1432,11 @@ fn blobs_in_a_bucket_are_checked_both_ways() {
 /// Debian's Distribution (`docker-registry`) on loopback, or `None` (skipped unless
 /// `HOIST_REQUIRE_DOCKER`, which `.ci/run` sets with the package installed).
 fn distribution(dir: &Path) -> Option<(Server, u16, PathBuf)> {
-    let found = std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|d| d.join("docker-registry").is_file())
-    });
-    if !found {
-        assert!(
-            std::env::var_os("HOIST_REQUIRE_DOCKER").is_none(),
-            "HOIST_REQUIRE_DOCKER is set but docker-registry is not installed"
-        );
-        eprintln!("skipped: docker-registry is not installed (apt-get install docker-registry)");
-        return None;
-    }
+    let bin = support::tool(
+        "docker-registry",
+        "HOIST_REQUIRE_DOCKER",
+        "apt-get install docker-registry",
+    )?;
     let port = support::free_port();
     let storage = dir.join("distribution");
     let config = dir.join("distribution.yml");
@@ -1461,7 +1448,7 @@ fn distribution(dir: &Path) -> Option<(Server, u16, PathBuf)> {
         ),
     )
     .unwrap();
-    let mut cmd = Command::new("docker-registry");
+    let mut cmd = Command::new(bin);
     cmd.arg("serve").arg(&config);
     Some((Server::start(cmd, port, "docker-registry"), port, storage))
 }
@@ -1619,26 +1606,6 @@ fn packages_move_through_a_plain_oci_registry() {
     );
 }
 
-/// `name` on PATH (or `~/.cargo/bin`), or a skip said aloud: a failure when
-/// `HOIST_REQUIRE_OCI_CLIENTS` is set (CI sets it and installs them).
-fn oci_client(name: &str, install: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    if let Some(home) = std::env::var_os("HOME") {
-        dirs.push(PathBuf::from(home).join(".cargo/bin"));
-    }
-    let found = dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var_os("HOIST_REQUIRE_OCI_CLIENTS").is_none(),
-            "HOIST_REQUIRE_OCI_CLIENTS is set but {name} is not installed ({install})"
-        );
-        eprintln!("skipped: {name} is not installed ({install})");
-    }
-    found
-}
-
 /// `wkg oci ARGS` with nothing from this machine's credentials or configuration.
 fn wkg(bin: &Path, home: &Path, args: &[&str]) -> (i32, String, String) {
     let mut c = Command::new(bin);
@@ -1661,8 +1628,16 @@ fn wkg(bin: &Path, home: &Path, args: &[&str]) -> (i32, String, String) {
 #[test]
 fn real_oci_clients_move_packages_both_ways() {
     let (Some(wkg_bin), Some(skopeo)) = (
-        oci_client("wkg", "cargo install wkg --version 0.16.1 --locked"),
-        oci_client("skopeo", "apt-get install skopeo"),
+        support::tool(
+            "wkg",
+            "HOIST_REQUIRE_OCI_CLIENTS",
+            "cargo install wkg --version 0.16.1 --locked",
+        ),
+        support::tool(
+            "skopeo",
+            "HOIST_REQUIRE_OCI_CLIENTS",
+            "apt-get install skopeo",
+        ),
     ) else {
         return;
     };

@@ -279,23 +279,37 @@ pub fn built_for_wit(component: &[u8], version: &str) -> Vec<u8> {
     out
 }
 
+/// The program `name` on PATH (or in `~/.cargo/bin`), or `None` with the skip said
+/// aloud; a failure when the environment variable `require` is set (`.ci/run` sets it
+/// and installs the program as `install` says).
+pub fn tool(name: &str, require: &str, install: &str) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".cargo/bin"));
+    }
+    let found = dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var_os(require).is_none(),
+            "{require} is set but {name} is not installed ({install})"
+        );
+        eprintln!("skipped: {name} is not installed ({install})");
+    }
+    found
+}
+
 /// Debian's `tinyproxy` on loopback (absolute-form HTTP and `CONNECT`), logging every
 /// request to `dir/proxy.log`, with `extra` configuration lines (`ConnectPort 443`
 /// refuses tunnels to any other port); `None` when it is not installed (a failure under
 /// `HOIST_REQUIRE_PREFECT`, as `.ci/run` installs it).
 pub fn tinyproxy(dir: &Path, extra: &str) -> Option<(Server, String, PathBuf)> {
-    let found = Command::new("sh")
-        .args(["-c", "command -v tinyproxy"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("HOIST_REQUIRE_PREFECT").is_none(),
-            "tinyproxy is not installed"
-        );
-        eprintln!("skipped: tinyproxy is not installed (apt-get install tinyproxy)");
-        return None;
-    }
+    let bin = tool(
+        "tinyproxy",
+        "HOIST_REQUIRE_PREFECT",
+        "apt-get install tinyproxy",
+    )?;
     let port = free_port();
     let log = dir.join("proxy.log");
     let conf = dir.join("tinyproxy.conf");
@@ -307,7 +321,7 @@ pub fn tinyproxy(dir: &Path, extra: &str) -> Option<(Server, String, PathBuf)> {
         ),
     )
     .unwrap();
-    let mut cmd = Command::new("tinyproxy");
+    let mut cmd = Command::new(bin);
     cmd.arg("-d").arg("-c").arg(&conf);
     let server = Server::start(cmd, port, "tinyproxy");
     Some((server, format!("http://127.0.0.1:{port}"), log))
