@@ -53,14 +53,18 @@ fn config(allocator: Allocator, max_instances: u32) -> Config {
             .total_memories(n * 2)
             .total_tables(n * 4)
             .total_stacks(n)
-            .table_keep_resident(64 << 10)
-            // A memory slot used again resets in place the pages the last instance
-            // dirtied (found with Linux's PAGEMAP_SCAN, 6.7+; elsewhere the lowest
-            // addresses), up to 4 MiB, instead of dropping them to fault them in again:
-            // a Python step (an 18 MB component whose interpreter dirties ~1 MiB per
-            // call) instantiates ~12% faster. At most 4 MiB stays resident per used slot.
-            .linear_memory_keep_resident(4 << 20)
-            .pagemap_scan(wasmtime::Enabled::Auto);
+            .table_keep_resident(64 << 10);
+        // Where the kernel can say which pages an instance wrote (Linux's PAGEMAP_SCAN,
+        // 6.7+), a memory slot used again resets just those in place, up to 4 MiB,
+        // instead of dropping them to fault them in again: a Python step (an 18 MB
+        // component whose interpreter dirties ~1 MiB per call) instantiates ~12% faster,
+        // a trivial Rust step ~40%. At most 4 MiB stays resident per used slot. Elsewhere
+        // the reset would copy the lowest 4 MiB by hand at every reuse, which costs more
+        // than the faults it saves (README, "Benchmarks"): memory is dropped as before.
+        if PoolingAllocationConfig::is_pagemap_scan_available() {
+            pool.linear_memory_keep_resident(4 << 20)
+                .pagemap_scan(wasmtime::Enabled::Auto);
+        }
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     config
