@@ -82,6 +82,31 @@ impl Registry {
     ) -> (u16, String) {
         raw_http(self.port, method, path, headers, body).0
     }
+    /// Upload `component` and its Wasm config as blobs of `NS/NAME` (each must be
+    /// accepted), then PUT the package manifest as 1.0.0: the answer to that PUT.
+    fn put_package(&self, repo: &str, h: &[(&str, &str)], component: &[u8]) -> (u16, String) {
+        let config = hoist_registry::oci::wasm_config(&sha256(component));
+        self.put_blobs(repo, h, &[component, &config]);
+        let manifest = serde_json::to_vec(&hoist_registry::oci::package_manifest(
+            &config, component, "1.0.0", "",
+        ))
+        .unwrap();
+        self.http("PUT", &format!("/v2/{repo}/manifests/1.0.0"), h, &manifest)
+    }
+
+    /// Upload each of `blobs` to `NS/NAME` monolithically; each must be accepted.
+    fn put_blobs(&self, repo: &str, h: &[(&str, &str)], blobs: &[&[u8]]) {
+        for blob in blobs {
+            let (status, body) = self.http(
+                "POST",
+                &format!("/v2/{repo}/blobs/uploads/?digest={}", sha256(blob)),
+                h,
+                blob,
+            );
+            assert_eq!(status, 201, "{body}");
+        }
+    }
+
     /// Files under the blob store.
     fn blob_count(&self) -> usize {
         std::fs::read_dir(self.data.join("blobs/sha256"))
@@ -322,15 +347,7 @@ fn the_server_refuses_what_is_not_a_step() {
     // Not a component: the blobs are stored (they are only bytes), the version is not.
     let junk = b"#!/bin/sh\necho not wasm\n".to_vec();
     let config = hoist_registry::oci::wasm_config(&sha256(&junk));
-    for blob in [&junk, &config] {
-        let (status, body) = reg.http(
-            "POST",
-            &format!("/v2/acme/junk/blobs/uploads/?digest={}", sha256(blob)),
-            &h,
-            blob,
-        );
-        assert_eq!(status, 201, "{body}");
-    }
+    reg.put_blobs("acme/junk", &h, &[&junk, &config]);
     let manifest = serde_json::to_vec(&hoist_registry::oci::package_manifest(
         &config, &junk, "1.0.0", "",
     ))
@@ -343,26 +360,7 @@ fn the_server_refuses_what_is_not_a_step() {
     // A step built for a `hoist:step` this registry's hoist does not run (the trivial
     // step with its WIT names moved to 0.9.0): refused, saying which versions.
     let future = support::built_for_wit(&std::fs::read(plugins::TRIVIAL).unwrap(), "0.9.0");
-    let config = hoist_registry::oci::wasm_config(&sha256(&future));
-    for blob in [&future, &config] {
-        let (status, body) = reg.http(
-            "POST",
-            &format!("/v2/acme/future/blobs/uploads/?digest={}", sha256(blob)),
-            &h,
-            blob,
-        );
-        assert_eq!(status, 201, "{body}");
-    }
-    let future_manifest = serde_json::to_vec(&hoist_registry::oci::package_manifest(
-        &config, &future, "1.0.0", "",
-    ))
-    .unwrap();
-    let (status, body) = reg.http(
-        "PUT",
-        "/v2/acme/future/manifests/1.0.0",
-        &h,
-        &future_manifest,
-    );
+    let (status, body) = reg.put_package("acme/future", &h, &future);
     assert_eq!(status, 400, "{body}");
     assert!(
         body.contains("built for hoist:step@0.9.0") && body.contains("hoist:step@0.1.0"),
@@ -560,15 +558,7 @@ fn a_registry_killed_mid_publish_shows_no_half_version() {
     assert_eq!(status, 404, "half a blob is visible");
 
     // Killed with both blobs stored and no manifest yet: still no version.
-    for blob in [&probe, &config] {
-        let (status, body) = reg.http(
-            "POST",
-            &format!("/v2/acme/half/blobs/uploads/?digest={}", sha256(blob)),
-            &h,
-            blob,
-        );
-        assert_eq!(status, 201, "{body}");
-    }
+    reg.put_blobs("acme/half", &h, &[&probe, &config]);
     drop(reg);
     let reg = serve(&dir, &[]);
     let (status, _) = reg.http("GET", "/v2/acme/half/manifests/1.0.0", &[], b"");

@@ -177,6 +177,29 @@ pub fn private_ca_server(dir: &Path) -> Server {
     Server::start(cmd, port, "an HTTPS server with a private CA")
 }
 
+/// Python for the relays below: copy one socket to another until it closes.
+const PIPE: &str = "def pipe(a, b):
+    try:
+        while True:
+            d = a.recv(65536)
+            if not d: break
+            b.sendall(d)
+    except Exception: pass
+    try: b.shutdown(socket.SHUT_WR)
+    except Exception: pass
+";
+
+/// Python that accepts on 127.0.0.1:`port`, a thread per connection running `handle`.
+fn serve_py(port: u16) -> String {
+    format!(
+        "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', {port})); s.listen(16)
+while True:
+    c, _ = s.accept(); threading.Thread(target=handle, args=(c,), daemon=True).start()
+"
+    )
+}
+
 /// TLS in front of a plain server on 127.0.0.1:`to` (its certificate for `localhost`
 /// from [`private_ca`] in `dir`): `https://localhost:PORT` reaches it.
 pub fn tls_in_front_of(dir: &Path, to: u16) -> Server {
@@ -187,26 +210,15 @@ pub fn tls_in_front_of(dir: &Path, to: u16) -> Server {
         r#"
 import socket, ssl, threading
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain('srv.pem', 'srv.key')
-def pipe(a, b):
-    try:
-        while True:
-            d = a.recv(65536)
-            if not d: break
-            b.sendall(d)
-    except Exception: pass
-    try: b.shutdown(socket.SHUT_WR)
-    except Exception: pass
-def handle(c):
+{PIPE}def handle(c):
     try: t = ctx.wrap_socket(c, server_side=True)
     except Exception: c.close(); return
     u = socket.create_connection(('127.0.0.1', {to}))
     threading.Thread(target=pipe, args=(t, u), daemon=True).start()
     pipe(u, t)
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('127.0.0.1', {port})); s.listen(16)
-while True:
-    c, _ = s.accept(); threading.Thread(target=handle, args=(c,), daemon=True).start()
-"#
+{SERVE}"#,
+        PIPE = PIPE,
+        SERVE = serve_py(port)
     ));
     Server::start(cmd, port, "a TLS terminator")
 }
@@ -220,16 +232,7 @@ pub fn connect_proxy(log: &Path) -> Server {
         r#"
 import socket, threading
 log = open({log:?}, 'a')
-def pipe(a, b):
-    try:
-        while True:
-            d = a.recv(65536)
-            if not d: break
-            b.sendall(d)
-    except Exception: pass
-    try: b.shutdown(socket.SHUT_WR)
-    except Exception: pass
-def handle(c):
+{PIPE}def handle(c):
     head = b''
     while b'\r\n\r\n' not in head:
         d = c.recv(1)
@@ -245,12 +248,10 @@ def handle(c):
     c.sendall(b'HTTP/1.1 200 Connection established\r\n\r\n')
     threading.Thread(target=pipe, args=(c, u), daemon=True).start()
     pipe(u, c)
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('127.0.0.1', {proxy_port})); s.listen(16)
-while True:
-    c, _ = s.accept(); threading.Thread(target=handle, args=(c,), daemon=True).start()
-"#,
-        log = log.display().to_string()
+{SERVE}"#,
+        log = log.display().to_string(),
+        PIPE = PIPE,
+        SERVE = serve_py(proxy_port)
     ));
     Server::start(proxy, proxy_port, "a CONNECT proxy")
 }

@@ -118,12 +118,8 @@ pub(crate) enum PluginCommand {
         /// when there is one].
         #[arg(short, long, value_name = "FILE")]
         file: Option<PathBuf>,
-        /// Accept an update that declares more capabilities than the installed version.
-        #[arg(long)]
-        yes: bool,
-        /// Refuse a package that no trusted key signed (`hoist plugin trust`).
-        #[arg(long, env = "HOIST_REQUIRE_SIGNED", value_parser = clap::builder::FalseyValueParser::new())]
-        require_signed: bool,
+        #[command(flatten)]
+        review: Review,
         #[command(flatten)]
         registry: RegistryArg,
     },
@@ -141,12 +137,8 @@ pub(crate) enum PluginCommand {
         /// when there is one].
         #[arg(short, long, value_name = "FILE")]
         file: Option<PathBuf>,
-        /// Accept an update that declares more capabilities than the installed version.
-        #[arg(long)]
-        yes: bool,
-        /// Refuse a package that no trusted key signed (`hoist plugin trust`).
-        #[arg(long, env = "HOIST_REQUIRE_SIGNED", value_parser = clap::builder::FalseyValueParser::new())]
-        require_signed: bool,
+        #[command(flatten)]
+        review: Review,
         /// Look for new versions on this registry (http(s)://... or oci://HOST) instead
         /// of the one each package was installed from.
         #[arg(long, value_name = "URL")]
@@ -184,6 +176,26 @@ pub(crate) enum PluginCommand {
         /// NS/NAME.
         package: String,
     },
+}
+
+/// What an install or update may accept.
+#[derive(Clone, Debug, clap::Args)]
+pub(crate) struct Review {
+    /// Accept an update that declares more capabilities than the installed version.
+    #[arg(long)]
+    yes: bool,
+    /// Refuse a package that no trusted key signed (`hoist plugin trust`).
+    #[arg(long, env = "HOIST_REQUIRE_SIGNED", value_parser = clap::builder::FalseyValueParser::new())]
+    require_signed: bool,
+}
+
+impl Review {
+    fn how(&self) -> packages::How {
+        packages::How {
+            yes: self.yes,
+            require_signed: self.require_signed,
+        }
+    }
 }
 
 /// Which registry.
@@ -243,37 +255,28 @@ pub(crate) async fn run(cmd: &PluginCommand) -> anyhow::Result<()> {
         PluginCommand::Install {
             package,
             file,
-            yes,
-            require_signed,
+            review,
             registry,
         } => {
-            let how = packages::How {
-                yes: *yes,
-                require_signed: *require_signed,
-            };
             packages::install(
                 package.as_deref(),
                 file.as_deref(),
                 registry.url.as_deref(),
-                how,
+                review.how(),
             )
             .await
         }
         PluginCommand::Update {
             packages,
             file,
-            yes,
-            require_signed,
+            review,
             registry,
         } => {
             let ask = update::Ask {
                 packages,
                 file: file.as_deref(),
                 registry: registry.as_deref(),
-                how: packages::How {
-                    yes: *yes,
-                    require_signed: *require_signed,
-                },
+                how: review.how(),
             };
             update::update(&ask).await
         }
