@@ -120,7 +120,7 @@ impl Engine {
                 "HOIST_REQUIRE_DOCKER is set but {missing:?} are not installed \
                  (apt-get install podman runc docker-registry busybox-static)"
             );
-            eprintln!("skipped: no container engine here ({missing:?} missing)");
+            support::skip(&format!("no container engine here ({missing:?} missing)"));
             return None;
         }
         let dir = std::env::temp_dir().join(format!("hoist-docker-{}", std::process::id()));

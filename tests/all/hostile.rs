@@ -497,7 +497,7 @@ fn the_machines_own_addresses_need_a_grant_by_name() {
                 .map(str::to_string)
         });
     let Some(own) = own else {
-        eprintln!("skipped: this machine has no non-loopback IPv4 address");
+        support::skip("this machine has no non-loopback IPv4 address");
         return;
     };
     let (_t, dir) = support::tempdir();
@@ -812,7 +812,7 @@ fn no_process_outlives_its_step_in_a_pid_namespace() {
             std::env::var_os("HOIST_CI").is_none(),
             "`unshare -pf --mount-proc` is required under .ci/run: {probe:?}"
         );
-        eprintln!("skipped: `unshare -pf --mount-proc` is not permitted here");
+        support::skip("`unshare -pf --mount-proc` is not permitted here");
         return;
     }
     let (_t, dir) = support::tempdir();

@@ -58,8 +58,8 @@ pub fn start_with(extra: &[(&str, &str)], auth: Option<&str>) -> Option<Server> 
             std::env::var_os("HOIST_REQUIRE_PREFECT").is_none(),
             "HOIST_REQUIRE_PREFECT is set but HOIST_TEST_PREFECT_PYTHON is not a Python with prefect installed"
         );
-        eprintln!(
-            "skipped: no Prefect here (set HOIST_TEST_PREFECT_PYTHON to a Python with prefect 3.9)"
+        support::skip(
+            "no Prefect here (set HOIST_TEST_PREFECT_PYTHON to a Python with prefect 3.9)",
         );
         return None;
     };

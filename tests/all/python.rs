@@ -30,7 +30,7 @@ fn componentize_py() -> Option<PathBuf> {
             "HOIST_REQUIRE_PYTHON_SDK=1 but componentize-py is missing: \
              pip install componentize-py==0.25.1, or set HOIST_COMPONENTIZE_PY"
         );
-        eprintln!("skipped: componentize-py is not installed (HOIST_COMPONENTIZE_PY)");
+        support::skip("componentize-py is not installed (HOIST_COMPONENTIZE_PY)");
     }
     found
 }

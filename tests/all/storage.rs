@@ -38,7 +38,7 @@ pub(crate) fn s3() -> Option<S3> {
             "HOIST_REQUIRE_S3 is set but s3s-fs is not on PATH \
              (cargo install s3s-fs@0.14.1 --locked --features binary)"
         );
-        eprintln!("s3s-fs is not installed; the S3 tests are skipped");
+        support::skip("s3s-fs is not installed: the S3 tests");
         return None;
     };
     let (dir, root) = support::tempdir();

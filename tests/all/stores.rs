@@ -44,7 +44,7 @@ impl Postgres {
                 std::env::var_os("HOIST_REQUIRE_POSTGRES").is_none(),
                 "HOIST_REQUIRE_POSTGRES is set but no PostgreSQL server is installed (apt-get install postgresql)"
             );
-            eprintln!("PostgreSQL is not installed; the PostgreSQL half of this test is skipped");
+            support::skip("PostgreSQL is not installed: the PostgreSQL half of this test");
             return None;
         };
         let dir = tempfile::tempdir().unwrap();
@@ -190,10 +190,20 @@ async fn postgres_store_round_trips_and_serves_a_pull() {
         out.contains("\"stdout\":\"hi from postgres ********\""),
         "{out}"
     );
+    // The default SQLite store lives in the Hoist home: with a URL nothing is created
+    // there (positive control: the same command without the URL creates it).
+    let sqlite = support::home_of(&dir).join("hoist.db");
     assert!(
-        !dir.join("hoist.db").exists(),
-        "nothing written to SQLite when a URL is given"
+        !sqlite.exists(),
+        "nothing written to SQLite when a URL is given ({})",
+        sqlite.display()
     );
+    let (code, _, err) =
+        run(hoist(&dir)
+            .current_dir(&dir)
+            .args(["variable", "set", "greeting", "hi from sqlite"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(sqlite.exists(), "the default store is {}", sqlite.display());
 
     // A bad URL names the database without its password.
     let (code, _, err) = run(hoist(&dir)

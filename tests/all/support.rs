@@ -283,6 +283,26 @@ pub fn built_for_wit(component: &[u8], version: &str) -> Vec<u8> {
 /// The program `name` on PATH (or in `~/.cargo/bin`), or `None` with the skip said
 /// aloud; a failure when the environment variable `require` is set (`.ci/run` sets it
 /// and installs the program as `install` says).
+/// Say that (part of) the running test was skipped: on stderr, and as one line in the
+/// file `HOIST_SKIP_LOG` names, so `.ci/run` can count the skips libtest's capture hides
+/// and fail on any it did not expect.
+pub fn skip(why: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("<unnamed test>")
+        .to_string();
+    eprintln!("skipped: {why}");
+    if let Some(log) = std::env::var_os("HOIST_SKIP_LOG") {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("HOIST_SKIP_LOG names a file that cannot be opened");
+        writeln!(f, "{test}: {}", why.replace('\n', " ")).unwrap();
+    }
+}
+
 pub fn tool(name: &str, require: &str, install: &str) -> Option<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
@@ -296,7 +316,7 @@ pub fn tool(name: &str, require: &str, install: &str) -> Option<PathBuf> {
             std::env::var_os(require).is_none(),
             "{require} is set but {name} is not installed ({install})"
         );
-        eprintln!("skipped: {name} is not installed ({install})");
+        skip(&format!("{name} is not installed ({install})"));
     }
     found
 }
