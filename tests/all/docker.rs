@@ -560,7 +560,14 @@ async fn a_plugin_gets_only_the_docker_it_was_granted() {
     let (_t, cwd) = project(e, "CMD [\"true\"]\n");
     let (_o, outside) = support::tempdir();
     std::fs::write(outside.join("Dockerfile"), format!("FROM {}\n", e.base)).unwrap();
-    std::os::unix::fs::symlink(outside.join("Dockerfile"), cwd.join("Linked")).unwrap();
+    // A Dockerfile that is a link out of its context (in a context of its own, which
+    // the context `.` leaves out: a link leaving the context is refused, see the offline
+    // test, unless .dockerignore keeps it from being sent).
+    std::fs::create_dir(cwd.join("linked")).unwrap();
+    std::os::unix::fs::symlink(outside.join("Dockerfile"), cwd.join("linked/Linked")).unwrap();
+    let mut ignore = std::fs::read_to_string(cwd.join(".dockerignore")).unwrap_or_default();
+    ignore.push_str("\nlinked\n");
+    std::fs::write(cwd.join(".dockerignore"), ignore).unwrap();
 
     // Granted nothing: the build is refused before the engine hears of it.
     let tag = format!("{}/granted/ungranted:1", e.registry);
@@ -589,7 +596,7 @@ async fn a_plugin_gets_only_the_docker_it_was_granted() {
             {"do": "docker_push", "reference": other},
             {"do": "docker_push", "reference": ok_tag},
             {"do": "docker_build", "context": outside.to_str().unwrap(), "tags": [format!("{}/granted/outside:1", e.registry)]},
-            {"do": "docker_build", "context": ".", "dockerfile": "Linked", "tags": [format!("{}/granted/linked:1", e.registry)]},
+            {"do": "docker_build", "context": "linked", "dockerfile": "Linked", "tags": [format!("{}/granted/linked:1", e.registry)]},
             {"do": "docker_build", "context": ".", "dockerfile": "../x/Dockerfile"},
             {"do": "docker_inspect", "reference": "../../containers/json"},
             {"do": "docker_push", "reference": "127.0.0.1:1/granted/../../../containers/create"},
@@ -625,10 +632,12 @@ async fn a_plugin_gets_only_the_docker_it_was_granted() {
     assert!(refused(&out, 9).contains("net:*"), "{out}");
 }
 
-/// Without `net:*` a build is offline: `ADD <url>` is refused before the engine could
-/// fetch it (the listener sees no connection), a base image the engine would pull is
-/// refused, `RUN` has no network; a symlink in the context is sent as a link, so a
-/// host file it points at never reaches the image.
+/// Without `net:*` a build is offline: `ADD <url>` and `ADD $VAR` are refused before the
+/// engine could fetch (the listener sees no connection), so are a base image the engine
+/// would pull, `FROM --platform`, and `RUN` on an engine that ignores the network mode
+/// `none` (Podman: a `RUN` there reached a loopback listener); a context link that is
+/// absolute or leads outside the context is refused (an engine may follow it from the
+/// host's side), one inside it is sent as a link.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plugins_build_is_offline_and_sends_links_as_links() {
     let Some(e) = engine() else { return };
@@ -641,53 +650,74 @@ async fn a_plugins_build_is_offline_and_sends_links_as_links() {
     std::fs::write(&canary, "host-secret-canary").unwrap();
 
     let (_t, cwd) = support::tempdir();
+    let base = &e.base;
+    let url = format!("http://127.0.0.1:{port}/x");
     let files = [
-        (
-            "add",
-            format!("FROM {}\nADD http://127.0.0.1:{port}/x /x\n", e.base),
-        ),
+        ("add", format!("FROM {base}\nADD {url} /x\n")),
         (
             "pull",
             format!("FROM {}/granted/never-built:1\n", e.registry),
         ),
-        ("var", format!("ARG B={}\nFROM $B\n", e.base)),
+        ("var", format!("ARG B={base}\nFROM $B\n")),
+        ("addvar", format!("FROM {base}\nARG U={url}\nADD $U /x\n")),
+        ("platform", format!("FROM --platform=linux/arm64 {base}\n")),
         (
             "run",
-            format!(
-                "FROM {}\nCOPY . /ctx\nRUN wget -q -T 2 -O /fetched http://1.1.1.1/ || echo offline > /net\nRUN cat /ctx/link > /leak 2>/dev/null || echo link > /leak\n",
-                e.base
-            ),
+            format!("FROM {base}\nRUN wget -q -T 2 -O /fetched {url} || true\n"),
         ),
+        ("abs", format!("FROM {base}\nCOPY . /ctx\n")),
+        ("up", format!("FROM {base}\nCOPY . /ctx\n")),
+        ("links", format!("FROM {base}\nCOPY . /ctx\n")),
     ];
     for (name, text) in &files {
         std::fs::create_dir_all(cwd.join(name)).unwrap();
         std::fs::write(cwd.join(name).join("Dockerfile"), text).unwrap();
     }
-    std::os::unix::fs::symlink(&canary, cwd.join("run/link")).unwrap();
+    std::os::unix::fs::symlink(&canary, cwd.join("abs/link")).unwrap();
+    // `self -> .` stays inside; `link -> self/../x` reads as inside letter by letter and
+    // leaves the context once `self` is followed.
+    std::os::unix::fs::symlink(".", cwd.join("up/self")).unwrap();
+    std::os::unix::fs::symlink("self/../x", cwd.join("up/link")).unwrap();
+    std::os::unix::fs::symlink("Dockerfile", cwd.join("links/link")).unwrap();
     let tag = |n: &str| format!("{}/granted/{n}:1", e.registry);
+    let names = [
+        "add", "pull", "var", "addvar", "platform", "run", "abs", "up", "links",
+    ];
+    let actions: Vec<Value> = names
+        .iter()
+        .map(|n| json!({"do": "docker_build", "context": n, "tags": [tag(n)]}))
+        .collect();
     let out = attack(
         &rt,
         plugins::HOSTILE_DOCKER,
         &cwd,
         DOCKER_GRANTS,
-        json!([
-            {"do": "docker_build", "context": "add", "tags": [tag("add")]},
-            {"do": "docker_build", "context": "pull", "tags": [tag("pull")]},
-            {"do": "docker_build", "context": "var", "tags": [tag("var")]},
-            {"do": "docker_build", "context": "run", "tags": [tag("run")]},
-        ]),
+        json!(actions),
     )
     .await;
     assert!(refused(&out, 0).contains("`ADD` from a URL"), "{out}");
-    assert!(
-        listener.accept().is_err(),
-        "the engine connected to the ADD url"
-    );
     assert!(refused(&out, 1).contains("would pull it"), "{out}");
     assert!(refused(&out, 2).contains("uses a variable"), "{out}");
-    assert!(out["results"][3].get("ok").is_some(), "{out}");
-    for n in ["add", "pull", "var"] {
-        assert!(!e.has_image(&tag(n)));
+    assert!(refused(&out, 3).contains("`ADD` with a variable"), "{out}");
+    assert!(refused(&out, 4).contains("flags on `FROM`"), "{out}");
+    let run = refused(&out, 5);
+    assert!(
+        run.contains("ignores the build's network mode") && run.contains("net:*"),
+        "{out}"
+    );
+    for i in [6, 7] {
+        assert!(
+            refused(&out, i).contains("leads outside the build context"),
+            "{out}"
+        );
+    }
+    assert!(out["results"][8].get("ok").is_some(), "{out}");
+    assert!(
+        listener.accept().is_err(),
+        "the engine connected to the listener"
+    );
+    for n in &names[..8] {
+        assert!(!e.has_image(&tag(n)), "{n} was built");
     }
     let ran = e
         .podman()
@@ -695,25 +725,17 @@ async fn a_plugins_build_is_offline_and_sends_links_as_links() {
             "run",
             "--rm",
             "--network=none",
-            &tag("run"),
-            "sh",
-            "-c",
-            "cat /net /leak; readlink /ctx/link",
+            &tag("links"),
+            "readlink",
+            "/ctx/link",
         ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&ran.stdout);
-    assert!(
-        stdout.contains("offline"),
-        "RUN reached the network: {stdout}"
-    );
-    assert!(
-        !stdout.contains("host-secret-canary"),
-        "a host file reached the image: {stdout}"
-    );
-    assert!(
-        stdout.contains(canary.to_str().unwrap()),
-        "the link was not sent as a link: {stdout}"
+    assert_eq!(
+        stdout.trim(),
+        "Dockerfile",
+        "the link was not sent as a link"
     );
     let mut buf = String::new();
     let _ = std::fs::File::open(&canary)
@@ -744,6 +766,18 @@ fn run_options_that_reach_the_host_are_refused_in_every_build() {
             "RUN `\n  --mount=type=bind,source=/,target=/h cat /h{} > /leak\n",
             canary.display()
         ),
+        // An empty line and a comment ending in the escape character inside the
+        // continuation: the engine skips both, so the option is still the RUN's.
+        format!(
+            "RUN \\\n\n# hidden \\\n  --mount=type=bind,source=/,target=/h cat /h{} > /leak\n",
+            canary.display()
+        ),
+        // Quotes inside the flag name, as the parser reads them.
+        format!(
+            "RUN --\"mount\"=type=bind,source=/,target=/h cat /h{} > /leak\n",
+            canary.display()
+        ),
+        "ONBUILD RUN --network=host true\n".to_string(),
     ]
     .into_iter()
     .enumerate()
@@ -768,7 +802,7 @@ fn run_options_that_reach_the_host_are_refused_in_every_build() {
         );
         let (code, _, err) = run(hoist_with(e, &dir).arg("build"));
         assert_ne!(code, 0, "{rest}: {err}");
-        assert!(err.contains("Hoist refuses `RUN --mount`"), "{err}");
+        assert!(err.contains("Hoist refuses options on `RUN`"), "{err}");
         assert!(!e.has_image(&format!("{image}:x")), "{rest}");
     }
 }

@@ -5,7 +5,7 @@
 //! but files, directories and links (sockets, fifos, devices) is left out.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -158,18 +158,127 @@ pub struct Sent {
     pub bytes: u64,
 }
 
-/// Stream `dir` as a tar archive into `tx` (on a blocking thread). `keep` names paths
-/// (relative) always sent even when `.dockerignore` excludes them.
+/// One entry of the context, as listed before anything is sent.
+#[derive(Debug)]
+enum Kind {
+    Dir(std::fs::Metadata),
+    /// A link and its target, read once: what is checked is what is sent.
+    Link(PathBuf, std::fs::Metadata),
+    File,
+}
+
+/// The context as it will be sent: every entry (relative path, kind), listed once,
+/// links checked. Files are read when sent, opened beneath the context without
+/// following any link.
+#[derive(Debug)]
+pub struct Scan {
+    root: PathBuf,
+    entries: Vec<(String, Kind)>,
+}
+
+/// Why a context cannot be sent.
+#[derive(Debug)]
+pub enum ScanError {
+    /// A link that is absolute or leads outside the context (path, target).
+    Link(String, String),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for ScanError {
+    fn from(e: std::io::Error) -> Self {
+        ScanError::Io(e)
+    }
+}
+
+impl Scan {
+    /// List `dir` without what `.dockerignore` excludes (`keep` is always listed), and
+    /// refuse links the engine could follow out of the context: absolute targets, and
+    /// relative ones that lead above it once every link on the way is followed as listed.
+    /// (Some engines' `RUN --mount` follows context links from the host's side:
+    /// CVE-2024-1753 in buildah before 1.35.3.)
+    pub fn new(dir: PathBuf, keep: &[String]) -> Result<Self, ScanError> {
+        let ignore = match std::fs::read_to_string(dir.join(".dockerignore")) {
+            Ok(text) => Ignore::parse(&text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ignore::default(),
+            Err(e) => return Err(e.into()),
+        };
+        let mut entries = Vec::new();
+        list(&dir, "", &ignore, keep, &mut entries)?;
+        let links: std::collections::HashMap<&str, &Path> = entries
+            .iter()
+            .filter_map(|(p, k)| match k {
+                Kind::Link(t, _) => Some((p.as_str(), t.as_path())),
+                _ => None,
+            })
+            .collect();
+        for (path, target) in &links {
+            if !stays_inside(&links, path, target) {
+                return Err(ScanError::Link(
+                    path.to_string(),
+                    target.to_string_lossy().into_owned(),
+                ));
+            }
+        }
+        Ok(Self { root: dir, entries })
+    }
+}
+
+/// Whether the link at `path` to `target` stays inside the context when followed, every
+/// link on the way followed as `links` records it (at most 40 hops, as the kernel).
+fn stays_inside(links: &std::collections::HashMap<&str, &Path>, path: &str, target: &Path) -> bool {
+    let mut cur: Vec<String> = path.split('/').map(str::to_string).collect();
+    cur.pop();
+    let mut todo: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    let push_target = |todo: &mut std::collections::VecDeque<String>, t: &Path| -> bool {
+        if t.is_absolute() {
+            return false;
+        }
+        let parts: Vec<String> = t.to_string_lossy().split('/').map(str::to_string).collect();
+        for p in parts.into_iter().rev() {
+            todo.push_front(p);
+        }
+        true
+    };
+    if !push_target(&mut todo, target) {
+        return false;
+    }
+    let mut hops = 0;
+    while let Some(c) = todo.pop_front() {
+        match c.as_str() {
+            "" | "." => {}
+            ".." => {
+                if cur.pop().is_none() {
+                    return false;
+                }
+            }
+            name => {
+                cur.push(name.to_string());
+                if let Some(next) = links.get(cur.join("/").as_str()) {
+                    hops += 1;
+                    cur.pop();
+                    if hops > 40 || !push_target(&mut todo, next) {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+    true
+}
+
+/// Stream the scanned context as a tar archive into `tx` (on a blocking thread), with
+/// `replace` (a relative path and its bytes) sent in place of that file's content: the
+/// Dockerfile the engine builds is the text Hoist checked, not the file on disk.
 pub fn stream(
-    dir: PathBuf,
-    keep: Vec<String>,
+    scan: Scan,
+    replace: (String, Vec<u8>),
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) -> tokio::task::JoinHandle<std::io::Result<Sent>> {
     tokio::task::spawn_blocking(move || {
         let err_tx = tx.clone();
         let result = write_tar(
-            &dir,
-            &keep,
+            &scan,
+            &replace,
             ChannelWriter {
                 tx,
                 buf: Vec::new(),
@@ -182,29 +291,95 @@ pub fn stream(
     })
 }
 
-fn write_tar(dir: &Path, keep: &[String], out: ChannelWriter) -> std::io::Result<Sent> {
-    let ignore = match std::fs::read_to_string(dir.join(".dockerignore")) {
-        Ok(text) => Ignore::parse(&text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ignore::default(),
-        Err(e) => return Err(e),
-    };
+fn write_tar(
+    scan: &Scan,
+    replace: &(String, Vec<u8>),
+    out: ChannelWriter,
+) -> std::io::Result<Sent> {
     let mut tar = tar::Builder::new(out);
     tar.mode(tar::HeaderMode::Deterministic);
     tar.follow_symlinks(false);
     let mut sent = Sent::default();
-    walk(dir, "", &ignore, keep, &mut tar, &mut sent)?;
+    let root = std::fs::File::open(&scan.root)?;
+    let mut replaced = false;
+    for (path, kind) in &scan.entries {
+        let mut h = tar::Header::new_gnu();
+        match kind {
+            Kind::Dir(meta) => {
+                h.set_metadata_in_mode(meta, tar::HeaderMode::Deterministic);
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                tar.append_data(&mut h, format!("{path}/"), std::io::empty())?;
+            }
+            Kind::Link(target, meta) => {
+                h.set_metadata_in_mode(meta, tar::HeaderMode::Deterministic);
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                tar.append_link(&mut h, path, target)?;
+            }
+            Kind::File => {
+                let file = open_beneath(&root, &scan.root, path)?;
+                let meta = file.metadata()?;
+                if !meta.is_file() {
+                    continue;
+                }
+                h.set_metadata_in_mode(&meta, tar::HeaderMode::Deterministic);
+                if *path == replace.0 {
+                    h.set_size(replace.1.len() as u64);
+                    tar.append_data(&mut h, path, replace.1.as_slice())?;
+                    sent.bytes += replace.1.len() as u64;
+                    replaced = true;
+                } else {
+                    h.set_size(meta.len());
+                    tar.append_data(&mut h, path, std::io::Read::take(file, meta.len()))?;
+                    sent.bytes += meta.len();
+                }
+            }
+        }
+        sent.entries += 1;
+    }
+    if !replaced {
+        return Err(std::io::Error::other(format!(
+            "{} was not in the build context as listed",
+            replace.0
+        )));
+    }
     let mut out = tar.into_inner()?;
     out.flush()?;
     Ok(sent)
 }
 
-fn walk(
+/// Open `rel` for reading beneath the context without following any link on the way
+/// (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`); where the kernel has no
+/// `openat2` (before 5.6), `O_NOFOLLOW` on the last component.
+fn open_beneath(
+    root: &std::fs::File,
+    root_path: &Path,
+    rel: &str,
+) -> std::io::Result<std::fs::File> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    match rustix::fs::openat2(
+        root,
+        rel,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+    ) {
+        Ok(fd) => Ok(std::fs::File::from(fd)),
+        Err(rustix::io::Errno::NOSYS) => std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(OFlags::NOFOLLOW.bits() as i32)
+            .open(root_path.join(rel)),
+        Err(e) => Err(std::io::Error::from(e)),
+    }
+}
+
+fn list(
     root: &Path,
     rel: &str,
     ignore: &Ignore,
     keep: &[String],
-    tar: &mut tar::Builder<ChannelWriter>,
-    sent: &mut Sent,
+    out: &mut Vec<(String, Kind)>,
 ) -> std::io::Result<()> {
     let mut names: Vec<_> = std::fs::read_dir(root.join(rel))?
         .map(|e| e.map(|e| e.file_name()))
@@ -225,46 +400,21 @@ fn walk(
         let excluded = ignore.excluded(&path) && !keep.contains(&path);
         let ft = meta.file_type();
         if ft.is_dir() {
-            if !excluded {
-                let mut h = tar::Header::new_gnu();
-                h.set_metadata_in_mode(&meta, tar::HeaderMode::Deterministic);
-                h.set_entry_type(tar::EntryType::Directory);
-                h.set_size(0);
-                tar.append_data(&mut h, format!("{path}/"), std::io::empty())?;
-                sent.entries += 1;
-            }
-            if !excluded
+            let walk = !excluded
                 || ignore.has_exceptions()
-                || keep.iter().any(|k| k.starts_with(&format!("{path}/")))
-            {
-                walk(root, &path, ignore, keep, tar, sent)?;
+                || keep.iter().any(|k| k.starts_with(&format!("{path}/")));
+            if !excluded {
+                out.push((path.clone(), Kind::Dir(meta)));
+            }
+            if walk {
+                list(root, &path, ignore, keep, out)?;
             }
         } else if excluded {
             continue;
         } else if ft.is_symlink() {
-            let target = std::fs::read_link(&full)?;
-            let mut h = tar::Header::new_gnu();
-            h.set_metadata_in_mode(&meta, tar::HeaderMode::Deterministic);
-            h.set_entry_type(tar::EntryType::Symlink);
-            h.set_size(0);
-            tar.append_link(&mut h, &path, &target)?;
-            sent.entries += 1;
+            out.push((path, Kind::Link(std::fs::read_link(&full)?, meta)));
         } else if ft.is_file() {
-            // Opened without following a link, then checked: what is read is what was listed.
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                .open(&full)?;
-            let meta = file.metadata()?;
-            if !meta.is_file() {
-                continue;
-            }
-            let mut h = tar::Header::new_gnu();
-            h.set_metadata_in_mode(&meta, tar::HeaderMode::Deterministic);
-            h.set_size(meta.len());
-            tar.append_data(&mut h, &path, std::io::Read::take(file, meta.len()))?;
-            sent.entries += 1;
-            sent.bytes += meta.len();
+            out.push((path, Kind::File));
         }
     }
     Ok(())
@@ -292,5 +442,41 @@ mod tests {
         assert!(ig.excluded("a.log") && !ig.excluded("c.log"));
         assert!(!ig.excluded("flows/main.py"));
         assert!(!Ignore::default().excluded("anything"));
+    }
+
+    #[test]
+    fn links_that_leave_the_context_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("ctx");
+        std::fs::create_dir_all(dir.join("a/b")).unwrap();
+        let link = |name: &str, target: &str| {
+            std::os::unix::fs::symlink(target, dir.join(name)).unwrap();
+        };
+        link("ok", "a/b");
+        link("a/up", "../ok");
+        link("dangling", "a/missing");
+        assert!(Scan::new(dir.clone(), &[]).is_ok());
+        for (name, target) in [
+            ("root", "/"),
+            ("abs", "/etc/passwd"),
+            ("out", "../x"),
+            ("deep", "a/b/../../.."),
+            // Inside when read letter by letter, outside once `self` is followed.
+            ("self", "."),
+            ("via", "self/.."),
+        ] {
+            link(name, target);
+            let refused = matches!(Scan::new(dir.clone(), &[]), Err(ScanError::Link(..)));
+            if name == "self" {
+                assert!(!refused, "`self -> .` stays inside");
+                continue;
+            }
+            assert!(refused, "{name} -> {target} was accepted");
+            std::fs::remove_file(dir.join(name)).unwrap();
+        }
+        // Excluded by .dockerignore: not sent, so not refused.
+        link("root", "/");
+        std::fs::write(dir.join(".dockerignore"), "root\n").unwrap();
+        assert!(Scan::new(dir.clone(), &[]).is_ok());
     }
 }

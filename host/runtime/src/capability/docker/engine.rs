@@ -30,6 +30,18 @@ pub struct Engine {
     /// `DOCKER_HOST` as the user wrote it (or the default), for messages.
     pub host: String,
     api: String,
+    /// Podman's buildah version (`Libpod-Buildah-Version` on `/_ping`), when it is Podman.
+    pub podman_buildah: Option<String>,
+}
+
+impl Engine {
+    /// Whether a build sent with `networkmode=none` really has no network. Podman's
+    /// Docker-compatible and libpod build endpoints both ignore it (a plain `RUN wget`
+    /// reached a listener on the host's loopback under Podman 4.3), so offline builds on
+    /// Podman may not `RUN` anything.
+    pub fn isolates_offline_builds(&self) -> bool {
+        self.podman_buildah.is_none()
+    }
 }
 
 /// Why the engine could not be used.
@@ -119,12 +131,21 @@ impl Engine {
             socket,
             host,
             api: String::new(),
+            podman_buildah: None,
         };
         // `/_ping` answers with the API version in a header, at once (Podman's
         // `/version` gathers system facts first: a third of a second).
         let ping = engine
             .send(Method::GET, "/_ping", &[], ReqBody::empty())
             .await?;
+        let podman = ping.headers().contains_key("libpod-api-version");
+        engine.podman_buildah = podman.then(|| {
+            ping.headers()
+                .get("libpod-buildah-version")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| hoist_policy::text::sanitize(v).into_owned())
+                .unwrap_or_else(|| "unknown".into())
+        });
         let mut server = ping
             .headers()
             .get("api-version")
