@@ -1868,3 +1868,73 @@ fn a_registry_cannot_send_the_token_elsewhere() {
         "the registry itself gets the token: {at_registry:?}"
     );
 }
+
+/// A registry is someone else's server: what it says reaches the terminal only as
+/// printable text (`plugin search` and `plugin info` show no escape sequence that could
+/// retitle the terminal, clear it or forge a line), and a version record of another
+/// package than the one asked for is refused. The registry here is a stand-in: Python's
+/// `http.server` serving hostile JSON files (no real registry sends these).
+#[test]
+fn registry_text_reaches_the_terminal_printable() {
+    let (_t, dir) = support::tempdir();
+    let root = dir.join("www");
+    let api = root.join("api/v1/packages");
+    std::fs::create_dir_all(api.join("acme")).unwrap();
+    let record = |package: &str| {
+        serde_json::json!({
+            "package": package, "version": "1.0.0",
+            "manifest_digest": format!("sha256:{}", "a".repeat(64)),
+            "component_digest": format!("sha256:{}", "b".repeat(64)),
+            "size": 1, "step_name": "x\u{1b}]0;pwned\u{7}",
+            "summary": "fine\r\u{1b}[2K\u{1b}[32m✓ verified by hoist\u{1b}[0m\n\u{9b}31m",
+            "input_schema": {}, "capabilities": ["net:*\u{1b}[8m"],
+            "wit_version": "0.1.0", "yanked": false, "published": "2026-01-01T00:00:00Z",
+        })
+    };
+    // `GET /api/v1/packages?q=` is the directory's index (http.server ignores the query).
+    std::fs::write(
+        api.join("index.html"),
+        serde_json::json!({"packages": [record("acme/x\u{1b}[2J")]}).to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        api.join("acme/x"),
+        serde_json::json!({"versions": [record("acme/x")]}).to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        api.join("acme/y"),
+        serde_json::json!({"versions": [record("evil/other")]}).to_string(),
+    )
+    .unwrap();
+    let server = support::http_server(&root);
+    let url = format!("http://127.0.0.1:{}", server.1);
+    let raw = |s: &str| {
+        s.chars()
+            .any(|c| c.is_control() && c != '\n' || c == '\u{9b}')
+    };
+    for args in [["search", "x"], ["info", "acme/x"]] {
+        let (code, out, err) = run(hoist(&dir)
+            .args(["plugin"])
+            .args(args)
+            .args(["--registry", &url]));
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(out.contains("verified by hoist"), "{args:?}: {out}");
+        assert!(
+            !raw(&out) && !raw(&err),
+            "{args:?} printed raw control text: {out:?} {err:?}"
+        );
+        assert_eq!(
+            out.lines().count(),
+            1,
+            "{args:?}: one record, one line: {out:?}"
+        );
+    }
+    let (code, out, err) = run(hoist(&dir).args(["plugin", "info", "acme/y", "--registry", &url]));
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("evil/other") && err.contains("acme/y"),
+        "{err}"
+    );
+    assert!(out.is_empty(), "{out}");
+}

@@ -354,10 +354,22 @@ impl RegistryClient {
         let url = format!("{}/api/v1/packages/{}", self.base, pkg.repository());
         let res = self.send(self.http.get(url)).await?;
         let body: serde_json::Value = res.json().await.map_err(|e| self.protocol(&e))?;
-        serde_json::from_value(body["versions"].clone()).map_err(|e| ClientError::Protocol {
-            url: self.base.clone(),
-            why: e.to_string(),
-        })
+        let records: Vec<VersionRecord> = serde_json::from_value(body["versions"].clone())
+            .map_err(|e| ClientError::Protocol {
+                url: self.base.clone(),
+                why: e.to_string(),
+            })?;
+        let asked = pkg.to_string();
+        if let Some(other) = records.iter().find(|r| r.package != asked) {
+            return Err(ClientError::Protocol {
+                url: self.base.clone(),
+                why: format!(
+                    "asked for {asked}, the registry answered with a version of `{}`",
+                    hoist_policy::text::sanitize(&other.package)
+                ),
+            });
+        }
+        Ok(records.into_iter().map(sanitized).collect())
     }
 
     fn protocol(&self, e: &reqwest::Error) -> ClientError {
@@ -372,10 +384,12 @@ impl RegistryClient {
         let url = format!("{}/api/v1/packages", self.base);
         let res = self.send(self.http.get(url).query(&[("q", query)])).await?;
         let body: serde_json::Value = res.json().await.map_err(|e| self.protocol(&e))?;
-        serde_json::from_value(body["packages"].clone()).map_err(|e| ClientError::Protocol {
-            url: self.base.clone(),
-            why: e.to_string(),
-        })
+        let records: Vec<VersionRecord> = serde_json::from_value(body["packages"].clone())
+            .map_err(|e| ClientError::Protocol {
+                url: self.base.clone(),
+                why: e.to_string(),
+            })?;
+        Ok(records.into_iter().map(sanitized).collect())
     }
 
     /// The version of `req` to install: the newest one that satisfies it and is not
@@ -470,4 +484,33 @@ pub fn choose<'a>(versions: &'a [VersionRecord], req: &Requirement) -> Option<&'
         .filter(|(sv, _)| req.versions.matches(sv))
         .max_by(|a, b| a.0.cmp(&b.0))
         .map(|(_, v)| v)
+}
+
+/// A record as a registry sent it, every text in it made printable
+/// ([`hoist_policy::text::sanitize`]): a registry is someone else's server, and what it
+/// says reaches terminals (`plugin search`, `plugin info`, install reviews) and records.
+fn sanitized(mut r: VersionRecord) -> VersionRecord {
+    let clean = |s: &mut String| {
+        if let std::borrow::Cow::Owned(c) = hoist_policy::text::sanitize(s) {
+            *s = c;
+        }
+    };
+    for s in [
+        &mut r.package,
+        &mut r.version,
+        &mut r.manifest_digest,
+        &mut r.component_digest,
+        &mut r.step_name,
+        &mut r.summary,
+        &mut r.wit_version,
+        &mut r.published,
+    ] {
+        clean(s);
+    }
+    r.capabilities.iter_mut().for_each(clean);
+    for sig in &mut r.signatures {
+        clean(&mut sig.public_key);
+        clean(&mut sig.signature);
+    }
+    r
 }
