@@ -57,6 +57,11 @@ pub enum ClientError {
     NoMatch(String),
 }
 
+/// The largest component Hoist downloads: the runtime never compiles one over 64 MiB.
+pub const MAX_COMPONENT_BYTES: u64 = 64 << 20;
+/// The largest manifest or JSON answer Hoist reads from a registry.
+pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+
 /// A registry at a URL.
 #[derive(Clone, Debug)]
 pub struct RegistryClient {
@@ -198,7 +203,9 @@ impl RegistryClient {
                     .header("Accept", oci::MANIFEST_MEDIA_TYPE),
             )
             .await?;
-        let body = res.bytes().await.map_err(|e| self.unreachable(&e))?;
+        let body = self
+            .read_capped(res, MAX_MANIFEST_BYTES, "a manifest", |_, _| {})
+            .await?;
         let not_wasm = |why: String| {
             ClientError::NoMatch(format!(
                 "{}/{pkg}:{tag} is not a Wasm component artifact: {why}; nothing was installed",
@@ -235,8 +242,57 @@ impl RegistryClient {
         }
         let url = format!("{}/v2/{}/tags/list", self.base, pkg.repository());
         let res = self.send(self.authed(self.http.get(url))).await?;
-        let body: Tags = res.json().await.map_err(|e| self.protocol(&e))?;
+        let body: Tags = self.json(res, "a tags list").await?;
         Ok(body.tags.unwrap_or_default())
+    }
+
+    /// The body of `res`, at most `cap` bytes: a `Content-Length` over it is refused
+    /// before anything is read, a body that grows over it as soon as it does; nothing is
+    /// allocated from what the server claims. `progress(done, total)` as it comes.
+    async fn read_capped(
+        &self,
+        mut res: reqwest::Response,
+        cap: u64,
+        what: &str,
+        mut progress: impl FnMut(u64, Option<u64>),
+    ) -> Result<Vec<u8>, ClientError> {
+        let too_big = |n: u64| ClientError::Protocol {
+            url: self.base.clone(),
+            why: format!(
+                "{what} of {n} bytes or more is over the {} MiB Hoist accepts; nothing was kept",
+                cap >> 20
+            ),
+        };
+        let total = res.content_length();
+        if let Some(n) = total
+            && n > cap
+        {
+            return Err(too_big(n));
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = res.chunk().await.map_err(|e| self.unreachable(&e))? {
+            if bytes.len() as u64 + chunk.len() as u64 > cap {
+                return Err(too_big(bytes.len() as u64 + chunk.len() as u64));
+            }
+            bytes.extend_from_slice(&chunk);
+            progress(bytes.len() as u64, total);
+        }
+        Ok(bytes)
+    }
+
+    /// A JSON answer of at most [`MAX_MANIFEST_BYTES`].
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        res: reqwest::Response,
+        what: &str,
+    ) -> Result<T, ClientError> {
+        let body = self
+            .read_capped(res, MAX_MANIFEST_BYTES, what, |_, _| {})
+            .await?;
+        serde_json::from_slice(&body).map_err(|e| ClientError::Protocol {
+            url: self.base.clone(),
+            why: e.to_string(),
+        })
     }
 
     fn unreachable(&self, e: &reqwest::Error) -> ClientError {
@@ -353,7 +409,7 @@ impl RegistryClient {
     pub async fn versions(&self, pkg: &PackageName) -> Result<Vec<VersionRecord>, ClientError> {
         let url = format!("{}/api/v1/packages/{}", self.base, pkg.repository());
         let res = self.send(self.http.get(url)).await?;
-        let body: serde_json::Value = res.json().await.map_err(|e| self.protocol(&e))?;
+        let body: serde_json::Value = self.json(res, "a package listing").await?;
         let records: Vec<VersionRecord> = serde_json::from_value(body["versions"].clone())
             .map_err(|e| ClientError::Protocol {
                 url: self.base.clone(),
@@ -372,18 +428,11 @@ impl RegistryClient {
         Ok(records.into_iter().map(sanitized).collect())
     }
 
-    fn protocol(&self, e: &reqwest::Error) -> ClientError {
-        ClientError::Protocol {
-            url: self.base.clone(),
-            why: why(e),
-        }
-    }
-
     /// Packages matching `query` (name, summary or capability), newest version each.
     pub async fn search(&self, query: &str) -> Result<Vec<VersionRecord>, ClientError> {
         let url = format!("{}/api/v1/packages", self.base);
         let res = self.send(self.http.get(url).query(&[("q", query)])).await?;
-        let body: serde_json::Value = res.json().await.map_err(|e| self.protocol(&e))?;
+        let body: serde_json::Value = self.json(res, "a package listing").await?;
         let records: Vec<VersionRecord> = serde_json::from_value(body["packages"].clone())
             .map_err(|e| ClientError::Protocol {
                 url: self.base.clone(),
@@ -438,13 +487,10 @@ impl RegistryClient {
             });
         }
         let url = format!("{}/v2/{}/blobs/{digest}", self.base, pkg.repository());
-        let mut res = self.send(self.http.get(url)).await?;
-        let total = res.content_length();
-        let mut bytes = Vec::with_capacity(usize::try_from(total.unwrap_or(0)).unwrap_or(0));
-        while let Some(chunk) = res.chunk().await.map_err(|e| self.unreachable(&e))? {
-            bytes.extend_from_slice(&chunk);
-            progress(bytes.len() as u64, total);
-        }
+        let res = self.send(self.http.get(url)).await?;
+        let bytes = self
+            .read_capped(res, MAX_COMPONENT_BYTES, "a component", &mut progress)
+            .await?;
         let actual = oci::digest_of(&bytes);
         if actual != digest {
             return Err(ClientError::Tampered {
