@@ -256,12 +256,11 @@ impl RegistryClient {
         what: &str,
         mut progress: impl FnMut(u64, Option<u64>),
     ) -> Result<Vec<u8>, ClientError> {
-        let too_big = |n: u64| ClientError::Protocol {
-            url: self.base.clone(),
-            why: format!(
+        let too_big = |n: u64| {
+            self.bad_answer(format!(
                 "{what} of {n} bytes or more is over the {} MiB Hoist accepts; nothing was kept",
                 cap >> 20
-            ),
+            ))
         };
         let total = res.content_length();
         if let Some(n) = total
@@ -289,10 +288,15 @@ impl RegistryClient {
         let body = self
             .read_capped(res, MAX_MANIFEST_BYTES, what, |_, _| {})
             .await?;
-        serde_json::from_slice(&body).map_err(|e| ClientError::Protocol {
+        serde_json::from_slice(&body).map_err(|e| self.bad_answer(e.to_string()))
+    }
+
+    /// The registry answered something Hoist cannot use.
+    fn bad_answer(&self, why: String) -> ClientError {
+        ClientError::Protocol {
             url: self.base.clone(),
-            why: e.to_string(),
-        })
+            why,
+        }
     }
 
     fn unreachable(&self, e: &reqwest::Error) -> ClientError {

@@ -384,7 +384,10 @@ impl DockerView<'_> {
                 self.ctx.info.name, self.ctx.info.plugin
             ))
         };
-        let images = images_needed(instructions).map_err(refuse)?;
+        let mut images = images_needed(instructions).map_err(refuse)?;
+        // Both readings of the Dockerfile name the same images: each is looked up once.
+        let mut seen = std::collections::HashSet::new();
+        images.retain(|i| seen.insert(i.clone()));
         let engine = self.engine().await?;
         for image in images {
             let (name, tag) = reference("base image", &image)?;
