@@ -1113,6 +1113,19 @@ async fn the_next_instance_sees_nothing_of_the_last_ones_memory() {
         out["results"][1]["ok"].as_u64().unwrap() > 0,
         "the scan does not find what one instance stashed: {out}"
     );
+    // What the proof rests on: the pooling allocator, and the next instances in the
+    // slot the last one used (a fresh mmap would be zero anyway and prove nothing).
+    assert!(
+        matches!(rt.allocator(), hoist::runtime::Allocator::Pooling),
+        "the runtime fell back to on-demand allocation"
+    );
+    let pool = rt.engine().pooling_allocator_metrics().expect("a pooling engine");
+    let warm = pool.unused_warm_memories();
+    assert!(
+        pool.memories() == 0 && warm >= 1,
+        "the stashing instance's memory is not a warm slot now ({} live, {warm} warm)",
+        pool.memories()
+    );
     for _ in 0..3 {
         let out = attack(
             &rt,
@@ -1126,6 +1139,11 @@ async fn the_next_instance_sees_nothing_of_the_last_ones_memory() {
         assert_eq!(
             out["results"][0]["ok"], 0,
             "an instance read what the last one left in memory"
+        );
+        assert_eq!(
+            pool.unused_warm_memories(),
+            warm,
+            "the instance took a new slot, not the warm one the last instance left"
         );
     }
 }

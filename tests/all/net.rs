@@ -123,19 +123,20 @@ fn https_goes_through_the_proxy_the_environment_names() {
     let (_t, dir) = support::tempdir();
     std::fs::write(dir.join("hello.txt"), "hello through a proxy").unwrap();
     let server = support::private_ca_server(&dir);
-    let log = dir.join("proxy.log");
-    let proxy = support::connect_proxy(&log);
-    let proxy_port = proxy.1;
+    // A real proxy: Debian's tinyproxy, tunnelling only to the server's port.
+    let Some((_proxy, via, log)) = support::tinyproxy(&dir, &format!("ConnectPort {}\n", server.1))
+    else {
+        return;
+    };
     let url = format!("https://localhost:{}/hello.txt", server.1);
     let ca = dir.join("ca.pem").display().to_string();
-    let via = format!("http://127.0.0.1:{proxy_port}");
     let (code, out, err) =
         fetch_granted(&dir, &url, &[("SSL_CERT_FILE", &ca), ("HTTPS_PROXY", &via)]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["body"], "hello through a proxy");
-    let seen = std::fs::read_to_string(&log).unwrap_or_default();
-    assert_eq!(seen, format!("CONNECT localhost:{} HTTP/1.1\n", server.1));
+    let seen = support::proxy_requests(&log);
+    assert_eq!(seen, [format!("CONNECT localhost:{} HTTP/1.1", server.1)]);
 
     let (code, _, err) = fetch_granted(
         &dir,
@@ -148,7 +149,7 @@ fn https_goes_through_the_proxy_the_environment_names() {
     );
     assert_eq!(code, 0, "{err}");
     assert_eq!(
-        std::fs::read_to_string(&log).unwrap(),
+        support::proxy_requests(&log),
         seen,
         "NO_PROXY: straight to the server"
     );

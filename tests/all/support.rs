@@ -348,6 +348,18 @@ pub fn tinyproxy(dir: &Path, extra: &str) -> Option<(Server, String, PathBuf)> {
     Some((server, format!("http://127.0.0.1:{port}"), log))
 }
 
+/// The request lines tinyproxy logged (`CONNECT host:port HTTP/1.1`,
+/// `GET http://... HTTP/1.1`), oldest first.
+pub fn proxy_requests(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once("]: Request (file descriptor "))
+        .filter_map(|(_, rest)| rest.split_once("): "))
+        .map(|(_, line)| line.to_string())
+        .collect()
+}
+
 /// Python's `http.server` serving `dir` on loopback.
 pub fn http_server(dir: &Path) -> Server {
     let port = free_port();
@@ -445,4 +457,85 @@ pub fn supervised(dir: &Path, name: &str, command: &str, cleanup: &str) {
         .status()
         .unwrap();
     assert!(started.success(), "starting {name}");
+}
+
+/// The request heads a [`stand_in`] server saw (request line and headers, as sent).
+pub type Heads = Arc<Mutex<Vec<String>>>;
+
+/// A stand-in HTTP server on loopback (a small std listener, not the real service):
+/// it records the head of every request and lets `reply(head, stream)` write the whole
+/// answer, for what a real server will not do (redirect elsewhere, echo headers, send
+/// 100 MiB). Returns `http://127.0.0.1:PORT` and the heads; it lives as long as the
+/// test binary.
+pub fn stand_in(
+    reply: impl Fn(&str, &mut std::net::TcpStream) + Send + Sync + 'static,
+) -> (String, Heads) {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let heads: Heads = Arc::default();
+    let (seen, reply) = (heads.clone(), Arc::new(reply));
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let (seen, reply) = (seen.clone(), reply.clone());
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let length = head
+                    .lines()
+                    .filter_map(|l| l.split_once(':'))
+                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                let mut body = vec![0u8; length.min(1 << 20)];
+                let _ = stream.read_exact(&mut body);
+                seen.lock().unwrap().push(head.clone());
+                reply(&head, &mut stream);
+            });
+        }
+    });
+    (base, heads)
+}
+
+/// Write a complete HTTP answer (`status` like `200 OK`, `extra` header lines each
+/// ending in `\r\n`) with a JSON body, closing the connection after it.
+pub fn answer(stream: &mut std::net::TcpStream, status: &str, extra: &str, body: &str) {
+    use std::io::Write;
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n{extra}\r\n{body}",
+        body.len()
+    );
+}
+
+/// Every file under `dirs` (recursively) whose bytes contain `needle`: what a run
+/// stored that it should not have.
+pub fn files_containing(dirs: &[&Path], needle: &str) -> Vec<PathBuf> {
+    fn walk(dir: &Path, needle: &[u8], out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.is_symlink() {
+                walk(&p, needle, out);
+            } else if std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+            {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for d in dirs {
+        walk(d, needle.as_bytes(), &mut out);
+    }
+    out
 }
