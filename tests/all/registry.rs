@@ -1979,3 +1979,586 @@ fn downloads_are_bounded_by_what_can_run_not_by_what_the_server_claims() {
     assert_ne!(code, 0);
     assert!(err.contains("over the 4 MiB"), "{err}");
 }
+
+// --- Hostile writers: what a request without the right token, or with a body too
+// large, can make the server do (nothing), and what an upload leaves behind (nothing).
+
+impl Registry {
+    /// Every file under the registry's upload directory, with its length.
+    fn uploads(&self) -> Vec<(PathBuf, u64)> {
+        fn walk(dir: &Path, out: &mut Vec<(PathBuf, u64)>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let meta = e.metadata().unwrap();
+                if meta.is_dir() {
+                    walk(&e.path(), out);
+                } else {
+                    out.push((e.path(), meta.len()));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.data.join("blobs/uploads"), &mut out);
+        out
+    }
+
+    /// Open an upload session in `repo` holding `bytes` (with `auth`): its Location.
+    fn open_upload(&self, repo: &str, auth: &str, bytes: &[u8]) -> String {
+        let h = [("Authorization", auth)];
+        let ((status, body), head) = raw_http(
+            self.port,
+            "POST",
+            &format!("/v2/{repo}/blobs/uploads/"),
+            &h,
+            b"",
+        );
+        assert_eq!(status, 202, "{body}");
+        let location = header(&head, "location").unwrap().to_string();
+        assert!(location.starts_with(&format!("/v2/{repo}/blobs/uploads/")));
+        let (status, body) = self.http("PATCH", &location, &h, bytes);
+        assert_eq!(status, 202, "{body}");
+        location
+    }
+}
+
+/// Raw HTTP/1.1 whose body is sent while the answer is read, tolerating a server that
+/// answers (and closes) before reading it all, as it should when it refuses a body
+/// from its headers; `chunked` sends it with `Transfer-Encoding: chunked` (no length
+/// to judge it by). (status, body).
+fn send_body(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    chunked: bool,
+) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_write_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let framing = if chunked {
+        "Transfer-Encoding: chunked".to_string()
+    } else {
+        format!("Content-Length: {}", body.len())
+    };
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{framing}\r\n"
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    let mut r = s.try_clone().unwrap();
+    r.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = r.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        out
+    });
+    for piece in body.chunks(64 << 10) {
+        let sent = if chunked {
+            s.write_all(format!("{:x}\r\n", piece.len()).as_bytes())
+                .and_then(|()| s.write_all(piece))
+                .and_then(|()| s.write_all(b"\r\n"))
+        } else {
+            s.write_all(piece)
+        };
+        if sent.is_err() {
+            break;
+        }
+    }
+    if chunked {
+        let _ = s.write_all(b"0\r\n\r\n");
+    }
+    let text = String::from_utf8_lossy(&reader.join().unwrap()).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A line of `/proc/PID/status` (`VmRSS`, `VmHWM`), in KiB.
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Hostile: a client without a token cannot make the server read its body. Eight
+/// 60 MiB requests at once (upload POSTs, monolithic and not, a PATCH and a PUT on a
+/// real session, a manifest, a signature, a yank), each answered 401 from its headers:
+/// the server's peak resident memory (VmHWM, reset first) grows by less than 64 MiB,
+/// and the upload directory holds nothing but the session it held before.
+#[test]
+fn unauthenticated_bodies_are_refused_unread() {
+    let (_t, dir) = support::tempdir();
+    let reg = serve(&dir, &[]);
+    let token = reg.token(&dir, "acme");
+    let location = reg.open_upload("acme/x", &format!("Bearer {token}"), b"");
+    let pid = reg._server.0.id();
+    let digest = sha256(b"x");
+    let routes = [
+        ("POST", "/v2/acme/x/blobs/uploads/".to_string()),
+        ("POST", format!("/v2/acme/x/blobs/uploads/?digest={digest}")),
+        ("POST", "/v2/acme/y/blobs/uploads".to_string()),
+        ("PATCH", location.clone()),
+        ("PUT", format!("{location}?digest={digest}")),
+        ("PUT", "/v2/acme/x/manifests/1.0.0".to_string()),
+        (
+            "POST",
+            "/api/v1/packages/acme/x/1.0.0/signatures".to_string(),
+        ),
+        ("POST", "/api/v1/packages/acme/x/1.0.0/yank".to_string()),
+    ];
+    let body: &'static [u8] = Box::leak(vec![0u8; 60 << 20].into_boxed_slice());
+    // The peak from here on: reset to what is resident now (proc(5), clear_refs 5).
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+    let before = proc_status_kib(pid, "VmRSS");
+    let answers: Vec<(String, u16, String)> = std::thread::scope(|s| {
+        let jobs: Vec<_> = routes
+            .iter()
+            .map(|(method, path)| {
+                let port = reg.port;
+                s.spawn(move || {
+                    let (status, answer) = send_body(port, method, path, &[], body, false);
+                    (format!("{method} {path}"), status, answer)
+                })
+            })
+            .collect();
+        jobs.into_iter().map(|j| j.join().unwrap()).collect()
+    });
+    for (route, status, answer) in &answers {
+        assert_eq!(*status, 401, "{route}: {answer}");
+    }
+    let peak = proc_status_kib(pid, "VmHWM");
+    assert!(
+        peak.saturating_sub(before) < 64 << 10,
+        "the server's resident memory went from {before} KiB to a peak of {peak} KiB"
+    );
+    let uploads = reg.uploads();
+    assert_eq!(uploads.len(), 1, "{uploads:?}");
+    assert_eq!(uploads[0].1, 0, "a refused body reached the session");
+    assert_eq!(reg.blob_count(), 0);
+}
+
+/// Every write route (yank, unyank, upload POST, PATCH, PUT, DELETE, manifest PUT,
+/// signature) is refused without a token (401) and with another namespace's (403),
+/// and leaves everything as it was: the versions, their yanks and signatures, the
+/// blobs, the one upload session and its bytes. The same requests with the
+/// namespace's own token do what they say (the refusals were the token's doing).
+#[test]
+fn every_write_route_needs_the_namespaces_token() {
+    use hoist_policy::signature::{SigningKey, message};
+    let (_t, dir) = support::tempdir();
+    let reg = serve(&dir, &[]);
+    let acme = reg.token(&dir, "acme");
+    let other = reg.token(&dir, "other");
+    for version in ["1.0.0", "1.1.0"] {
+        let (code, _, err) = reg.publish(&dir, &acme, plugins::TRIVIAL, "acme/echo", version);
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, _, err) = reg.plugin(&dir, Some(&acme), &["yank", "acme/echo@1.1.0"]);
+    assert_eq!(code, 0, "{err}");
+    let good = format!("Bearer {acme}");
+    let location = reg.open_upload("acme/echo", &good, b"abc");
+
+    let wasm = std::fs::read(plugins::TRIVIAL).unwrap();
+    let config = hoist_registry::oci::wasm_config(&sha256(&wasm));
+    let manifest = serde_json::to_vec(&hoist_registry::oci::package_manifest(
+        &config, &wasm, "2.0.0", "",
+    ))
+    .unwrap();
+    let key = SigningKey::generate().unwrap();
+    let pkg: hoist_registry::PackageName = "acme/echo".parse().unwrap();
+    let signature = serde_json::json!({
+        "public_key": key.public().to_string(),
+        "signature": key.sign(&message(&pkg, "1.0.0", &sha256(&wasm))),
+    })
+    .to_string();
+    let blob = b"a blob nobody may store".to_vec();
+    let writes: Vec<(&str, String, Vec<u8>)> = vec![
+        (
+            "POST",
+            "/api/v1/packages/acme/echo/1.0.0/yank".into(),
+            vec![],
+        ),
+        (
+            "POST",
+            "/api/v1/packages/acme/echo/1.1.0/unyank".into(),
+            vec![],
+        ),
+        ("POST", "/v2/acme/echo/blobs/uploads/".into(), vec![]),
+        (
+            "POST",
+            format!("/v2/acme/echo/blobs/uploads/?digest={}", sha256(&blob)),
+            blob.clone(),
+        ),
+        ("PATCH", location.clone(), b"def".to_vec()),
+        (
+            "PUT",
+            // Right once the PATCH above has added its bytes (as it does with the token).
+            format!("{location}?digest={}", sha256(b"abcdefdef")),
+            b"def".to_vec(),
+        ),
+        ("DELETE", location.clone(), vec![]),
+        ("PUT", "/v2/acme/echo/manifests/2.0.0".into(), manifest),
+        (
+            "POST",
+            "/api/v1/packages/acme/echo/1.0.0/signatures".into(),
+            signature.into_bytes(),
+        ),
+    ];
+    let (_, listed) = reg.http("GET", "/api/v1/packages/acme/echo", &[], b"");
+    assert!(
+        listed.contains("\"yanked\":true") && listed.contains("\"yanked\":false"),
+        "{listed}"
+    );
+    let blobs = reg.blob_count();
+    let foreign = format!("Bearer {other}");
+    for (method, path, body) in &writes {
+        let (status, answer) = reg.http(method, path, &[], body);
+        assert_eq!(status, 401, "{method} {path} without a token: {answer}");
+        assert!(answer.contains("needs a token"), "{answer}");
+        let (status, answer) = reg.http(method, path, &[("Authorization", &foreign)], body);
+        assert_eq!(status, 403, "{method} {path} with other's token: {answer}");
+        assert!(
+            answer.contains("publishes into `other`, not into `acme`"),
+            "{answer}"
+        );
+    }
+    let (_, after) = reg.http("GET", "/api/v1/packages/acme/echo", &[], b"");
+    assert_eq!(after, listed, "a refused write changed the package");
+    assert_eq!(reg.blob_count(), blobs, "a refused write stored a blob");
+    let uploads = reg.uploads();
+    assert_eq!(uploads.len(), 1, "{uploads:?}");
+    assert_eq!(uploads[0].1, 3, "a refused write changed the session");
+
+    // With the token, in an order where each applies: all accepted.
+    let expected = [200, 200, 202, 201, 202, 201, 404, 201, 201];
+    let h = [("Authorization", good.as_str())];
+    for ((method, path, body), want) in writes.iter().zip(expected) {
+        let (status, answer) = reg.http(method, path, &h, body);
+        assert_eq!(status, want, "{method} {path} with the token: {answer}");
+    }
+    let (_, now) = reg.http("GET", "/api/v1/packages/acme/echo", &[], b"");
+    assert!(
+        now.contains("\"version\":\"2.0.0\"") && now.contains(&key.public().to_string()),
+        "{now}"
+    );
+}
+
+/// An upload session belongs to the repository that opened it: continued, finished or
+/// cancelled through another namespace's repository (with that namespace's token) or
+/// another repository of its own namespace, it is unknown (404), and stays as it was;
+/// its own repository then finishes it, and only that repository serves the blob.
+#[test]
+fn an_upload_session_belongs_to_the_repository_that_opened_it() {
+    let (_t, dir) = support::tempdir();
+    let reg = serve(&dir, &[]);
+    let acme = format!("Bearer {}", reg.token(&dir, "acme"));
+    let other = format!("Bearer {}", reg.token(&dir, "other"));
+    let location = reg.open_upload("acme/a", &acme, b"abc");
+    let id = location.rsplit('/').next().unwrap().to_string();
+    let digest = sha256(b"abcdef");
+    for (auth, repo) in [(&other, "other/x"), (&acme, "acme/b")] {
+        let h = [("Authorization", auth.as_str())];
+        let at = format!("/v2/{repo}/blobs/uploads/{id}");
+        for (method, path, body) in [
+            ("PATCH", at.clone(), &b"def"[..]),
+            ("PUT", format!("{at}?digest={digest}"), b"def"),
+            ("DELETE", at.clone(), b""),
+        ] {
+            let (status, answer) = reg.http(method, &path, &h, body);
+            assert_eq!(status, 404, "{method} {path}: {answer}");
+            assert!(answer.contains("BLOB_UPLOAD_UNKNOWN"), "{answer}");
+        }
+    }
+    let uploads = reg.uploads();
+    assert_eq!(uploads.len(), 1, "{uploads:?}");
+    assert_eq!(uploads[0].1, 3, "another repository changed the session");
+
+    let h = [("Authorization", acme.as_str())];
+    let (status, answer) = reg.http("PUT", &format!("{location}?digest={digest}"), &h, b"def");
+    assert_eq!(status, 201, "{answer}");
+    let (status, bytes) = reg.http("GET", &format!("/v2/acme/a/blobs/{digest}"), &[], b"");
+    assert_eq!((status, bytes.as_str()), (200, "abcdef"));
+    for repo in ["other/x", "acme/b"] {
+        let (status, _) = reg.http("GET", &format!("/v2/{repo}/blobs/{digest}"), &[], b"");
+        assert_eq!(status, 404, "{repo} serves acme/a's blob");
+    }
+    assert!(reg.uploads().is_empty());
+}
+
+/// A blob belongs to the repositories it was uploaded to: a manifest in another
+/// repository (another namespace's, or the same namespace's) that names it is refused,
+/// and that repository does not serve it (404), though the uploader's does. Uploaded
+/// there too, it publishes, and its bytes are stored once.
+#[test]
+fn a_repository_serves_and_names_only_its_own_blobs() {
+    let (_t, dir) = support::tempdir();
+    let reg = serve(&dir, &[]);
+    let acme = format!("Bearer {}", reg.token(&dir, "acme"));
+    let other = format!("Bearer {}", reg.token(&dir, "other"));
+    let wasm = std::fs::read(plugins::TRIVIAL).unwrap();
+    let config = hoist_registry::oci::wasm_config(&sha256(&wasm));
+    let manifest = serde_json::to_vec(&hoist_registry::oci::package_manifest(
+        &config, &wasm, "1.0.0", "",
+    ))
+    .unwrap();
+    reg.put_blobs("acme/a", &[("Authorization", &acme)], &[&wasm, &config]);
+    let stored = reg.blob_count();
+    let blob = |repo: &str| {
+        reg.http(
+            "GET",
+            &format!("/v2/{repo}/blobs/{}", sha256(&wasm)),
+            &[],
+            b"",
+        )
+    };
+    for (auth, repo) in [(&other, "other/b"), (&acme, "acme/c")] {
+        let h = [("Authorization", auth.as_str())];
+        let (status, answer) =
+            reg.http("PUT", &format!("/v2/{repo}/manifests/1.0.0"), &h, &manifest);
+        assert_eq!(status, 400, "{repo}: {answer}");
+        assert!(
+            answer.contains("MANIFEST_BLOB_UNKNOWN")
+                && answer.contains(&format!("was not uploaded to {repo}")),
+            "{answer}"
+        );
+        let (status, answer) = blob(repo);
+        assert_eq!(status, 404, "{repo} serves acme/a's blob: {answer}");
+        let (status, _) = reg.http("GET", &format!("/api/v1/packages/{repo}"), &[], b"");
+        assert_eq!(status, 404);
+    }
+    let (status, _) = blob("acme/a");
+    assert_eq!(status, 200, "the uploader's repository serves it");
+
+    let h = [("Authorization", other.as_str())];
+    reg.put_blobs("other/b", &h, &[&wasm, &config]);
+    let (status, answer) = reg.http("PUT", "/v2/other/b/manifests/1.0.0", &h, &manifest);
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(reg.blob_count(), stored, "the same bytes were stored twice");
+}
+
+/// Bodies are read only up to their route's limit: a manifest over 4 MiB (a real one,
+/// padded with an annotation) is refused 413 and nothing is published; a signature or
+/// a yank body over 64 KiB likewise, and nothing is signed or yanked. Under the limits
+/// the same requests are accepted.
+#[test]
+fn oversized_manifests_signatures_and_yanks_are_refused() {
+    use hoist_policy::signature::{SigningKey, message};
+    let (_t, dir) = support::tempdir();
+    let reg = serve(&dir, &[]);
+    let auth = format!("Bearer {}", reg.token(&dir, "acme"));
+    let h = [("Authorization", auth.as_str())];
+    let wasm = std::fs::read(plugins::TRIVIAL).unwrap();
+    let config = hoist_registry::oci::wasm_config(&sha256(&wasm));
+    reg.put_blobs("acme/echo", &h, &[&wasm, &config]);
+    let mut manifest = hoist_registry::oci::package_manifest(&config, &wasm, "1.0.0", "");
+    manifest
+        .annotations
+        .insert("padding".into(), "x".repeat(5 << 20));
+    let big = serde_json::to_vec(&manifest).unwrap();
+    let (status, answer) = send_body(
+        reg.port,
+        "PUT",
+        "/v2/acme/echo/manifests/1.0.0",
+        &h,
+        &big,
+        false,
+    );
+    assert_eq!(status, 413, "{answer}");
+    assert!(answer.contains("SIZE_INVALID"), "{answer}");
+    let (status, _) = send_body(
+        reg.port,
+        "PUT",
+        "/v2/acme/echo/manifests/1.0.0",
+        &h,
+        &big,
+        true,
+    );
+    assert_eq!(status, 413, "a chunked manifest is counted as it arrives");
+    let (status, _) = reg.http("GET", "/v2/acme/echo/manifests/1.0.0", &[], b"");
+    assert_eq!(status, 404);
+    manifest.annotations.remove("padding");
+    let small = serde_json::to_vec(&manifest).unwrap();
+    let (status, answer) = reg.http("PUT", "/v2/acme/echo/manifests/1.0.0", &h, &small);
+    assert_eq!(status, 201, "{answer}");
+
+    let key = SigningKey::generate().unwrap();
+    let pkg: hoist_registry::PackageName = "acme/echo".parse().unwrap();
+    let signature = serde_json::json!({
+        "public_key": key.public().to_string(),
+        "signature": key.sign(&message(&pkg, "1.0.0", &sha256(&wasm))),
+    })
+    .to_string();
+    let padded = format!("{signature}{}", " ".repeat(70 << 10));
+    let sign = "/api/v1/packages/acme/echo/1.0.0/signatures";
+    let (status, answer) = send_body(reg.port, "POST", sign, &h, padded.as_bytes(), false);
+    assert_eq!(status, 413, "{answer}");
+    let (status, _) = send_body(reg.port, "POST", sign, &h, padded.as_bytes(), true);
+    assert_eq!(status, 413);
+    let yank = "/api/v1/packages/acme/echo/1.0.0/yank";
+    let (status, _) = send_body(reg.port, "POST", yank, &h, &vec![b' '; 70 << 10], false);
+    assert_eq!(status, 413);
+    let (_, listed) = reg.http("GET", "/api/v1/packages/acme/echo", &[], b"");
+    assert!(
+        listed.contains("\"yanked\":false") && listed.contains("\"signatures\":[]"),
+        "{listed}"
+    );
+    let (status, answer) = reg.http("POST", sign, &h, signature.as_bytes());
+    assert_eq!(status, 201, "{answer}");
+    let (status, answer) = reg.http("POST", yank, &h, b"");
+    assert_eq!(status, 200, "{answer}");
+}
+
+/// Every way an upload fails removes its file: a digest mismatch (monolithic, and
+/// finishing a chunked session), a body over the size limit (declared, and chunked as
+/// it arrives), a client gone mid-body, a cancel; a session untouched for an hour is
+/// swept when the next upload starts. Nothing is stored by any of them.
+#[test]
+fn a_failed_upload_leaves_no_file() {
+    let (_t, dir) = support::tempdir();
+    let reg = serve(&dir, &["--max-size", "200KiB"]);
+    let auth = format!("Bearer {}", reg.token(&dir, "acme"));
+    let h = [("Authorization", auth.as_str())];
+    let none_left = |what: &str| {
+        let uploads = reg.uploads();
+        assert!(uploads.is_empty(), "{what} left {uploads:?}");
+    };
+    let (status, answer) = reg.http(
+        "POST",
+        &format!("/v2/acme/x/blobs/uploads/?digest={}", sha256(b"other")),
+        &h,
+        b"bytes",
+    );
+    assert_eq!(status, 400, "{answer}");
+    none_left("a monolithic mismatch");
+    let location = reg.open_upload("acme/x", &auth, b"abc");
+    let (status, answer) = reg.http(
+        "PUT",
+        &format!("{location}?digest={}", sha256(b"other")),
+        &h,
+        b"def",
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("DIGEST_INVALID"), "{answer}");
+    none_left("a chunked mismatch");
+    let (status, _) = reg.http("PATCH", &location, &h, b"more");
+    assert_eq!(status, 404, "the session outlived its failure");
+
+    let big = vec![7u8; 300 << 10];
+    for chunked in [false, true] {
+        let location = reg.open_upload("acme/x", &auth, b"abc");
+        let (status, answer) = send_body(reg.port, "PATCH", &location, &h, &big, chunked);
+        assert_eq!(status, 413, "chunked {chunked}: {answer}");
+        assert!(answer.contains("SIZE_INVALID"), "{answer}");
+        none_left("a body over the limit");
+    }
+
+    // The client goes away a tenth of the way through its body.
+    let location = reg.open_upload("acme/x", &auth, b"abc");
+    {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", reg.port)).unwrap();
+        let head = format!(
+            "PATCH {location} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth}\r\nContent-Length: {}\r\n\r\n",
+            100 << 10
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(&[1u8; 10 << 10]).unwrap();
+    }
+    let gone = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        reg.uploads().is_empty()
+    });
+    assert!(gone, "a client gone mid-body left {:?}", reg.uploads());
+
+    let location = reg.open_upload("acme/x", &auth, b"abc");
+    let (status, _) = reg.http("DELETE", &location, &h, b"");
+    assert_eq!(status, 204);
+    none_left("a cancel");
+
+    // Abandoned: untouched for two hours, swept when the next upload starts.
+    let old = reg.open_upload("acme/x", &auth, b"abc");
+    let (path, _) = reg.uploads().pop().unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(7200))
+        .unwrap();
+    let fresh = reg.open_upload("acme/y", &auth, b"");
+    let (status, _) = reg.http("PATCH", &old, &h, b"more");
+    assert_eq!(status, 404, "an abandoned session was not swept");
+    assert!(!path.exists());
+    let (status, _) = reg.http("DELETE", &fresh, &h, b"");
+    assert_eq!(status, 204);
+    none_left("the sweep");
+    assert_eq!(reg.blob_count(), 0, "a failed upload stored a blob");
+}
+
+/// A namespace holds at most `--namespace-quota` bytes of blobs: a publish past it is
+/// refused (413 DENIED, saying the quota) and stores nothing; the same blobs again
+/// count once; another namespace has its own quota; a chunked upload past it is
+/// refused as it arrives and leaves no file.
+#[test]
+fn a_namespace_holds_at_most_its_quota() {
+    let (_t, dir) = support::tempdir();
+    let reg = serve(&dir, &["--namespace-quota", "300KiB"]);
+    let acme = reg.token(&dir, "acme");
+    let other = reg.token(&dir, "other");
+    // The trivial step (178 KiB) fits, twice (its blobs count once); the probe (230 KiB)
+    // does not fit beside it.
+    for version in ["1.0.0", "1.0.1"] {
+        let (code, _, err) = reg.publish(&dir, &acme, plugins::TRIVIAL, "acme/echo", version);
+        assert_eq!(code, 0, "{err}");
+    }
+    let probe = std::fs::read(plugins::PROBE).unwrap();
+    let (code, _, err) = reg.publish(&dir, &acme, plugins::PROBE, "acme/probe", "1.0.0");
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("413") && err.contains("quota of 307200 bytes"),
+        "{err}"
+    );
+    let (status, _) = reg.http("GET", "/api/v1/packages/acme/probe", &[], b"");
+    assert_eq!(status, 404);
+    let stored = reg.data.join("blobs/sha256").join(&sha256(&probe)[7..]);
+    assert!(!stored.exists(), "the refused component was stored");
+    assert!(reg.uploads().is_empty(), "{:?}", reg.uploads());
+
+    let (code, _, err) = reg.publish(&dir, &other, plugins::PROBE, "other/probe", "1.0.0");
+    assert_eq!(code, 0, "another namespace's quota: {err}");
+
+    let auth = format!("Bearer {acme}");
+    let location = reg.open_upload("acme/echo", &auth, b"");
+    let (status, answer) = send_body(
+        reg.port,
+        "PATCH",
+        &location,
+        &[("Authorization", &auth)],
+        &vec![1u8; 150 << 10],
+        true,
+    );
+    assert_eq!(status, 413, "{answer}");
+    assert!(
+        answer.contains("DENIED") && answer.contains("quota"),
+        "{answer}"
+    );
+    assert!(reg.uploads().is_empty(), "{:?}", reg.uploads());
+}

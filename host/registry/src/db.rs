@@ -5,6 +5,10 @@
 //! A version is one row, inserted in the same transaction as its manifest: it is
 //! visible whole or not at all, and the primary key makes a version immutable (a second
 //! publish of it, concurrent or not, fails on the key and is answered 409).
+//!
+//! Blobs are stored once on disk, but belong to the repositories they were uploaded to
+//! (`registry_repo_blobs`): a repository serves, and its manifests may name, only its
+//! own blobs, and a namespace's quota counts the distinct blobs of its repositories.
 
 use std::collections::HashMap;
 
@@ -28,7 +32,16 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS registry_signatures (namespace TEXT NOT NULL, name TEXT NOT NULL, \
      version TEXT NOT NULL, public_key TEXT NOT NULL, signature TEXT NOT NULL, \
      created TEXT NOT NULL, PRIMARY KEY (namespace, name, version, public_key))",
+    "CREATE TABLE IF NOT EXISTS registry_repo_blobs (namespace TEXT NOT NULL, name TEXT NOT NULL, \
+     digest TEXT NOT NULL, size BIGINT NOT NULL, created TEXT NOT NULL, \
+     PRIMARY KEY (namespace, name, digest))",
+    // One-off data migrations done, by name (the tables above are created idempotently).
+    "CREATE TABLE IF NOT EXISTS registry_migrations (name TEXT PRIMARY KEY, applied TEXT NOT NULL)",
 ];
+
+/// The migration giving every repository the blobs its published manifests name (a
+/// registry from before blobs belonged to repositories keeps serving its packages).
+const REPO_BLOBS_MIGRATION: &str = "repo-blobs-from-manifests";
 
 /// A database error (the URL's password masked).
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +112,9 @@ pub struct RegistryDb {
     /// its manifest never change, so an entry is never stale, on any replica; misses are
     /// not kept (the version may be published later).
     manifests: std::sync::Arc<std::sync::Mutex<ManifestCache>>,
+    /// Blobs known to belong to a repository, by (repository, digest) → size. A blob
+    /// never leaves a repository, so an entry is never stale; misses are not kept.
+    repo_blobs: std::sync::Arc<std::sync::Mutex<HashMap<(String, String), u64>>>,
 }
 
 /// (repository, reference) → (digest, body).
@@ -106,6 +122,9 @@ type ManifestCache = HashMap<(String, String), (String, String)>;
 
 /// At most this many manifests are kept in memory (then the cache starts again).
 const MANIFEST_CACHE: usize = 4096;
+
+/// At most this many (repository, blob) pairs are kept in memory (then it starts again).
+const REPO_BLOB_CACHE: usize = 16384;
 
 /// `url` with a password replaced by `********`.
 pub fn masked(url: &str) -> String {
@@ -122,6 +141,57 @@ pub fn masked(url: &str) -> String {
 /// is enough; nothing can be learned from the table).
 fn token_hash(token: &str) -> String {
     crate::oci::hex(&Sha256::digest(token.as_bytes()))
+}
+
+/// Give each repository the blobs its stored manifests name (once: see
+/// [`REPO_BLOBS_MIGRATION`]). Idempotent, so replicas starting together may both run it.
+async fn backfill_repo_blobs(pool: &AnyPool) -> Result<(), sqlx::Error> {
+    let done = sqlx::query("SELECT name FROM registry_migrations WHERE name = $1")
+        .bind(REPO_BLOBS_MIGRATION)
+        .fetch_optional(pool)
+        .await?;
+    if done.is_some() {
+        return Ok(());
+    }
+    let now = hoist_policy::time::now_rfc3339();
+    let rows = sqlx::query("SELECT repository, body FROM registry_manifests")
+        .fetch_all(pool)
+        .await?;
+    for row in &rows {
+        let repository: String = row.try_get("repository")?;
+        let body: String = row.try_get("body")?;
+        let (Some((ns, name)), Ok(m)) = (
+            repository.split_once('/'),
+            serde_json::from_str::<crate::oci::Manifest>(&body),
+        ) else {
+            continue;
+        };
+        for d in std::iter::once(&m.config).chain(&m.layers) {
+            if !crate::oci::is_digest(&d.digest) {
+                continue;
+            }
+            sqlx::query(
+                "INSERT INTO registry_repo_blobs (namespace, name, digest, size, created) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (namespace, name, digest) DO NOTHING",
+            )
+            .bind(ns)
+            .bind(name)
+            .bind(&d.digest)
+            .bind(i64::try_from(d.size).unwrap_or(i64::MAX))
+            .bind(&now)
+            .execute(pool)
+            .await?;
+        }
+    }
+    sqlx::query(
+        "INSERT INTO registry_migrations (name, applied) VALUES ($1, $2) \
+         ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(REPO_BLOBS_MIGRATION)
+    .bind(&now)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 const VERSION_COLUMNS: &str = "namespace, name, version, manifest_digest, component_digest, size, \
@@ -166,10 +236,87 @@ impl RegistryDb {
         for stmt in SCHEMA {
             sqlx::query(stmt).execute(&pool).await.map_err(err)?;
         }
+        backfill_repo_blobs(&pool).await.map_err(err)?;
         Ok(Self {
             pool,
             manifests: Default::default(),
+            repo_blobs: Default::default(),
         })
+    }
+
+    /// Record that `repo` has the blob `digest` (uploaded to it, `size` bytes).
+    pub async fn add_repo_blob(
+        &self,
+        repo: &PackageName,
+        digest: &str,
+        size: u64,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO registry_repo_blobs (namespace, name, digest, size, created) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (namespace, name, digest) DO NOTHING",
+        )
+        .bind(&repo.namespace)
+        .bind(&repo.name)
+        .bind(digest)
+        .bind(i64::try_from(size).unwrap_or(i64::MAX))
+        .bind(hoist_policy::time::now_rfc3339())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The size of `repo`'s blob `digest`, if the blob is `repo`'s.
+    pub async fn repo_blob_size(
+        &self,
+        repo: &PackageName,
+        digest: &str,
+    ) -> Result<Option<u64>, DbError> {
+        let key = (repo.repository(), digest.to_string());
+        let lock = || self.repo_blobs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(size) = lock().get(&key) {
+            return Ok(Some(*size));
+        }
+        let row = sqlx::query(
+            "SELECT size FROM registry_repo_blobs WHERE namespace = $1 AND name = $2 AND digest = $3",
+        )
+        .bind(&repo.namespace)
+        .bind(&repo.name)
+        .bind(digest)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let size = u64::try_from(row.try_get::<i64, _>("size")?).unwrap_or(0);
+        let mut cache = lock();
+        if cache.len() >= REPO_BLOB_CACHE {
+            cache.clear();
+        }
+        cache.insert(key, size);
+        Ok(Some(size))
+    }
+
+    /// Whether some repository of `namespace` has the blob `digest`.
+    pub async fn namespace_has_blob(&self, namespace: &str, digest: &str) -> Result<bool, DbError> {
+        let row = sqlx::query(
+            "SELECT size FROM registry_repo_blobs WHERE namespace = $1 AND digest = $2 LIMIT 1",
+        )
+        .bind(namespace)
+        .bind(digest)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// The bytes of the distinct blobs `namespace`'s repositories have (its quota's use).
+    pub async fn namespace_bytes(&self, namespace: &str) -> Result<u64, DbError> {
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) AS total FROM \
+             (SELECT digest, MAX(size) AS size FROM registry_repo_blobs WHERE namespace = $1 \
+              GROUP BY digest) AS t",
+        )
+        .bind(namespace)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(row.try_get::<i64, _>("total")?).unwrap_or(0))
     }
 
     /// Create a token for publishing into `namespace`; the token (shown once).
@@ -470,6 +617,59 @@ mod tests {
             .unwrap();
         assert_eq!(db.manifest(&pkg, "1.0.0").await.unwrap(), Some(found));
         assert_eq!(db.manifest(&pkg, &v.manifest_digest).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn blobs_belong_to_repositories_and_count_once_per_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("r.db").display());
+        let db = RegistryDb::open(&url).await.unwrap();
+        let (a, b): (PackageName, PackageName) =
+            ("acme/a".parse().unwrap(), "acme/b".parse().unwrap());
+        let other: PackageName = "other/a".parse().unwrap();
+        let (d1, d2) = (crate::oci::digest_of(b"1"), crate::oci::digest_of(b"2"));
+        db.add_repo_blob(&a, &d1, 10).await.unwrap();
+        db.add_repo_blob(&a, &d1, 10).await.unwrap();
+        db.add_repo_blob(&b, &d1, 10).await.unwrap();
+        db.add_repo_blob(&b, &d2, 5).await.unwrap();
+        assert_eq!(db.repo_blob_size(&a, &d1).await.unwrap(), Some(10));
+        assert_eq!(db.repo_blob_size(&a, &d2).await.unwrap(), None);
+        assert_eq!(db.repo_blob_size(&other, &d1).await.unwrap(), None);
+        assert!(db.namespace_has_blob("acme", &d2).await.unwrap());
+        assert!(!db.namespace_has_blob("other", &d1).await.unwrap());
+        assert_eq!(db.namespace_bytes("acme").await.unwrap(), 15);
+        assert_eq!(db.namespace_bytes("other").await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_registry_from_before_gives_its_packages_their_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("r.db").display());
+        let db = RegistryDb::open(&url).await.unwrap();
+        let config = crate::oci::wasm_config(&crate::oci::digest_of(b"wasm"));
+        let m = crate::oci::package_manifest(&config, b"wasm", "1.0.0", "");
+        let mut v = rec("1.0.0");
+        v.manifest_digest = crate::oci::digest_of(b"m");
+        db.publish(&v, &serde_json::to_string(&m).unwrap())
+            .await
+            .unwrap();
+        // As a registry from before the table was filled: no blobs, no migration done.
+        for stmt in [
+            "DELETE FROM registry_repo_blobs",
+            "DELETE FROM registry_migrations",
+        ] {
+            sqlx::query(stmt).execute(&db.pool).await.unwrap();
+        }
+        let db = RegistryDb::open(&url).await.unwrap();
+        let pkg: PackageName = "acme/x".parse().unwrap();
+        assert_eq!(
+            db.repo_blob_size(&pkg, &m.layers[0].digest).await.unwrap(),
+            Some(4)
+        );
+        assert_eq!(
+            db.repo_blob_size(&pkg, &m.config.digest).await.unwrap(),
+            Some(config.len() as u64)
+        );
     }
 
     #[tokio::test]

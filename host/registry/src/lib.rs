@@ -34,6 +34,10 @@ pub use server::{Inspected, Inspector, Registry};
 /// step is ~18 MiB).
 pub const DEFAULT_SIZE_LIMIT: u64 = 64 << 20;
 
+/// The most bytes of blobs one namespace may hold by default (1 GiB: fifty versions of
+/// a componentize-py step; an operator raises it with `--namespace-quota`).
+pub const DEFAULT_NAMESPACE_QUOTA: u64 = 1 << 30;
+
 /// Where a registry keeps its state.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
@@ -43,6 +47,8 @@ pub struct ServeConfig {
     pub database_url: Option<String>,
     /// The largest blob accepted.
     pub size_limit: u64,
+    /// The most bytes of blobs one namespace may hold (uploads in progress included).
+    pub namespace_quota: u64,
     /// Finished blobs in an S3 bucket (`s3://BUCKET[/PREFIX]?endpoint=URL`) instead of
     /// `DATA_DIR/blobs`.
     pub blob_store: Option<String>,
@@ -81,12 +87,7 @@ impl ServeConfig {
                 .map_err(|e| format!("cannot use the blob store: {e}"))?;
             blobs = blobs.with_remote(bucket);
         }
-        Ok(Registry {
-            db,
-            blobs,
-            inspect,
-            inspecting: tokio::sync::Semaphore::new(2),
-        })
+        Ok(Registry::new(db, blobs, inspect, self.namespace_quota))
     }
 }
 

@@ -17,8 +17,11 @@ pub(crate) enum RegistryCommand {
     /// Serve a plugin registry: the OCI distribution API (`/v2/`), a JSON API
     /// (`/api/v1/packages`) and pages (`/`). A package `NS/NAME@X.Y.Z` is also the OCI
     /// artifact `HOST:PORT/NS/NAME:X.Y.Z`. Publishing needs a token (`hoist registry
-    /// token create`); every upload is loaded and described in a sandbox with no
-    /// capabilities before it is accepted. Stops on Ctrl-C / SIGTERM.
+    /// token create`), checked before any request body is read; every upload is loaded
+    /// and described in a sandbox with no capabilities before it is accepted. Blobs
+    /// belong to the repository they were uploaded to; bodies are bounded per route
+    /// (manifests 4 MiB, signatures 64 KiB, blobs --max-size, 8 streamed at once) and
+    /// each namespace by --namespace-quota. Stops on Ctrl-C / SIGTERM.
     Serve(ServeArgs),
     /// Publish tokens.
     #[command(subcommand)]
@@ -56,6 +59,10 @@ pub(crate) struct ServeArgs {
     /// The largest component accepted (e.g. 64MiB).
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = super::step::parse_size)]
     max_size: usize,
+    /// The most bytes of blobs one namespace may hold (e.g. 10GiB): its blobs, published
+    /// or not, and its uploads in progress; an upload past it is refused (413 DENIED).
+    #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = super::step::parse_size)]
+    namespace_quota: usize,
     #[command(flatten)]
     cache: CacheArgs,
 }
@@ -74,7 +81,7 @@ pub(crate) enum TokenCommand {
 }
 
 impl StateArgs {
-    fn config(&self, size_limit: u64) -> ServeConfig {
+    fn config(&self, size_limit: u64, namespace_quota: u64) -> ServeConfig {
         ServeConfig {
             data_dir: self
                 .data_dir
@@ -83,6 +90,7 @@ impl StateArgs {
             database_url: self.database_url.clone().filter(|u| !u.is_empty()),
             blob_store: self.blob_store.clone().filter(|u| !u.is_empty()),
             size_limit,
+            namespace_quota,
         }
     }
 }
@@ -117,7 +125,10 @@ pub(crate) async fn registry(cmd: &RegistryCommand) -> anyhow::Result<()> {
         RegistryCommand::Token(TokenCommand::Create { namespace, state }) => {
             hoist_policy::package::PackageName::new(namespace, "x")
                 .map_err(|e| anyhow::anyhow!("namespace `{namespace}`: {}", e.why))?;
-            let config = state.config(hoist_registry::DEFAULT_SIZE_LIMIT);
+            let config = state.config(
+                hoist_registry::DEFAULT_SIZE_LIMIT,
+                hoist_registry::DEFAULT_NAMESPACE_QUOTA,
+            );
             let registry = config
                 .open(inspector_unused())
                 .await
@@ -138,7 +149,9 @@ fn inspector_unused() -> Inspector {
 }
 
 async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
-    let config = args.state.config(args.max_size as u64);
+    let config = args
+        .state
+        .config(args.max_size as u64, args.namespace_quota as u64);
     let runtime = Arc::new(
         Runtime::new(args.cache.runtime_config())
             .map_err(|e| anyhow::anyhow!("cannot start the runtime: {e:#}"))?,
