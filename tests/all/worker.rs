@@ -1122,3 +1122,131 @@ async fn three_workers_on_postgresql_run_each_run_exactly_once() {
         assert!(log.contains("claimed by"), "{w} claimed nothing:\n{log}");
     }
 }
+
+/// What a deployment's pull steps may read of the worker: `{{ $NAME }}` resolves from
+/// the job variable `env` (as in Prefect, which templates pull steps in the flow's
+/// process: the worker's environment plus the job's) and from the worker's own
+/// environment only for the names its operator listed (`--template-env`), so a
+/// deployment cannot template the worker's other variables into logs on the server.
+/// And a run's own job variable `allow` grants nothing beyond its deployment's unless
+/// the worker opts in (`--allow-from-runs`): whoever may create runs is not whoever
+/// wrote the deployment.
+#[tokio::test(flavor = "multi_thread")]
+async fn pull_steps_see_the_jobs_env_and_only_what_the_worker_lists() {
+    let Some(s) = server() else { return };
+    let python = std::env::var("HOIST_TEST_PREFECT_PYTHON").unwrap();
+    let client = PrefectClient::new(&s.url, None, 5).unwrap();
+    let pool = format!("hoist-tmpl-{}", std::process::id());
+    make_pool(&client, &pool).await;
+    let (_t, dir) = support::tempdir();
+    std::fs::create_dir_all(dir.join("flows")).unwrap();
+    std::fs::write(
+        dir.join("flows/t.py"),
+        "from prefect import flow\n\n\n@flow\ndef t():\n    pass\n",
+    )
+    .unwrap();
+    support::write_project(
+        &dir,
+        format!(
+            r#"deployments:
+- name: tmpl
+  entrypoint: flows/t.py:t
+  work_pool: {{name: {pool}, job_variables: {{env: {{FROM_JOB: job-value-1, HOIST_T_UNSET: null}}}}}}
+  pull:
+  - prefect.deployments.steps.set_working_directory:
+      directory: {d}
+  - prefect.deployments.steps.run_shell_script:
+      script: "echo job={{{{ $FROM_JOB }}}} listed={{{{ $HOIST_T_LISTED }}}} hidden={{{{ $HOIST_T_HIDDEN }}}} unset={{{{ $HOIST_T_UNSET }}}} end"
+      stream_output: true
+- name: needs
+  entrypoint: flows/t.py:t
+  work_pool: {{name: {pool}, job_variables: {{allow: ["env:HOIST_PROBE"]}}}}
+  pull:
+  - prefect.deployments.steps.set_working_directory:
+      directory: {d}
+  - needs:
+      action: spawn
+      program: "true"
+"#,
+            d = dir.display()
+        ),
+    );
+    let (code, _, err) = run(hoist_at(&dir, &s).args(["deploy", "--all"]));
+    assert_eq!(code, 0, "{err}");
+    let installed = support::home_of(&dir).join("plugins");
+    std::fs::create_dir_all(&installed).unwrap();
+    std::fs::copy(plugins::PROBE, installed.join("needs.wasm")).unwrap();
+    let id_of = async |name: &str| {
+        let (_, d) = client
+            .request(Method::GET, &format!("/deployments/name/t/{name}"), None)
+            .await
+            .unwrap();
+        d["id"].as_str().unwrap().to_string()
+    };
+    let run_of = async |dep: &str, job: Value| {
+        let (status, r) = client
+            .request(
+                Method::POST,
+                &format!("/deployments/{dep}/create_flow_run"),
+                Some(&json!({"job_variables": job})),
+            )
+            .await
+            .unwrap();
+        assert!(status.is_success(), "{r}");
+        r["id"].as_str().unwrap().to_string()
+    };
+    let worker = |extra: &[&str]| {
+        let mut c = hoist_at(&dir, &s);
+        c.env("PREFECT_HOME", dir.join(".prefect-home"))
+            .env("HOIST_T_LISTED", "listed-value-2")
+            .env("HOIST_T_HIDDEN", "hidden-value-3")
+            .env("HOIST_T_UNSET", "worker-value-4")
+            .args(["worker", "start", "-p", &pool, "--run-once"])
+            .args(["--python", &python, "--template-env", "HOIST_T_LIST*"])
+            .args(extra);
+        run(&mut c)
+    };
+    let tmpl = run_of(&id_of("tmpl").await, json!({})).await;
+    let needs = id_of("needs").await;
+    let full = json!({"allow": ["env:HOIST_PROBE", "process:true", "process:sleep"]});
+    let beyond = run_of(&needs, full.clone()).await;
+    let same = run_of(&needs, json!({"allow": ["env:HOIST_PROBE"]})).await;
+    let (code, _, err) = worker(&[]);
+    assert_eq!(code, 0, "{err}");
+
+    ended_as(&client, &tmpl, "COMPLETED").await;
+    let (_, logs) = client
+        .request(
+            Method::POST,
+            "/logs/filter",
+            Some(&json!({"logs": {"flow_run_id": {"any_": [tmpl]}}})),
+        )
+        .await
+        .unwrap();
+    let text = logs.to_string();
+    assert!(
+        text.contains("job=job-value-1 listed=listed-value-2 hidden= unset= end"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("hidden-value-3") && !text.contains("worker-value-4"),
+        "{text}"
+    );
+
+    let message = ended_as(&client, &beyond, "CRASHED").await;
+    assert!(
+        message
+            .contains("`allow` grants \"process:true\", \"process:sleep\" beyond its deployment's")
+            && message.contains("--allow-from-runs"),
+        "{message}"
+    );
+    // The deployment's own grant is not enough for the step: it declares process:true.
+    let message = ended_as(&client, &same, "CRASHED").await;
+    assert!(message.contains("process:true"), "{message}");
+
+    // Opted in, the run's grants count.
+    let granted = run_of(&needs, full).await;
+    let (code, _, err) = worker(&["--allow-from-runs"]);
+    assert_eq!(code, 0, "{err}");
+    ended_as(&client, &granted, "COMPLETED").await;
+}

@@ -87,6 +87,18 @@ pub(crate) struct WorkerArgs {
     /// default: the job variable `python`, else $HOIST_PYTHON, else python3.
     #[arg(long, value_name = "PATH")]
     python: Option<String>,
+    /// A variable of the worker's own environment that deployments' pull steps may
+    /// template as `{{ $NAME }}` (repeatable; `NAME*` for every name with that prefix).
+    /// Default: none. Pull steps always see the job variable `env`, as the flow's
+    /// process does; what they template can reach logs on the server, so list only
+    /// what every deployment on this pool may read.
+    #[arg(long = "template-env", value_name = "NAME")]
+    template_env: Vec<String>,
+    /// Honour a flow run's own job variable `allow` (whoever may create runs then
+    /// grants capabilities to the pull steps). Default: `allow` counts only from the
+    /// deployment; a run asking for more is CRASHED, saying so.
+    #[arg(long)]
+    allow_from_runs: bool,
     #[command(flatten)]
     sandbox: SandboxArgs,
 }

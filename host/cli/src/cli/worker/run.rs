@@ -127,7 +127,10 @@ pub(super) async fn handle(cx: &Context, run: &Value) -> anyhow::Result<()> {
         cx.me.name
     );
     let job = merged_job_variables(&deployment, run);
-    let outcome = run_claimed(cx, &run_id, &deployment, &job, keeper).await;
+    let outcome = match grants_beyond_deployment(&cx.args, &deployment, run) {
+        Some(message) => Outcome::Crashed(message),
+        None => run_claimed(cx, &run_id, &deployment, &job, keeper).await,
+    };
     record(cx, &run_id, outcome).await
 }
 
@@ -349,7 +352,7 @@ async fn pull(
                     runtime: cx.runtime.clone(),
                     // The worker's own client: blocks and variables come from its server.
                     templater: Templater::new(
-                        std::env::vars().collect(),
+                        template_env(&cx.args, std::env::vars(), job),
                         crate::templater::ProcessValues::Prefect(cx.client.clone()),
                     ),
                     grants: Grants::new(grants(&cx.args, job)),
@@ -388,6 +391,66 @@ fn plugin_file_step(deployment: &Value) -> Option<String> {
         .flat_map(|step| step.keys())
         .find(|name| crate::project::is_plugin_path(name))
         .cloned()
+}
+
+/// Why the run may not start, when its own job variable `allow` grants more than its
+/// deployment's and the worker does not take grants from runs (`--allow-from-runs`):
+/// whoever may create a run could otherwise grant its pull steps anything.
+fn grants_beyond_deployment(args: &WorkerArgs, deployment: &Value, run: &Value) -> Option<String> {
+    if args.allow_from_runs {
+        return None;
+    }
+    let listed = |v: &Value| -> Vec<String> {
+        v["allow"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|g| g.as_str().map_or_else(|| g.to_string(), str::to_string))
+            .collect()
+    };
+    let granted = listed(&deployment["job_variables"]);
+    let beyond: Vec<String> = listed(&run["job_variables"])
+        .into_iter()
+        .filter(|g| !granted.contains(g))
+        .map(|g| format!("\"{}\"", hoist_policy::text::sanitize(&g)))
+        .collect();
+    (!beyond.is_empty()).then(|| {
+        format!(
+            "Flow run could not start: its job variable `allow` grants {} beyond its \
+             deployment's; this worker takes grants only from the deployment (add them to \
+             the deployment's job variables, or start the worker with --allow-from-runs to \
+             let whoever creates runs grant capabilities)",
+            beyond.join(", ")
+        )
+    })
+}
+
+/// What pull steps template as `{{ $NAME }}`: the worker's variables its operator
+/// listed (`--template-env`), under the job variable `env` (Prefect templates pull steps
+/// in the flow's process, whose environment is the worker's plus the job's `env`).
+fn template_env(
+    args: &WorkerArgs,
+    worker: impl Iterator<Item = (String, String)>,
+    job: &Map<String, Value>,
+) -> std::collections::BTreeMap<String, String> {
+    let listed = |name: &str| {
+        args.template_env.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => p == name,
+        })
+    };
+    let mut env: std::collections::BTreeMap<String, String> =
+        worker.filter(|(k, _)| listed(k)).collect();
+    if let Some(Value::Object(vars)) = job.get("env") {
+        for (k, v) in vars {
+            match v {
+                Value::String(s) => env.insert(k.clone(), s.clone()),
+                Value::Null => env.remove(k),
+                other => env.insert(k.clone(), other.to_string()),
+            };
+        }
+    }
+    env
 }
 
 /// The worker's grants (`--allow`) and the job variable `allow`.
