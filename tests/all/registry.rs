@@ -2562,3 +2562,60 @@ fn a_namespace_holds_at_most_its_quota() {
     );
     assert!(reg.uploads().is_empty(), "{:?}", reg.uploads());
 }
+
+/// At most 8 blob bodies stream at once: with 8 uploads holding their slots (each body
+/// half sent), a ninth waits, then is told to come back (429 with `Retry-After`) and
+/// nothing of it is kept; once the 8 clients go away (their uploads removed with them)
+/// an upload goes through again.
+#[test]
+fn blob_bodies_beyond_the_slots_are_told_to_retry() {
+    let (_t, dir) = support::tempdir();
+    let reg = serve(&dir, &[]);
+    let auth = format!("Bearer {}", reg.token(&dir, "acme"));
+    let holders: Vec<std::net::TcpStream> = (0..8)
+        .map(|_| {
+            let location = reg.open_upload("acme/x", &auth, b"");
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", reg.port)).unwrap();
+            let head = format!(
+                "PATCH {location} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth}\r\nContent-Length: {}\r\n\r\n",
+                1 << 20
+            );
+            s.write_all(head.as_bytes()).unwrap();
+            s.write_all(&[1u8; 1 << 10]).unwrap();
+            s
+        })
+        .collect();
+    // Each holder's first KiB has reached its upload: all 8 slots are taken.
+    let held = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        reg.uploads()
+            .iter()
+            .filter(|(_, len)| *len == 1 << 10)
+            .count()
+            == 8
+    });
+    assert!(held, "{:?}", reg.uploads());
+    let h = [("Authorization", auth.as_str())];
+    let blob = b"one more";
+    let started = std::time::Instant::now();
+    let ((status, answer), head) = raw_http(
+        reg.port,
+        "POST",
+        &format!("/v2/acme/y/blobs/uploads/?digest={}", sha256(blob)),
+        &h,
+        blob,
+    );
+    assert_eq!(status, 429, "{answer}");
+    assert!(answer.contains("TOOMANYREQUESTS"), "{answer}");
+    assert_eq!(header(&head, "retry-after"), Some("10"), "{head}");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(9));
+    assert_eq!(reg.uploads().len(), 8, "the refused upload left a file");
+
+    drop(holders);
+    let gone = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        reg.uploads().is_empty()
+    });
+    assert!(gone, "{:?}", reg.uploads());
+    reg.put_blobs("acme/y", &h, &[blob]);
+}
