@@ -505,6 +505,53 @@ fn registry_credentials_are_checked_and_never_shown() {
     assert!(e.catalog(&e.auth_registry).contains("private/app"));
 }
 
+/// A build arg (or label) holding a secret the run knows (a secret block's value, or a
+/// value under a key named like a secret) is refused before the engine is asked: an
+/// image keeps its build args in its history (`docker history`) for anyone who can pull
+/// it. Nothing is built, the secret is in no output; the same build with a plain value
+/// builds (the control).
+#[test]
+fn a_secret_never_goes_into_an_images_build_args_or_labels() {
+    let Some(e) = engine() else { return };
+    let (_t, dir) = project(e, "ARG TOKEN\nARG VERSION\nCMD [\"true\"]\n");
+    let secret = "build-secret-31415";
+    let (code, _, err) =
+        run(hoist(&dir).args(["block", "set", "secret", "tok", "--value", secret]));
+    assert_eq!(code, 0, "{err}");
+    let image = format!("{}/secret/app", e.registry);
+    let build = |field: &str, key: &str, value: &str| {
+        support::write_project(
+            &dir,
+            format!(
+                "build:\n- prefect_docker.deployments.steps.build_docker_image:\n    image_name: {image}\n    tag: s1\n    pull: false\n    {field}: {{{key}: '{value}'}}\ndeployments: [{{name: d}}]\n"
+            ),
+        );
+        run(hoist_with(e, &dir).arg("build"))
+    };
+    let block = "v-{{ prefect.blocks.secret.tok }}";
+    for (field, what, key, value) in [
+        ("buildargs", "build arg", "VERSION", block),
+        ("labels", "label", "VERSION", block),
+        ("buildargs", "build arg", "TOKEN", "typed-in-31415"),
+    ] {
+        let (code, out, err) = build(field, key, value);
+        assert_ne!(code, 0, "{err}");
+        assert!(
+            err.contains(&format!(
+                "may not build with {what} `{key}`: it holds a secret"
+            )),
+            "{err}"
+        );
+        for leaked in [secret, "typed-in-31415"] {
+            assert!(!err.contains(leaked) && !out.contains(leaked), "{err}");
+        }
+        assert!(!e.has_image(&format!("{image}:s1")), "an image was built");
+    }
+    let (code, _, err) = build("buildargs", "VERSION", "1.2.3");
+    assert_eq!(code, 0, "{err}");
+    assert!(e.has_image(&format!("{image}:s1")));
+}
+
 /// No engine: one line that says how to point `DOCKER_HOST` at one.
 #[test]
 fn no_engine_says_how_to_point_docker_host_at_one() {

@@ -129,6 +129,12 @@ impl Redactor {
         }
     }
 
+    /// Whether `text` holds a secret (what [`Redactor::redact`] would mask).
+    pub fn finds_in(&self, text: &str) -> bool {
+        let secrets = self.secrets.read().unwrap_or_else(|p| p.into_inner());
+        secrets.iter().any(|s| text.contains(s.as_str()))
+    }
+
     /// The text with every secret masked.
     pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
         let mut out = Cow::Borrowed(text);

@@ -775,12 +775,37 @@ fn json_pairs(pairs: &[(String, String)]) -> serde_json::Value {
     )
 }
 
+impl DockerView<'_> {
+    /// Refuse a build arg or label that holds a secret the run resolved (a secret
+    /// block's value, a registry password): both are kept in the image (build args in
+    /// its history, `docker history --no-trunc`), for anyone who can pull it to read.
+    fn no_secret_in_image(&self, opts: &BuildOptions) -> Result<(), StepError> {
+        let redactor = self.ctx.log.redactor();
+        for (what, pairs) in [("build arg", &opts.build_args), ("label", &opts.labels)] {
+            if let Some((k, _)) = pairs.iter().find(|(_, v)| redactor.finds_in(v)) {
+                return Err(StepError::Denied(format!(
+                    "step `{}` ({}) may not build with {what} `{}`: it holds a secret (a \
+                     secret block's value, or a value under a key named like a secret), and \
+                     an image keeps its {what}s (`docker history`) for anyone who can pull \
+                     it; give the secret to the container when it runs (its environment) \
+                     instead",
+                    self.ctx.info.name,
+                    self.ctx.info.plugin,
+                    hoist_policy::text::sanitize(k)
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Host for DockerView<'_> {
     async fn build(&mut self, opts: BuildOptions) -> Result<String, StepError> {
         self.require(Capability::DockerBuild, "build images")?;
         let context = self.context_dir(&opts.context)?;
         let (dockerfile, dockerfile_path) =
             self.dockerfile(&context, opts.dockerfile.as_deref().unwrap_or("Dockerfile"))?;
+        self.no_secret_in_image(&opts)?;
         let mut query = build_query(&opts, &dockerfile)?;
         let text = std::fs::read_to_string(&dockerfile_path).map_err(|e| {
             failure(
