@@ -248,11 +248,16 @@ async fn cache_entries_without_our_mac_are_never_loaded() {
     );
 
     // Tampered with (one byte of code), or carrying another key's MAC: compiled again.
-    // (Later than the clock tick the entry was written in: change times are coarse.)
-    std::thread::sleep(std::time::Duration::from_millis(20));
+    // (Later than the clock tick the entry was written in: change times are coarse, so
+    // written until its modification time moves.)
     let mut bytes = std::fs::read(&entry).unwrap();
     bytes[100] ^= 0x40;
-    std::fs::write(&entry, &bytes).unwrap();
+    let written = std::fs::metadata(&entry).unwrap().modified().unwrap();
+    support::wait_until(|| {
+        std::fs::write(&entry, &bytes).unwrap();
+        let now = std::fs::metadata(&entry).unwrap().modified().unwrap();
+        (now != written).then_some(())
+    });
     let again = Runtime::new(config())
         .unwrap()
         .load(&trivial, "trivial", false)
@@ -823,7 +828,8 @@ fn no_process_outlives_its_step_in_a_pid_namespace() {
         .envs(base.get_envs().filter_map(|(k, v)| Some((k, v?))))
         .args(["-pf", "--mount-proc", "sh", "-c"])
         // Inside the namespace: run the step, then look for its background child.
-        .arg(r#""$@"; code=$?; sleep 0.2; if kill -0 "$(cat bg.pid)" 2>/dev/null; then echo ALIVE; else echo GONE; fi; exit $code"#)
+        // (Given up to 5 s to go: the kill is sent as the step ends; ALIVE after that.)
+        .arg(r#""$@"; code=$?; i=0; while kill -0 "$(cat bg.pid)" 2>/dev/null && [ $i -lt 250 ]; do sleep 0.02; i=$((i+1)); done; if kill -0 "$(cat bg.pid)" 2>/dev/null; then echo ALIVE; else echo GONE; fi; exit $code"#)
         .arg("sh")
         .arg(base.get_program())
         .args(["step", "run", plugins::HOSTILE_GRANTED])
@@ -863,9 +869,11 @@ async fn raw_sockets_follow_the_network_policy() {
         hits = hits.display().to_string()
     ));
     let _server = support::Server::start(server, port, "a TCP server on loopback");
-    // Connections so far: the readiness probe's.
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let probes = std::fs::read_to_string(&hits).map_or(0, |h| h.lines().count());
+    // Connections so far: the readiness probe's (one: the first that connected).
+    let probes = support::wait_until(|| {
+        let n = std::fs::read_to_string(&hits).map_or(0, |h| h.lines().count());
+        (n > 0).then_some(n)
+    });
     let hit_count = || std::fs::read_to_string(&hits).map_or(0, |h| h.lines().count()) - probes;
     let rt = support::runtime();
     let addr = format!("127.0.0.1:{port}");
@@ -1119,7 +1127,10 @@ async fn the_next_instance_sees_nothing_of_the_last_ones_memory() {
         matches!(rt.allocator(), hoist::runtime::Allocator::Pooling),
         "the runtime fell back to on-demand allocation"
     );
-    let pool = rt.engine().pooling_allocator_metrics().expect("a pooling engine");
+    let pool = rt
+        .engine()
+        .pooling_allocator_metrics()
+        .expect("a pooling engine");
     let warm = pool.unused_warm_memories();
     assert!(
         pool.memories() == 0 && warm >= 1,

@@ -242,7 +242,7 @@ fn the_sandbox_refuses_what_was_not_granted() {
          c, _ = s.accept()\n    \
          data = c.recv(100)\n    \
          if data:\n        \
-         open({hits:?}, 'a').write('hit\\n')\n    \
+         open({hits:?}, 'a').write(data.decode(errors='replace').split('\\n')[0] + '\\n')\n    \
          c.close()\n",
         hits = hits.display().to_string()
     ));
@@ -273,8 +273,22 @@ fn the_sandbox_refuses_what_was_not_granted() {
             .contains("PermissionError"),
         "{out}"
     );
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    assert!(!hits.exists(), "a request or connection reached the server");
+    // A marker of ours, after the step ended: the server takes connections in order,
+    // so once the marker is recorded anything the step sent would be recorded before it.
+    {
+        use std::io::Write as _;
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.write_all(b"marker\n").unwrap();
+    }
+    let seen = support::wait_until(|| {
+        std::fs::read_to_string(&hits)
+            .ok()
+            .filter(|h| h.contains("marker"))
+    });
+    assert_eq!(
+        seen, "marker\n",
+        "a request or connection reached the server"
+    );
 }
 
 /// A Python step between two built-in steps of a prefect.yaml: its inputs templated

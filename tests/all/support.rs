@@ -360,6 +360,22 @@ pub fn proxy_requests(log: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The first `Some` that `check` gives, asked every 20 ms for up to 30 s (a condition
+/// waited for, not a guessed sleep); panics when it never comes.
+pub fn wait_until<T>(mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the condition did not hold within 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Python's `http.server` serving `dir` on loopback.
 pub fn http_server(dir: &Path) -> Server {
     let port = free_port();

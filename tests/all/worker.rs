@@ -763,8 +763,27 @@ async fn a_run_created_on_the_server_wakes_an_idle_worker_through_its_events() {
     let _worker = Worker::start(s, &dir, &pool, "listener", &["--idle-poll", "600"]);
     let log = log_says(&dir, "listener", "listening to the pool's events", 60).await;
     assert!(log.contains("listening to the pool's events"), "{log}");
-    // Past the worker's first poll, so only an event can wake it.
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    // Past the worker's first poll (the server records it on the pool's queue), so
+    // only an event can wake it.
+    let mut polled = false;
+    for _ in 0..300 {
+        let (_, queues) = client
+            .request(
+                Method::POST,
+                &format!("/work_pools/{pool}/queues/filter"),
+                Some(&json!({})),
+            )
+            .await
+            .unwrap();
+        polled = queues
+            .as_array()
+            .is_some_and(|q| q.iter().any(|q| !q["last_polled"].is_null()));
+        if polled {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(polled, "the worker never polled its pool");
     for _ in 0..2 {
         let id = create_run(&client, &dep, json!({})).await;
         let mut state = Value::Null;
