@@ -681,8 +681,7 @@ async fn a_plugin_gets_only_the_docker_it_was_granted() {
 
 /// Without `net:*` a build is offline: `ADD <url>` and `ADD $VAR` are refused before the
 /// engine could fetch (the listener sees no connection), so are a base image the engine
-/// would pull, `FROM --platform`, and `RUN` on an engine that ignores the network mode
-/// `none` (Podman: a `RUN` there reached a loopback listener); a context link that is
+/// would pull and `FROM --platform` (`RUN`: the next test); a context link that is
 /// absolute or leads outside the context is refused (an engine may follow it from the
 /// host's side), one inside it is sent as a link.
 #[tokio::test(flavor = "multi_thread")]
@@ -708,10 +707,6 @@ async fn a_plugins_build_is_offline_and_sends_links_as_links() {
         ("var", format!("ARG B={base}\nFROM $B\n")),
         ("addvar", format!("FROM {base}\nARG U={url}\nADD $U /x\n")),
         ("platform", format!("FROM --platform=linux/arm64 {base}\n")),
-        (
-            "run",
-            format!("FROM {base}\nRUN wget -q -T 2 -O /fetched {url} || true\n"),
-        ),
         ("abs", format!("FROM {base}\nCOPY . /ctx\n")),
         ("up", format!("FROM {base}\nCOPY . /ctx\n")),
         ("links", format!("FROM {base}\nCOPY . /ctx\n")),
@@ -728,7 +723,7 @@ async fn a_plugins_build_is_offline_and_sends_links_as_links() {
     std::os::unix::fs::symlink("Dockerfile", cwd.join("links/link")).unwrap();
     let tag = |n: &str| format!("{}/granted/{n}:1", e.registry);
     let names = [
-        "add", "pull", "var", "addvar", "platform", "run", "abs", "up", "links",
+        "add", "pull", "var", "addvar", "platform", "abs", "up", "links",
     ];
     let actions: Vec<Value> = names
         .iter()
@@ -747,23 +742,18 @@ async fn a_plugins_build_is_offline_and_sends_links_as_links() {
     assert!(refused(&out, 2).contains("uses a variable"), "{out}");
     assert!(refused(&out, 3).contains("`ADD` with a variable"), "{out}");
     assert!(refused(&out, 4).contains("flags on `FROM`"), "{out}");
-    let run = refused(&out, 5);
-    assert!(
-        run.contains("ignores the build's network mode") && run.contains("net:*"),
-        "{out}"
-    );
-    for i in [6, 7] {
+    for i in [5, 6] {
         assert!(
             refused(&out, i).contains("leads outside the build context"),
             "{out}"
         );
     }
-    assert!(out["results"][8].get("ok").is_some(), "{out}");
+    assert!(out["results"][7].get("ok").is_some(), "{out}");
     assert!(
         listener.accept().is_err(),
         "the engine connected to the listener"
     );
-    for n in &names[..8] {
+    for n in &names[..7] {
         assert!(!e.has_image(&tag(n)), "{n} was built");
     }
     let ran = e
@@ -790,6 +780,133 @@ async fn a_plugins_build_is_offline_and_sends_links_as_links() {
         .read_to_string(&mut buf);
     assert_eq!(buf, "host-secret-canary");
     let _ = std::io::stdout().flush();
+}
+
+impl Engine {
+    /// A stand-in engine: this Podman behind a relay (a unix socket of the test's) that
+    /// turns every build's `networkmode=none` into `networkmode=host`, standing in for an
+    /// engine that ignores the network mode of builds (as Podman 4.3 did for a reviewer:
+    /// a plain `RUN wget` reached the host's loopback). Its `DOCKER_HOST`; one relay for
+    /// the rest of the test run.
+    fn ignoring_network_mode(&self) -> &'static str {
+        static RELAY: OnceLock<String> = OnceLock::new();
+        RELAY.get_or_init(|| {
+            let sock = self.dir.join("ignores-networkmode.sock");
+            let upstream = self.dir.join("podman.sock");
+            let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+            std::thread::spawn(move || {
+                for client in listener.incoming().flatten() {
+                    let upstream = upstream.clone();
+                    std::thread::spawn(move || relay(client, &upstream));
+                }
+            });
+            format!("unix://{}", sock.display())
+        })
+    }
+}
+
+/// One connection through the relay: its request line rewritten, then bytes both ways.
+fn relay(mut client: std::os::unix::net::UnixStream, upstream: &Path) {
+    use std::os::unix::net::UnixStream;
+    let Ok(mut up) = UnixStream::connect(upstream) else {
+        return;
+    };
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        match client.read(&mut byte) {
+            Ok(1) => line.push(byte[0]),
+            _ => return,
+        }
+    }
+    let line = String::from_utf8_lossy(&line).replace("networkmode=none", "networkmode=host");
+    if up.write_all(line.as_bytes()).is_err() {
+        return;
+    }
+    let (Ok(mut c2), Ok(mut u2)) = (client.try_clone(), up.try_clone()) else {
+        return;
+    };
+    let back = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut u2, &mut c2);
+        let _ = c2.shutdown(std::net::Shutdown::Write);
+    });
+    let _ = std::io::copy(&mut client, &mut up);
+    let _ = up.shutdown(std::net::Shutdown::Write);
+    let _ = back.join();
+}
+
+/// An offline build may `RUN` only on an engine a probe build showed to keep it offline
+/// (its `RUN` lists its network interfaces and tries to reach a listener Hoist holds on
+/// every address of this machine):
+/// on an engine that ignores a build's network mode the step's `RUN` is refused,
+/// naming the reason and `net:*`, and the step's `wget` never runs (the listener, on
+/// loopback and on this machine's own address, sees no connection). Wherever Hoist lets
+/// an offline `RUN` through, it reaches nothing (on this machine's Podman, which does
+/// keep builds offline, it builds).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_offline_run_needs_an_engine_shown_to_keep_builds_offline() {
+    let Some(e) = engine() else { return };
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let own = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|u| u.connect("192.0.2.1:9").map(|()| u))
+        .and_then(|u| u.local_addr())
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|_| "127.0.0.1".into());
+    let (_t, cwd) = support::tempdir();
+    std::fs::create_dir_all(cwd.join("run")).unwrap();
+    std::fs::write(
+        cwd.join("run/Dockerfile"),
+        format!(
+            "FROM {}\nRUN for a in 127.0.0.1 {own}; do wget -q -T 2 -O - http://$a:{port}/x; done; true\n",
+            e.base
+        ),
+    )
+    .unwrap();
+    let build = async |host: &str, tag: &str| {
+        let env: HostEnv = HostEnv::from_process()
+            .iter()
+            .filter(|(k, _)| *k != "DOCKER_HOST")
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .chain([("DOCKER_HOST".to_string(), host.to_string())])
+            .collect();
+        let rt = Runtime::new(RuntimeConfig {
+            cache: hoist::runtime::ComponentCache::at(support::test_cache()),
+            env,
+            ..RuntimeConfig::default()
+        })
+        .unwrap();
+        let action = json!([{"do": "docker_build", "context": "run", "tags": [tag]}]);
+        attack(&rt, plugins::HOSTILE_DOCKER, &cwd, DOCKER_GRANTS, action).await
+    };
+    let reached = || listener.accept().is_ok();
+
+    let shared = format!("{}/granted/hostnet:1", e.registry);
+    let out = build(e.ignoring_network_mode(), &shared).await;
+    let why = refused(&out, 0);
+    assert!(
+        why.contains("may not `RUN` (line 2) in an offline build")
+            && why.contains("ignores the build's network mode `none`: a probe build's `RUN`")
+            && (why.contains("connected to this machine")
+                || why.contains("has network interfaces besides loopback"))
+            && why.contains("net:*"),
+        "{out}"
+    );
+    assert!(!e.has_image(&shared), "it was built");
+    assert!(!reached(), "the step's RUN reached the listener");
+
+    let own_engine = format!("{}/granted/isolated:1", e.registry);
+    let out = build(&e.host, &own_engine).await;
+    if out["results"][0].get("ok").is_some() {
+        assert!(
+            !reached(),
+            "an offline RUN Hoist let through reached this machine"
+        );
+        assert!(e.has_image(&own_engine));
+    } else {
+        assert!(refused(&out, 0).contains("in an offline build"), "{out}");
+    }
 }
 
 /// A Dockerfile is hostile input even to the built-in step (a plugin may have written it

@@ -34,16 +34,6 @@ pub struct Engine {
     pub podman_buildah: Option<String>,
 }
 
-impl Engine {
-    /// Whether a build sent with `networkmode=none` really has no network. Podman's
-    /// Docker-compatible and libpod build endpoints both ignore it (a plain `RUN wget`
-    /// reached a listener on the host's loopback under Podman 4.3), so offline builds on
-    /// Podman may not `RUN` anything.
-    pub fn isolates_offline_builds(&self) -> bool {
-        self.podman_buildah.is_none()
-    }
-}
-
 /// Why the engine could not be used.
 #[derive(Debug)]
 pub enum EngineError {

@@ -29,6 +29,7 @@
 mod context;
 mod dockerfile;
 mod engine;
+mod probe;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -439,21 +440,51 @@ impl DockerView<'_> {
             ));
         }
         self.check_offline(parsed).await?;
-        let engine = self.engine().await?;
-        if !engine.isolates_offline_builds()
-            && let Some(run) = parsed.iter().find(|i| i.cmd == "run")
-        {
-            let buildah = engine.podman_buildah.as_deref().unwrap_or("unknown");
-            return Err(StepError::Denied(format!(
-                "step `{}` ({}) may not `RUN` (line {}) in an offline build on this engine: Podman \
-                 (buildah {buildah}) at {} ignores the build's network mode `none`, so `RUN` \
-                 would reach the host's network. Builds reach the network only with `net:*` \
-                 (grant it to the step), or use an engine that isolates builds (dockerd)",
-                self.ctx.info.name, self.ctx.info.plugin, run.line, engine.host
-            )));
+        if let Some(run) = parsed.iter().find(|i| i.cmd == "run") {
+            self.run_stays_offline(parsed, run.line).await?;
         }
         query.push("networkmode=none".into());
         Ok(())
+    }
+
+    /// An offline build may `RUN` only on an engine a probe showed to keep it offline
+    /// (`probe.rs`; the verdict is remembered per engine).
+    async fn run_stays_offline(
+        &self,
+        parsed: &[Instruction],
+        line: usize,
+    ) -> Result<(), StepError> {
+        let engine = self.engine().await?;
+        let base = images_needed(parsed)
+            .ok()
+            .and_then(|i| i.into_iter().next());
+        let verdict = match &base {
+            Some(b) => probe::offline_isolation(engine, b).await,
+            None => probe::Verdict::Unknown(
+                "every stage is `FROM scratch`: nothing to probe with".into(),
+            ),
+        };
+        let kind = match &engine.podman_buildah {
+            Some(b) => format!("Podman (buildah {b}) at {}", engine.host),
+            None => format!("the engine at {}", engine.host),
+        };
+        let why = match verdict {
+            probe::Verdict::Isolated => return Ok(()),
+            probe::Verdict::Reaches(what) => {
+                format!("{kind} ignores the build's network mode `none`: {what}")
+            }
+            probe::Verdict::Unknown(what) => {
+                format!(
+                    "whether {kind} keeps an offline build offline could not be checked: {what}"
+                )
+            }
+        };
+        Err(StepError::Denied(format!(
+            "step `{}` ({}) may not `RUN` (line {line}) in an offline build on this engine: \
+             {why}, so `RUN` could reach the network. Builds reach the network only with \
+             `net:*` (grant it to the step), or use an engine that isolates builds (dockerd)",
+            self.ctx.info.name, self.ctx.info.plugin
+        )))
     }
 
     /// Stream the context to `POST /build`, logging the engine's progress; the image id
