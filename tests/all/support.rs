@@ -223,39 +223,6 @@ ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain('srv.pem', 's
     Server::start(cmd, port, "a TLS terminator")
 }
 
-/// A `CONNECT` proxy on loopback that writes each request line to `log` and refuses
-/// anything but `CONNECT`.
-pub fn connect_proxy(log: &Path) -> Server {
-    let proxy_port = free_port();
-    let mut proxy = Command::new("python3");
-    proxy.arg("-c").arg(format!(
-        r#"
-import socket, threading
-log = open({log:?}, 'a')
-{PIPE}def handle(c):
-    head = b''
-    while b'\r\n\r\n' not in head:
-        d = c.recv(1)
-        if not d: return
-        head += d
-    line = head.split(b'\r\n')[0].decode()
-    log.write(line + '\n'); log.flush()
-    method, target, _ = line.split(' ')
-    if method != 'CONNECT':
-        c.sendall(b'HTTP/1.1 405 Not here\r\n\r\n'); c.close(); return
-    host, port = target.rsplit(':', 1)
-    u = socket.create_connection((host, int(port)))
-    c.sendall(b'HTTP/1.1 200 Connection established\r\n\r\n')
-    threading.Thread(target=pipe, args=(c, u), daemon=True).start()
-    pipe(u, c)
-{SERVE}"#,
-        log = log.display().to_string(),
-        PIPE = PIPE,
-        SERVE = serve_py(proxy_port)
-    ));
-    Server::start(proxy, proxy_port, "a CONNECT proxy")
-}
-
 /// `component` with every `hoist:step/...@0.1.0` name it imports or exports moved to
 /// `version` (same length, so the binary stays valid): a step built for another WIT.
 pub fn built_for_wit(component: &[u8], version: &str) -> Vec<u8> {
