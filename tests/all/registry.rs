@@ -1942,41 +1942,63 @@ fn registry_text_reaches_the_terminal_printable() {
 }
 
 /// A registry's answers are bounded by what Hoist could ever use, never by what the
-/// server claims: a component whose `Content-Length` says 1 TiB (a sparse file behind a
-/// stand-in registry, Python's `http.server`) is refused before its body is read, and
-/// nothing is installed; a package listing over 4 MiB is refused likewise.
+/// server claims: a component whose record says 1 byte and whose `Content-Length` says
+/// 1 TiB (a sparse file behind a stand-in registry, Python's `http.server`) is refused
+/// before its body is read, one whose record says 200 MiB before it is asked for, one
+/// that comes shorter than its record after; nothing is installed; a package listing
+/// over 4 MiB is refused likewise.
 #[test]
 fn downloads_are_bounded_by_what_can_run_not_by_what_the_server_claims() {
     let (_t, dir) = support::tempdir();
     let root = dir.join("www");
-    let digest = format!("sha256:{}", "c".repeat(64));
     std::fs::create_dir_all(root.join("api/v1/packages/acme")).unwrap();
-    std::fs::create_dir_all(root.join("v2/acme/big/blobs")).unwrap();
-    let record = serde_json::json!({
-        "package": "acme/big", "version": "1.0.0",
-        "manifest_digest": format!("sha256:{}", "a".repeat(64)),
-        "component_digest": digest, "size": 1, "step_name": "big", "summary": "big",
-        "input_schema": {}, "capabilities": [], "wit_version": "0.1.0",
-        "yanked": false, "published": "2026-01-01T00:00:00Z",
-    });
-    std::fs::write(
-        root.join("api/v1/packages/acme/big"),
-        serde_json::json!({"versions": [record]}).to_string(),
-    )
-    .unwrap();
-    let blob = std::fs::File::create(root.join("v2/acme/big/blobs").join(&digest)).unwrap();
-    blob.set_len(1 << 40).unwrap();
+    for (name, size, served) in [
+        ("big", 1u64, 1u64 << 40),
+        ("huger", 200 << 20, 16),
+        ("short", 4096, 100),
+    ] {
+        let digest = format!("sha256:{}", name.len().to_string().repeat(64));
+        std::fs::create_dir_all(root.join(format!("v2/acme/{name}/blobs"))).unwrap();
+        let record = serde_json::json!({
+            "package": format!("acme/{name}"), "version": "1.0.0",
+            "manifest_digest": format!("sha256:{}", "a".repeat(64)),
+            "component_digest": digest, "size": size, "step_name": name, "summary": name,
+            "input_schema": {}, "capabilities": [], "wit_version": "0.1.0",
+            "yanked": false, "published": "2026-01-01T00:00:00Z",
+        });
+        std::fs::write(
+            root.join(format!("api/v1/packages/acme/{name}")),
+            serde_json::json!({"versions": [record]}).to_string(),
+        )
+        .unwrap();
+        let blob = std::fs::File::create(root.join(format!("v2/acme/{name}/blobs")).join(&digest))
+            .unwrap();
+        blob.set_len(served).unwrap();
+    }
     // A listing of 5 MiB.
     let huge = std::fs::File::create(root.join("api/v1/packages/acme/huge")).unwrap();
     huge.set_len(5 << 20).unwrap();
     let server = support::http_server(&root);
     let url = format!("http://127.0.0.1:{}", server.1);
-    let (code, out, err) =
-        run(hoist(&dir).args(["plugin", "install", "acme/big", "--yes", "--registry", &url]));
-    assert_ne!(code, 0, "{out}");
-    assert!(err.contains("over the 64 MiB"), "{err}");
-    let (_, ls, _) = run(hoist(&dir).args(["plugin", "ls"]));
-    assert!(!ls.contains("acme/big"), "{ls}");
+    for (name, says) in [
+        (
+            "big",
+            "a component of 1099511627776 bytes or more is over the 1 bytes its record gives",
+        ),
+        (
+            "huger",
+            "is 209715200 bytes by its record, over the 64 MiB Hoist accepts; nothing was downloaded",
+        ),
+        ("short", "came as 100 bytes, its record says 4096"),
+    ] {
+        let pkg = format!("acme/{name}");
+        let (code, out, err) =
+            run(hoist(&dir).args(["plugin", "install", &pkg, "--yes", "--registry", &url]));
+        assert_ne!(code, 0, "{out}");
+        assert!(err.contains(says), "{name}: {err}");
+        let (_, ls, _) = run(hoist(&dir).args(["plugin", "ls"]));
+        assert!(!ls.contains(&pkg), "{ls}");
+    }
     let (code, _, err) = run(hoist(&dir).args(["plugin", "info", "acme/huge", "--registry", &url]));
     assert_ne!(code, 0);
     assert!(err.contains("over the 4 MiB"), "{err}");

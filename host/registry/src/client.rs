@@ -256,10 +256,14 @@ impl RegistryClient {
         what: &str,
         mut progress: impl FnMut(u64, Option<u64>),
     ) -> Result<Vec<u8>, ClientError> {
+        let limit = if cap >= 1 << 20 {
+            format!("{} MiB Hoist accepts", cap >> 20)
+        } else {
+            format!("{cap} bytes its record gives")
+        };
         let too_big = |n: u64| {
             self.bad_answer(format!(
-                "{what} of {n} bytes or more is over the {} MiB Hoist accepts; nothing was kept",
-                cap >> 20
+                "{what} of {n} bytes or more is over the {limit}; nothing was kept"
             ))
         };
         let total = res.content_length();
@@ -477,11 +481,14 @@ impl RegistryClient {
         })
     }
 
-    /// A blob of `pkg`, checked against `digest`; `progress(done, total)` as it comes.
+    /// The component of `pkg` its record names (`digest`, `size` bytes), checked
+    /// against both; `progress(done, total)` as it comes. At most `size` bytes are read
+    /// (and never more than [`MAX_COMPONENT_BYTES`], the most a step may be): the
+    /// component is loaded from memory next, so it is kept there, bounded.
     pub async fn blob(
         &self,
         pkg: &PackageName,
-        digest: &str,
+        (digest, size): (&str, u64),
         mut progress: impl FnMut(u64, Option<u64>),
     ) -> Result<Vec<u8>, ClientError> {
         if !oci::is_digest(digest) {
@@ -490,11 +497,25 @@ impl RegistryClient {
                 why: format!("`{}` is not a sha256 digest", digest.escape_debug()),
             });
         }
+        if size > MAX_COMPONENT_BYTES {
+            return Err(self.bad_answer(format!(
+                "the component of {pkg} is {size} bytes by its record, over the {} MiB \
+                 Hoist accepts; nothing was downloaded",
+                MAX_COMPONENT_BYTES >> 20
+            )));
+        }
         let url = format!("{}/v2/{}/blobs/{digest}", self.base, pkg.repository());
         let res = self.send(self.http.get(url)).await?;
         let bytes = self
-            .read_capped(res, MAX_COMPONENT_BYTES, "a component", &mut progress)
+            .read_capped(res, size, "a component", &mut progress)
             .await?;
+        if bytes.len() as u64 != size {
+            return Err(self.bad_answer(format!(
+                "the component of {pkg} came as {} bytes, its record says {size}; nothing \
+                 was kept",
+                bytes.len()
+            )));
+        }
         let actual = oci::digest_of(&bytes);
         if actual != digest {
             return Err(ClientError::Tampered {

@@ -451,20 +451,24 @@ async fn download(
 ) -> anyhow::Result<Vec<u8>> {
     let mut shown = 0u64;
     let wasm = client
-        .blob(pkg, &chosen.component_digest, |done, total| {
-            // A line per 4 MiB: progress on a big (Python) component, quiet on small ones.
-            if done - shown >= 4 << 20 {
-                shown = done;
-                match total {
-                    Some(t) => eprintln!(
-                        "  {:.1} / {:.1} MiB",
-                        done as f64 / 1048576.0,
-                        t as f64 / 1048576.0
-                    ),
-                    None => eprintln!("  {:.1} MiB", done as f64 / 1048576.0),
+        .blob(
+            pkg,
+            (&chosen.component_digest, chosen.size),
+            |done, total| {
+                // A line per 4 MiB: progress on a big (Python) component, quiet on small ones.
+                if done - shown >= 4 << 20 {
+                    shown = done;
+                    match total {
+                        Some(t) => eprintln!(
+                            "  {:.1} / {:.1} MiB",
+                            done as f64 / 1048576.0,
+                            t as f64 / 1048576.0
+                        ),
+                        None => eprintln!("  {:.1} MiB", done as f64 / 1048576.0),
+                    }
                 }
-            }
-        })
+            },
+        )
         .await?;
     Ok(wasm)
 }
