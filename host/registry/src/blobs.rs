@@ -349,6 +349,23 @@ impl BlobStore {
         }
     }
 
+    /// The blob to serve, if stored: its open file and length (streamed by the caller,
+    /// so a large blob is not held in memory per request), or from a bucket its bytes.
+    pub async fn serve(&self, digest: &str) -> Result<Option<Stored>, BlobError> {
+        let path = self.path(digest)?;
+        if let Some(remote) = &self.remote {
+            return Ok(remote.get(digest).await?.map(Stored::Bytes));
+        }
+        match tokio::fs::File::open(path).await {
+            Ok(f) => {
+                let len = f.metadata().await?.len();
+                Ok(Some(Stored::File(f, len)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The blob's bytes, if stored.
     pub async fn get(&self, digest: &str) -> Result<Option<Vec<u8>>, BlobError> {
         let path = self.path(digest)?;
@@ -361,6 +378,14 @@ impl BlobStore {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// A stored blob, ready to serve.
+pub enum Stored {
+    /// A local file and its length.
+    File(tokio::fs::File, u64),
+    /// Bytes fetched from a bucket.
+    Bytes(Vec<u8>),
 }
 
 /// Where the bytes being hashed go.

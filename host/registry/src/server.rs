@@ -31,7 +31,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde_json::json;
 
-use crate::blobs::{BlobError, BlobStore, Room};
+use crate::blobs::{BlobError, BlobStore, Room, Stored};
 use crate::db::{DbError, RegistryDb, SignatureRecord, VersionRecord};
 use crate::name::{PackageName, parse_version};
 use crate::oci::{self, Manifest};
@@ -517,10 +517,35 @@ async fn get_blob(
     if r.db.repo_blob_size(&pkg, &digest).await?.is_none() {
         return Err(blob_unknown(&pkg, &digest));
     }
-    match r.blobs.get(&digest).await? {
-        Some(bytes) => Ok(content("application/octet-stream", digest, bytes)),
+    match r.blobs.serve(&digest).await? {
+        Some(Stored::Bytes(bytes)) => Ok(content("application/octet-stream", digest, bytes)),
+        Some(Stored::File(file, len)) => {
+            let mut res = content("application/octet-stream", digest, file_body(file));
+            res.headers_mut()
+                .insert(header::CONTENT_LENGTH, header::HeaderValue::from(len));
+            Ok(res)
+        }
         None => Err(blob_unknown(&pkg, &digest)),
     }
+}
+
+/// A file as a streamed body, in 64 KiB pieces; a read error ends it (the client sees
+/// a short body against its `Content-Length`).
+fn file_body(file: tokio::fs::File) -> axum::body::Body {
+    use tokio::io::AsyncReadExt;
+    let pieces = futures_util::stream::unfold(Some(file), |state| async move {
+        let mut file = state?;
+        let mut buf = vec![0u8; 64 << 10];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(Bytes::from(buf)), Some(file)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    });
+    axum::body::Body::from_stream(pieces)
 }
 
 /// A blob or manifest answer: its media type and digest as OCI clients read them.
