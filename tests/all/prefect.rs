@@ -1018,3 +1018,424 @@ s.serve_forever()
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("v=over-tls"), "{err}");
 }
+
+/// A work pool as a stand-in answers it.
+const POOL: &str =
+    r#"{"id": "00000000-0000-0000-0000-000000000001", "name": "some-pool", "type": "process"}"#;
+
+/// The credentials of the hostile tests below: distinctive, so any echo is found.
+const HOSTILE_KEY: &str = "pnu_hostile-test-key-7c31e9";
+const HOSTILE_AUTH: &str = "admin:hostile-auth-pw-52d8";
+
+/// Every way the test credentials could show: as given, the auth string's password,
+/// and the base64 of the basic-auth header.
+fn credential_spellings() -> Vec<String> {
+    vec![
+        HOSTILE_KEY.to_string(),
+        HOSTILE_AUTH.to_string(),
+        "hostile-auth-pw-52d8".to_string(),
+        hoist_policy::encoding::base64(HOSTILE_AUTH.as_bytes()),
+    ]
+}
+
+/// A project whose pull needs a variable from the server, and whose deployment
+/// `hostile-dep` `hoist deploy` registers (a flow file beside it).
+fn hostile_project(dir: &Path) {
+    std::fs::create_dir_all(dir.join("flows")).unwrap();
+    std::fs::write(
+        dir.join("flows/f.py"),
+        "from prefect import flow\n\n@flow\ndef f(x: int = 1):\n    pass\n",
+    )
+    .unwrap();
+    support::write_project(
+        dir,
+        "pull:\n- prefect.deployments.steps.run_shell_script:\n    script: echo v={{ prefect.variables.x }}\ndeployments:\n- name: hostile-dep\n  entrypoint: flows/f.py:f\n  work_pool: {name: some-pool}\n",
+    );
+}
+
+/// `hoist <args>` in `dir` against the API at `url`, with `PREFECT_API_KEY` or
+/// `PREFECT_API_AUTH_STRING` (per `basic`) set to the test credentials; returns (exit
+/// code, stdout + stderr), after asserting no spelling of the credentials is in either
+/// or in any file under `stored` (what the run wrote: Hoist's home, the project).
+fn hoist_with_credentials(
+    dir: &Path,
+    stored: &Path,
+    url: &str,
+    basic: bool,
+    args: &[&str],
+) -> (i32, String) {
+    let mut cmd = hoist(dir);
+    cmd.current_dir(dir)
+        .env("PREFECT_API_URL", url)
+        .env("PREFECT_CLIENT_MAX_RETRIES", "0")
+        .env_remove("PREFECT_API_KEY")
+        .env_remove("PREFECT_API_AUTH_STRING");
+    if basic {
+        cmd.env("PREFECT_API_AUTH_STRING", HOSTILE_AUTH);
+    } else {
+        cmd.env("PREFECT_API_KEY", HOSTILE_KEY);
+    }
+    let (code, out, err) = run(cmd.args(args));
+    let all = format!("{out}\n{err}");
+    for s in credential_spellings() {
+        assert!(!all.contains(&s), "`hoist {args:?}` printed {s}:\n{all}");
+        let files = support::files_containing(&[stored], &s);
+        assert!(files.is_empty(), "`hoist {args:?}` stored {s} in {files:?}");
+    }
+    (code, all)
+}
+
+/// The attack: whoever answers at PREFECT_API_URL redirects (302, and 307, which
+/// re-sends a POST's body) to another origin — a second loopback listener standing for
+/// a server the attacker holds — hoping the client follows with `Authorization: Bearer
+/// <PREFECT_API_KEY>` or `Basic <PREFECT_API_AUTH_STRING>`. Closed: the real `hoist`
+/// never follows a redirect to another origin (so the other listener records no request
+/// at all, let alone a credential), and says where it pointed and what to set. Both
+/// servers are stand-ins: a real Prefect server does not redirect.
+#[test]
+fn a_redirect_to_another_origin_never_carries_the_credentials() {
+    let (elsewhere, seen_elsewhere) =
+        support::stand_in(|_, s| support::answer(s, "200 OK", "", r#"{"value": "taken"}"#));
+    let target = elsewhere.clone();
+    let (home, seen_home) = support::stand_in(move |head, s| {
+        let path = head.split(' ').nth(1).unwrap_or("/");
+        if head.starts_with("GET /api/work_pools/") {
+            // The pool exists, so `hoist deploy` goes on to POST its flow.
+            return support::answer(s, "200 OK", "", POOL);
+        }
+        let status = if head.starts_with("GET ") {
+            "302 Found"
+        } else {
+            "307 Temporary Redirect"
+        };
+        support::answer(s, status, &format!("location: {target}{path}\r\n"), "");
+    });
+    let (t, dir) = support::tempdir();
+    hostile_project(&dir);
+    let url = format!("{home}/api");
+    for basic in [false, true] {
+        for args in [&["pull"][..], &["deploy", "--all"][..]] {
+            let (code, all) = hoist_with_credentials(&dir, t.path(), &url, basic, args);
+            assert_ne!(code, 0, "{all}");
+            assert!(
+                all.contains("redirected") && all.contains(&elsewhere),
+                "{all}"
+            );
+            assert!(
+                all.contains("does not follow") && all.contains("PREFECT_API_URL"),
+                "{all}"
+            );
+        }
+    }
+    let heads = seen_home.lock().unwrap().clone();
+    assert!(
+        heads.iter().any(|h| h.starts_with("POST ")) && heads.iter().any(|h| h.starts_with("GET ")),
+        "both a GET and a POST were redirected: {heads:?}"
+    );
+    // Not vacuous: the credentials did go to the origin they were meant for.
+    assert!(heads.iter().any(|h| h.contains(HOSTILE_KEY)), "{heads:?}");
+    let elsewhere_saw = seen_elsewhere.lock().unwrap().clone();
+    assert!(
+        elsewhere_saw.is_empty(),
+        "the other origin was reached: {elsewhere_saw:?}"
+    );
+}
+
+/// The attack: the server answers errors (500 to a read, 422 to a deploy, 401 and 403,
+/// and a success without the flow id `hoist deploy` then quotes) whose bodies echo the
+/// request's headers — the key, the basic-auth header — and carry
+/// terminal escape sequences, so `hoist` would print them, or store them in a record.
+/// Also: the key must not show when nothing answers, nor when PREFECT_API_URL carries
+/// `user:password@`. Closed: the real `hoist`'s stdout, stderr and every file it wrote
+/// hold no spelling of the credentials and no raw escape character. The server is a
+/// stand-in (a real Prefect server does not echo headers).
+#[test]
+fn error_text_never_carries_the_credentials() {
+    // `by-method`: 500 to a read, 422 to a write, and a 200 without the id asked for
+    // (which `hoist deploy` quotes) to `POST /flows/`; else every answer has `status`.
+    let echo = |status: &'static str| {
+        support::stand_in(move |head, s| {
+            let detail = format!("you sent: {head}\u{1b}]0;pwned\u{7}\u{1b}[2J");
+            let body = json!({"detail": detail}).to_string();
+            let status = match status {
+                "by-method" if head.starts_with("GET /api/work_pools/") => {
+                    return support::answer(s, "200 OK", "", POOL);
+                }
+                "by-method" if head.starts_with("POST /api/flows/") && head.contains("Basic") => {
+                    return support::answer(s, "200 OK", "", &body);
+                }
+                "by-method" if head.starts_with("GET ") => "500 Internal Server Error",
+                "by-method" => "422 Unprocessable Entity",
+                other => other,
+            };
+            support::answer(s, status, "", &body);
+        })
+    };
+    let (t, dir) = support::tempdir();
+    hostile_project(&dir);
+    let (server, heads) = echo("by-method");
+    let url = format!("{server}/api");
+    for basic in [false, true] {
+        let (code, all) = hoist_with_credentials(&dir, t.path(), &url, basic, &["pull"]);
+        assert_ne!(code, 0, "{all}");
+        assert!(
+            all.contains("answered 500") && all.contains("you sent: GET /api/variables/name/x"),
+            "{all}"
+        );
+        assert!(all.contains("********"), "{all}");
+        assert!(
+            !all.contains('\u{1b}'),
+            "a raw escape reached the terminal: {all:?}"
+        );
+        let (code, all) = hoist_with_credentials(&dir, t.path(), &url, basic, &["deploy", "--all"]);
+        assert_ne!(code, 0, "{all}");
+        let want = if basic {
+            "answered no flow id"
+        } else {
+            "answered 422 to POST /flows/"
+        };
+        assert!(
+            all.contains(want) && all.contains("you sent: POST /api/flows/"),
+            "{all}"
+        );
+        assert!(
+            !all.contains('\u{1b}'),
+            "a raw escape reached the terminal: {all:?}"
+        );
+    }
+    // Not vacuous: the stand-in was sent (and echoed) the credentials.
+    let heads = heads.lock().unwrap().clone();
+    assert!(heads.iter().any(|h| h.contains(HOSTILE_KEY)), "{heads:?}");
+    let basic = hoist_policy::encoding::base64(HOSTILE_AUTH.as_bytes());
+    assert!(heads.iter().any(|h| h.contains(&basic)), "{heads:?}");
+
+    for status in ["401 Unauthorized", "403 Forbidden"] {
+        let (server, _) = echo(status);
+        let url = format!("{server}/api");
+        for basic in [false, true] {
+            let (code, all) = hoist_with_credentials(&dir, t.path(), &url, basic, &["pull"]);
+            assert_ne!(code, 0, "{all}");
+            assert!(all.contains("refused the credentials"), "{all}");
+        }
+    }
+
+    // Nothing answers: the URL, never the key.
+    let down = format!("http://127.0.0.1:{}/api", support::free_port());
+    let (code, all) = hoist_with_credentials(&dir, t.path(), &down, false, &["pull"]);
+    assert_ne!(code, 0);
+    assert!(all.contains("cannot reach") && all.contains(&down), "{all}");
+    // Credentials in the URL: refused, shown masked (also when nothing answers there).
+    let port = support::free_port();
+    let in_url = format!("http://admin:hostile-auth-pw-52d8@127.0.0.1:{port}/api");
+    for args in [&["pull"][..], &["deploy", "--all"][..]] {
+        let (code, all) = hoist_with_credentials(&dir, t.path(), &in_url, false, args);
+        assert_ne!(code, 0);
+        assert!(
+            all.contains(&format!("http://********@127.0.0.1:{port}/api"))
+                && all.contains("PREFECT_API_AUTH_STRING"),
+            "{all}"
+        );
+    }
+}
+
+/// Create a secret block document whose `value` is any JSON (Prefect's `Secret[dict]`
+/// stores mappings as they are), through the real server's API.
+async fn secret_block_of(client: &PrefectClient, name: &str, value: Value) {
+    let (_, bt) = client
+        .request(Method::GET, "/block_types/slug/secret", None)
+        .await
+        .unwrap();
+    let type_id = bt["id"].as_str().unwrap().to_string();
+    let (_, schemas) = client
+        .request(
+            Method::POST,
+            "/block_schemas/filter",
+            Some(&json!({"block_schemas": {"block_type_id": {"any_": [type_id]}}})),
+        )
+        .await
+        .unwrap();
+    let schema_id = schemas[0]["id"].as_str().unwrap();
+    let (status, doc) = client
+        .request(
+            Method::POST,
+            "/block_documents/",
+            Some(&json!({"name": name, "data": {"value": value}, "block_schema_id": schema_id, "block_type_id": type_id})),
+        )
+        .await
+        .unwrap();
+    assert!(status.is_success(), "{doc}");
+}
+
+/// The attack, against a real Prefect server: secret blocks whose values are built to
+/// slip past masking or take over the terminal — a string of OSC/CSI escape sequences
+/// (retitle the terminal, clear the screen), and a mapping (`Secret[dict]`) whose
+/// leaves are a string with quotes and escapes and a number, substituted inline by
+/// `{{ prefect.blocks.secret.x.db.port }}` — and a (non-secret) variable full of escape
+/// sequences; and a secret put in an input of the wrong type, so the error quotes it
+/// escaped. Closed: in `hoist pull` (the step echoes them), `hoist step run`, and
+/// `hoist plan` (text and JSON), no secret appears in any spelling (raw, sanitised,
+/// JSON- or debug-escaped, as digits) and no raw escape character reaches the output.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_secret_blocks_from_a_real_server_stay_masked() {
+    let Some(s) = server() else { return };
+    let client = PrefectClient::new(&s.url, None, 5).unwrap();
+    let n = std::process::id();
+    let esc = "\u{1b}]0;pwned\u{7}\u{1b}[2J\u{1b}[31mesc-secret-4711\u{1b}[0m";
+    secret_block_of(&client, &format!("esc-{n}"), json!(esc)).await;
+    let nested = json!({"db": {"password": "ne\"st\u{1b}[1med-pw-98765", "port": 54329871}});
+    secret_block_of(&client, &format!("nested-{n}"), nested).await;
+    let var = format!("esc_var_{n}");
+    let (status, v) = client
+        .request(
+            Method::POST,
+            "/variables/",
+            Some(&json!({"name": var, "value": "var-\u{1b}]0;retitled\u{7}-\u{1b}[2Jvalue"})),
+        )
+        .await
+        .unwrap();
+    assert!(status.is_success(), "{v}");
+
+    let (_t, dir) = support::tempdir();
+    let script = format!(
+        "echo 'a={{{{ prefect.blocks.secret.esc-{n} }}}} b={{{{ prefect.blocks.secret.nested-{n}.db.password }}}} c={{{{ prefect.blocks.secret.nested-{n}.db.port }}}} v={{{{ prefect.variables.{var} }}}}'"
+    );
+    let yaml = format!(
+        "pull:\n- prefect.deployments.steps.run_shell_script:\n    script: {}\n    stream_output: true\n",
+        serde_json::to_string(&script).unwrap()
+    );
+    support::write_project(&dir, &yaml);
+    let leaks = [
+        "esc-secret-4711",
+        "med-pw-98765",
+        "54329871",
+        "pwned",
+        "ne\"st",
+        "ne\\\"st",
+    ];
+    let check = |what: &str, out: &str, err: &str| {
+        let all = format!("{out}\n{err}");
+        for l in leaks {
+            assert!(!all.contains(l), "{what}: the secret leaked ({l}):\n{all}");
+        }
+        assert!(
+            !all.contains('\u{1b}') && !all.contains('\u{7}'),
+            "{what}: a raw escape reached the output: {all:?}"
+        );
+    };
+    let (code, out, err) = run(hoist_at(&dir, s).arg("pull"));
+    assert_eq!(code, 0, "{err}");
+    check("pull", &out, &err);
+    assert!(
+        err.contains("a=******** b=******** c=******** v=var-"),
+        "{err}"
+    );
+    // Not vacuous: the variable (not secret) is shown, its escapes spelled out.
+    assert!(
+        err.contains("var-\\u{1b}]0;retitled\\u{7}-\\u{1b}[2Jvalue"),
+        "{err}"
+    );
+
+    let (code, out, err) = run(hoist_at(&dir, s).args([
+        "step",
+        "run",
+        "run_shell_script",
+        "-i",
+        &format!("script={script}"),
+    ]));
+    assert_eq!(code, 0, "{err}");
+    check("step run", &out, &err);
+    assert!(out.contains("a=******** b=******** c=********"), "{out}");
+    for format in ["text", "json"] {
+        let (code, out, err) = run(hoist_at(&dir, s).args(["plan", "--output", format]));
+        assert_eq!(code, 0, "{err}");
+        check(&format!("plan --output {format}"), &out, &err);
+        assert!(out.contains("c=********"), "{out}");
+    }
+
+    // A secret in an input of the wrong type: the error quotes the value (Rust's `{:?}`,
+    // its quote and escapes spelled out), masked all the same.
+    for block in [format!("esc-{n}"), format!("nested-{n}.db.password")] {
+        support::write_project(
+            &dir,
+            format!(
+                "pull:\n- prefect.deployments.steps.run_shell_script:\n    script: echo hi\n    stream_output: \"{{{{ prefect.blocks.secret.{block} }}}}\"\n"
+            ),
+        );
+        let (code, out, err) = run(hoist_at(&dir, s).arg("pull"));
+        assert_ne!(code, 0, "{err}");
+        check(&format!("pull, {block} as a boolean"), &out, &err);
+        assert!(
+            err.contains("expected a boolean, got string \"********\""),
+            "{err}"
+        );
+        let (code, out, err) = run(hoist_at(&dir, s).arg("plan"));
+        assert_ne!(code, 0, "{err}");
+        check(&format!("plan, {block} as a boolean"), &out, &err);
+    }
+}
+
+/// The attack: a server answers a block read with a 100 MiB `Content-Length` it never
+/// sends (to make the client allocate or wait), with 100 MiB actually streamed, or with
+/// JSON nested 100 000 deep (to overflow a recursive reader). Closed: the real `hoist`
+/// refuses each with one clear line naming the cap (16 MiB) or the parse failure, at
+/// once for the claim, without crashing. The server is a stand-in (a real Prefect
+/// server has no such block to give).
+#[test]
+fn a_huge_or_deep_block_answer_is_refused() {
+    let (server, _) = support::stand_in(|head, s| {
+        use std::io::Write;
+        if head.contains("/name/claim") {
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{{",
+                100u64 << 20
+            );
+            std::thread::sleep(std::time::Duration::from_secs(20));
+        } else if head.contains("/name/stream") {
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n{{\"data\": {{\"value\": \""
+            );
+            let chunk = vec![b's'; 1 << 20];
+            for _ in 0..100 {
+                if s.write_all(&chunk).is_err() {
+                    return;
+                }
+            }
+        } else {
+            let deep = format!(
+                "{{\"data\": {{\"value\": {}{}}}}}",
+                "[".repeat(100_000),
+                "]".repeat(100_000)
+            );
+            support::answer(s, "200 OK", "", &deep);
+        }
+    });
+    let (t, dir) = support::tempdir();
+    for (block, want) in [
+        (
+            "claim",
+            "a body of 104857600 bytes or more, over the 16 MiB Hoist reads",
+        ),
+        ("stream", "over the 16 MiB Hoist reads"),
+        ("deep", "not JSON (recursion limit exceeded"),
+    ] {
+        support::write_project(
+            &dir,
+            format!(
+                "pull:\n- prefect.deployments.steps.run_shell_script:\n    script: echo {{{{ prefect.blocks.secret.{block} }}}}\n"
+            ),
+        );
+        let started = std::time::Instant::now();
+        let (code, all) =
+            hoist_with_credentials(&dir, t.path(), &format!("{server}/api"), false, &["pull"]);
+        assert_ne!(code, 0, "{all}");
+        assert!(all.contains(want), "{block}: {all}");
+        assert_eq!(all.matches("error:").count(), 1, "{all}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "{block}: took {:?}",
+            started.elapsed()
+        );
+    }
+}

@@ -214,6 +214,7 @@ impl PrefectClient {
         let id = created["id"]
             .as_str()
             .ok_or_else(|| {
+                let created = self.scrub(&created.to_string());
                 DeployError::Invalid(format!("the server answered no deployment id: {created}"))
             })?
             .to_string();
@@ -234,9 +235,13 @@ impl PrefectClient {
                 Some(&json!({"name": flow_name, "tags": [], "labels": {}})),
             )
             .await?;
+        // The answer is the server's text: quoted scrubbed (no credentials, one line).
         Ok(flow["id"]
             .as_str()
-            .ok_or_else(|| DeployError::Invalid(format!("the server answered no flow id: {flow}")))?
+            .ok_or_else(|| {
+                let flow = self.scrub(&flow.to_string());
+                DeployError::Invalid(format!("the server answered no flow id: {flow}"))
+            })?
             .to_string())
     }
 

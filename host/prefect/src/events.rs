@@ -21,8 +21,9 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::{Auth, PrefectClient, PrefectError};
+use crate::{Auth, MAX_ANSWER_BYTES, PrefectClient, PrefectError};
 
 /// Anything the stream runs over (TCP, TLS over TCP).
 trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -176,7 +177,7 @@ impl PrefectClient {
         if let Some(a) = authorization.and_then(|a| HeaderValue::from_str(&a).ok()) {
             headers.insert("authorization", a);
         }
-        let (ws, _) = tokio_tungstenite::client_async(request, io)
+        let (ws, _) = tokio_tungstenite::client_async_with_config(request, io, Some(config()))
             .await
             .map_err(|e| match e {
                 tokio_tungstenite::tungstenite::Error::Http(r)
@@ -187,10 +188,20 @@ impl PrefectClient {
                         status: r.status().as_u16(),
                     }
                 }
-                e => unreachable(e.to_string()),
+                e => unreachable(self.scrub(&e.to_string())),
             })?;
         Ok(ws)
     }
+}
+
+/// The stream's limits: a message (or frame) over [`MAX_ANSWER_BYTES`] ends the
+/// stream with an error instead of being buffered (the library's default takes 64 MiB;
+/// an event is a few KiB).
+fn config() -> WebSocketConfig {
+    let cap = usize::try_from(MAX_ANSWER_BYTES).unwrap_or(usize::MAX);
+    WebSocketConfig::default()
+        .max_message_size(Some(cap))
+        .max_frame_size(Some(cap))
 }
 
 impl EventStream {

@@ -257,11 +257,12 @@ impl PrefectClient {
                         "WAIT" => {
                             Claim::Wait(v["details"]["delay_seconds"].as_f64().unwrap_or(1.0))
                         }
-                        _ => Claim::Lost(if reason.is_empty() {
-                            status.to_string()
+                        // The server's words, printed by the worker: scrubbed.
+                        _ => Claim::Lost(self.scrub(if reason.is_empty() {
+                            status
                         } else {
-                            reason
-                        }),
+                            &reason
+                        })),
                     });
                 }
                 Err(e @ PrefectError::Unreachable { .. }) => last = Some(e),
