@@ -1190,7 +1190,7 @@ async fn pull_steps_see_the_jobs_env_and_only_what_the_worker_lists() {
             d = dir.display()
         ),
     );
-    let (code, _, err) = run(hoist_at(&dir, &s).args(["deploy", "--all"]));
+    let (code, _, err) = run(hoist_at(&dir, s).args(["deploy", "--all"]));
     assert_eq!(code, 0, "{err}");
     let installed = support::home_of(&dir).join("plugins");
     std::fs::create_dir_all(&installed).unwrap();
@@ -1215,7 +1215,7 @@ async fn pull_steps_see_the_jobs_env_and_only_what_the_worker_lists() {
         r["id"].as_str().unwrap().to_string()
     };
     let worker = |extra: &[&str]| {
-        let mut c = hoist_at(&dir, &s);
+        let mut c = hoist_at(&dir, s);
         c.env("PREFECT_HOME", dir.join(".prefect-home"))
             .env("HOIST_T_LISTED", "listed-value-2")
             .env("HOIST_T_HIDDEN", "hidden-value-3")

@@ -148,10 +148,12 @@ impl Redactor {
     }
 }
 
-/// A copy of `v` with every string redacted.
+/// A copy of `v` with every string redacted, and every number that is a secret (a
+/// secret block may hold one) replaced by the mask.
 pub fn redact_value(v: &Value, r: &Redactor) -> Value {
     match v {
         Value::String(s) => Value::String(r.redact(s).into_owned()),
+        Value::Number(n) if r.finds_in(&n.to_string()) => Value::String(MASK.into()),
         Value::Array(items) => Value::Array(items.iter().map(|x| redact_value(x, r)).collect()),
         Value::Object(m) => Value::Object(
             m.iter()
@@ -165,6 +167,16 @@ pub fn redact_value(v: &Value, r: &Redactor) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_number_is_masked_in_a_value() {
+        let r = Redactor::new(["54329871".to_string()]);
+        let v = serde_json::json!({"a": 54329871, "b": 7, "c": ["x54329871y"]});
+        assert_eq!(
+            redact_value(&v, &r),
+            serde_json::json!({"a": MASK, "b": 7, "c": [format!("x{MASK}y")]})
+        );
+    }
 
     #[test]
     fn masks_every_secret_longest_first() {

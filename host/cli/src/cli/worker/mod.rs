@@ -371,7 +371,14 @@ impl Loop {
             .scheduled_runs(&cx.args.pool, &cx.args.queues, &before)
             .await?;
         for run in runs.into_iter().take(free) {
-            let id = run["id"].as_str().unwrap_or("").to_string();
+            let Some(id) = server_id(&run["id"]) else {
+                eprintln!(
+                    "warning: the server listed a run whose id is not one: {}",
+                    hoist_policy::text::sanitize(&run["id"].to_string())
+                );
+                continue;
+            };
+            let id = id.to_string();
             {
                 let mut map = lock(&cx.inflight);
                 if map.contains_key(&id) {
@@ -449,4 +456,12 @@ impl Loop {
         }
         Ok(())
     }
+}
+
+/// An id the server sent, if it is one (a UUID's hex digits and dashes): ids go into
+/// request paths and messages, so anything else (`../`, escape sequences) is refused.
+pub(super) fn server_id(v: &serde_json::Value) -> Option<&str> {
+    let id = v.as_str()?;
+    (!id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-'))
+        .then_some(id)
 }

@@ -90,7 +90,9 @@ pub(super) async fn sweep(
     let mut statuses: Option<HashMap<String, String>> = None;
     let mut ended = 0;
     for run in runs {
-        let id = run["id"].as_str().unwrap_or("").to_string();
+        let Some(id) = super::server_id(&run["id"]).map(str::to_string) else {
+            continue;
+        };
         let labels = &run["labels"];
         let Some(holder) = labels["hoist.worker.name"].as_str() else {
             continue;
@@ -132,7 +134,10 @@ pub(super) async fn sweep(
             .set_state(&id, "CRASHED", "Crashed", &message, false)
             .await?;
         if status == "ACCEPT" {
-            eprintln!("run {id}: its worker `{holder}` is gone; CRASHED");
+            eprintln!(
+                "run {id}: its worker `{}` is gone; CRASHED",
+                hoist_policy::text::sanitize(holder)
+            );
             ended += 1;
         }
     }

@@ -87,8 +87,10 @@ impl Reporter for ShippingReporter {
 /// One scheduled run: check its deployment, claim it, run it, record how it ended.
 pub(super) async fn handle(cx: &Context, run: &Value) -> anyhow::Result<()> {
     let client = &cx.client;
-    let run_id = run["id"].as_str().unwrap_or("").to_string();
-    let Some(deployment_id) = run["deployment_id"].as_str() else {
+    let Some(run_id) = super::server_id(&run["id"]).map(str::to_string) else {
+        return Ok(());
+    };
+    let Some(deployment_id) = super::server_id(&run["deployment_id"]) else {
         return Ok(());
     };
     let Some(deployment) = client.deployment(deployment_id).await? else {
@@ -123,7 +125,7 @@ pub(super) async fn handle(cx: &Context, run: &Value) -> anyhow::Result<()> {
     }
     eprintln!(
         "run {run_id} ({}) claimed by {}",
-        run["name"].as_str().unwrap_or(""),
+        hoist_policy::text::sanitize(run["name"].as_str().unwrap_or("")),
         cx.me.name
     );
     let job = merged_job_variables(&deployment, run);
