@@ -1945,7 +1945,7 @@ fn registry_text_reaches_the_terminal_printable() {
 /// server claims: a component whose record says 1 byte and whose `Content-Length` says
 /// 1 TiB (a sparse file behind a stand-in registry, Python's `http.server`) is refused
 /// before its body is read, one whose record says 200 MiB before it is asked for, one
-/// that comes shorter than its record after; nothing is installed; a package listing
+/// that comes shorter than its record is tampered with; nothing is installed; a package listing
 /// over 4 MiB is refused likewise.
 #[test]
 fn downloads_are_bounded_by_what_can_run_not_by_what_the_server_claims() {
@@ -1989,7 +1989,7 @@ fn downloads_are_bounded_by_what_can_run_not_by_what_the_server_claims() {
             "huger",
             "is 209715200 bytes by its record, over the 64 MiB Hoist accepts; nothing was downloaded",
         ),
-        ("short", "came as 100 bytes, its record says 4096"),
+        ("short", "is not what its digest says"),
     ] {
         let pkg = format!("acme/{name}");
         let (code, out, err) =

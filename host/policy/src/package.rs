@@ -94,6 +94,20 @@ impl PackageName {
     pub fn repository(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
+
+    /// Where the package lives once installed in the plugins directory `plugins`: its
+    /// component `NS/NAME.wasm` and the record beside it, `NS/NAME.json` (the one
+    /// layout: the package manager writes it, the runner's plan reads it).
+    pub fn installed_in(
+        &self,
+        plugins: &std::path::Path,
+    ) -> (std::path::PathBuf, std::path::PathBuf) {
+        let dir = plugins.join(&self.namespace);
+        (
+            dir.join(format!("{}.wasm", self.name)),
+            dir.join(format!("{}.json", self.name)),
+        )
+    }
 }
 
 impl fmt::Display for PackageName {

@@ -482,7 +482,8 @@ impl RegistryClient {
     }
 
     /// The component of `pkg` its record names (`digest`, `size` bytes), checked
-    /// against both; `progress(done, total)` as it comes. At most `size` bytes are read
+    /// against the digest (a shorter or different body is tampered with);
+    /// `progress(done, total)` as it comes. At most `size` bytes are read
     /// (and never more than [`MAX_COMPONENT_BYTES`], the most a step may be): the
     /// component is loaded from memory next, so it is kept there, bounded.
     pub async fn blob(
@@ -509,13 +510,6 @@ impl RegistryClient {
         let bytes = self
             .read_capped(res, size, "a component", &mut progress)
             .await?;
-        if bytes.len() as u64 != size {
-            return Err(self.bad_answer(format!(
-                "the component of {pkg} came as {} bytes, its record says {size}; nothing \
-                 was kept",
-                bytes.len()
-            )));
-        }
         let actual = oci::digest_of(&bytes);
         if actual != digest {
             return Err(ClientError::Tampered {

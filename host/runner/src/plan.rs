@@ -213,9 +213,7 @@ pub fn resolve(name: &str, project_dir: &Path, installed: &Path) -> Result<Targe
         && !project_dir.join(name).is_file()
         && let Ok(pkg) = name.parse::<hoist_policy::package::PackageName>()
     {
-        let path = installed
-            .join(&pkg.namespace)
-            .join(format!("{}.wasm", pkg.name));
+        let path = pkg.installed_in(installed).0;
         return if path.is_file() {
             Ok(Target::Installed(path))
         } else {

@@ -100,11 +100,8 @@ enum Command {
 impl CacheArgs {
     /// The runtime's configuration: the environment's, this cache, a small pool.
     pub(crate) fn runtime_config(&self) -> RuntimeConfig {
-        let mut config = RuntimeConfig::from_env();
         // One command runs its steps one after another: a small pool starts fast.
-        if std::env::var_os("HOIST_MAX_INSTANCES").is_none() {
-            config.max_instances = CLI_INSTANCES;
-        }
+        let mut config = RuntimeConfig::one_at_a_time();
         if self.no_cache {
             config.cache = ComponentCache::disabled();
         } else if let Some(dir) = &self.cache_dir {
@@ -113,10 +110,6 @@ impl CacheArgs {
         config
     }
 }
-
-/// Instance slots of a CLI command's runtime. Steps run one at a time; a pool of 1024
-/// slots took ~3 ms to set up at every start (README, "Benchmarks").
-const CLI_INSTANCES: u32 = 4;
 
 /// A duration in milliseconds, rounded to the microsecond (for JSON output).
 pub(crate) fn millis(d: std::time::Duration) -> f64 {

@@ -2,15 +2,10 @@
 //! with componentize-py: [`python`]); `hoist plugin build` builds either to a component
 //! with one command.
 
-mod ensure;
-mod lock;
-mod packages;
 mod python;
-mod signing;
-mod update;
 
-pub(crate) use ensure::ensure;
-pub(crate) use lock::path_for as lock_for;
+pub(crate) use hoist_packages::{ensure, lock_for};
+use hoist_packages::{install as packages, signing, update};
 
 use std::path::{Path, PathBuf};
 

@@ -9,12 +9,12 @@ use anyhow::{Context, bail};
 use hoist_policy::package::{PackageName, Requirement, parse_version};
 use hoist_registry::{RegistryClient, VersionRecord};
 
-use super::lock::{self, Locked, Lockfile};
-use super::packages::{
+use crate::install::{
     How, client, install_pin, install_version, installed, newest_matching, paths, pin,
 };
-use crate::pipeline::Loaded;
-use crate::project::{Action, StepEntry};
+use crate::lock::{self, Locked, Lockfile};
+use hoist_project::{Action, StepEntry};
+use hoist_runner::pipeline::Loaded;
 
 /// A package the project needs: where first, and every requirement on it.
 struct Need {
@@ -32,7 +32,7 @@ fn needs(loaded: &Loaded, actions: &[Action]) -> anyhow::Result<Vec<Need>> {
 
 /// Every requirement `requires:` states in the project `file`: in every section, at the
 /// top level and in each deployment (what `hoist plugin update` must respect).
-pub(super) fn requirements(file: &Path) -> anyhow::Result<Vec<(PackageName, Vec<Requirement>)>> {
+pub fn requirements(file: &Path) -> anyhow::Result<Vec<(PackageName, Vec<Requirement>)>> {
     let loaded = Loaded::open(file, None)?;
     let project = &loaded.project;
     let all = [Action::Build, Action::Push, Action::Pull];
@@ -66,7 +66,7 @@ fn needs_in(file: &Path, sections: &[&[StepEntry]]) -> anyhow::Result<Vec<Need>>
     };
     for section in sections {
         for step in *section {
-            let at = crate::runner::location(file, step);
+            let at = hoist_runner::runner::location(file, step);
             for text in &step.requires {
                 match lock::package_requirement(text) {
                     None => {}
@@ -87,7 +87,7 @@ fn needs_in(file: &Path, sections: &[&[StepEntry]]) -> anyhow::Result<Vec<Need>>
 
 /// Install what the sections `actions` of `loaded` need; `lock` is the project's
 /// `hoist.lock` (`None` for a worker's generated project: nothing is pinned).
-pub(crate) async fn ensure(
+pub async fn ensure(
     loaded: &Loaded,
     actions: &[Action],
     lock: Option<&Path>,

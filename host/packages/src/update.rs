@@ -9,17 +9,17 @@ use anyhow::{Context, bail};
 use hoist_policy::package::{PackageName, Requirement, parse_version};
 use hoist_registry::{OciRef, RegistryClient, VersionRecord};
 
-use super::lock::{Locked, Lockfile};
-use super::packages::{self, How, Installed};
+use crate::install::{self, How, Installed};
+use crate::lock::{Locked, Lockfile};
 
 /// What `hoist plugin update` was asked.
-pub(crate) struct Ask<'a> {
+pub struct Ask<'a> {
     /// NS/NAME or NS/NAME@REQ; empty: everything pinned, else everything installed.
-    pub(crate) packages: &'a [String],
-    pub(crate) file: Option<&'a Path>,
+    pub packages: &'a [String],
+    pub file: Option<&'a Path>,
     /// Overrides each package's own registry.
-    pub(crate) registry: Option<&'a str>,
-    pub(crate) how: How,
+    pub registry: Option<&'a str>,
+    pub how: How,
 }
 
 /// One package to update: its name, the requirements on it, what it is now.
@@ -31,15 +31,15 @@ struct Target {
 
 /// `hoist plugin update [NS/NAME[@REQ]...]`: each package in turn; one that cannot be
 /// updated (refused review, unreachable registry) is reported and the others go on.
-pub(crate) async fn update(ask: &Ask<'_>) -> anyhow::Result<()> {
-    let lock_at = packages::lock_path(ask.file)?;
+pub async fn update(ask: &Ask<'_>) -> anyhow::Result<()> {
+    let lock_at = install::lock_path(ask.file)?;
     let lock = match &lock_at {
         Some(path) => Lockfile::read(path)?,
         None => None,
     };
     let project_reqs = match (ask.file, &lock_at) {
-        (Some(f), _) => super::ensure::requirements(f)?,
-        (None, Some(_)) => super::ensure::requirements(Path::new("prefect.yaml"))?,
+        (Some(f), _) => crate::ensure::requirements(f)?,
+        (None, Some(_)) => crate::ensure::requirements(Path::new("prefect.yaml"))?,
         (None, None) => Vec::new(),
     };
     let targets = targets(ask.packages, lock.as_ref(), &project_reqs)?;
@@ -103,9 +103,9 @@ fn targets(
         }
     } else {
         let dir = hoist_policy::paths::plugins();
-        for name in crate::plan::installed_names(&dir) {
+        for name in hoist_runner::plan::installed_names(&dir) {
             if let Ok(pkg) = name.parse::<PackageName>()
-                && packages::installed(&pkg).is_some()
+                && install::installed(&pkg).is_some()
             {
                 add(pkg, None);
             }
@@ -119,8 +119,8 @@ fn targets(
 async fn update_one(t: &Target, ask: &Ask<'_>, lock: Option<&Path>) -> anyhow::Result<()> {
     let pkg = &t.pkg;
     let current: Installed = match (&t.pin, lock) {
-        (Some(pin), Some(lock)) => packages::install_pin(pin, None, ask.how, lock).await?,
-        _ => packages::installed(pkg).with_context(|| {
+        (Some(pin), Some(lock)) => install::install_pin(pin, None, ask.how, lock).await?,
+        _ => install::installed(pkg).with_context(|| {
             format!("{pkg} is not installed (install it with `hoist plugin install {pkg}`)")
         })?,
     };
@@ -146,10 +146,10 @@ async fn update_one(t: &Target, ask: &Ask<'_>, lock: Option<&Path>) -> anyhow::R
         );
         return Ok(());
     }
-    let record = packages::install_version(&client, pkg, &chosen, ask.how).await?;
+    let record = install::install_version(&client, pkg, &chosen, ask.how).await?;
     eprintln!("updated {pkg}: {now} -> {next}");
     if let Some(path) = lock {
-        packages::pin(path, &record)?;
+        install::pin(path, &record)?;
     }
     Ok(())
 }
@@ -190,7 +190,7 @@ async fn newest(
         };
         return Ok((client, chosen));
     }
-    let client = packages::client(Some(from), false)?;
-    let chosen = packages::newest_matching(client.versions(pkg).await?, reqs);
+    let client = install::client(Some(from), false)?;
+    let chosen = install::newest_matching(client.versions(pkg).await?, reqs);
     Ok((client, chosen))
 }

@@ -13,7 +13,7 @@ use hoist_policy::signature::{PublicKey, SigningKey, message};
 use hoist_registry::VersionRecord;
 
 /// `--key`, else `$HOIST_HOME/keys/signing.key`.
-pub(crate) fn key_path(key: Option<&Path>) -> PathBuf {
+pub fn key_path(key: Option<&Path>) -> PathBuf {
     key.map(Path::to_path_buf)
         .unwrap_or_else(|| hoist_policy::paths::home().join("keys/signing.key"))
 }
@@ -23,7 +23,7 @@ fn trusted_path() -> PathBuf {
 }
 
 /// `hoist plugin keygen [--out FILE]`.
-pub(crate) fn keygen(out: Option<&Path>) -> anyhow::Result<()> {
+pub fn keygen(out: Option<&Path>) -> anyhow::Result<()> {
     let path = key_path(out);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -70,7 +70,7 @@ fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
 }
 
 /// The key at `path`, for `publish --sign`.
-pub(crate) fn load_key(path: &Path) -> anyhow::Result<SigningKey> {
+pub fn load_key(path: &Path) -> anyhow::Result<SigningKey> {
     let text = std::fs::read_to_string(path).with_context(|| {
         format!(
             "cannot read the signing key {} (make one with `hoist plugin keygen`)",
@@ -81,7 +81,7 @@ pub(crate) fn load_key(path: &Path) -> anyhow::Result<SigningKey> {
 }
 
 /// The signature record for `pkg@version` with component `digest`.
-pub(crate) fn sign(
+pub fn sign(
     key: &SigningKey,
     pkg: &PackageName,
     version: &str,
@@ -94,7 +94,7 @@ pub(crate) fn sign(
 }
 
 /// The keys this user trusts; a line that is not a key is an error naming the line.
-pub(crate) fn trusted() -> anyhow::Result<Vec<PublicKey>> {
+pub fn trusted() -> anyhow::Result<Vec<PublicKey>> {
     let path = trusted_path();
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
@@ -113,7 +113,7 @@ pub(crate) fn trusted() -> anyhow::Result<Vec<PublicKey>> {
 }
 
 /// `hoist plugin trust [KEY]`.
-pub(crate) fn trust(key: Option<&str>) -> anyhow::Result<()> {
+pub fn trust(key: Option<&str>) -> anyhow::Result<()> {
     let mut keys = trusted()?;
     if let Some(k) = key {
         let k: PublicKey = k.parse()?;
@@ -144,7 +144,7 @@ pub(crate) fn trust(key: Option<&str>) -> anyhow::Result<()> {
 
 /// The trusted key that signed `chosen` of `pkg`, if one did; an error when a trusted
 /// key's signature does not verify, or when `require` and no trusted key signed it.
-pub(crate) fn check(
+pub fn check(
     pkg: &PackageName,
     chosen: &VersionRecord,
     trusted: &[PublicKey],

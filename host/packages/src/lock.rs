@@ -16,31 +16,31 @@ use hoist_policy::package::{PackageName, Requirement, parse_version};
 use serde::{Deserialize, Serialize};
 
 /// The file's name, beside the project file.
-pub(crate) const LOCK_FILE: &str = "hoist.lock";
+pub const LOCK_FILE: &str = "hoist.lock";
 
 /// One pinned package.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct Locked {
+pub struct Locked {
     /// `namespace/name`.
-    pub(crate) package: String,
+    pub package: String,
     /// The exact version.
-    pub(crate) version: String,
+    pub version: String,
     /// Where it was installed from.
-    pub(crate) registry: String,
+    pub registry: String,
     /// The component's sha256 digest: what is installed must hash to it.
-    pub(crate) digest: String,
+    pub digest: String,
 }
 
 /// The whole file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct Lockfile {
+pub struct Lockfile {
     /// The format's version (1).
     #[serde(rename = "lock-version")]
-    pub(crate) lock_version: u32,
+    pub lock_version: u32,
     /// By package name.
-    pub(crate) packages: Vec<Locked>,
+    pub packages: Vec<Locked>,
 }
 
 impl Default for Lockfile {
@@ -53,7 +53,7 @@ impl Default for Lockfile {
 }
 
 /// `hoist.lock` beside `project_file`.
-pub(crate) fn path_for(project_file: &Path) -> PathBuf {
+pub fn path_for(project_file: &Path) -> PathBuf {
     project_file
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -106,12 +106,12 @@ impl Locked {
     }
 
     /// The package's name (checked when the lock was read).
-    pub(crate) fn name(&self) -> PackageName {
+    pub fn name(&self) -> PackageName {
         self.package.parse().expect("checked when read")
     }
 
     /// `acme/s3-sync@1.2.0`.
-    pub(crate) fn label(&self) -> String {
+    pub fn label(&self) -> String {
         format!("{}@{}", self.package, self.version)
     }
 }
@@ -119,7 +119,7 @@ impl Locked {
 impl Lockfile {
     /// The lock at `path`: `None` when there is none; an error naming the file and the
     /// entry when it cannot be read.
-    pub(crate) fn read(path: &Path) -> anyhow::Result<Option<Self>> {
+    pub fn read(path: &Path) -> anyhow::Result<Option<Self>> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -152,7 +152,7 @@ impl Lockfile {
     }
 
     /// Write it (to a temporary file, then renamed: a reader never sees half a lock).
-    pub(crate) fn write(&self, path: &Path) -> anyhow::Result<()> {
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
         let mut text = serde_json::to_string_pretty(self)?;
         text.push('\n');
         let tmp = path.with_extension("lock.partial");
@@ -161,13 +161,13 @@ impl Lockfile {
     }
 
     /// The pin for `pkg`.
-    pub(crate) fn get(&self, pkg: &PackageName) -> Option<&Locked> {
+    pub fn get(&self, pkg: &PackageName) -> Option<&Locked> {
         let name = pkg.to_string();
         self.packages.iter().find(|p| p.package == name)
     }
 
     /// Pin `entry` (replacing the package's pin), keeping the packages sorted.
-    pub(crate) fn pin(&mut self, entry: Locked) {
+    pub fn pin(&mut self, entry: Locked) {
         self.packages.retain(|p| p.package != entry.package);
         self.packages.push(entry);
         self.packages.sort_by(|a, b| a.package.cmp(&b.package));
@@ -178,7 +178,7 @@ impl Lockfile {
 /// `None` for Prefect's pip requirements (`prefect-aws>=0.3.4`), which Hoist does not
 /// need (its steps are plugins). An entry with a `/` that is not a valid package
 /// requirement is an error: it was meant as one.
-pub(crate) fn package_requirement(text: &str) -> Option<Result<Requirement, String>> {
+pub fn package_requirement(text: &str) -> Option<Result<Requirement, String>> {
     let name = text.split('@').next().unwrap_or(text);
     if !name.contains('/') || text.contains("://") {
         return None;

@@ -10,26 +10,26 @@ use hoist_policy::package::{PackageName, Requirement, parse_version};
 use hoist_registry::{OciRef, RegistryClient, VersionRecord};
 use serde::{Deserialize, Serialize};
 
-use super::lock::{self, Locked, Lockfile};
-use super::signing;
-use crate::runtime::Runtime;
+use crate::lock::{self, Locked, Lockfile};
+use crate::signing;
+use hoist_runtime::Runtime;
 
 /// What `NAME.json` beside an installed package records.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) struct Installed {
-    pub(crate) package: String,
-    pub(crate) version: String,
-    pub(crate) registry: String,
-    pub(crate) digest: String,
-    pub(crate) capabilities: Vec<String>,
+pub struct Installed {
+    pub package: String,
+    pub version: String,
+    pub registry: String,
+    pub digest: String,
+    pub capabilities: Vec<String>,
     /// The trusted key whose signature was checked when it was installed, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) signed_by: Option<String>,
+    pub signed_by: Option<String>,
 }
 
 impl Installed {
     /// Whether a key trusted now signed it (checked when it was installed).
-    pub(super) fn signed_by_trusted(&self) -> anyhow::Result<bool> {
+    pub fn signed_by_trusted(&self) -> anyhow::Result<bool> {
         let Some(key) = &self.signed_by else {
             return Ok(false);
         };
@@ -38,7 +38,7 @@ impl Installed {
 }
 
 /// The registry to talk to: `--registry`, else `$HOIST_REGISTRY`.
-pub(crate) fn client(registry: Option<&str>, token: bool) -> anyhow::Result<RegistryClient> {
+pub fn client(registry: Option<&str>, token: bool) -> anyhow::Result<RegistryClient> {
     let Some(url) = registry else {
         bail!("no registry: pass --registry URL or set HOIST_REGISTRY");
     };
@@ -55,21 +55,18 @@ pub(crate) fn client(registry: Option<&str>, token: bool) -> anyhow::Result<Regi
     Ok(RegistryClient::new(url, token)?)
 }
 
-pub(super) fn paths(pkg: &PackageName) -> (PathBuf, PathBuf) {
-    let dir = hoist_policy::paths::plugins().join(&pkg.namespace);
-    (
-        dir.join(format!("{}.wasm", pkg.name)),
-        dir.join(format!("{}.json", pkg.name)),
-    )
+/// An installed package's component and record, in `$HOIST_HOME/plugins`.
+pub fn paths(pkg: &PackageName) -> (PathBuf, PathBuf) {
+    pkg.installed_in(&hoist_policy::paths::plugins())
 }
 
-pub(super) fn installed(pkg: &PackageName) -> Option<Installed> {
+pub fn installed(pkg: &PackageName) -> Option<Installed> {
     let text = std::fs::read_to_string(paths(pkg).1).ok()?;
     serde_json::from_str(&text).ok()
 }
 
 fn runtime() -> anyhow::Result<Runtime> {
-    Runtime::new(super::super::CacheArgs::default().runtime_config())
+    Runtime::new(hoist_runtime::RuntimeConfig::one_at_a_time())
         .map_err(|e| anyhow::anyhow!("cannot start the runtime: {e:#}"))
 }
 
@@ -82,7 +79,7 @@ fn declared(caps: &[String]) -> String {
 }
 
 /// `hoist plugin publish FILE --name NS/NAME --version X.Y.Z`.
-pub(crate) async fn publish(
+pub async fn publish(
     file: &Path,
     name: &str,
     version: &str,
@@ -107,7 +104,7 @@ pub(crate) async fn publish(
 
 /// `hoist plugin publish FILE --oci oci://HOST/NS/NAME:VERSION`: the same artifact a
 /// Hoist registry stores, pushed to any OCI registry.
-pub(crate) async fn publish_oci(file: &Path, reference: &str) -> anyhow::Result<()> {
+pub async fn publish_oci(file: &Path, reference: &str) -> anyhow::Result<()> {
     let oci: OciRef = reference.parse().map_err(anyhow::Error::msg)?;
     let token = std::env::var("HOIST_REGISTRY_TOKEN")
         .ok()
@@ -147,7 +144,7 @@ async fn push(
 }
 
 /// The newest of `versions` that is not yanked and satisfies every one of `reqs`.
-pub(super) fn newest_matching(
+pub fn newest_matching(
     versions: Vec<VersionRecord>,
     reqs: &[Requirement],
 ) -> Option<VersionRecord> {
@@ -167,7 +164,7 @@ fn added(old: &[String], new: &[String]) -> Vec<String> {
 
 /// The project's lock: `--file`'s (which must exist), else ./prefect.yaml's when
 /// there is one.
-pub(super) fn lock_path(file: Option<&Path>) -> anyhow::Result<Option<PathBuf>> {
+pub fn lock_path(file: Option<&Path>) -> anyhow::Result<Option<PathBuf>> {
     match file {
         Some(f) if !f.is_file() => bail!("project file {} does not exist", f.display()),
         Some(f) => Ok(Some(lock::path_for(f))),
@@ -180,16 +177,16 @@ pub(super) fn lock_path(file: Option<&Path>) -> anyhow::Result<Option<PathBuf>> 
 
 /// What an install may accept.
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct How {
+pub struct How {
     /// An update that declares more capabilities than the installed version.
-    pub(crate) yes: bool,
+    pub yes: bool,
     /// Only a package a trusted key signed.
-    pub(crate) require_signed: bool,
+    pub require_signed: bool,
 }
 
 impl How {
     /// Before a run: nothing confirmed; signatures required as `HOIST_REQUIRE_SIGNED` says.
-    pub(super) fn from_env() -> Self {
+    pub fn from_env() -> Self {
         let set = std::env::var("HOIST_REQUIRE_SIGNED")
             .is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false" | "no" | "off"));
         Self {
@@ -200,7 +197,7 @@ impl How {
 }
 
 /// `hoist plugin install [NS/NAME[@REQ]] [--file PROJECT]`.
-pub(crate) async fn install(
+pub async fn install(
     req: Option<&str>,
     file: Option<&Path>,
     registry: Option<&str>,
@@ -249,7 +246,7 @@ pub(crate) async fn install(
 }
 
 /// Record `record` in the lock at `path` (creating it).
-pub(super) fn pin(path: &Path, record: &Installed) -> anyhow::Result<()> {
+pub fn pin(path: &Path, record: &Installed) -> anyhow::Result<()> {
     let mut lock = Lockfile::read(path)?.unwrap_or_default();
     let entry = Locked {
         package: record.package.clone(),
@@ -277,7 +274,7 @@ pub(super) fn pin(path: &Path, record: &Installed) -> anyhow::Result<()> {
 /// build does not hash every pinned package, an 18 MB Python step among them, each time.
 fn installed_digest(pkg: &PackageName) -> Option<String> {
     let path = paths(pkg).0;
-    let cache = super::super::CacheArgs::default().runtime_config().cache;
+    let cache = hoist_runtime::RuntimeConfig::one_at_a_time().cache;
     if let Some(hex) = cache.remembered_digest(&path) {
         return Some(format!("sha256:{hex}"));
     }
@@ -289,7 +286,7 @@ fn installed_digest(pkg: &PackageName) -> Option<String> {
 
 /// Install exactly what `pin` says (nothing fetched when it is installed already): the
 /// registry (`registry`, else the pin's) must still serve that version with that digest.
-pub(super) async fn install_pin(
+pub async fn install_pin(
     pin: &Locked,
     registry: Option<&str>,
     how: How,
@@ -363,7 +360,7 @@ pub(super) async fn install_pin(
 
 /// Download `chosen`, verify it against its digest, precompile it, review what it
 /// declares against what is installed, then install it.
-pub(super) async fn install_version(
+pub async fn install_version(
     client: &RegistryClient,
     pkg: &PackageName,
     chosen: &VersionRecord,
@@ -496,7 +493,7 @@ fn put(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 /// `hoist plugin search [QUERY]`.
-pub(crate) async fn search(query: &str, registry: Option<&str>) -> anyhow::Result<()> {
+pub async fn search(query: &str, registry: Option<&str>) -> anyhow::Result<()> {
     let found = client(registry, false)?.search(query).await?;
     if found.is_empty() {
         eprintln!("no package matches `{query}`");
@@ -514,7 +511,7 @@ pub(crate) async fn search(query: &str, registry: Option<&str>) -> anyhow::Resul
 }
 
 /// `hoist plugin info NS/NAME`.
-pub(crate) async fn info(name: &str, registry: Option<&str>) -> anyhow::Result<()> {
+pub async fn info(name: &str, registry: Option<&str>) -> anyhow::Result<()> {
     let pkg: PackageName = name.parse()?;
     let versions = client(registry, false)?.versions(&pkg).await?;
     for v in versions {
@@ -537,7 +534,7 @@ pub(crate) async fn info(name: &str, registry: Option<&str>) -> anyhow::Result<(
 }
 
 /// `hoist plugin yank NS/NAME@X.Y.Z [--undo]`.
-pub(crate) async fn yank(spec: &str, undo: bool, registry: Option<&str>) -> anyhow::Result<()> {
+pub async fn yank(spec: &str, undo: bool, registry: Option<&str>) -> anyhow::Result<()> {
     let Some((name, version)) = spec.split_once('@') else {
         bail!("yank needs NS/NAME@VERSION, e.g. acme/s3-sync@1.2.0");
     };
@@ -558,10 +555,10 @@ pub(crate) async fn yank(spec: &str, undo: bool, registry: Option<&str>) -> anyh
 }
 
 /// `hoist plugin ls`: installed packages.
-pub(crate) fn ls() -> anyhow::Result<()> {
+pub fn ls() -> anyhow::Result<()> {
     let dir = hoist_policy::paths::plugins();
     let mut any = false;
-    for name in crate::plan::installed_names(&dir) {
+    for name in hoist_runner::plan::installed_names(&dir) {
         let record = name.parse::<PackageName>().ok().and_then(|p| installed(&p));
         any = true;
         match record {
@@ -583,7 +580,7 @@ pub(crate) fn ls() -> anyhow::Result<()> {
 }
 
 /// `hoist plugin rm NS/NAME`.
-pub(crate) fn rm(name: &str) -> anyhow::Result<()> {
+pub fn rm(name: &str) -> anyhow::Result<()> {
     let pkg: PackageName = name.parse()?;
     let (wasm, json) = paths(&pkg);
     if !wasm.is_file() {
