@@ -7,6 +7,8 @@
 //! yank, ls, rm. Each prints its progress and the capability review on stderr, as the
 //! `hoist plugin` commands show them.
 
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
+
 pub mod ensure;
 pub mod install;
 pub mod lock;

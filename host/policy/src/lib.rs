@@ -24,6 +24,7 @@ pub mod signature;
 pub mod text;
 pub mod time;
 pub mod tls;
+pub mod units;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

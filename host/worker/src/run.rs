@@ -8,30 +8,32 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use super::{Identity, InFlight, WorkerArgs, flow, lock, persist};
-use crate::bindings::Level;
-use crate::capability::log::{LogRecord, LogSink};
-use crate::cli::step::{TerminalSink, parse_duration, parse_size};
-use crate::pipeline::{self, Loaded, PipelineError, PipelineRequest};
-use crate::prefect::PrefectClient;
-use crate::prefect::worker::Claim;
-use crate::project::Action;
-use crate::runner::{Reporter, RunError, StepReport};
-use crate::runtime::{Capability, Grants, Runtime};
-use crate::templater::Templater;
+use super::{Identity, InFlight, WorkerConfig, flow, lock, persist};
+use hoist_policy::units::{parse_duration, parse_size};
+use hoist_prefect::PrefectClient;
+use hoist_prefect::worker::Claim;
+use hoist_project::Action;
+use hoist_runner::pipeline::{self, Loaded, PipelineError, PipelineRequest};
+use hoist_runner::runner::{Reporter, RunError, StepReport};
+use hoist_runner::templater::Templater;
+use hoist_runtime::bindings::Level;
+use hoist_runtime::capability::log::{LogRecord, LogSink};
+use hoist_runtime::{Capability, Grants, Runtime};
 
 /// What a run needs from its worker.
 pub(super) struct Context {
     pub client: PrefectClient,
     pub runtime: Arc<Runtime>,
-    pub args: Arc<WorkerArgs>,
+    pub args: Arc<WorkerConfig>,
     pub me: Arc<Identity>,
     pub inflight: InFlight,
+    /// Where the pull steps' log also goes (the worker's terminal).
+    pub terminal: Arc<dyn LogSink>,
 }
 
 /// Prints step logs as `hoist pull` does and keeps them to ship to the run's logs.
 struct ShippingSink {
-    terminal: TerminalSink,
+    terminal: Arc<dyn LogSink>,
     lines: Mutex<Vec<(u8, String, String)>>,
 }
 
@@ -64,17 +66,17 @@ struct ShippingReporter(Arc<ShippingSink>);
 impl Reporter for ShippingReporter {
     fn started(
         &self,
-        step: &crate::project::StepEntry,
+        step: &hoist_project::StepEntry,
         _: usize,
         _: usize,
-        _: &crate::plan::Target,
+        _: &hoist_runner::plan::Target,
     ) {
         self.0.push(
             20,
             format!("Executing deployment step: {}", step.short_name()),
         );
     }
-    fn finished(&self, step: &crate::project::StepEntry, _: usize, report: &StepReport) {
+    fn finished(&self, step: &hoist_project::StepEntry, _: usize, report: &StepReport) {
         match &report.result {
             Ok(_) => self.0.push(20, format!("{} finished", step.short_name())),
             Err(e) => self
@@ -239,8 +241,8 @@ impl Drop for AbortOnDrop {
 /// command line spells them) over the worker's own.
 fn job_limits(
     job: &Map<String, Value>,
-    mut limits: crate::runtime::Limits,
-) -> Result<crate::runtime::Limits, String> {
+    mut limits: hoist_runtime::Limits,
+) -> Result<hoist_runtime::Limits, String> {
     let text = |k: &str| job.get(k).and_then(Value::as_str).filter(|t| !t.is_empty());
     if let Some(t) = text("timeout") {
         limits.timeout = parse_duration(t).map_err(|e| format!("job variable `timeout`: {e}"))?;
@@ -340,13 +342,13 @@ async fn pull(
         .map_err(|e| could_not(&e))?;
     std::fs::write(&file, text).map_err(|e| could_not(&e))?;
     let sink = Arc::new(ShippingSink {
-        terminal: TerminalSink::default(),
+        terminal: cx.terminal.clone(),
         lines: Mutex::new(Vec::new()),
     });
     let result = match Loaded::open(&file, None) {
         Err(e) => Err(format!("the deployment's pull steps cannot run: {e}")),
         // A step's `requires: NS/NAME@REQ` is installed first (from HOIST_REGISTRY).
-        Ok(loaded) => match super::super::plugin::ensure(&loaded, &[Action::Pull], None).await {
+        Ok(loaded) => match hoist_packages::ensure(&loaded, &[Action::Pull], None).await {
             Err(e) => Err(format!("Flow run could not start: {e:#}")),
             Ok(()) => {
                 let request = PipelineRequest {
@@ -355,15 +357,15 @@ async fn pull(
                     // The worker's own client: blocks and variables come from its server.
                     templater: Templater::new(
                         template_env(&cx.args, std::env::vars(), job),
-                        crate::templater::ProcessValues::Prefect(cx.client.clone()),
+                        hoist_runner::templater::ProcessValues::Prefect(cx.client.clone()),
                     ),
                     grants: Grants::new(grants(&cx.args, job)),
-                    limits: job_limits(job, cx.args.sandbox.limits())?,
+                    limits: job_limits(job, cx.args.limits)?,
                     log: sink.clone(),
                     reporter: Arc::new(ShippingReporter(sink.clone())),
-                    events: Some(crate::runner::Events {
+                    events: Some(hoist_runner::runner::Events {
                         resource: format!("prefect.flow-run.{run_id}"),
-                        target: crate::runner::EventTarget::Prefect {
+                        target: hoist_runner::runner::EventTarget::Prefect {
                             client: cx.client.clone(),
                             deployment: deployment["id"].as_str().map(str::to_string),
                         },
@@ -391,14 +393,18 @@ fn plugin_file_step(deployment: &Value) -> Option<String> {
         .iter()
         .filter_map(Value::as_object)
         .flat_map(|step| step.keys())
-        .find(|name| crate::project::is_plugin_path(name))
+        .find(|name| hoist_project::is_plugin_path(name))
         .cloned()
 }
 
 /// Why the run may not start, when its own job variable `allow` grants more than its
 /// deployment's and the worker does not take grants from runs (`--allow-from-runs`):
 /// whoever may create a run could otherwise grant its pull steps anything.
-fn grants_beyond_deployment(args: &WorkerArgs, deployment: &Value, run: &Value) -> Option<String> {
+fn grants_beyond_deployment(
+    args: &WorkerConfig,
+    deployment: &Value,
+    run: &Value,
+) -> Option<String> {
     if args.allow_from_runs {
         return None;
     }
@@ -431,7 +437,7 @@ fn grants_beyond_deployment(args: &WorkerArgs, deployment: &Value, run: &Value) 
 /// listed (`--template-env`), under the job variable `env` (Prefect templates pull steps
 /// in the flow's process, whose environment is the worker's plus the job's `env`).
 fn template_env(
-    args: &WorkerArgs,
+    args: &WorkerConfig,
     worker: impl Iterator<Item = (String, String)>,
     job: &Map<String, Value>,
 ) -> std::collections::BTreeMap<String, String> {
@@ -456,8 +462,8 @@ fn template_env(
 }
 
 /// The worker's grants (`--allow`) and the job variable `allow`.
-fn grants(args: &WorkerArgs, job: &Map<String, Value>) -> Vec<Capability> {
-    let mut grants: Vec<Capability> = args.sandbox.allow.clone();
+fn grants(args: &WorkerConfig, job: &Map<String, Value>) -> Vec<Capability> {
+    let mut grants: Vec<Capability> = args.allow.clone();
     let job_grants = job.get("allow").and_then(Value::as_array);
     for g in job_grants.into_iter().flatten() {
         if let Some(c) = g.as_str().and_then(|s| s.parse().ok()) {

@@ -1,4 +1,4 @@
-//! `hoist worker start`: a Prefect worker that claims flow runs from a work pool, runs
+//! The worker (`hoist worker start` is its command line): a Prefect worker that claims flow runs from a work pool, runs
 //! the deployment's pull steps in Hoist's sandbox (blocks and variables from the
 //! server, logs shipped to the run), then starts the flow with `python -m
 //! prefect.engine` and `PREFECT__FLOW_ENTRYPOINT`, so the engine does not run the pull
@@ -8,6 +8,8 @@
 //! dead workers ([`recover`]); [`run`] is one claimed run; [`flow`] its process.
 //! The server going away (a restart) never stops the worker: it says so once and
 //! carries on when the server is back; a run's final state waits for the server.
+
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
 mod flow;
 mod recover;
@@ -19,94 +21,68 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use clap::{Args, Subcommand, ValueEnum};
+use hoist_prefect::{PrefectClient, PrefectError};
+use hoist_runtime::capability::log::LogSink;
+use hoist_runtime::{Capability, Limits, Runtime};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use super::project::SandboxArgs;
-use crate::prefect::{PrefectClient, PrefectError};
-pub(crate) use recover::Identity;
+pub use recover::Identity;
 
 /// How often the worker tells the server it is alive (the server marks it OFFLINE after
 /// three missed; other workers then end the runs it held).
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Subcommand)]
-pub(crate) enum WorkerCommand {
-    /// Poll a work pool, claim its scheduled runs, run each deployment's pull steps in
-    /// the sandbox and start the flow.
-    Start(Box<WorkerArgs>),
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub(crate) enum PoolType {
+/// The type a missing pool is created with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolType {
     /// A pool the Prefect UI knows as a process pool.
     Process,
     /// A pool of type `hoist`.
     Hoist,
 }
 
-#[derive(Clone, Debug, Args)]
-pub(crate) struct WorkerArgs {
+/// How a worker works its pool (the `hoist worker start` flags, whose help says more).
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
     /// The work pool (created when missing).
-    #[arg(short = 'p', long = "pool", value_name = "POOL")]
-    pool: String,
-    /// Only runs of these work queues (repeatable; default: all of the pool's).
-    #[arg(short = 'q', long = "work-queue", value_name = "QUEUE")]
-    queues: Vec<String>,
+    pub pool: String,
+    /// Only runs of these work queues (empty: all of the pool's).
+    pub queues: Vec<String>,
     /// The type a missing pool is created with.
-    #[arg(long = "type", value_enum, default_value = "process")]
-    pool_type: PoolType,
-    /// Flow runs in flight at most (claimed runs run concurrently).
-    #[arg(long, default_value_t = 8)]
-    limit: usize,
+    pub pool_type: PoolType,
+    /// Flow runs in flight at most.
+    pub limit: usize,
     /// The worker's name (default: hoist-<host>-<pid>).
-    #[arg(long)]
-    name: Option<String>,
-    /// Poll once, run what was claimed, and exit.
-    #[arg(long)]
-    run_once: bool,
-    /// On SIGTERM or SIGINT: stop polling, let running flows finish this long, then
-    /// cancel the rest.
-    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
-    grace_period: f64,
-    /// Seconds between polls while the server's events stream is down (a run created
-    /// on the server starts within about this).
-    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
-    poll_interval: f64,
-    /// Seconds between polls while the events stream is open: its events wake the
-    /// worker at once, this poll only catches what no event announced (runs that
-    /// became due later).
-    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
-    idle_poll: f64,
-    /// Do not open the server's events stream (`/api/events/out`, a websocket): poll
-    /// every `--poll-interval` instead (for a proxy that cannot carry websockets).
-    #[arg(long)]
-    no_events: bool,
-    /// The Python that runs flows (a venv with prefect and the flows' dependencies);
-    /// default: the job variable `python`, else $HOIST_PYTHON, else python3.
-    #[arg(long, value_name = "PATH")]
-    python: Option<String>,
-    /// A variable of the worker's own environment that deployments' pull steps may
-    /// template as `{{ $NAME }}` (repeatable; `NAME*` for every name with that prefix).
-    /// Default: none. Pull steps always see the job variable `env`, as the flow's
-    /// process does; what they template can reach logs on the server, so list only
-    /// what every deployment on this pool may read.
-    #[arg(long = "template-env", value_name = "NAME")]
-    template_env: Vec<String>,
-    /// Honour a flow run's own job variable `allow` (whoever may create runs then
-    /// grants capabilities to the pull steps). Default: `allow` counts only from the
-    /// deployment; a run asking for more is CRASHED, saying so.
-    #[arg(long)]
-    allow_from_runs: bool,
-    #[command(flatten)]
-    sandbox: SandboxArgs,
+    pub name: Option<String>,
+    /// Poll once, run what was claimed, and return.
+    pub run_once: bool,
+    /// Seconds running flows get to finish once the worker is told to stop.
+    pub grace_period: f64,
+    /// Seconds between polls while the events stream is down.
+    pub poll_interval: f64,
+    /// Seconds between polls while the events stream is open.
+    pub idle_poll: f64,
+    /// Poll only; never open the events stream.
+    pub no_events: bool,
+    /// The Python that runs flows (default: the job variable `python`, else
+    /// `$HOIST_PYTHON`, else python3).
+    pub python: Option<String>,
+    /// Worker environment variables deployments' pull steps may template (`NAME*`: a
+    /// prefix).
+    pub template_env: Vec<String>,
+    /// Honour a run's own job variable `allow`.
+    pub allow_from_runs: bool,
+    /// Capabilities granted to every pull step's installed plugins.
+    pub allow: Vec<Capability>,
+    /// A pull step's limits (the job variables `timeout` and `memory_limit` override).
+    pub limits: Limits,
 }
 
 /// A run this worker is working on: its flow process, once started, whether a
 /// cancellation was asked for, and how to tell its task.
 #[derive(Debug, Default)]
-pub(super) struct Flight {
+pub(crate) struct Flight {
     pid: Option<u32>,
     cancelled: bool,
     cancel: Arc<Notify>,
@@ -152,14 +128,16 @@ fn transient(e: &PrefectError) -> bool {
         || matches!(e, PrefectError::Api { status, .. } if *status >= 500)
 }
 
-pub(crate) async fn worker(cmd: &WorkerCommand) -> anyhow::Result<()> {
-    let WorkerCommand::Start(args) = cmd;
-    let client = match PrefectClient::from_env(&crate::runtime::HostEnv::from_process()) {
-        None => anyhow::bail!(
-            "hoist worker works a Prefect server's pool: set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api)"
-        ),
-        Some(c) => c?,
-    };
+/// Work the pool `config` names on the server `client` talks to, running pull steps in
+/// `runtime` (their log also goes to `terminal`), until told to stop (SIGTERM, SIGINT)
+/// or, with `run_once`, after one poll's runs.
+pub async fn run(
+    config: WorkerConfig,
+    client: PrefectClient,
+    runtime: Arc<Runtime>,
+    terminal: Arc<dyn LogSink>,
+) -> anyhow::Result<()> {
+    let args = &config;
     let me = Arc::new(Identity::current(
         args.name.clone().unwrap_or_else(Identity::default_name),
     ));
@@ -169,18 +147,19 @@ pub(crate) async fn worker(cmd: &WorkerCommand) -> anyhow::Result<()> {
     };
     let pool = client.ensure_pool(&args.pool, pool_type).await?;
     let cx = Arc::new(run::Context {
-        runtime: args.sandbox.runtime()?,
+        runtime,
         client,
-        args: Arc::new((**args).clone()),
+        args: Arc::new(config.clone()),
         me,
         inflight: Arc::new(Mutex::new(HashMap::new())),
+        terminal,
     });
     eprintln!(
         "worker `{}` polling pool `{}` on {}",
-        cx.me.name, args.pool, cx.client.url
+        cx.me.name, cx.args.pool, cx.client.url
     );
     let events = Arc::new(Events::default());
-    if !args.run_once && !args.no_events {
+    if !cx.args.run_once && !cx.args.no_events {
         let pool_id = pool["id"].as_str().unwrap_or_default().to_string();
         tokio::spawn(listen(cx.client.clone(), pool_id, events.clone()));
     }
@@ -460,7 +439,7 @@ impl Loop {
 
 /// An id the server sent, if it is one (a UUID's hex digits and dashes): ids go into
 /// request paths and messages, so anything else (`../`, escape sequences) is refused.
-pub(super) fn server_id(v: &serde_json::Value) -> Option<&str> {
+pub(crate) fn server_id(v: &serde_json::Value) -> Option<&str> {
     let id = v.as_str()?;
     (!id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-'))
         .then_some(id)

@@ -21,8 +21,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
-use super::{InFlight, WorkerArgs};
-use crate::prefect::PrefectClient;
+use super::{InFlight, WorkerConfig};
+use hoist_prefect::PrefectClient;
 
 /// How long a flow told to cancel may take to stop after SIGTERM before its group gets
 /// SIGKILL (Prefect's own figure).
@@ -31,7 +31,7 @@ pub(super) const KILL_AFTER: Duration = Duration::from_secs(30);
 /// The command that starts the flow: the job's `command`, else `<python> -m
 /// prefect.engine`, with the environment Prefect's process worker gives it.
 pub(super) fn command(
-    args: &WorkerArgs,
+    args: &WorkerConfig,
     api_url: &str,
     run_id: &str,
     deployment: &Value,
@@ -142,7 +142,7 @@ pub(super) async fn supervise(
         .local_addr()
         .map_err(|e| format!("Flow run could not start: {e}"))?
         .port();
-    let token = crate::prefect::worker::uuid4().replace('-', "");
+    let token = hoist_prefect::worker::uuid4().replace('-', "");
     cmd.env("PREFECT__CONTROL_PORT", port.to_string())
         .env("PREFECT__CONTROL_TOKEN", &token);
     let program = cmd.as_std().get_program().to_string_lossy().into_owned();

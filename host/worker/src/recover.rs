@@ -13,14 +13,14 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::{InFlight, lock};
-use crate::prefect::{PrefectClient, PrefectError};
+use hoist_prefect::{PrefectClient, PrefectError};
 
 /// How often a worker looks for runs whose worker is gone.
 pub(super) const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// Who holds a run: this worker's name, machine and process.
 #[derive(Debug)]
-pub(crate) struct Identity {
+pub struct Identity {
     pub name: String,
     host: String,
     pid: u32,
