@@ -295,6 +295,51 @@ async fn blocks_and_variables_come_from_the_prefect_server() {
     assert!(err.contains("no-such-block"), "{err}");
 }
 
+/// `hoist pull` under a flow-run id (as inside a flow's process) records its pull-step
+/// events where its values come from: on the Prefect server `PREFECT_API_URL` names
+/// (the run's, which shows them in its UI), not in the local store.
+#[tokio::test(flavor = "multi_thread")]
+async fn pull_step_events_go_to_the_server_the_values_come_from() {
+    let Some(s) = server() else { return };
+    let client = PrefectClient::new(&s.url, None, 5).unwrap();
+    let (_t, dir) = support::tempdir();
+    support::write_project(
+        &dir,
+        "pull:\n- prefect.deployments.steps.run_shell_script:\n    script: echo evented\n",
+    );
+    let run_id = hoist::prefect::worker::uuid4();
+    let (code, _, err) = run(hoist_at(&dir, s)
+        .env("PREFECT__FLOW_RUN_ID", &run_id)
+        .arg("pull"));
+    assert_eq!(code, 0, "{err}");
+    let mut names = Vec::new();
+    for _ in 0..100 {
+        let (_, page) = client
+            .request(
+                Method::POST,
+                "/events/filter",
+                Some(&json!({"filter": {"resource": {"id": [format!("prefect.flow-run.{run_id}")]}}, "limit": 10})),
+            )
+            .await
+            .unwrap();
+        names = page["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["event"].as_str().map(str::to_string))
+            .collect();
+        if !names.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(names, ["prefect.flow-run.pull-step.executed"]);
+    assert!(
+        !support::home_of(&dir).join("hoist.db").exists(),
+        "the local store was opened"
+    );
+}
+
 /// A server that is down: one line naming the URL and what to check, non-zero exit.
 #[test]
 fn a_prefect_server_that_is_down_is_one_clear_line() {

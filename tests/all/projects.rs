@@ -9,8 +9,9 @@ use hoist::capability::log::NullSink;
 use hoist::plan::Target;
 use hoist::project::{self, Action, StepEntry};
 use hoist::runner::{self, Reporter, Runner, StepReport};
+use hoist::store::LocalStore;
 use hoist::store::Store;
-use hoist::templater::{LocalStore, Templater};
+use hoist::templater::Templater;
 use serde_json::{Map, Value, json};
 
 use crate::fixtures::walk;

@@ -56,3 +56,4 @@ pub use hoist_runner::runner;
 pub use hoist_runner::templater;
 
 pub mod cli;
+pub mod values;

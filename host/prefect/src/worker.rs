@@ -395,6 +395,31 @@ impl PrefectClient {
     }
 }
 
+/// Pull-step events sent to a Prefect server (`POST /events`), which shows them in the
+/// run's UI, related to the run's deployment when known.
+pub struct PrefectEvents {
+    /// The server.
+    pub client: PrefectClient,
+    /// The deployment's id (`prefect.deployment.<id>`), when known.
+    pub deployment: Option<String>,
+}
+
+impl hoist_project::events::EventSink for PrefectEvents {
+    fn record<'a>(
+        &'a self,
+        name: &'a str,
+        resource: &'a str,
+        payload: &'a Value,
+    ) -> hoist_project::events::Recorded<'a> {
+        Box::pin(async move {
+            self.client
+                .emit_event(name, resource, self.deployment.as_deref(), payload)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -10,6 +10,7 @@
 // No function in library code over 80 lines (clippy.toml): a CI check.
 #![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
+pub mod events;
 pub mod load;
 pub mod recipes;
 pub mod spec;

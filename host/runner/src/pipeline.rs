@@ -14,7 +14,7 @@
 //! use hoist_runner::pipeline::{self, Loaded};
 //! use hoist_runner::templater::Templater;
 //! let loaded = Loaded::open("prefect.yaml".as_ref(), None)?;
-//! let plan = pipeline::plan(&loaded, None, &Templater::from_process()).await;
+//! let plan = pipeline::plan(&loaded, None, &Templater::new(env, values)).await;
 //! println!("{} step(s) cannot run", plan.problems().len());
 //! # Ok(()) }
 //! ```
@@ -27,7 +27,7 @@ use serde_json::{Map, Value};
 
 use crate::plan::{self as resolve, Target};
 use crate::runner::{self, Events, Reporter, RunError, Runner, location, redact_value};
-use crate::templater::{ProcessValues, Templater};
+use crate::templater::Templater;
 use hoist_policy::secrets::Redactor;
 use hoist_project::template::{self, Options, Resolved, Values};
 use hoist_project::{self as project, Action, Deployment, Project, StepEntry};
@@ -129,7 +129,7 @@ impl Loaded {
 }
 
 /// What to run and how.
-pub struct PipelineRequest<V = ProcessValues> {
+pub struct PipelineRequest<V> {
     /// `build` (build), `push` (build then push), `pull` (pull).
     pub command: Action,
     /// The step runtime.

@@ -17,16 +17,16 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::plan::{self, Target};
-use crate::templater::{ProcessValues, Templater};
+use crate::templater::Templater;
 pub use hoist_policy::secrets::{
     keyed_secrets, redact_value, secret_env_name, secret_input_key, secret_strings,
 };
+use hoist_project::events::EventSink;
 use hoist_project::template::{Miss, Values};
 use hoist_project::{Action, Deployment, StepEntry};
 use hoist_runtime::bindings::Level;
 use hoist_runtime::capability::log::{LogSink, Source, StepLog, sanitize};
 use hoist_runtime::{Capability, Grants, Limits, Plugin, Runtime, StepRequest, StepRunError};
-use hoist_store::{Store, StoreError};
 
 /// Progress of a section, for people (text) or machines (JSON lines).
 pub trait Reporter: Send + Sync {
@@ -66,22 +66,8 @@ pub struct StepFailure {
 pub struct Events {
     /// `prefect.flow-run.<id>`.
     pub resource: String,
-    /// Where they are recorded.
-    pub target: EventTarget,
-}
-
-/// Hoist's own store (`hoist pull` with `PREFECT__FLOW_RUN_ID`), or the Prefect server
-/// the run belongs to (the worker), which shows them in the UI.
-pub enum EventTarget {
-    /// Recorded in the local store.
-    Store(Store),
-    /// Sent to `POST /events`, related to this deployment (`prefect.deployment.<id>`).
-    Prefect {
-        /// The server.
-        client: hoist_prefect::PrefectClient,
-        /// The deployment's id, when known.
-        deployment: Option<String>,
-    },
+    /// Where they are recorded (the caller's choice: the local store, the run's server).
+    pub target: Arc<dyn EventSink>,
 }
 
 /// Why a section did not complete.
@@ -100,9 +86,6 @@ pub enum RunError {
         /// The cause (redacted).
         cause: StepFailure,
     },
-    /// The variables/blocks store could not be opened.
-    #[error("{0}")]
-    Store(#[from] StoreError),
 }
 
 /// A step that cannot run, with where it is.
@@ -129,7 +112,7 @@ pub struct SectionOutcome {
 
 /// Runs sections of one project; its templating half ([`Templater`]: `env`, secrets,
 /// blocks and variables from `V`) is reached through `Deref`.
-pub struct Runner<V = ProcessValues> {
+pub struct Runner<V> {
     /// The step runtime.
     pub runtime: Arc<Runtime>,
     /// The project file (for messages) and its directory (plugin paths, preopen).
@@ -458,18 +441,7 @@ impl<V: Values> Runner<V> {
         } else {
             "prefect.flow-run.pull-step.failed"
         };
-        let recorded = match &events.target {
-            EventTarget::Store(store) => store
-                .record_event(name, &events.resource, &payload)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            EventTarget::Prefect { client, deployment } => client
-                .emit_event(name, &events.resource, deployment.as_deref(), &payload)
-                .await
-                .map_err(|e| e.to_string()),
-        };
-        if let Err(e) = recorded {
+        if let Err(e) = events.target.record(name, &events.resource, &payload).await {
             eprintln!("warning: could not record event {name}: {e}");
         }
     }

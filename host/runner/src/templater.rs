@@ -15,118 +15,15 @@ use serde_json::{Map, Value};
 use hoist_policy::secrets::Redactor;
 use hoist_policy::secrets::{keyed_secrets, secret_env_name};
 use hoist_project::StepEntry;
-use hoist_project::template::{self, Blocks, Env, FoundBlocks, TemplateError, Values};
-use hoist_store::{Store, StoreError};
-
-/// The default store (`HOIST_DATABASE_URL`, else `$HOIST_HOME/hoist.db`), opened the
-/// first time a template names a block or a variable: projects without any never
-/// touch a database.
-#[derive(Debug, Default)]
-pub struct LocalStore {
-    store: tokio::sync::OnceCell<Store>,
-}
-
-impl LocalStore {
-    /// This store, already open.
-    pub fn with(store: Store) -> Self {
-        let cell = tokio::sync::OnceCell::new();
-        let _ = cell.set(store);
-        Self { store: cell }
-    }
-
-    async fn get(&self) -> Result<&Store, StoreError> {
-        self.store.get_or_try_init(Store::open_default).await
-    }
-}
-
-impl Values for LocalStore {
-    type Error = StoreError;
-
-    async fn blocks(
-        &self,
-        names: &std::collections::BTreeSet<(String, String)>,
-        ids: &std::collections::BTreeSet<String>,
-    ) -> Result<FoundBlocks, StoreError> {
-        self.get().await?.blocks(names, ids).await
-    }
-
-    async fn variables(
-        &self,
-        names: &std::collections::BTreeSet<String>,
-    ) -> Result<BTreeMap<String, Value>, StoreError> {
-        Values::variables(self.get().await?, names).await
-    }
-}
-
-/// Where the `hoist` program's templates find blocks and variables: the Prefect server
-/// `PREFECT_API_URL` names (a user's blocks live there), else Hoist's local store.
-#[derive(Debug)]
-pub enum ProcessValues {
-    /// The local store (no `PREFECT_API_URL`).
-    Local(LocalStore),
-    /// A Prefect server's API.
-    Prefect(hoist_prefect::PrefectClient),
-    /// `PREFECT_API_URL` is set but unusable: said when a template needs a value.
-    Invalid(String),
-}
-
-impl ProcessValues {
-    /// Chosen from `env` (the process's environment, for the program).
-    pub fn from_env(env: &hoist_policy::HostEnv) -> Self {
-        match hoist_prefect::PrefectClient::from_env(env) {
-            None => ProcessValues::Local(LocalStore::default()),
-            Some(Ok(client)) => ProcessValues::Prefect(client),
-            Some(Err(e)) => ProcessValues::Invalid(e.to_string()),
-        }
-    }
-}
-
-impl Values for ProcessValues {
-    type Error = String;
-
-    async fn blocks(
-        &self,
-        names: &std::collections::BTreeSet<(String, String)>,
-        ids: &std::collections::BTreeSet<String>,
-    ) -> Result<FoundBlocks, String> {
-        match self {
-            ProcessValues::Local(l) => l.blocks(names, ids).await.map_err(|e| e.to_string()),
-            ProcessValues::Prefect(p) => p.blocks(names, ids).await.map_err(|e| e.to_string()),
-            ProcessValues::Invalid(e) => Err(e.clone()),
-        }
-    }
-
-    async fn variables(
-        &self,
-        names: &std::collections::BTreeSet<String>,
-    ) -> Result<BTreeMap<String, Value>, String> {
-        match self {
-            ProcessValues::Local(l) => l.variables(names).await.map_err(|e| e.to_string()),
-            ProcessValues::Prefect(p) => p.variables(names).await.map_err(|e| e.to_string()),
-            ProcessValues::Invalid(e) => Err(e.clone()),
-        }
-    }
-}
+use hoist_project::template::{self, Blocks, Env, TemplateError, Values};
 
 /// Templates steps' inputs for one run and remembers the secrets it resolved (no
 /// `Debug`: it holds them).
-pub struct Templater<V = LocalStore> {
+pub struct Templater<V> {
     /// The environment templates see.
     pub env: Env,
     values: V,
     secrets: Mutex<Vec<String>>,
-}
-
-impl Templater<ProcessValues> {
-    /// A templater over this process's environment, and the blocks and variables of the
-    /// Prefect server `PREFECT_API_URL` names or else of the default local store (what
-    /// the `hoist` program uses; a library caller passes its own to [`Templater::new`]).
-    pub fn from_process() -> Self {
-        Self::new(
-            std::env::vars().collect(),
-            ProcessValues::from_env(&hoist_policy::HostEnv::from_process()),
-        )
-    }
 }
 
 impl<V: Values> Templater<V> {

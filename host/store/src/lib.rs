@@ -464,3 +464,61 @@ mod tests {
         assert_eq!(masked("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
     }
 }
+
+/// Pull-step events recorded in the store (`hoist pull` with a flow-run id and no
+/// Prefect server).
+impl hoist_project::events::EventSink for Store {
+    fn record<'a>(
+        &'a self,
+        name: &'a str,
+        resource: &'a str,
+        payload: &'a Value,
+    ) -> hoist_project::events::Recorded<'a> {
+        Box::pin(async move {
+            self.record_event(name, resource, payload)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// The default store (`HOIST_DATABASE_URL`, else `$HOIST_HOME/hoist.db`), opened the
+/// first time a template names a block or a variable: projects without any never
+/// touch a database.
+#[derive(Debug, Default)]
+pub struct LocalStore {
+    store: tokio::sync::OnceCell<Store>,
+}
+
+impl LocalStore {
+    /// This store, already open.
+    pub fn with(store: Store) -> Self {
+        let cell = tokio::sync::OnceCell::new();
+        let _ = cell.set(store);
+        Self { store: cell }
+    }
+
+    async fn get(&self) -> Result<&Store, StoreError> {
+        self.store.get_or_try_init(Store::open_default).await
+    }
+}
+
+impl hoist_project::template::Values for LocalStore {
+    type Error = StoreError;
+
+    async fn blocks(
+        &self,
+        names: &std::collections::BTreeSet<(String, String)>,
+        ids: &std::collections::BTreeSet<String>,
+    ) -> Result<hoist_project::template::FoundBlocks, StoreError> {
+        self.get().await?.blocks(names, ids).await
+    }
+
+    async fn variables(
+        &self,
+        names: &std::collections::BTreeSet<String>,
+    ) -> Result<BTreeMap<String, Value>, StoreError> {
+        hoist_project::template::Values::variables(self.get().await?, names).await
+    }
+}

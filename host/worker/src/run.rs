@@ -357,7 +357,7 @@ async fn pull(
                     // The worker's own client: blocks and variables come from its server.
                     templater: Templater::new(
                         template_env(&cx.args, std::env::vars(), job),
-                        hoist_runner::templater::ProcessValues::Prefect(cx.client.clone()),
+                        cx.client.clone(),
                     ),
                     grants: Grants::new(grants(&cx.args, job)),
                     limits: job_limits(job, cx.args.limits)?,
@@ -365,10 +365,10 @@ async fn pull(
                     reporter: Arc::new(ShippingReporter(sink.clone())),
                     events: Some(hoist_runner::runner::Events {
                         resource: format!("prefect.flow-run.{run_id}"),
-                        target: hoist_runner::runner::EventTarget::Prefect {
+                        target: Arc::new(hoist_prefect::worker::PrefectEvents {
                             client: cx.client.clone(),
                             deployment: deployment["id"].as_str().map(str::to_string),
-                        },
+                        }),
                     }),
                     cwd: Some(workspace),
                 };

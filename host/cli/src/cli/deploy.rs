@@ -19,7 +19,6 @@ use crate::prefect::flow::{find_flow, parameter_schema, read_signature};
 use crate::project::Action;
 use crate::runner::Reporter;
 use crate::runtime::Grants;
-use crate::templater::Templater;
 
 #[derive(Debug, Args)]
 pub(crate) struct DeployArgs {
@@ -271,7 +270,7 @@ pub(crate) async fn deploy(args: &DeployArgs) -> anyhow::Result<()> {
         let request = PipelineRequest {
             command: Action::Push,
             runtime: runtime.clone(),
-            templater: Templater::from_process(),
+            templater: crate::values::process_templater(),
             grants: Grants::new(args.sandbox.allow.iter().cloned()),
             limits: args.sandbox.limits(),
             log: Arc::new(TerminalSink::default()),

@@ -17,7 +17,6 @@ use crate::plan::Target;
 use crate::project::{Action, Deployment, StepEntry};
 use crate::runner::{self, Reporter, StepReport};
 use crate::runtime::{Capability, Grants, Limits, Runtime};
-use crate::templater::Templater;
 
 /// How progress is shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -156,18 +155,17 @@ pub(crate) async fn run(command: Action, args: &RunArgs) -> anyhow::Result<()> {
         OutputFormat::Text => Arc::new(TextReporter::default()),
         OutputFormat::Json => Arc::new(JsonReporter::default()),
     };
-    // With a flow-run id (as a worker sets it), pull steps are recorded as events.
+    let templater = crate::values::process_templater();
     let events = match std::env::var("PREFECT__FLOW_RUN_ID") {
-        Ok(run_id) if command == Action::Pull && !run_id.is_empty() => Some(runner::Events {
-            resource: format!("prefect.flow-run.{run_id}"),
-            target: runner::EventTarget::Store(crate::store::Store::open_default().await?),
-        }),
+        Ok(run_id) if command == Action::Pull && !run_id.is_empty() => {
+            Some(pull_events(&run_id, templater.values()).await?)
+        }
         _ => None,
     };
     let request = PipelineRequest {
         command,
         runtime,
-        templater: Templater::from_process(),
+        templater,
         grants: Grants::new(args.sandbox.allow.iter().cloned()),
         limits: args.sandbox.limits(),
         log: Arc::new(TerminalSink::default()),
@@ -177,6 +175,30 @@ pub(crate) async fn run(command: Action, args: &RunArgs) -> anyhow::Result<()> {
     };
     let outcome = pipeline::run(&loaded, request).await?;
     print_outcome(command, args.output, &loaded, &outcome)
+}
+
+/// With a flow-run id (as a worker sets it), pull steps are recorded as events where
+/// the run's values come from: the Prefect server `PREFECT_API_URL` names (the run's
+/// own, which shows them in its UI), else the local store.
+async fn pull_events(
+    run_id: &str,
+    values: &crate::values::ProcessValues,
+) -> anyhow::Result<runner::Events> {
+    use crate::values::ProcessValues;
+    let target: Arc<dyn hoist_project::events::EventSink> = match values {
+        ProcessValues::Prefect(client) => Arc::new(crate::prefect::worker::PrefectEvents {
+            client: client.clone(),
+            deployment: std::env::var("PREFECT__DEPLOYMENT_ID")
+                .ok()
+                .filter(|d| !d.is_empty()),
+        }),
+        ProcessValues::Invalid(e) => anyhow::bail!("{e}"),
+        ProcessValues::Local(_) => Arc::new(crate::store::Store::open_default().await?),
+    };
+    Ok(runner::Events {
+        resource: format!("prefect.flow-run.{run_id}"),
+        target,
+    })
 }
 
 fn print_outcome(
@@ -397,7 +419,7 @@ pub(crate) async fn plan(args: &PlanArgs) -> anyhow::Result<()> {
     let mut plan = pipeline::plan(
         &loaded,
         args.section.map(Action::from),
-        &Templater::from_process(),
+        &crate::values::process_templater(),
     )
     .await;
     if plan.has_plugins() {

@@ -121,7 +121,7 @@ async fn run_one(runtime: &Runtime, args: &RunArgs) -> anyhow::Result<()> {
     // Inputs are templated as a project step's are: `{{ $VAR }}`, and blocks and
     // variables from the Prefect server (PREFECT_API_URL) or the local store, secrets
     // masked in everything shown.
-    let templater = crate::templater::Templater::from_process();
+    let templater = crate::values::process_templater();
     let entry = crate::project::StepEntry {
         position: "inputs".into(),
         line: None,
