@@ -83,7 +83,17 @@ pub fn load(path: &Path) -> Result<Project, ProjectError> {
 /// Parse project-file text; `path` is used in messages only.
 pub fn parse(path: &Path, text: &str) -> Result<Project, ProjectError> {
     let doc = yaml_to_json(path, text)?;
-    let mut lines = LineFinder::new(text);
+    parse_doc(path, doc, LineFinder::new(text))
+}
+
+/// A project already in JSON form (the pull steps a Prefect server hands a worker, as
+/// `{"pull": [...]}`), checked as a file's would be; `path` names it in messages,
+/// which carry no line numbers.
+pub fn from_value(path: &Path, doc: Value) -> Result<Project, ProjectError> {
+    parse_doc(path, doc, LineFinder::new(""))
+}
+
+fn parse_doc(path: &Path, doc: Value, mut lines: LineFinder<'_>) -> Result<Project, ProjectError> {
     let top = match doc {
         Value::Object(m) => m,
         Value::Null => Map::new(),

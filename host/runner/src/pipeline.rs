@@ -122,6 +122,16 @@ impl Loaded {
         })
     }
 
+    /// A project given as JSON (a worker's pull steps from the server, as
+    /// `{"pull": [...]}`), named `file` in messages; its directory is the project's.
+    pub fn from_value(file: &Path, doc: serde_json::Value) -> Result<Self, PipelineError> {
+        Ok(Self {
+            file: file.into(),
+            project: project::load::from_value(file, doc)?,
+            deployment: None,
+        })
+    }
+
     /// The steps of one section, with the deployment's overrides.
     pub fn steps(&self, action: Action) -> &[StepEntry] {
         self.project.steps(action, self.deployment.as_ref())

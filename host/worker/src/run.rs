@@ -337,15 +337,15 @@ async fn pull(
              ($HOIST_HOME/plugins/<name>.wasm) and name it by <name> in the deployment"
         ));
     }
+    // Named like a project file beside the workspace (its directory is the project's);
+    // nothing is written: the steps are checked as they came.
     let file = scratch.join("pull.yaml");
-    let text = serde_yaml_ng::to_string(&json!({ "pull": deployment["pull_steps"] }))
-        .map_err(|e| could_not(&e))?;
-    std::fs::write(&file, text).map_err(|e| could_not(&e))?;
+    let steps = json!({ "pull": deployment["pull_steps"] });
     let sink = Arc::new(ShippingSink {
         terminal: cx.terminal.clone(),
         lines: Mutex::new(Vec::new()),
     });
-    let result = match Loaded::open(&file, None) {
+    let result = match Loaded::from_value(&file, steps) {
         Err(e) => Err(format!("the deployment's pull steps cannot run: {e}")),
         // A step's `requires: NS/NAME@REQ` is installed first (from HOIST_REGISTRY).
         Ok(loaded) => match hoist_packages::ensure(&loaded, &[Action::Pull], None).await {
