@@ -86,8 +86,8 @@ pub fn sign(
     pkg: &PackageName,
     version: &str,
     digest: &str,
-) -> hoist_registry::db::SignatureRecord {
-    hoist_registry::db::SignatureRecord {
+) -> hoist_registry::SignatureRecord {
+    hoist_registry::SignatureRecord {
         public_key: key.public().to_string(),
         signature: key.sign(&message(pkg, version, digest)),
     }
@@ -191,7 +191,7 @@ pub fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hoist_registry::db::SignatureRecord;
+    use hoist_registry::SignatureRecord;
 
     fn version(signatures: Vec<SignatureRecord>) -> VersionRecord {
         VersionRecord {

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use crate::db::VersionRecord;
 use crate::name::{PackageName, Requirement};
 use crate::oci;
+use crate::record::VersionRecord;
 
 /// A client error: which registry, what happened.
 #[derive(Debug, thiserror::Error)]
@@ -401,7 +401,7 @@ impl RegistryClient {
         &self,
         pkg: &PackageName,
         version: &str,
-        signature: &crate::db::SignatureRecord,
+        signature: &crate::record::SignatureRecord,
     ) -> Result<(), ClientError> {
         let url = format!(
             "{}/api/v1/packages/{}/{version}/signatures",

@@ -6,6 +6,7 @@ mod describe;
 mod init;
 mod plugin;
 mod project;
+#[cfg(feature = "registry-server")]
 mod registry;
 mod step;
 mod store;
@@ -46,6 +47,7 @@ enum Command {
     /// Write your own steps; publish, find and install them through a registry.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    #[cfg(feature = "registry-server")]
     /// Serve a plugin registry (OCI distribution API, JSON API, pages) and manage its
     /// publish tokens.
     #[command(subcommand)]
@@ -178,6 +180,7 @@ pub fn main() -> i32 {
         match &cli.command {
             Command::Step(cmd) => step::run(cmd).await,
             Command::Plugin(cmd) => plugin::run(cmd).await,
+            #[cfg(feature = "registry-server")]
             Command::Registry(cmd) => registry::registry(cmd).await,
             Command::Build(args) => project::run(crate::project::Action::Build, args).await,
             Command::Push(args) => project::run(crate::project::Action::Push, args).await,
