@@ -19,6 +19,11 @@ use serde_json::{Value, json};
 
 use crate::support::{self, hoist, plugins, run};
 
+/// Debian 12's Podman carries buildah 1.28.2, older than CVE-2024-1753's fix: the tests
+/// accept it as an operator would, knowingly (`an_engine_known_to_follow_links_needs_
+/// the_operators_consent` shows the refusal without it).
+const OLD_BUILDAH: [(&str, &str); 1] = [("HOIST_ALLOW_OLD_BUILDAH", "1")];
+
 const USER: &str = "hoist";
 const PASSWORD: &str = "s3cret-registry-pass";
 
@@ -93,6 +98,7 @@ impl Engine {
             .filter(|(k, _)| *k != "DOCKER_HOST")
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .chain([("DOCKER_HOST".to_string(), self.host.clone())])
+            .chain(OLD_BUILDAH.map(|(k, v)| (k.to_string(), v.to_string())))
             .collect();
         Runtime::new(RuntimeConfig {
             cache: hoist::runtime::ComponentCache::at(support::test_cache()),
@@ -265,7 +271,9 @@ fn project(e: &Engine, dockerfile_rest: &str) -> (tempfile::TempDir, PathBuf) {
 
 fn hoist_with(e: &Engine, dir: &Path) -> Command {
     let mut c = hoist(dir);
-    c.current_dir(dir).env("DOCKER_HOST", &e.host);
+    c.current_dir(dir)
+        .env("DOCKER_HOST", &e.host)
+        .envs(OLD_BUILDAH);
     c
 }
 
@@ -550,6 +558,56 @@ fn a_secret_never_goes_into_an_images_build_args_or_labels() {
     let (code, _, err) = build("buildargs", "VERSION", "1.2.3");
     assert_eq!(code, 0, "{err}");
     assert!(e.has_image(&format!("{image}:s1")));
+}
+
+/// An engine known to follow a build context's links from the host's side on
+/// `RUN --mount` (Podman with buildah before 1.35.3, CVE-2024-1753; this machine's
+/// Podman is one) builds nothing unless the operator says so where Hoist runs
+/// (`HOIST_ALLOW_OLD_BUILDAH=1`): the refusal names the version and the way out, and no
+/// image is made; with the consent the same build runs.
+#[test]
+fn an_engine_known_to_follow_links_needs_the_operators_consent() {
+    let Some(e) = engine() else { return };
+    let (_t, dir) = project(e, "CMD [\"true\"]\n");
+    let image = format!("{}/consent/app", e.registry);
+    support::write_project(
+        &dir,
+        format!(
+            "build:\n- prefect_docker.deployments.steps.build_docker_image:\n    image_name: {image}\n    tag: c1\n    pull: false\ndeployments: [{{name: d}}]\n"
+        ),
+    );
+    // What the engine says of itself (`/_ping`'s `Libpod-Buildah-Version`).
+    let sock = e.host.trim_start_matches("unix://");
+    let ping = Command::new("curl")
+        .args(["-sSi", "--unix-socket", sock, "http://d/_ping"])
+        .output()
+        .unwrap();
+    let ping = String::from_utf8_lossy(&ping.stdout).to_ascii_lowercase();
+    let buildah = ping
+        .lines()
+        .find_map(|l| l.strip_prefix("libpod-buildah-version:"))
+        .map(|v| v.trim().to_string())
+        .expect("the engine is Podman");
+    let old = semver::Version::parse(&buildah).unwrap() < semver::Version::new(1, 35, 3);
+    let mut without = hoist(&dir);
+    without.current_dir(&dir).env("DOCKER_HOST", &e.host);
+    let (code, _, err) = run(without.arg("build"));
+    if old {
+        assert_ne!(code, 0, "buildah {buildah}: {err}");
+        assert!(
+            err.contains(&format!(
+                "Podman with buildah {buildah}, which follows links"
+            )) && err.contains("CVE-2024-1753")
+                && err.contains("HOIST_ALLOW_OLD_BUILDAH=1"),
+            "{err}"
+        );
+        assert!(!e.has_image(&format!("{image}:c1")), "it was built");
+    } else {
+        assert_eq!(code, 0, "buildah {buildah}: {err}");
+    }
+    let (code, _, err) = run(hoist_with(e, &dir).arg("build"));
+    assert_eq!(code, 0, "{err}");
+    assert!(e.has_image(&format!("{image}:c1")));
 }
 
 /// No engine: one line that says how to point `DOCKER_HOST` at one.
@@ -870,6 +928,7 @@ async fn an_offline_run_needs_an_engine_shown_to_keep_builds_offline() {
             .filter(|(k, _)| *k != "DOCKER_HOST")
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .chain([("DOCKER_HOST".to_string(), host.to_string())])
+            .chain(OLD_BUILDAH.map(|(k, v)| (k.to_string(), v.to_string())))
             .collect();
         let rt = Runtime::new(RuntimeConfig {
             cache: hoist::runtime::ComponentCache::at(support::test_cache()),

@@ -447,6 +447,36 @@ impl DockerView<'_> {
         Ok(())
     }
 
+    /// Refuse to build on an engine known to follow a build context's links from the
+    /// host's side on `RUN --mount` (buildah before 1.35.3: CVE-2024-1753), unless the
+    /// host's operator accepts it (`HOIST_ALLOW_OLD_BUILDAH=1`). Hoist refuses every
+    /// `RUN` option and every link out of the context anyway; this is the third wall.
+    async fn engine_builds_safely(&self) -> Result<(), StepError> {
+        let engine = self.engine().await?;
+        let Some(version) = engine.podman_buildah.as_deref() else {
+            return Ok(());
+        };
+        let fixed = semver::Version::new(1, 35, 3);
+        let known = semver::Version::parse(version.trim_start_matches('v')).ok();
+        if known.is_some_and(|v| v >= fixed)
+            || self
+                .ctx
+                .env
+                .get("HOIST_ALLOW_OLD_BUILDAH")
+                .is_some_and(|v| v == "1")
+        {
+            return Ok(());
+        }
+        Err(StepError::Denied(format!(
+            "step `{}` ({}) may not build on {}: it is Podman with buildah {version}, which \
+             follows links in a build context from the host's side on `RUN --mount` \
+             (CVE-2024-1753, fixed in buildah 1.35.3); upgrade Podman, or set \
+             HOIST_ALLOW_OLD_BUILDAH=1 where Hoist runs to build on it anyway (Hoist refuses \
+             `RUN --mount` and links leading out of the context in every build)",
+            self.ctx.info.name, self.ctx.info.plugin, engine.host
+        )))
+    }
+
     /// An offline build may `RUN` only on an engine a probe showed to keep it offline
     /// (`probe.rs`; the verdict is remembered per engine).
     async fn run_stays_offline(
@@ -863,6 +893,7 @@ impl Host for DockerView<'_> {
                 None,
             ),
         })?;
+        self.engine_builds_safely().await?;
         self.network_query(&opts, &readings, &mut query).await?;
         let engine = self.engine().await?.clone();
         let id = self
