@@ -74,27 +74,15 @@ fn parse(url: &str) -> Option<Proxy> {
     Some(Proxy {
         host: host.trim_matches(['[', ']']).to_string(),
         port,
-        auth: userinfo.map(|u| format!("Basic {}", crate::encoding::base64(&percent_decode(u)))),
+        auth: userinfo.map(|u| {
+            format!(
+                "Basic {}",
+                crate::encoding::base64(
+                    &crate::encoding::percent_decode(u).unwrap_or_else(|| u.as_bytes().to_vec()),
+                )
+            )
+        }),
     })
-}
-
-fn percent_decode(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match s.get(i + 1..i + 3).filter(|_| b[i] == b'%') {
-            Some(hex) if u8::from_str_radix(hex, 16).is_ok() => {
-                out.push(u8::from_str_radix(hex, 16).unwrap_or_default());
-                i += 3;
-            }
-            _ => {
-                out.push(b[i]);
-                i += 1;
-            }
-        }
-    }
-    out
 }
 
 /// Longest `CONNECT` answer head read from a proxy.

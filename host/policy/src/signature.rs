@@ -26,9 +26,7 @@ pub struct PublicKey([u8; 32]);
 #[error("{0}")]
 pub struct SignatureError(String);
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use crate::encoding::hex;
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {

@@ -81,9 +81,7 @@ pub fn digest_of(bytes: &[u8]) -> String {
 }
 
 /// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use hoist_policy::encoding::hex;
 
 /// Whether `s` is a `sha256:` digest in canonical form (64 lowercase hex digits): the
 /// only form the registry accepts, so a digest is also a safe file name.

@@ -50,7 +50,7 @@ type CacheMac = Hmac<Sha256>;
 /// Hex sha256 of a component's bytes: its identity everywhere in Hoist.
 pub fn digest(bytes: &[u8]) -> String {
     let d = Sha256::digest(bytes);
-    d.iter().map(|b| format!("{b:02x}")).collect()
+    hoist_policy::encoding::hex(&d)
 }
 
 impl ComponentCache {
@@ -109,7 +109,7 @@ impl ComponentCache {
             if store(&path, &serialized).is_ok()
                 && let Some(tag) = identity(&path).map(|id| mac(&key, &name, &id))
             {
-                let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+                let hex: String = hoist_policy::encoding::hex(&tag);
                 let _ = store(&mac_path, hex.as_bytes());
             }
         }
@@ -151,7 +151,7 @@ impl ComponentCache {
         let memo = std::fs::read_to_string(dir.join(memo_name(&path))).ok()?;
         let (digest, tag) = memo.split_once(' ')?;
         let expected = digest_mac(&key, &path, &identity(&path)?, digest);
-        let hex: String = expected.iter().map(|b| format!("{b:02x}")).collect();
+        let hex: String = hoist_policy::encoding::hex(&expected);
         (tag.trim() == hex && digest.len() == 64).then(|| digest.to_string())
     }
 
@@ -168,10 +168,7 @@ impl ComponentCache {
         let Some(id) = identity(&path) else {
             return;
         };
-        let tag: String = digest_mac(&key, &path, &id, digest)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let tag = hoist_policy::encoding::hex(&digest_mac(&key, &path, &id, digest));
         let _ = store(
             &dir.join(memo_name(&path)),
             format!("{digest} {tag}").as_bytes(),
@@ -285,7 +282,7 @@ fn identity(path: &Path) -> Option<Vec<u8>> {
 /// Where the digest of the component file at `path` is remembered.
 fn memo_name(path: &Path) -> String {
     let d = Sha256::digest(path.as_os_str().as_encoded_bytes());
-    let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = hoist_policy::encoding::hex(&d);
     format!("{hex}.digest")
 }
 
@@ -360,10 +357,7 @@ mod tests {
         let (path, mac_path) = (dir.path().join("a.cwasm"), dir.path().join("a.cwasm.mac"));
         let sign = |name: &str| {
             store(&path, b"compiled code").unwrap();
-            let hex: String = mac(&key, name, &identity(&path).unwrap())
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
+            let hex = hoist_policy::encoding::hex(&mac(&key, name, &identity(&path).unwrap()));
             std::fs::write(&mac_path, hex).unwrap();
         };
         sign("a.cwasm");

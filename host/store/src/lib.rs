@@ -379,7 +379,7 @@ fn new_id() -> String {
     getrandom(&mut b);
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let h: String = hoist_policy::encoding::hex(&b);
     format!(
         "{}-{}-{}-{}-{}",
         &h[..8],

@@ -38,7 +38,7 @@ pub(crate) fn store_root() -> std::io::Result<PathBuf> {
 pub(crate) fn git_dir_for(store: &Path, work: &Path) -> PathBuf {
     use sha2::Digest;
     let d = sha2::Sha256::digest(work.as_os_str().as_bytes());
-    store.join(d.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    store.join(hoist_policy::encoding::hex(&d))
 }
 
 /// Whether `git_dir`'s marker names `work`.
@@ -78,22 +78,7 @@ pub(crate) fn gitfile_target(file: &Path) -> Option<PathBuf> {
 }
 
 /// Percent-decode a `file://` URL's path as git does. `None` on a malformed escape.
-pub(crate) fn percent_decode(s: &str) -> Option<Vec<u8>> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    Some(out)
-}
+pub(crate) use hoist_policy::encoding::percent_decode;
 
 /// Every symlink under `dir` (not following them), up to a bound on entries visited.
 pub(crate) fn symlinks_under(dir: &Path) -> Result<Vec<PathBuf>, String> {
