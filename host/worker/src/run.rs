@@ -114,11 +114,10 @@ pub(super) async fn handle(cx: &Context, run: &Value) -> anyhow::Result<()> {
     // over at RUNNING; the last renewal gave it 300 s), stopped whichever way this goes.
     let keeper =
         lease.map(|l| AbortOnDrop(tokio::spawn(keep_lease(client.clone(), run_id.clone(), l))));
-    // Labelled at once: a worker that finds the run later, its owner gone, ends it.
-    if let Err(e) = client
-        .set_labels(&run_id, &cx.me.labels(&cx.args.pool))
-        .await
-    {
+    // Labelled at once: a worker that finds the run later, its owner gone, ends it. So
+    // the label is persisted through a busy or restarting server like a final state.
+    let labels = cx.me.labels(&cx.args.pool);
+    if let Err(e) = persist(|| client.set_labels(&run_id, &labels)).await {
         eprintln!("warning: run {run_id}: could not label it with this worker: {e}");
     }
     if cancel_requested(cx, &run_id).await? {

@@ -29,7 +29,9 @@
 mod context;
 mod dockerfile;
 mod engine;
+mod offline;
 mod probe;
+mod reference;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,6 +48,7 @@ use crate::capability::log::{Source, StepLog};
 use crate::capability::setup::{Root, StepInfo, StepSetup};
 use dockerfile::{Dockerfile, Heredocs, Instruction};
 use engine::{Engine, EngineError, ReqBody, encode, path_name};
+use reference::{full, plain, reference};
 
 pub use context::Ignore;
 
@@ -104,121 +107,6 @@ fn failure(message: String, hint: Option<String>) -> StepError {
         exit_code: None,
         hint,
     })
-}
-
-/// A name component of a repository: `[a-z0-9]+` joined by `.`, `_`, `__` or `-`s.
-fn name_component(c: &str) -> bool {
-    let b = c.as_bytes();
-    if b.is_empty() || !b[0].is_ascii_alphanumeric() || !b[b.len() - 1].is_ascii_alphanumeric() {
-        return false;
-    }
-    let mut prev_sep = false;
-    for (i, &x) in b.iter().enumerate() {
-        let sep = matches!(x, b'.' | b'_' | b'-');
-        if !(x.is_ascii_lowercase() || x.is_ascii_digit() || sep) {
-            return false;
-        }
-        if sep && prev_sep && !(x == b'_' && b[i - 1] == b'_' || x == b'-') {
-            return false;
-        }
-        prev_sep = sep;
-    }
-    true
-}
-
-/// A registry host: labels of `[A-Za-z0-9-]`, dots between, an optional `:port`.
-fn domain(c: &str) -> bool {
-    let (host, port) = match c.rsplit_once(':') {
-        Some((h, p)) => (h, Some(p)),
-        None => (c, None),
-    };
-    let host_ok = !host.is_empty()
-        && host.split('.').all(|l| {
-            !l.is_empty()
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !l.starts_with('-')
-        });
-    host_ok
-        && port
-            .is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
-}
-
-fn tag_ok(t: &str) -> bool {
-    !t.is_empty()
-        && t.len() <= 128
-        && t.as_bytes()[0] != b'.'
-        && t.as_bytes()[0] != b'-'
-        && t.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-}
-
-/// A reference checked against Docker's grammar: `(name, tag)`; ids (`sha256:<hex>` or
-/// hex) are `(id, None)`. Nothing else reaches a URL.
-fn reference(what: &str, r: &str) -> Result<(String, Option<String>), StepError> {
-    let bad = |why: &str| {
-        StepError::InvalidInput(format!(
-            "{what} `{}` is not an image reference ({why}); write `[registry/]name[:tag]`, lower case",
-            hoist_policy::text::sanitize(r)
-        ))
-    };
-    if let Some(hex) = r.strip_prefix("sha256:")
-        && hex.len() == 64
-        && hex.bytes().all(|b| b.is_ascii_hexdigit())
-    {
-        return Ok((r.to_string(), None));
-    }
-    if r.contains('@') {
-        return Err(bad("digests are not accepted here"));
-    }
-    let (name, tag) = match r.rsplit_once('/') {
-        Some((head, last)) => match last.split_once(':') {
-            Some((repo, tag)) => (format!("{head}/{repo}"), Some(tag.to_string())),
-            None => (r.to_string(), None),
-        },
-        None => match r.split_once(':') {
-            Some((repo, tag)) => (repo.to_string(), Some(tag.to_string())),
-            None => (r.to_string(), None),
-        },
-    };
-    if name.len() > 255 {
-        return Err(bad("too long"));
-    }
-    let parts: Vec<&str> = name.split('/').collect();
-    let (first, rest) = parts.split_first().ok_or_else(|| bad("empty"))?;
-    let registry = !rest.is_empty() && (first.contains(['.', ':']) || *first == "localhost");
-    let ok = if registry {
-        domain(first) && rest.iter().all(|c| name_component(c))
-    } else {
-        parts.iter().all(|c| name_component(c))
-    };
-    if !ok {
-        return Err(bad(
-            "each part is lower-case letters and digits, separated by `.`, `_` or `-`",
-        ));
-    }
-    if let Some(t) = &tag
-        && !tag_ok(t)
-    {
-        return Err(bad("a tag is up to 128 letters, digits, `_`, `.` and `-`"));
-    }
-    Ok((name, tag))
-}
-
-/// `name:tag` (a missing tag is `latest`).
-fn full(name: &str, tag: &Option<String>) -> String {
-    if name.starts_with("sha256:") {
-        return name.to_string();
-    }
-    format!("{name}:{}", tag.as_deref().unwrap_or("latest"))
-}
-
-fn plain(what: &str, v: &str) -> Result<(), StepError> {
-    if v.chars().any(|c| c.is_control()) {
-        return Err(StepError::InvalidInput(format!(
-            "{what} contains control characters"
-        )));
-    }
-    Ok(())
 }
 
 impl DockerView<'_> {
@@ -372,149 +260,6 @@ impl DockerView<'_> {
             }
         }
         Ok((sent, all))
-    }
-
-    /// Offline builds: nothing in the Dockerfile may make the engine fetch from the
-    /// network. `ADD <url>` is refused; every base image must already be there.
-    async fn check_offline(&self, instructions: &[Instruction]) -> Result<(), StepError> {
-        let refuse = |what: String| {
-            StepError::Denied(format!(
-                "step `{}` ({}) may not build this Dockerfile offline: {what}. Builds reach the \
-                 network only with `net:*` (grant it to the step, or make the image available \
-                 on the engine first)",
-                self.ctx.info.name, self.ctx.info.plugin
-            ))
-        };
-        let mut images = images_needed(instructions).map_err(refuse)?;
-        // Both readings of the Dockerfile name the same images: each is looked up once.
-        let mut seen = std::collections::HashSet::new();
-        images.retain(|i| seen.insert(i.clone()));
-        let engine = self.engine().await?;
-        for image in images {
-            let (name, tag) = reference("base image", &image)?;
-            let found = engine
-                .call(
-                    Method::GET,
-                    &format!("/images/{}/json", path_name(&full(&name, &tag))),
-                    None,
-                )
-                .await;
-            match found {
-                Ok(_) => {}
-                Err(EngineError::Api(status, _)) if status == http::StatusCode::NOT_FOUND => {
-                    return Err(refuse(format!(
-                        "base image `{image}` is not on the engine, which would pull it"
-                    )));
-                }
-                Err(e) => return Err(self.engine_error(e, "look up a base image")),
-            }
-        }
-        Ok(())
-    }
-
-    /// What the build may fetch: with `net:*`, `pull` as asked; without it, offline
-    /// (`networkmode=none`, no `pull`, no `platform`, base images already on the engine).
-    async fn network_query(
-        &mut self,
-        opts: &BuildOptions,
-        parsed: &[Instruction],
-        query: &mut Vec<String>,
-    ) -> Result<(), StepError> {
-        if self.online() {
-            if opts.pull {
-                query.push("pull=1".into());
-            }
-            return Ok(());
-        }
-        if opts.platform.is_some() {
-            return Err(StepError::Denied(self.ctx.info.denial(
-                &Capability::Net("*".into()),
-                "choose a `platform` (the engine may pull base images for it)",
-            )));
-        }
-        if opts.pull {
-            return Err(StepError::Denied(
-                self.ctx
-                    .info
-                    .denial(&Capability::Net("*".into()), "pull base images (`pull`)"),
-            ));
-        }
-        self.check_offline(parsed).await?;
-        if let Some(run) = parsed.iter().find(|i| i.cmd == "run") {
-            self.run_stays_offline(parsed, run.line).await?;
-        }
-        query.push("networkmode=none".into());
-        Ok(())
-    }
-
-    /// Refuse to build on an engine known to follow a build context's links from the
-    /// host's side on `RUN --mount` (buildah before 1.35.3: CVE-2024-1753), unless the
-    /// host's operator accepts it (`HOIST_ALLOW_OLD_BUILDAH=1`). Hoist refuses every
-    /// `RUN` option and every link out of the context anyway; this is the third wall.
-    async fn engine_builds_safely(&self) -> Result<(), StepError> {
-        let engine = self.engine().await?;
-        let Some(version) = engine.podman_buildah.as_deref() else {
-            return Ok(());
-        };
-        let fixed = semver::Version::new(1, 35, 3);
-        let known = semver::Version::parse(version.trim_start_matches('v')).ok();
-        if known.is_some_and(|v| v >= fixed)
-            || self
-                .ctx
-                .env
-                .get("HOIST_ALLOW_OLD_BUILDAH")
-                .is_some_and(|v| v == "1")
-        {
-            return Ok(());
-        }
-        Err(StepError::Denied(format!(
-            "step `{}` ({}) may not build on {}: it is Podman with buildah {version}, which \
-             follows links in a build context from the host's side on `RUN --mount` \
-             (CVE-2024-1753, fixed in buildah 1.35.3); upgrade Podman, or set \
-             HOIST_ALLOW_OLD_BUILDAH=1 where Hoist runs to build on it anyway (Hoist refuses \
-             `RUN --mount` and links leading out of the context in every build)",
-            self.ctx.info.name, self.ctx.info.plugin, engine.host
-        )))
-    }
-
-    /// An offline build may `RUN` only on an engine a probe showed to keep it offline
-    /// (`probe.rs`; the verdict is remembered per engine).
-    async fn run_stays_offline(
-        &self,
-        parsed: &[Instruction],
-        line: usize,
-    ) -> Result<(), StepError> {
-        let engine = self.engine().await?;
-        let base = images_needed(parsed)
-            .ok()
-            .and_then(|i| i.into_iter().next());
-        let verdict = match &base {
-            Some(b) => probe::offline_isolation(engine, b).await,
-            None => probe::Verdict::Unknown(
-                "every stage is `FROM scratch`: nothing to probe with".into(),
-            ),
-        };
-        let kind = match &engine.podman_buildah {
-            Some(b) => format!("Podman (buildah {b}) at {}", engine.host),
-            None => format!("the engine at {}", engine.host),
-        };
-        let why = match verdict {
-            probe::Verdict::Isolated => return Ok(()),
-            probe::Verdict::Reaches(what) => {
-                format!("{kind} ignores the build's network mode `none`: {what}")
-            }
-            probe::Verdict::Unknown(what) => {
-                format!(
-                    "whether {kind} keeps an offline build offline could not be checked: {what}"
-                )
-            }
-        };
-        Err(StepError::Denied(format!(
-            "step `{}` ({}) may not `RUN` (line {line}) in an offline build on this engine: \
-             {why}, so `RUN` could reach the network. Builds reach the network only with \
-             `net:*` (grant it to the step), or use an engine that isolates builds (dockerd)",
-            self.ctx.info.name, self.ctx.info.plugin
-        )))
     }
 
     /// Stream the context to `POST /build`, logging the engine's progress; the image id
@@ -734,82 +479,6 @@ fn build_query(opts: &BuildOptions, dockerfile: &str) -> Result<Vec<String>, Ste
         query.push("nocache=1".into());
     }
     Ok(query)
-}
-
-/// The images an offline build needs on the engine (base images and `COPY --from`
-/// images, not the Dockerfile's own stages), or why the Dockerfile cannot be built
-/// offline: `ADD` from a URL or from a variable (the engine expands it, from a build arg,
-/// an `ARG` default or `ENV`, before fetching), flags on `FROM` (`--platform` makes the
-/// engine pull), `ONBUILD`, images named by variables.
-fn images_needed(instructions: &[Instruction]) -> Result<Vec<String>, String> {
-    let mut stages: Vec<String> = Vec::new();
-    let mut images: Vec<String> = Vec::new();
-    for ins in instructions {
-        let args: Vec<&str> = ins.args.split_whitespace().collect();
-        match ins.cmd.as_str() {
-            "from" => {
-                if let Some(flag) = ins.flags.first() {
-                    return Err(format!(
-                        "`FROM {}` (line {}): flags on `FROM` can make the engine pull",
-                        hoist_policy::text::sanitize(flag),
-                        ins.line
-                    ));
-                }
-                let mut rest = args.iter();
-                let Some(image) = rest.next() else { continue };
-                if image.contains('$') {
-                    return Err(format!(
-                        "base image `{}` uses a variable, so it cannot be checked",
-                        hoist_policy::text::sanitize(image)
-                    ));
-                }
-                if image != &"scratch" && !stages.iter().any(|s| s.eq_ignore_ascii_case(image)) {
-                    images.push(image.to_string());
-                }
-                if let (Some(as_), Some(name)) = (rest.next(), rest.next())
-                    && as_.eq_ignore_ascii_case("as")
-                {
-                    stages.push(name.to_string());
-                }
-            }
-            "copy" => {
-                if let Some(from) = ins.flag("from")
-                    && !stages.iter().any(|s| s.eq_ignore_ascii_case(from))
-                    && !from.bytes().all(|b| b.is_ascii_digit())
-                {
-                    if from.contains('$') {
-                        return Err(format!(
-                            "`COPY --from={}` uses a variable, so it cannot be checked",
-                            hoist_policy::text::sanitize(from)
-                        ));
-                    }
-                    images.push(from.to_string());
-                }
-            }
-            "add" => {
-                let joined = ins.args.as_str();
-                if joined.contains("://") || joined.contains("git@") {
-                    return Err(format!(
-                        "`ADD` from a URL (line {}: {})",
-                        ins.line,
-                        hoist_policy::text::sanitize(&ins.text)
-                    ));
-                }
-                if joined.contains('$') || ins.flags.iter().any(|f| f.contains('$')) {
-                    return Err(format!(
-                        "`ADD` with a variable (line {}: {}) may name a URL the engine fetches",
-                        ins.line,
-                        hoist_policy::text::sanitize(&ins.text)
-                    ));
-                }
-            }
-            "onbuild" => {
-                return Err("`ONBUILD` instructions cannot be checked".into());
-            }
-            _ => {}
-        }
-    }
-    Ok(images)
 }
 
 /// `RUN` options reach what a build must not: `--mount` binds host paths or secrets,
@@ -1076,6 +745,7 @@ impl Host for DockerView<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::offline::images_needed;
     use super::*;
 
     #[test]
