@@ -10,10 +10,14 @@
 //! as is known without running anything, and without a wasmtime runtime.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn demo(
+//! #     values: impl hoist_project::template::Values,
+//! # ) -> Result<(), Box<dyn std::error::Error>> {
 //! use hoist_runner::pipeline::{self, Loaded};
 //! use hoist_runner::templater::Templater;
+//! // `values`: where blocks and variables come from (the local store, a Prefect server).
 //! let loaded = Loaded::open("prefect.yaml".as_ref(), None)?;
+//! let env = std::env::vars().collect();
 //! let plan = pipeline::plan(&loaded, None, &Templater::new(env, values)).await;
 //! println!("{} step(s) cannot run", plan.problems().len());
 //! # Ok(()) }
