@@ -18,7 +18,7 @@ impl DockerView<'_> {
     pub(super) async fn check_offline(
         &self,
         instructions: &[Instruction],
-    ) -> Result<(), StepError> {
+    ) -> Result<Vec<String>, StepError> {
         let refuse = |what: String| {
             StepError::Denied(format!(
                 "step `{}` ({}) may not build this Dockerfile offline: {what}. Builds reach the \
@@ -32,8 +32,8 @@ impl DockerView<'_> {
         let mut seen = std::collections::HashSet::new();
         images.retain(|i| seen.insert(i.clone()));
         let engine = self.engine().await?;
-        for image in images {
-            let (name, tag) = reference("base image", &image)?;
+        for image in &images {
+            let (name, tag) = reference("base image", image)?;
             let found = engine
                 .call(
                     Method::GET,
@@ -51,7 +51,7 @@ impl DockerView<'_> {
                 Err(e) => return Err(self.engine_error(e, "look up a base image")),
             }
         }
-        Ok(())
+        Ok(images)
     }
 
     /// What the build may fetch: with `net:*`, `pull` as asked; without it, offline
@@ -81,9 +81,10 @@ impl DockerView<'_> {
                     .denial(&Capability::Net("*".into()), "pull base images (`pull`)"),
             ));
         }
-        self.check_offline(parsed).await?;
+        let images = self.check_offline(parsed).await?;
         if let Some(run) = parsed.iter().find(|i| i.cmd == "run") {
-            self.run_stays_offline(parsed, run.line).await?;
+            self.run_stays_offline(images.first().map(String::as_str), run.line)
+                .await?;
         }
         query.push("networkmode=none".into());
         Ok(())
@@ -121,16 +122,14 @@ impl DockerView<'_> {
 
     /// An offline build may `RUN` only on an engine a probe showed to keep it offline
     /// (`probe.rs`; the verdict is remembered per engine).
+    /// `base`: the first base image the build needs (checked on the engine already).
     pub(super) async fn run_stays_offline(
         &self,
-        parsed: &[Instruction],
+        base: Option<&str>,
         line: usize,
     ) -> Result<(), StepError> {
         let engine = self.engine().await?;
-        let base = images_needed(parsed)
-            .ok()
-            .and_then(|i| i.into_iter().next());
-        let verdict = match &base {
+        let verdict = match base {
             Some(b) => probe::offline_isolation(engine, b).await,
             None => probe::Verdict::Unknown(
                 "every stage is `FROM scratch`: nothing to probe with".into(),
