@@ -93,21 +93,28 @@ impl Engine {
 
     /// A runtime whose host environment points at this engine.
     pub fn runtime(&self) -> Runtime {
-        let env: HostEnv = HostEnv::from_process()
-            .iter()
-            .filter(|(k, _)| *k != "DOCKER_HOST")
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .chain([("DOCKER_HOST".to_string(), self.host.clone())])
-            .chain(OLD_BUILDAH.map(|(k, v)| (k.to_string(), v.to_string())))
-            .collect();
-        Runtime::new(RuntimeConfig {
-            cache: hoist::runtime::ComponentCache::at(support::test_cache()),
-            env,
-            ..RuntimeConfig::default()
-        })
-        .unwrap()
+        runtime_at(&self.host)
     }
+}
 
+/// A runtime whose host environment points at the engine `DOCKER_HOST=host`.
+fn runtime_at(host: &str) -> Runtime {
+    let env: HostEnv = HostEnv::from_process()
+        .iter()
+        .filter(|(k, _)| *k != "DOCKER_HOST")
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .chain([("DOCKER_HOST".to_string(), host.to_string())])
+        .chain(OLD_BUILDAH.map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
+    Runtime::new(RuntimeConfig {
+        cache: hoist::runtime::ComponentCache::at(support::test_cache()),
+        env,
+        ..RuntimeConfig::default()
+    })
+    .unwrap()
+}
+
+impl Engine {
     fn start() -> Option<Engine> {
         let missing: Vec<&str> = [
             "podman",
@@ -923,19 +930,7 @@ async fn an_offline_run_needs_an_engine_shown_to_keep_builds_offline() {
     )
     .unwrap();
     let build = async |host: &str, tag: &str| {
-        let env: HostEnv = HostEnv::from_process()
-            .iter()
-            .filter(|(k, _)| *k != "DOCKER_HOST")
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .chain([("DOCKER_HOST".to_string(), host.to_string())])
-            .chain(OLD_BUILDAH.map(|(k, v)| (k.to_string(), v.to_string())))
-            .collect();
-        let rt = Runtime::new(RuntimeConfig {
-            cache: hoist::runtime::ComponentCache::at(support::test_cache()),
-            env,
-            ..RuntimeConfig::default()
-        })
-        .unwrap();
+        let rt = runtime_at(host);
         let action = json!([{"do": "docker_build", "context": "run", "tags": [tag]}]);
         attack(&rt, plugins::HOSTILE_DOCKER, &cwd, DOCKER_GRANTS, action).await
     };

@@ -166,6 +166,28 @@ pub fn hoist_at(dir: &Path, s: &Server) -> Command {
     c
 }
 
+/// The pull-step events the server holds about flow run `run_id`, once it holds at
+/// least `want` of them (it stores events asynchronously; asked for up to 10 s).
+pub async fn pull_step_events(client: &PrefectClient, run_id: &str, want: usize) -> Vec<Value> {
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        let (_, page) = client
+            .request(
+                Method::POST,
+                "/events/filter",
+                Some(&json!({"filter": {"resource": {"id": [format!("prefect.flow-run.{run_id}")]}, "event": {"prefix": ["prefect.flow-run.pull-step"]}}, "limit": 50})),
+            )
+            .await
+            .unwrap();
+        events = page["events"].as_array().cloned().unwrap_or_default();
+        if events.len() >= want {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    events
+}
+
 /// A process work pool on the server (created by the test, not by a worker).
 pub async fn make_pool(client: &PrefectClient, name: &str) {
     let (status, p) = client
@@ -312,27 +334,11 @@ async fn pull_step_events_go_to_the_server_the_values_come_from() {
         .env("PREFECT__FLOW_RUN_ID", &run_id)
         .arg("pull"));
     assert_eq!(code, 0, "{err}");
-    let mut names = Vec::new();
-    for _ in 0..100 {
-        let (_, page) = client
-            .request(
-                Method::POST,
-                "/events/filter",
-                Some(&json!({"filter": {"resource": {"id": [format!("prefect.flow-run.{run_id}")]}}, "limit": 10})),
-            )
-            .await
-            .unwrap();
-        names = page["events"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e["event"].as_str().map(str::to_string))
-            .collect();
-        if !names.is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let names: Vec<String> = pull_step_events(&client, &run_id, 1)
+        .await
+        .iter()
+        .filter_map(|e| e["event"].as_str().map(str::to_string))
+        .collect();
     assert_eq!(names, ["prefect.flow-run.pull-step.executed"]);
     assert!(
         !support::home_of(&dir).join("hoist.db").exists(),

@@ -10,7 +10,7 @@ use std::process::Command;
 use hoist::prefect::{Method, PrefectClient};
 use serde_json::{Value, json};
 
-use crate::prefect::{hoist_at, make_pool, server, wait_state};
+use crate::prefect::{hoist_at, make_pool, pull_step_events, server, wait_state};
 use crate::support::{self, hoist, plugins, run};
 
 /// Run `id` as it ended: its state type must be `want`; its state message, returned.
@@ -235,32 +235,16 @@ async fn the_worker_runs_pull_steps_in_the_sandbox_then_the_flow() {
     assert!(logs.to_string().contains("about to fail"), "{logs}");
     // Pull-step events, as Prefect emits them: one per step, about the run, with the
     // step's untemplated inputs (the server stores them asynchronously).
-    let mut names = Vec::new();
-    for _ in 0..100 {
-        let (_, page) = client
-            .request(
-                Method::POST,
-                "/events/filter",
-                Some(&json!({"filter": {"resource": {"id": [format!("prefect.flow-run.{}", runs[0])]}, "event": {"prefix": ["prefect.flow-run.pull-step"]}}, "limit": 50})),
+    let mut names: Vec<(String, String)> = pull_step_events(&client, &runs[0], 2)
+        .await
+        .iter()
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap_or("").to_string(),
+                e["payload"]["step_name"].as_str().unwrap_or("").to_string(),
             )
-            .await
-            .unwrap();
-        names = page["events"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|e| {
-                (
-                    e["event"].as_str().unwrap_or("").to_string(),
-                    e["payload"]["step_name"].as_str().unwrap_or("").to_string(),
-                )
-            })
-            .collect();
-        if names.len() >= 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+        })
+        .collect();
     names.sort();
     assert_eq!(
         names,
@@ -650,11 +634,16 @@ async fn deploy_flow(
 
 /// Create a run of deployment `dep`; its id.
 async fn create_run(client: &PrefectClient, dep: &str, parameters: Value) -> String {
+    create_run_with(client, dep, json!({ "parameters": parameters })).await
+}
+
+/// Create a run of deployment `dep` from `body` (parameters, job variables); its id.
+async fn create_run_with(client: &PrefectClient, dep: &str, body: Value) -> String {
     let (status, r) = client
         .request(
             Method::POST,
             &format!("/deployments/{dep}/create_flow_run"),
-            Some(&json!({ "parameters": parameters })),
+            Some(&body),
         )
         .await
         .unwrap();
@@ -1205,16 +1194,7 @@ async fn pull_steps_see_the_jobs_env_and_only_what_the_worker_lists() {
         d["id"].as_str().unwrap().to_string()
     };
     let run_of = async |dep: &str, job: Value| {
-        let (status, r) = client
-            .request(
-                Method::POST,
-                &format!("/deployments/{dep}/create_flow_run"),
-                Some(&json!({"job_variables": job})),
-            )
-            .await
-            .unwrap();
-        assert!(status.is_success(), "{r}");
-        r["id"].as_str().unwrap().to_string()
+        create_run_with(&client, dep, json!({"job_variables": job})).await
     };
     let worker = |extra: &[&str]| {
         let mut c = hoist_at(&dir, s);
